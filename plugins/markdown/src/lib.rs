@@ -1,0 +1,295 @@
+//! huddle's default renderer (world `renderer`).
+//!
+//! Renders each interaction to one block of markdown with a minijinja template:
+//! one template for the communication region, one for the archive. The stock
+//! templates (in `templates/`) reproduce the brief's format byte for byte;
+//! `huddle.toml` can replace either:
+//!
+//! ```toml
+//! [plugins.renderer.settings]
+//! communication_template = """
+//! ### Interaction #{{ interaction.number }}
+//! {% for entry in interaction.entries %}
+//! **{{ entry.heading }}** ({{ entry.event.actor }}): {{ entry.event.content }}
+//! {% endfor %}
+//!
+//! """
+//! ```
+//!
+//! A template sees `interaction` with `number` and `entries`; each entry has
+//! `heading` and `event` (`interaction`, `actor`, `type`, `content`,
+//! `timestamp`, `id`, `term`; the last two may be none). Blocks are trimmed
+//! (`trim_blocks`, `lstrip_blocks`) and a template's final newline is kept, so
+//! a template reads like the text it produces. Nothing is HTML-escaped: the
+//! host has already neutralised content that could forge structure.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use exports::huddle::plugin::render::Guest;
+use huddle::plugin::types::{Entry, Event, Interaction, Section, Settings};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "renderer",
+});
+
+/// Template names double as the settings keys that replace them, so an error
+/// message such as "(in archive_template:2)" points at the right setting.
+const COMMUNICATION_TEMPLATE: &str = "communication_template";
+const ARCHIVE_TEMPLATE: &str = "archive_template";
+
+const STOCK_COMMUNICATION: &str = include_str!("../templates/communication.md.j2");
+const STOCK_ARCHIVE: &str = include_str!("../templates/archive.md.j2");
+
+/// Both templates, compiled once at configure time.
+fn build_environment(
+    communication: String,
+    archive: String,
+) -> Result<Environment<'static>, String> {
+    let mut env = Environment::new();
+    let syntax = SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+        .map_err(|err| err.to_string())?;
+    env.set_syntax(syntax);
+    // A misspelt field is an error rather than silently empty text, while
+    // `{% if entry.event.id %}` still works on a missing value.
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    env.add_template_owned(COMMUNICATION_TEMPLATE, communication)
+        .map_err(|err| err.to_string())?;
+    env.add_template_owned(ARCHIVE_TEMPLATE, archive)
+        .map_err(|err| err.to_string())?;
+    Ok(env)
+}
+
+fn environment_from_settings(settings: Settings) -> Result<Environment<'static>, String> {
+    let mut communication = STOCK_COMMUNICATION.to_owned();
+    let mut archive = STOCK_ARCHIVE.to_owned();
+    for (key, value) in settings {
+        match key.as_str() {
+            COMMUNICATION_TEMPLATE => communication = value,
+            ARCHIVE_TEMPLATE => archive = value,
+            _ => {
+                return Err(format!(
+                    "unknown setting `{key}` for the markdown renderer \
+                     (expected `{COMMUNICATION_TEMPLATE}` or `{ARCHIVE_TEMPLATE}`)"
+                ));
+            }
+        }
+    }
+    build_environment(communication, archive)
+}
+
+/// The template context of one interaction. The event is moved in, not copied
+/// twice: the host hands over ownership of the whole batch.
+fn interaction_value(interaction: Interaction) -> Value {
+    let entries: Vec<Value> = interaction.entries.into_iter().map(entry_value).collect();
+    let fields: BTreeMap<&str, Value> = BTreeMap::from([
+        ("number", Value::from(interaction.number)),
+        ("entries", Value::from(entries)),
+    ]);
+    Value::from(fields)
+}
+
+fn entry_value(entry: Entry) -> Value {
+    let fields: BTreeMap<&str, Value> = BTreeMap::from([
+        ("heading", Value::from(entry.heading)),
+        ("event", event_value(entry.event)),
+    ]);
+    Value::from(fields)
+}
+
+fn event_value(event: Event) -> Value {
+    let fields: BTreeMap<&str, Value> = BTreeMap::from([
+        ("interaction", Value::from(event.interaction)),
+        ("actor", Value::from(event.actor)),
+        ("type", Value::from(event.type_)),
+        ("content", Value::from(event.content)),
+        ("timestamp", Value::from(event.timestamp)),
+        ("id", Value::from(event.id)),
+        ("term", Value::from(event.term)),
+    ]);
+    Value::from(fields)
+}
+
+fn render_blocks(
+    env: &Environment<'static>,
+    section: Section,
+    interactions: Vec<Interaction>,
+) -> Result<Vec<String>, String> {
+    let name = match section {
+        Section::Communication => COMMUNICATION_TEMPLATE,
+        Section::Archive => ARCHIVE_TEMPLATE,
+    };
+    let template = env.get_template(name).map_err(|err| err.to_string())?;
+    interactions
+        .into_iter()
+        .map(|interaction| {
+            let context = BTreeMap::from([("interaction", interaction_value(interaction))]);
+            template.render(context).map_err(|err| err.to_string())
+        })
+        .collect()
+}
+
+thread_local! {
+    // One instance serves one slot: configure() runs once, then render() many times.
+    // `None` until configured; render() then falls back to the stock templates.
+    static ENVIRONMENT: RefCell<Option<Environment<'static>>> = const { RefCell::new(None) };
+}
+
+struct MarkdownRenderer;
+
+impl Guest for MarkdownRenderer {
+    fn configure(settings: Settings) -> Result<(), String> {
+        let env = environment_from_settings(settings)?;
+        ENVIRONMENT.with(|current| *current.borrow_mut() = Some(env));
+        Ok(())
+    }
+
+    fn render(section: Section, interactions: Vec<Interaction>) -> Result<Vec<String>, String> {
+        ENVIRONMENT.with(|current| {
+            let mut current = current.borrow_mut();
+            let env = match current.as_ref() {
+                Some(env) => env,
+                None => current.insert(environment_from_settings(Vec::new())?),
+            };
+            render_blocks(env, section, interactions)
+        })
+    }
+}
+
+export!(MarkdownRenderer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(actor: &str, kind: &str, content: &str, timestamp: &str) -> Event {
+        Event {
+            interaction: 7,
+            actor: actor.to_owned(),
+            type_: kind.to_owned(),
+            content: content.to_owned(),
+            timestamp: timestamp.to_owned(),
+            id: None,
+            term: None,
+        }
+    }
+
+    fn sample() -> Vec<Interaction> {
+        vec![Interaction {
+            number: 7,
+            entries: vec![
+                Entry {
+                    heading: "A → B".to_owned(),
+                    event: event("Agent A", "question", "How?", "2026-11-25T14:00:31Z"),
+                },
+                Entry {
+                    heading: "B → A".to_owned(),
+                    event: event("Agent B", "answer", "Like so.", "2026-11-25T14:00:40Z"),
+                },
+            ],
+        }]
+    }
+
+    fn stock() -> Environment<'static> {
+        environment_from_settings(Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn communication_block_matches_the_brief() {
+        let blocks = render_blocks(&stock(), Section::Communication, sample()).unwrap();
+        assert_eq!(
+            blocks,
+            ["### Interaction #7\n#### A → B\n - How?\n#### B → A\n - Like so.\n\n"]
+        );
+    }
+
+    #[test]
+    fn archive_block_matches_the_brief() {
+        let blocks = render_blocks(&stock(), Section::Archive, sample()).unwrap();
+        assert_eq!(
+            blocks,
+            ["## Interaction #7\n\
+              - [Agent A question 2026-11-25T14:00:31Z]\nHow?\n\
+              - [Agent B answer 2026-11-25T14:00:40Z]\nLike so.\n\n"]
+        );
+    }
+
+    #[test]
+    fn multi_line_content_keeps_every_line() {
+        let mut interactions = sample();
+        interactions[0].entries[0].event.content = "one\ntwo\n\nthree".to_owned();
+        let blocks = render_blocks(&stock(), Section::Communication, interactions).unwrap();
+        assert!(blocks[0].contains("#### A → B\n - one\ntwo\n\nthree\n#### B → A"));
+    }
+
+    #[test]
+    fn content_is_not_html_escaped() {
+        let mut interactions = sample();
+        interactions[0].entries[0].event.content = "<b>&'\"</b>".to_owned();
+        let blocks = render_blocks(&stock(), Section::Archive, interactions).unwrap();
+        assert!(blocks[0].contains("\n<b>&'\"</b>\n"));
+    }
+
+    #[test]
+    fn one_block_per_interaction_even_when_empty() {
+        let mut interactions = sample();
+        interactions.push(Interaction { number: 8, entries: Vec::new() });
+        let blocks = render_blocks(&stock(), Section::Communication, interactions).unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(blocks[1], "### Interaction #8\n\n");
+    }
+
+    #[test]
+    fn custom_template_sees_every_field() {
+        let template = "{{ interaction.number }}{% for e in interaction.entries %}|{{ e.heading }},\
+                        {{ e.event.interaction }},{{ e.event.actor }},{{ e.event.type }},\
+                        {{ e.event.timestamp }},{{ e.event.id or '-' }},{{ e.event.term or '-' }}\
+                        {% endfor %}";
+        let env = environment_from_settings(vec![(
+            ARCHIVE_TEMPLATE.to_owned(),
+            template.to_owned(),
+        )])
+        .unwrap();
+        let mut interactions = sample();
+        interactions[0].entries[1].event.id = Some("01J".to_owned());
+        interactions[0].entries[1].event.term = Some(3);
+        let blocks = render_blocks(&env, Section::Archive, interactions).unwrap();
+        assert_eq!(
+            blocks,
+            ["7|A → B,7,Agent A,question,2026-11-25T14:00:31Z,-,-\
+              |B → A,7,Agent B,answer,2026-11-25T14:00:40Z,01J,3"]
+        );
+    }
+
+    #[test]
+    fn errors_carry_minijinja_messages() {
+        let syntax = environment_from_settings(vec![(
+            COMMUNICATION_TEMPLATE.to_owned(),
+            "{% for %}".to_owned(),
+        )])
+        .err()
+        .unwrap();
+        assert!(syntax.contains("syntax error"), "{syntax}");
+        assert!(syntax.contains(COMMUNICATION_TEMPLATE), "{syntax}");
+
+        let unknown = environment_from_settings(vec![("template".to_owned(), String::new())])
+            .err()
+            .unwrap();
+        assert!(unknown.contains("`template`"), "{unknown}");
+
+        let env = environment_from_settings(vec![(
+            ARCHIVE_TEMPLATE.to_owned(),
+            "{{ interaction.nubmer }}".to_owned(),
+        )])
+        .unwrap();
+        let runtime = render_blocks(&env, Section::Archive, sample()).err().unwrap();
+        assert!(runtime.contains("undefined"), "{runtime}");
+    }
+}

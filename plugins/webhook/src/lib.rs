@@ -1,0 +1,298 @@
+//! huddle's webhook alert sink (world `alert-sink`).
+//!
+//! POSTs one JSON request per batch of alerts through the host's `http`
+//! import, which enforces the sink's allowlist and timeout:
+//!
+//! ```toml
+//! [[alerts.sinks]]
+//! plugin = "webhook"
+//! url = "https://hooks.slack.com/services/..."
+//! format = "slack"              # or "alertmanager"; default "slack"
+//! allow = ["https://hooks.slack.com/"]
+//! ```
+//!
+//! - `slack`: `{"text": ...}` with one line per alert, for Slack, Mattermost,
+//!   Rocket.Chat and the many tools that accept that shape.
+//! - `alertmanager`: a JSON list of alerts for Alertmanager's `/api/v2/alerts`.
+
+use std::cell::RefCell;
+
+use exports::huddle::plugin::sink::{DeliveryError, Guest};
+use huddle::plugin::http;
+use huddle::plugin::types::{Alert, Settings};
+use serde_json::json;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "alert-sink",
+});
+
+/// Longest content quoted in a chat line; chat services cap message length and
+/// a person needs the gist, not a 1 MiB log dump.
+const MAX_SUMMARY_CHARS: usize = 500;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Slack,
+    Alertmanager,
+}
+
+#[derive(Debug)]
+struct Config {
+    url: String,
+    format: Format,
+}
+
+impl Config {
+    fn from_settings(settings: Settings) -> Result<Self, String> {
+        let mut url = None;
+        let mut format = Format::Slack;
+        for (key, value) in settings {
+            match key.as_str() {
+                "url" => url = Some(value),
+                "format" => {
+                    format = match value.as_str() {
+                        "slack" => Format::Slack,
+                        "alertmanager" => Format::Alertmanager,
+                        other => {
+                            return Err(format!(
+                                "webhook sink: format `{other}` is not supported \
+                                 (expected \"slack\" or \"alertmanager\")"
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "webhook sink: unknown setting `{key}` (expected `url` or `format`)"
+                    ));
+                }
+            }
+        }
+        match url {
+            Some(url) if !url.is_empty() => Ok(Self { url, format }),
+            _ => Err("webhook sink: setting `url` is required".to_owned()),
+        }
+    }
+}
+
+/// The body of one request for the whole batch.
+fn request_body(format: Format, alerts: &[Alert]) -> serde_json::Value {
+    match format {
+        Format::Slack => {
+            let lines: Vec<String> = alerts.iter().map(summary_line).collect();
+            json!({ "text": lines.join("\n") })
+        }
+        Format::Alertmanager => alerts.iter().map(alertmanager_alert).collect(),
+    }
+}
+
+/// e.g. `huddle error in team-a from Agent A: Failed to acquire lock (x3)`
+fn summary_line(alert: &Alert) -> String {
+    let mut line = format!(
+        "huddle error in {} from {}: {}",
+        alert.source,
+        alert.event.actor,
+        one_line(&alert.event.content, MAX_SUMMARY_CHARS)
+    );
+    if alert.count > 1 {
+        line.push_str(&format!(" (x{})", alert.count));
+    }
+    line
+}
+
+/// Collapses whitespace runs (newlines included) to single spaces and cuts
+/// long text at a character boundary, marking the cut.
+fn one_line(text: &str, max_chars: usize) -> String {
+    let mut words = text.split_whitespace();
+    let mut line = words.next().unwrap_or_default().to_owned();
+    for word in words {
+        line.push(' ');
+        line.push_str(word);
+    }
+    match line.char_indices().nth(max_chars) {
+        Some((cut, _)) => {
+            line.truncate(cut);
+            line.push('…');
+            line
+        }
+        None => line,
+    }
+}
+
+fn alertmanager_alert(alert: &Alert) -> serde_json::Value {
+    json!({
+        "labels": {
+            "alertname": "HuddleError",
+            "actor": alert.event.actor,
+            "source": alert.source,
+            "severity": "error",
+        },
+        // Alertmanager wants every annotation value as a string.
+        "annotations": {
+            "summary": alert.event.content,
+            "count": alert.count.to_string(),
+        },
+        "startsAt": alert.event.timestamp,
+    })
+}
+
+/// 2xx delivered; 5xx, 408 and 429 are worth retrying; any other answer means
+/// this request will never be accepted as it is.
+fn classify_status(status: u16, body: &str) -> Result<(), DeliveryError> {
+    let reason = || format!("webhook answered HTTP {status}: {}", one_line(body, 200));
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(DeliveryError::Transient(reason())),
+        _ => Err(DeliveryError::Permanent(reason())),
+    }
+}
+
+/// The host refuses URLs off the allowlist (retrying cannot help); anything
+/// else it reports (timeout, connection refused, DNS) may pass later.
+fn classify_host_error(error: String) -> DeliveryError {
+    if error.to_ascii_lowercase().contains("allowlist") {
+        DeliveryError::Permanent(error)
+    } else {
+        DeliveryError::Transient(error)
+    }
+}
+
+thread_local! {
+    // Set by configure(), which the host calls once before any delivery.
+    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+}
+
+struct WebhookSink;
+
+impl Guest for WebhookSink {
+    fn configure(settings: Settings) -> Result<(), String> {
+        let config = Config::from_settings(settings)?;
+        CONFIG.with(|current| *current.borrow_mut() = Some(config));
+        Ok(())
+    }
+
+    fn deliver(alerts: Vec<Alert>) -> Result<(), DeliveryError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        CONFIG.with(|config| {
+            let config = config.borrow();
+            let Some(config) = config.as_ref() else {
+                return Err(DeliveryError::Permanent(
+                    "webhook sink: deliver called before configure".to_owned(),
+                ));
+            };
+            let body = request_body(config.format, &alerts).to_string();
+            match http::post(&config.url, "application/json", body.as_bytes()) {
+                Ok(response) => classify_status(response.status, &response.body),
+                Err(error) => Err(classify_host_error(error)),
+            }
+        })
+    }
+}
+
+export!(WebhookSink);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use huddle::plugin::types::Event;
+
+    fn alert(content: &str, count: u32) -> Alert {
+        Alert {
+            event: Event {
+                interaction: 4,
+                actor: "Agent A".to_owned(),
+                type_: "error".to_owned(),
+                content: content.to_owned(),
+                timestamp: "2026-11-25T14:00:31Z".to_owned(),
+                id: None,
+                term: None,
+            },
+            count,
+            source: "team-a".to_owned(),
+        }
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        pairs
+            .iter()
+            .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn slack_body_has_one_line_per_alert() {
+        let body = request_body(
+            Format::Slack,
+            &[alert("Failed to\nacquire lock", 3), alert("disk full", 1)],
+        );
+        assert_eq!(
+            body,
+            json!({"text": "huddle error in team-a from Agent A: Failed to acquire lock (x3)\n\
+                            huddle error in team-a from Agent A: disk full"})
+        );
+    }
+
+    #[test]
+    fn long_content_is_cut_at_a_char_boundary() {
+        let line = one_line(&"é".repeat(MAX_SUMMARY_CHARS + 10), MAX_SUMMARY_CHARS);
+        assert_eq!(line.chars().count(), MAX_SUMMARY_CHARS + 1);
+        assert!(line.ends_with('…'));
+    }
+
+    #[test]
+    fn alertmanager_body_is_a_list_of_alerts() {
+        let body = request_body(Format::Alertmanager, &[alert("disk full", 2)]);
+        assert_eq!(
+            body,
+            json!([{
+                "labels": {"alertname": "HuddleError", "actor": "Agent A",
+                           "source": "team-a", "severity": "error"},
+                "annotations": {"summary": "disk full", "count": "2"},
+                "startsAt": "2026-11-25T14:00:31Z",
+            }])
+        );
+    }
+
+    #[test]
+    fn statuses_and_host_errors_are_classified() {
+        assert!(classify_status(204, "").is_ok());
+        for status in [500, 503, 429, 408] {
+            assert!(matches!(classify_status(status, ""), Err(DeliveryError::Transient(_))));
+        }
+        for status in [400, 404, 301] {
+            assert!(matches!(classify_status(status, ""), Err(DeliveryError::Permanent(_))));
+        }
+        assert!(matches!(
+            classify_host_error("timed out after 5s".to_owned()),
+            DeliveryError::Transient(_)
+        ));
+        assert!(matches!(
+            classify_host_error("http://x/ is not on this sink's allowlist".to_owned()),
+            DeliveryError::Permanent(_)
+        ));
+    }
+
+    #[test]
+    fn configure_validates_settings() {
+        let config = Config::from_settings(settings(&[("url", "http://h/")])).unwrap();
+        assert_eq!(config.format, Format::Slack);
+        let config =
+            Config::from_settings(settings(&[("url", "http://h/"), ("format", "alertmanager")]))
+                .unwrap();
+        assert_eq!(config.format, Format::Alertmanager);
+        assert!(Config::from_settings(Vec::new()).unwrap_err().contains("`url`"));
+        assert!(
+            Config::from_settings(settings(&[("url", "u"), ("format", "teams")]))
+                .unwrap_err()
+                .contains("`teams`")
+        );
+        assert!(
+            Config::from_settings(settings(&[("url", "u"), ("channel", "#ops")]))
+                .unwrap_err()
+                .contains("`channel`")
+        );
+    }
+}

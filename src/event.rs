@@ -1,0 +1,296 @@
+//! The event model: what one line of `events.log` holds, and the rules a new
+//! event must satisfy before anything is written.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Types huddle itself writes.
+pub mod types {
+    pub const ERROR: &str = "error";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const LEADER_ELECTION: &str = "leader_election";
+}
+
+/// The actor name huddle uses for events it writes about itself.
+pub const HOST_ACTOR: &str = "huddle";
+
+/// Longest accepted actor name, in bytes.
+pub const MAX_ACTOR_BYTES: usize = 256;
+/// Longest accepted type name, in bytes.
+pub const MAX_TYPE_BYTES: usize = 64;
+/// Default limit on content, in bytes (`log.max_content_bytes` in huddle.toml).
+pub const DEFAULT_MAX_CONTENT_BYTES: usize = 1024 * 1024;
+
+/// One line of the log. The first five fields are the brief's and are required;
+/// `id` and `term` are written by huddle; any other field is kept as it was read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub interaction: u64,
+    pub actor: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub content: String,
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// Fields written by other tools or later versions: kept, never dropped.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Event {
+    /// The JSON line for this event, without the trailing newline.
+    pub fn to_line(&self) -> String {
+        // Serialising a struct of strings and integers into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses one log line (without its newline), checking that the five
+    /// required fields are present with the right JSON types.
+    pub fn from_line(line: &[u8]) -> Result<Event, String> {
+        serde_json::from_slice::<Event>(line).map_err(|e| e.to_string())
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.kind == types::ERROR
+    }
+}
+
+/// Which interaction a new event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InteractionRef {
+    Number(u64),
+    /// Allocate max + 1 under the lock.
+    Next,
+}
+
+impl std::str::FromStr for InteractionRef {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "next" {
+            return Ok(InteractionRef::Next);
+        }
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ValidationError::new(
+                "interaction",
+                format!("must be a non-negative integer or `next`, got {s:?}"),
+            ));
+        }
+        s.parse::<u64>().map(InteractionRef::Number).map_err(|_| {
+            ValidationError::new(
+                "interaction",
+                format!("must be at most {}, got {s}", u64::MAX),
+            )
+        })
+    }
+}
+
+/// An event as a caller asks for it, before it has an id, a timestamp or a number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub interaction: InteractionRef,
+    pub actor: String,
+    pub kind: String,
+    pub content: String,
+    pub term: Option<u64>,
+}
+
+impl NewEvent {
+    pub fn new(
+        interaction: InteractionRef,
+        actor: impl Into<String>,
+        kind: impl Into<String>,
+        content: impl Into<String>,
+    ) -> NewEvent {
+        NewEvent {
+            interaction,
+            actor: actor.into(),
+            kind: kind.into(),
+            content: content.into(),
+            term: None,
+        }
+    }
+
+    pub fn with_term(mut self, term: u64) -> NewEvent {
+        self.term = Some(term);
+        self
+    }
+
+    /// Checks every rule of SPEC.md's "Event" section.
+    pub fn validate(&self, max_content_bytes: usize) -> Result<(), ValidationError> {
+        validate_actor(&self.actor)?;
+        validate_type(&self.kind)?;
+        if self.content.len() > max_content_bytes {
+            return Err(ValidationError::new(
+                "content",
+                format!(
+                    "is {} bytes, over the limit of {max_content_bytes} bytes (log.max_content_bytes)",
+                    self.content.len()
+                ),
+            ));
+        }
+        if let Some(pos) = self.content.find('\0') {
+            return Err(ValidationError::new(
+                "content",
+                format!("contains a NUL byte at byte {pos}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stamps the event with its number, a fresh id and the current time.
+    pub fn into_event(self, interaction: u64) -> Event {
+        Event {
+            interaction,
+            actor: self.actor,
+            kind: self.kind,
+            content: self.content,
+            timestamp: now_rfc3339(),
+            id: Some(new_event_id()),
+            term: self.term,
+            extra: Map::new(),
+        }
+    }
+}
+
+fn validate_actor(actor: &str) -> Result<(), ValidationError> {
+    if actor.trim().is_empty() {
+        return Err(ValidationError::new("actor", "must not be empty"));
+    }
+    if actor.len() > MAX_ACTOR_BYTES {
+        return Err(ValidationError::new(
+            "actor",
+            format!(
+                "is {} bytes, over the limit of {MAX_ACTOR_BYTES} bytes",
+                actor.len()
+            ),
+        ));
+    }
+    if let Some(c) = actor.chars().find(|c| c.is_control()) {
+        return Err(ValidationError::new(
+            "actor",
+            format!("must not contain control characters, found {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_type(kind: &str) -> Result<(), ValidationError> {
+    let mut bytes = kind.bytes();
+    let well_formed = matches!(bytes.next(), Some(b'a'..=b'z'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+    if !well_formed {
+        return Err(ValidationError::new(
+            "type",
+            format!("must match [a-z][a-z0-9_-]*, got {kind:?}"),
+        ));
+    }
+    if kind.len() > MAX_TYPE_BYTES {
+        return Err(ValidationError::new(
+            "type",
+            format!(
+                "is {} bytes, over the limit of {MAX_TYPE_BYTES} bytes",
+                kind.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bad input: names the field and the rule it broke. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {problem}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, problem: impl Into<String>) -> ValidationError {
+        ValidationError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Current time, RFC 3339 in UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A UUIDv7: unique across processes and machines, and sortable by creation time.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_interaction_refs() {
+        assert_eq!("7".parse::<InteractionRef>(), Ok(InteractionRef::Number(7)));
+        assert_eq!("next".parse::<InteractionRef>(), Ok(InteractionRef::Next));
+        for bad in ["", "-1", "1.5", "abc", " 1", "99999999999999999999999"] {
+            let err = bad.parse::<InteractionRef>().unwrap_err();
+            assert_eq!(err.field, "interaction", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keeps_unknown_fields() {
+        let line = br#"{"interaction":1,"actor":"a","type":"note","content":"c","timestamp":"t","mood":"calm","n":[1,2]}"#;
+        let event = Event::from_line(line).unwrap();
+        assert_eq!(event.extra.get("mood"), Some(&Value::from("calm")));
+        let again = Event::from_line(event.to_line().as_bytes()).unwrap();
+        assert_eq!(again, event);
+        assert!(event.to_line().contains(r#""n":[1,2]"#));
+    }
+
+    #[test]
+    fn rejects_mistyped_fields() {
+        for line in [
+            &br#"{"interaction":"1","actor":"a","type":"t","content":"c","timestamp":"t"}"#[..],
+            br#"{"interaction":-1,"actor":"a","type":"t","content":"c","timestamp":"t"}"#,
+            br#"{"actor":"a","type":"t","content":"c","timestamp":"t"}"#,
+            br#"{"interaction":1,"actor":"a","type":"t","content":5,"timestamp":"t"}"#,
+            br#"not json"#,
+        ] {
+            assert!(
+                Event::from_line(line).is_err(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn validates_new_events() {
+        let ok = NewEvent::new(
+            InteractionRef::Number(1),
+            "Agent A",
+            "question",
+            "hi\nthere",
+        );
+        assert!(ok.validate(100).is_ok());
+        let cases = [
+            (NewEvent::new(InteractionRef::Next, "", "q", ""), "actor"),
+            (
+                NewEvent::new(InteractionRef::Next, "a\u{7}", "q", ""),
+                "actor",
+            ),
+            (NewEvent::new(InteractionRef::Next, "a", "Q", ""), "type"),
+            (NewEvent::new(InteractionRef::Next, "a", "q\n", ""), "type"),
+            (
+                NewEvent::new(InteractionRef::Next, "a", "q", "x".repeat(101)),
+                "content",
+            ),
+        ];
+        for (event, field) in cases {
+            assert_eq!(event.validate(100).unwrap_err().field, field, "{event:?}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! huddle: a team of agents coordinating through one append-only event log.
+//!
+//! The library is what the CLI, the daemon, the tests and the MCP server share:
+//! - [`event`]: the event model and validation,
+//! - [`log`]: the log store (locked appends, streaming reads, quarantine, offline queue),
+//! - [`config`]: `huddle.toml`,
+//! - [`workspace`]: creating a huddle directory,
+//! - [`snapshot`]: communication.md and archive.md,
+//! - [`demo`]: the README's first command.
+
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod log;
+pub mod snapshot;
+pub mod workspace;
+
+pub use config::Config;
+pub use event::{Event, InteractionRef, NewEvent, ValidationError};
+pub use log::{Cursor, EventStore, FileLog, StoreError};

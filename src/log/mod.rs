@@ -1,0 +1,56 @@
+//! The log store: the one place that writes `events.log`.
+//!
+//! On disk the log is JSON Lines, append-only, never rewritten. Writers take an
+//! exclusive `flock` on `events.log` itself, so the brief's shell appender
+//! (`flock events.log ... >> events.log`) interoperates. Every append:
+//!
+//! 1. takes the lock (bounded wait, bounded retries; on failure the event is
+//!    kept in `events.offline.log` and the caller gets an error),
+//! 2. flushes events queued in `events.offline.log` by earlier failures,
+//! 3. seals a torn tail (a writer died mid-line) with a newline so the
+//!    fragment stays a line of its own, to be quarantined by readers,
+//! 4. writes all its lines with one `write`, truncating back on failure so no
+//!    partial line remains,
+//! 5. releases the lock, then `fdatasync`s (outside the lock, so concurrent
+//!    writers share the flush instead of queueing behind each other's).
+//!
+//! Readers take no lock: they stream complete lines only (an unterminated
+//! last line may be a write in flight) and quarantine malformed lines into
+//! `events.error.log`, once each.
+
+mod offline;
+mod quarantine;
+mod reader;
+mod store;
+mod tail;
+
+pub use quarantine::QUARANTINE_FILE;
+pub use reader::{Cursor, LogReader, Malformed, Record, ScanItem};
+pub use store::{CasOutcome, FileLog, StoreError};
+
+/// File names inside a huddle directory (SPEC.md, "Files in a huddle directory").
+pub const LOG_FILE: &str = "events.log";
+pub const OFFLINE_FILE: &str = "events.offline.log";
+/// huddle's private state (indexes and cursors); safe to delete.
+pub const STATE_DIR: &str = ".huddle";
+
+use crate::event::{Event, NewEvent};
+
+/// What any log backend offers. The file log is the embedded default; a
+/// networked backend (NATS JetStream) slots in behind the same calls.
+pub trait EventStore {
+    /// Appends one event and returns it as written (with id, time and number).
+    fn append(&self, event: NewEvent) -> Result<Event, StoreError>;
+    /// Appends events in order, all or none, under one lock and one sync.
+    fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError>;
+    /// Streams complete events from `cursor`, in log order.
+    fn read_from(&self, cursor: Cursor) -> Result<LogReader, StoreError>;
+    /// The election primitive: under the lock, looks at every event after
+    /// `cursor`; if none of them `conflicts`, appends `event`.
+    fn compare_and_append(
+        &self,
+        cursor: Cursor,
+        event: NewEvent,
+        conflicts: &dyn Fn(&Event) -> bool,
+    ) -> Result<CasOutcome, StoreError>;
+}

@@ -1,0 +1,106 @@
+//! `events.offline.log`: events that could not be appended yet. They are
+//! moved into the log, in order, by the next append that gets the lock.
+//!
+//! Exactly once: before moving, the log's length is written to
+//! `.huddle/offline-flush`; after the move the queue is emptied and the note
+//! removed. If a crash falls in between, the next flush finds the note and
+//! skips queued events whose ids already appear after that length.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::reader::{Cursor, LogReader, ScanItem};
+use crate::event::Event;
+
+const FLUSH_NOTE: &str = "offline-flush";
+/// Extra field on a queued event whose interaction is still to be allocated.
+pub(crate) const ALLOCATE_FIELD: &str = "huddle_allocate_interaction";
+
+/// Appends events to the queue durably.
+pub(crate) fn enqueue(path: &Path, events: &[Event]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for event in events {
+        text.push_str(&event.to_line());
+        text.push('\n');
+    }
+    let mut file = OpenOptions::new().append(true).create(true).open(path)?;
+    fs4::FileExt::lock(&file)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|_| file.sync_data());
+    fs4::FileExt::unlock(&file)?;
+    written
+}
+
+/// A queue taken for flushing: its events and the locked file to empty afterwards.
+pub(crate) struct Pending {
+    file: File,
+    pub events: Vec<Event>,
+    note: PathBuf,
+}
+
+/// Takes the queue if it has anything in it. `log` is the locked log file.
+pub(crate) fn take(path: &Path, state_dir: &Path, log: &File) -> std::io::Result<Option<Pending>> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 => {}
+        _ => return Ok(None),
+    }
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    fs4::FileExt::lock(&file)?;
+    let mut events = Vec::new();
+    for line in BufReader::new(&file).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // The queue holds only lines we wrote; anything unparsable came from a
+        // torn write of ours and never reached the caller as a success.
+        if let Ok(event) = Event::from_line(line.as_bytes()) {
+            events.push(event);
+        }
+    }
+    let note = state_dir.join(FLUSH_NOTE);
+    if let Some(flushed_from) = read_note(&note) {
+        let already = ids_after(log, flushed_from)?;
+        events.retain(|e| e.id.as_ref().is_none_or(|id| !already.contains(id)));
+    }
+    std::fs::create_dir_all(state_dir)?;
+    std::fs::write(&note, log.metadata()?.len().to_string())?;
+    Ok(Some(Pending { file, events, note }))
+}
+
+impl Pending {
+    /// Called once the events are durably in the log.
+    pub(crate) fn done(self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        fs4::FileExt::unlock(&self.file)?;
+        std::fs::remove_file(&self.note)
+    }
+}
+
+/// Resolves an event queued before its interaction could be allocated.
+pub(crate) fn needs_allocation(event: &Event) -> bool {
+    event.extra.get(ALLOCATE_FIELD) == Some(&Value::Bool(true))
+}
+
+fn read_note(note: &Path) -> Option<u64> {
+    std::fs::read_to_string(note).ok()?.trim().parse().ok()
+}
+
+fn ids_after(log: &File, offset: u64) -> std::io::Result<HashSet<String>> {
+    let reader = LogReader::from_file(log.try_clone()?, Cursor { offset, line: 0 })?;
+    let mut ids = HashSet::new();
+    for item in reader {
+        if let ScanItem::Event(record) = item? {
+            if let Some(id) = record.event.id {
+                ids.insert(id);
+            }
+        }
+    }
+    Ok(ids)
+}

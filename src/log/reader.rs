@@ -1,0 +1,135 @@
+//! Streaming reader: never loads the log whole, yields complete lines only.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// A position in the log: the byte offset of the next line and its 1-based number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub offset: u64,
+    pub line: u64,
+}
+
+impl Cursor {
+    pub const START: Cursor = Cursor { offset: 0, line: 1 };
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor::START
+    }
+}
+
+/// A well-formed event and where it sits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub line: u64,
+    pub offset: u64,
+    pub event: Event,
+}
+
+/// A line that is not a valid event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Malformed {
+    pub line: u64,
+    pub offset: u64,
+    pub reason: String,
+    pub raw: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanItem {
+    Event(Record),
+    Malformed(Malformed),
+}
+
+/// Iterates over the complete lines of a log from a cursor. An unterminated
+/// last line is not yielded: it may be a write in flight, or a torn fragment
+/// that the next writer will seal.
+pub struct LogReader {
+    input: BufReader<File>,
+    next: Cursor,
+    buf: Vec<u8>,
+}
+
+impl LogReader {
+    /// Opens `path` at `cursor`.
+    pub fn open(path: &Path, cursor: Cursor) -> std::io::Result<LogReader> {
+        LogReader::from_file(File::open(path)?, cursor)
+    }
+
+    /// Reads `file` from `cursor`. The file's position is moved, and so is
+    /// that of every handle cloned from it.
+    pub(crate) fn from_file(mut file: File, cursor: Cursor) -> std::io::Result<LogReader> {
+        file.seek(SeekFrom::Start(cursor.offset))?;
+        Ok(LogReader {
+            input: BufReader::with_capacity(256 * 1024, file),
+            next: cursor,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Where the next complete line starts: resume reading from here.
+    pub fn cursor(&self) -> Cursor {
+        self.next
+    }
+
+    /// Reads the next complete line into `self.buf` (without its newline).
+    /// Returns false at the end of the complete lines.
+    fn next_line(&mut self) -> std::io::Result<bool> {
+        self.buf.clear();
+        let read = self.input.read_until(b'\n', &mut self.buf)?;
+        if read == 0 || self.buf.last() != Some(&b'\n') {
+            return Ok(false);
+        }
+        self.buf.pop();
+        Ok(true)
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = std::io::Result<ScanItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_line() {
+                Err(e) => return Some(Err(e)),
+                Ok(false) => return None,
+                Ok(true) => {}
+            }
+            let here = self.next;
+            self.next = Cursor {
+                offset: here.offset + self.buf.len() as u64 + 1,
+                line: here.line + 1,
+            };
+            let line = trim_cr(&self.buf);
+            // A blank line carries nothing: skipping it is not data loss.
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let item = match Event::from_line(line) {
+                Ok(event) => ScanItem::Event(Record {
+                    line: here.line,
+                    offset: here.offset,
+                    event,
+                }),
+                Err(reason) => ScanItem::Malformed(Malformed {
+                    line: here.line,
+                    offset: here.offset,
+                    reason,
+                    raw: self.buf.clone(),
+                }),
+            };
+            return Some(Ok(item));
+        }
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

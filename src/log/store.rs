@@ -1,0 +1,465 @@
+//! The file log: locked appends to `events.log`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::reader::{Cursor, LogReader, Malformed, ScanItem};
+use super::{offline, quarantine, tail, EventStore, LOG_FILE, OFFLINE_FILE, STATE_DIR};
+use crate::config::{Durability, LogConfig};
+use crate::event::{types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR};
+
+/// Why an operation on the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Bad input; nothing was written.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The lock stayed taken through every attempt.
+    #[error(
+        "could not lock {path} after {attempts} attempts over {waited:.1?}; \
+         the event was kept in {queue} and will be written by the next successful append"
+    )]
+    LockTimeout {
+        path: PathBuf,
+        attempts: u32,
+        waited: Duration,
+        queue: PathBuf,
+    },
+    /// Like `LockTimeout`, but the event could not even be queued.
+    #[error("could not lock {path} after {attempts} attempts, and could not queue the event in {queue}: {source}")]
+    LockTimeoutNotQueued {
+        path: PathBuf,
+        attempts: u32,
+        queue: PathBuf,
+        source: std::io::Error,
+    },
+    /// An I/O operation failed; the file is left as it was before the call.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    fn io<'a>(
+        action: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+        move |source| StoreError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True for failures that mean the disk refuses writes (full, read-only,
+    /// permission denied): the daemon pauses on these.
+    pub fn is_write_refused(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Result of `compare_and_append`.
+#[derive(Debug)]
+pub enum CasOutcome {
+    Appended(Event),
+    /// Not appended: these events after the cursor conflicted.
+    Conflict(Vec<Event>),
+}
+
+/// The append-only JSONL log of one huddle directory.
+#[derive(Debug, Clone)]
+pub struct FileLog {
+    dir: PathBuf,
+    path: PathBuf,
+    config: LogConfig,
+}
+
+/// The log file, exclusively locked until dropped or unlocked.
+struct LockedLog {
+    file: File,
+}
+
+impl Drop for LockedLog {
+    fn drop(&mut self) {
+        // Closing the descriptor releases the flock anyway; this is just earlier.
+        let _ = fs4::FileExt::unlock(&self.file);
+    }
+}
+
+impl FileLog {
+    pub fn new(dir: impl Into<PathBuf>, config: LogConfig) -> FileLog {
+        let dir = dir.into();
+        FileLog {
+            path: dir.join(LOG_FILE),
+            dir,
+            config,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.join(STATE_DIR)
+    }
+
+    fn offline_path(&self) -> PathBuf {
+        self.dir.join(OFFLINE_FILE)
+    }
+
+    fn open(&self) -> Result<File, StoreError> {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(StoreError::io("open", &self.path))
+    }
+
+    /// Bounded wait, bounded retries with doubling pauses.
+    fn lock(&self) -> Result<Result<LockedLog, Duration>, StoreError> {
+        let file = self.open()?;
+        let started = Instant::now();
+        let mut pause = self.config.lock_backoff();
+        for attempt in 1..=self.config.lock_attempts {
+            if wait_for_lock(&file, self.config.lock_timeout())
+                .map_err(StoreError::io("lock", &self.path))?
+            {
+                return Ok(Ok(LockedLog { file }));
+            }
+            if attempt < self.config.lock_attempts {
+                sleep(pause);
+                pause *= 2;
+            }
+        }
+        Ok(Err(started.elapsed()))
+    }
+
+    /// Everything an append does once the lock is held (see the module docs).
+    /// Returns the events as written.
+    fn append_locked(
+        &self,
+        locked: &LockedLog,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.flush_offline(locked)?;
+        let mut next_number = None;
+        let mut written = Vec::with_capacity(events.len());
+        for event in events {
+            let number = match event.interaction {
+                InteractionRef::Number(n) => n,
+                InteractionRef::Next => self.allocate(locked, &mut next_number)?,
+            };
+            written.push(event.into_event(number));
+        }
+        self.write_lines(locked, &written)?;
+        Ok(written)
+    }
+
+    /// max + 1, computed once per lock and then counted up.
+    fn allocate(&self, locked: &LockedLog, next: &mut Option<u64>) -> Result<u64, StoreError> {
+        let number = match *next {
+            Some(n) => n,
+            None => tail::max_interaction(&locked.file, &self.state_dir())
+                .map_err(StoreError::io("read", &self.path))?
+                .map_or(1, |max| max.saturating_add(1)),
+        };
+        *next = Some(number.saturating_add(1));
+        Ok(number)
+    }
+
+    /// One write of every line, after sealing a torn tail. On failure the file
+    /// is truncated back so no partial line remains.
+    fn write_lines(&self, locked: &LockedLog, events: &[Event]) -> Result<(), StoreError> {
+        let file = &locked.file;
+        let old_len = file
+            .metadata()
+            .map_err(StoreError::io("read", &self.path))?
+            .len();
+        let mut buf = Vec::with_capacity(events.len() * 256 + 1);
+        if old_len > 0 {
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, old_len - 1)
+                .map_err(StoreError::io("read", &self.path))?;
+            if last[0] != b'\n' {
+                buf.push(b'\n');
+            }
+        }
+        for event in events {
+            // Serialising strings and integers into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut buf, event);
+            buf.push(b'\n');
+        }
+        if let Err(source) = (&mut &*file).write_all(&buf) {
+            // Best effort: if even the truncate fails, the reader quarantines
+            // the fragment and the next writer seals it.
+            let _ = file.set_len(old_len);
+            return Err(StoreError::Io {
+                action: "append to",
+                path: self.path.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    fn sync(&self, file: &File) -> Result<(), StoreError> {
+        match self.config.durability {
+            Durability::Fsync => file
+                .sync_data()
+                .map_err(StoreError::io("fdatasync", &self.path)),
+            Durability::None => Ok(()),
+        }
+    }
+
+    /// Moves queued events into the log before anything newer is written.
+    fn flush_offline(&self, locked: &LockedLog) -> Result<(), StoreError> {
+        let queue = self.offline_path();
+        let Some(pending) = offline::take(&queue, &self.state_dir(), &locked.file)
+            .map_err(StoreError::io("read", &queue))?
+        else {
+            return Ok(());
+        };
+        let mut next_number = None;
+        let mut events = Vec::with_capacity(pending.events.len());
+        for mut event in pending.events.iter().cloned() {
+            if offline::needs_allocation(&event) {
+                event.interaction = self.allocate(locked, &mut next_number)?;
+                event.extra.remove(offline::ALLOCATE_FIELD);
+            }
+            events.push(event);
+        }
+        self.write_lines(locked, &events)?;
+        // The queue may be emptied only once its events are durable here.
+        locked
+            .file
+            .sync_data()
+            .map_err(StoreError::io("fdatasync", &self.path))?;
+        pending.done().map_err(StoreError::io("empty", &queue))
+    }
+
+    /// Keeps events that could not be appended, plus an `error` event saying
+    /// why, in the offline queue.
+    fn enqueue_after_lock_failure(&self, events: &[NewEvent], waited: Duration) -> StoreError {
+        let queue = self.offline_path();
+        let mut queued: Vec<Event> = Vec::with_capacity(events.len() + 1);
+        for event in events {
+            let number = match event.interaction {
+                InteractionRef::Number(n) => n,
+                InteractionRef::Next => 0,
+            };
+            let mut stamped = event.clone().into_event(number);
+            if event.interaction == InteractionRef::Next {
+                stamped
+                    .extra
+                    .insert(offline::ALLOCATE_FIELD.into(), true.into());
+            }
+            queued.push(stamped);
+        }
+        let actor = events.first().map_or(HOST_ACTOR, |e| e.actor.as_str());
+        let interaction = queued.first().map_or(0, |e| e.interaction);
+        queued.push(
+            NewEvent::new(
+                InteractionRef::Number(interaction),
+                actor,
+                types::ERROR,
+                format!(
+                    "Failed to acquire lock on {} after {} attempts over {waited:.1?}",
+                    LOG_FILE, self.config.lock_attempts
+                ),
+            )
+            .into_event(interaction),
+        );
+        match offline::enqueue(&queue, &queued) {
+            Ok(()) => StoreError::LockTimeout {
+                path: self.path.clone(),
+                attempts: self.config.lock_attempts,
+                waited,
+                queue,
+            },
+            Err(source) => StoreError::LockTimeoutNotQueued {
+                path: self.path.clone(),
+                attempts: self.config.lock_attempts,
+                queue,
+                source,
+            },
+        }
+    }
+
+    fn validate(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        for event in events {
+            event.validate(self.config.max_content_bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Streams the log from `cursor`, sets malformed lines aside in
+    /// `events.error.log` (once each, with an `error` event for each newly
+    /// quarantined line) and hands every good record to `visit`. Returns the
+    /// cursor to resume from.
+    pub fn scan(
+        &self,
+        cursor: Cursor,
+        mut visit: impl FnMut(Record) -> Result<(), StoreError>,
+    ) -> Result<Cursor, StoreError> {
+        let mut reader = match self.read_from(cursor) {
+            Ok(reader) => reader,
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(cursor)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut malformed = Vec::new();
+        for item in reader.by_ref() {
+            match item.map_err(StoreError::io("read", &self.path))? {
+                ScanItem::Event(record) => visit(record)?,
+                ScanItem::Malformed(line) => malformed.push(line),
+            }
+        }
+        self.quarantine(&malformed)?;
+        Ok(reader.cursor())
+    }
+
+    /// Quarantines lines not quarantined before and logs one `error` event per
+    /// newly quarantined line. Returns the newly quarantined lines.
+    pub fn quarantine(&self, lines: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
+        let fresh = quarantine::quarantine(&self.dir, lines).map_err(StoreError::io(
+            "write",
+            &self.dir.join(quarantine::QUARANTINE_FILE),
+        ))?;
+        if !fresh.is_empty() {
+            let reports = fresh
+                .iter()
+                .map(|line| {
+                    NewEvent::new(
+                        InteractionRef::Number(0),
+                        HOST_ACTOR,
+                        types::ERROR,
+                        format!(
+                            "Quarantined malformed line {} of {LOG_FILE} (byte offset {}) into {}: {}",
+                            line.line,
+                            line.offset,
+                            quarantine::QUARANTINE_FILE,
+                            line.reason
+                        ),
+                    )
+                })
+                .collect();
+            self.append_batch(reports)?;
+        }
+        Ok(fresh)
+    }
+}
+
+use super::reader::Record;
+
+impl EventStore for FileLog {
+    fn append(&self, event: NewEvent) -> Result<Event, StoreError> {
+        let mut written = self.append_batch(vec![event])?;
+        Ok(written.remove(0))
+    }
+
+    fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
+        self.validate(&events)?;
+        let locked = match self.lock()? {
+            Ok(locked) => locked,
+            Err(waited) => return Err(self.enqueue_after_lock_failure(&events, waited)),
+        };
+        let written = self.append_locked(&locked, events)?;
+        // Unlock before the sync: concurrent writers then share one flush
+        // instead of each waiting behind the other's.
+        let file = locked
+            .file
+            .try_clone()
+            .map_err(StoreError::io("sync", &self.path))?;
+        drop(locked);
+        self.sync(&file)?;
+        Ok(written)
+    }
+
+    fn read_from(&self, cursor: Cursor) -> Result<LogReader, StoreError> {
+        LogReader::open(&self.path, cursor).map_err(StoreError::io("read", &self.path))
+    }
+
+    fn compare_and_append(
+        &self,
+        cursor: Cursor,
+        event: NewEvent,
+        conflicts: &dyn Fn(&Event) -> bool,
+    ) -> Result<CasOutcome, StoreError> {
+        self.validate(std::slice::from_ref(&event))?;
+        let locked = match self.lock()? {
+            Ok(locked) => locked,
+            Err(waited) => return Err(self.enqueue_after_lock_failure(&[event], waited)),
+        };
+        let reader = LogReader::from_file(
+            locked
+                .file
+                .try_clone()
+                .map_err(StoreError::io("read", &self.path))?,
+            cursor,
+        )
+        .map_err(StoreError::io("read", &self.path))?;
+        let mut conflicting = Vec::new();
+        for item in reader {
+            if let ScanItem::Event(record) = item.map_err(StoreError::io("read", &self.path))? {
+                if conflicts(&record.event) {
+                    conflicting.push(record.event);
+                }
+            }
+        }
+        if !conflicting.is_empty() {
+            return Ok(CasOutcome::Conflict(conflicting));
+        }
+        let mut written = self.append_locked(&locked, vec![event])?;
+        let file = locked
+            .file
+            .try_clone()
+            .map_err(StoreError::io("sync", &self.path))?;
+        drop(locked);
+        self.sync(&file)?;
+        Ok(CasOutcome::Appended(written.remove(0)))
+    }
+}
+
+/// Polls for the lock until `timeout`. flock has no timed wait, and a blocked
+/// flock cannot be cancelled without signals, so we poll with short, growing pauses.
+fn wait_for_lock(file: &File, timeout: Duration) -> std::io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(20);
+    loop {
+        match fs4::FileExt::try_lock(file) {
+            Ok(()) => return Ok(true),
+            Err(fs4::TryLockError::WouldBlock) => {}
+            Err(fs4::TryLockError::Error(e)) => return Err(e),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}

@@ -1,0 +1,94 @@
+//! The highest interaction number in the log, kept in `.huddle/tail.json` so
+//! that `next` scans only the lines appended since the last allocation.
+//!
+//! The index is a cache, trusted only while it still describes the file: the
+//! same inode, no shorter than the indexed offset, and the same bytes just
+//! before that offset. Anything else (a git merge rewrote the log, say) means
+//! a full rescan.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const INDEX_FILE: &str = "tail.json";
+/// How many bytes before the indexed offset must match.
+const FINGERPRINT_BYTES: u64 = 64;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TailIndex {
+    inode: u64,
+    offset: u64,
+    fingerprint: Vec<u8>,
+    max_interaction: Option<u64>,
+}
+
+/// Only the field we need: parsing the rest of each line would be wasted work.
+#[derive(Deserialize)]
+struct InteractionOnly {
+    interaction: u64,
+}
+
+fn index_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(INDEX_FILE)
+}
+
+fn fingerprint(file: &File, offset: u64) -> std::io::Result<Vec<u8>> {
+    let start = offset.saturating_sub(FINGERPRINT_BYTES);
+    let mut bytes = vec![0u8; (offset - start) as usize];
+    file.read_exact_at(&mut bytes, start)?;
+    Ok(bytes)
+}
+
+/// The highest interaction number among the complete lines of `file` (which
+/// the caller has locked), using and refreshing the index in `state_dir`.
+pub(crate) fn max_interaction(file: &File, state_dir: &Path) -> std::io::Result<Option<u64>> {
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let cached = std::fs::read(index_path(state_dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<TailIndex>(&bytes).ok())
+        .filter(|index| {
+            index.inode == meta.ino()
+                && index.offset <= len
+                && fingerprint(file, index.offset).is_ok_and(|fp| fp == index.fingerprint)
+        })
+        .unwrap_or_default();
+
+    let mut reader = BufReader::new(file);
+    reader.seek(SeekFrom::Start(cached.offset))?;
+    let mut max = cached.max_interaction;
+    let mut offset = cached.offset;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        offset += read as u64;
+        // Malformed lines have no number; the reader quarantines them.
+        if let Ok(parsed) = serde_json::from_slice::<InteractionOnly>(&line) {
+            max = max.max(Some(parsed.interaction));
+        }
+    }
+
+    let index = TailIndex {
+        inode: meta.ino(),
+        offset,
+        fingerprint: fingerprint(file, offset)?,
+        max_interaction: max,
+    };
+    // The index is only a cache: failing to save it costs a rescan next time.
+    let _ = save(state_dir, &index);
+    Ok(max)
+}
+
+fn save(state_dir: &Path, index: &TailIndex) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(format!("{INDEX_FILE}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(index).unwrap_or_default())?;
+    std::fs::rename(&tmp, index_path(state_dir))
+}
