@@ -38,12 +38,15 @@ enum Command {
     /// Append one event.
     Log {
         /// Interaction number, or `next` to allocate max + 1.
+        #[arg(allow_negative_numbers = true)]
         interaction: String,
+        #[arg(allow_hyphen_values = true)]
         actor: String,
         /// Event type: [a-z][a-z0-9_-]*.
         #[arg(value_name = "TYPE")]
         kind: String,
         /// Text of the event; `-` reads standard input (one trailing newline is dropped).
+        #[arg(allow_hyphen_values = true)]
         content: String,
     },
     /// Create a demo directory, run two agents that converse, print the result.

@@ -1,0 +1,6 @@
+//! One integration-test binary (every file under tests/ would link its own,
+//! and with wasmtime inside that costs seconds each). A module per area.
+
+mod common;
+mod log_cli;
+mod log_store;
