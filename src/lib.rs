@@ -3,7 +3,7 @@
 //! The library is what the CLI, the daemon, the tests and the MCP server share:
 //! - [`event`]: the event model and validation,
 //! - [`log`]: the log store (locked appends, streaming reads, quarantine, offline queue),
-//! - [`config`]: `huddle.toml`,
+//! - [`config`]: the settings file huddle.toml,
 //! - [`workspace`]: creating a huddle directory,
 //! - [`snapshot`]: communication.md and archive.md,
 //! - [`demo`]: the README's first command.

@@ -115,7 +115,8 @@ fn parse_type_list(value: &str) -> Result<Vec<String>, String> {
 fn check_type_name(key: &str, kind: &str) -> Result<(), String> {
     let mut chars = kind.chars();
     let starts_well = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if starts_well && rest_ok {
         Ok(())
     } else {
@@ -153,7 +154,10 @@ impl Guest for HeadingMapper {
     fn headings(events: Vec<Event>) -> Vec<Option<String>> {
         TABLE.with(|table| {
             let table = table.borrow();
-            events.iter().map(|event| table.heading(&event.type_)).collect()
+            events
+                .iter()
+                .map(|event| table.heading(&event.type_))
+                .collect()
         })
     }
 }

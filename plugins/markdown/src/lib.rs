@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn one_block_per_interaction_even_when_empty() {
         let mut interactions = sample();
-        interactions.push(Interaction { number: 8, entries: Vec::new() });
+        interactions.push(Interaction {
+            number: 8,
+            entries: Vec::new(),
+        });
         let blocks = render_blocks(&stock(), Section::Communication, interactions).unwrap();
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[1], "### Interaction #8\n\n");
@@ -252,11 +255,9 @@ mod tests {
                         {{ e.event.interaction }},{{ e.event.actor }},{{ e.event.type }},\
                         {{ e.event.timestamp }},{{ e.event.id or '-' }},{{ e.event.term or '-' }}\
                         {% endfor %}";
-        let env = environment_from_settings(vec![(
-            ARCHIVE_TEMPLATE.to_owned(),
-            template.to_owned(),
-        )])
-        .unwrap();
+        let env =
+            environment_from_settings(vec![(ARCHIVE_TEMPLATE.to_owned(), template.to_owned())])
+                .unwrap();
         let mut interactions = sample();
         interactions[0].entries[1].event.id = Some("01J".to_owned());
         interactions[0].entries[1].event.term = Some(3);
@@ -289,7 +290,9 @@ mod tests {
             "{{ interaction.nubmer }}".to_owned(),
         )])
         .unwrap();
-        let runtime = render_blocks(&env, Section::Archive, sample()).err().unwrap();
+        let runtime = render_blocks(&env, Section::Archive, sample())
+            .err()
+            .unwrap();
         assert!(runtime.contains("undefined"), "{runtime}");
     }
 }

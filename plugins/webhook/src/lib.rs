@@ -260,10 +260,16 @@ mod tests {
     fn statuses_and_host_errors_are_classified() {
         assert!(classify_status(204, "").is_ok());
         for status in [500, 503, 429, 408] {
-            assert!(matches!(classify_status(status, ""), Err(DeliveryError::Transient(_))));
+            assert!(matches!(
+                classify_status(status, ""),
+                Err(DeliveryError::Transient(_))
+            ));
         }
         for status in [400, 404, 301] {
-            assert!(matches!(classify_status(status, ""), Err(DeliveryError::Permanent(_))));
+            assert!(matches!(
+                classify_status(status, ""),
+                Err(DeliveryError::Permanent(_))
+            ));
         }
         assert!(matches!(
             classify_host_error("timed out after 5s".to_owned()),
@@ -279,11 +285,17 @@ mod tests {
     fn configure_validates_settings() {
         let config = Config::from_settings(settings(&[("url", "http://h/")])).unwrap();
         assert_eq!(config.format, Format::Slack);
-        let config =
-            Config::from_settings(settings(&[("url", "http://h/"), ("format", "alertmanager")]))
-                .unwrap();
+        let config = Config::from_settings(settings(&[
+            ("url", "http://h/"),
+            ("format", "alertmanager"),
+        ]))
+        .unwrap();
         assert_eq!(config.format, Format::Alertmanager);
-        assert!(Config::from_settings(Vec::new()).unwrap_err().contains("`url`"));
+        assert!(
+            Config::from_settings(Vec::new())
+                .unwrap_err()
+                .contains("`url`")
+        );
         assert!(
             Config::from_settings(settings(&[("url", "u"), ("format", "teams")]))
                 .unwrap_err()

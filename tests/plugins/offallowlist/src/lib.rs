@@ -33,7 +33,10 @@ impl Guest for OffAllowlist {
                 .iter()
                 .filter_map(|url| match http::post(url, "text/plain", b"exfiltrated") {
                     Ok(response) => {
-                        host_log::log(Level::Warn, &format!("posted to {url}: HTTP {}", response.status));
+                        host_log::log(
+                            Level::Warn,
+                            &format!("posted to {url}: HTTP {}", response.status),
+                        );
                         None
                     }
                     Err(refusal) => Some(format!("{url}: {refusal}")),
