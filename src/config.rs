@@ -15,6 +15,8 @@ pub const CONFIG_FILE: &str = "huddle.toml";
 pub struct Config {
     pub log: LogConfig,
     pub snapshot: SnapshotConfig,
+    pub plugins: PluginsConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// When an append is forced to stable storage.
@@ -75,6 +77,122 @@ impl Default for SnapshotConfig {
     }
 }
 
+/// The heading-mapper and renderer slots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PluginsConfig {
+    pub heading_mapper: SlotConfig,
+    pub renderer: SlotConfig,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            heading_mapper: SlotConfig::default(),
+            renderer: SlotConfig::default(),
+        }
+    }
+}
+
+pub const DEFAULT_HEADING_MAPPER: &str = "headings";
+pub const DEFAULT_RENDERER: &str = "markdown";
+
+/// One plugin slot: which plugin, its limits and the settings for its `configure`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlotConfig {
+    /// A built-in plugin name or a path to a .wasm (relative to the huddle
+    /// directory); unset means the slot's default.
+    pub plugin: Option<String>,
+    /// CPU time one call may take, in milliseconds.
+    pub deadline_ms: u64,
+    /// Cap on the plugin's memory, in MiB.
+    pub memory_mb: u64,
+    /// Passed to the plugin's `configure` as key/value pairs.
+    pub settings: toml::Table,
+}
+
+impl Default for SlotConfig {
+    fn default() -> Self {
+        SlotConfig {
+            plugin: None,
+            deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
+            memory_mb: DEFAULT_PLUGIN_MEMORY_MB,
+            settings: toml::Table::new(),
+        }
+    }
+}
+
+pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 2000;
+pub const DEFAULT_PLUGIN_MEMORY_MB: u64 = 64;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            sinks: vec![SinkConfig {
+                plugin: "stderr".into(),
+                allow: Vec::new(),
+                timeout_ms: DEFAULT_SINK_TIMEOUT_MS,
+                deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
+                memory_mb: DEFAULT_PLUGIN_MEMORY_MB,
+                settings: toml::Table::new(),
+            }],
+        }
+    }
+}
+
+pub const DEFAULT_SINK_TIMEOUT_MS: u64 = 5000;
+
+/// One `[[alerts.sinks]]` table. Keys other than the ones below go to the
+/// sink's `configure` (for the webhook sink: `url`, `format`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkConfig {
+    pub plugin: String,
+    /// URLs this sink may POST to; empty denies all.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Timeout of one HTTP request, in milliseconds.
+    #[serde(default = "default_sink_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+    #[serde(default = "default_memory")]
+    pub memory_mb: u64,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+fn default_sink_timeout() -> u64 {
+    DEFAULT_SINK_TIMEOUT_MS
+}
+fn default_deadline() -> u64 {
+    DEFAULT_PLUGIN_DEADLINE_MS
+}
+fn default_memory() -> u64 {
+    DEFAULT_PLUGIN_MEMORY_MB
+}
+
+/// Settings as the WIT's key/value pairs: strings as they are, anything else
+/// (numbers, lists, tables) as JSON text.
+pub fn settings_pairs(table: &toml::Table) -> Vec<(String, String)> {
+    table
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            (key.clone(), text)
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -111,13 +229,30 @@ impl Config {
         if config.log.lock_attempts == 0 {
             return Err("log.lock_attempts must be at least 1".into());
         }
+        for (slot, cfg) in [
+            ("heading-mapper", &config.plugins.heading_mapper),
+            ("renderer", &config.plugins.renderer),
+        ] {
+            if cfg.plugin.as_deref() == Some("") {
+                return Err(format!(
+                    "plugins.{slot}.plugin must name a built-in plugin or a .wasm file"
+                ));
+            }
+        }
+        for (i, sink) in config.alerts.sinks.iter().enumerate() {
+            if sink.plugin.is_empty() {
+                return Err(format!(
+                    "alerts.sinks[{i}].plugin must name a built-in plugin or a .wasm file"
+                ));
+            }
+        }
         Ok(config)
     }
 }
 
 /// The commented `huddle.toml` that `huddle init` writes: every setting with
 /// its default. A test checks that it parses to `Config::default()`.
-pub const DEFAULT_CONFIG_TOML: &str = r#"# huddle.toml: settings for this huddle directory.
+pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this huddle directory.
 # Every key is optional; the values below are the defaults.
 # Uncomment a line to change it.
 
@@ -136,7 +271,40 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# huddle.toml: settings for this huddle
 [snapshot]
 # Interactions shown in communication.md; older ones go to archive.md.
 # k = 3
-"#;
+
+# Plugin slots. `plugin` is a built-in name or a path to a .wasm component
+# (relative to this directory); a change takes effect at the next snapshot.
+# deadline_ms bounds the CPU time of one call, memory_mb the plugin's memory.
+[plugins.heading-mapper]
+# plugin = "headings"
+# deadline_ms = 2000
+# memory_mb = 64
+# Settings for the plugin's configure(); for "headings": a heading per type,
+# an empty heading hides the type.
+# [plugins.heading-mapper.settings]
+# "type.question" = "A → B"
+# "type.heartbeat" = ""
+
+[plugins.renderer]
+# plugin = "markdown"
+# deadline_ms = 2000
+# memory_mb = 64
+# For "markdown": minijinja templates that replace the stock ones.
+# [plugins.renderer.settings]
+# communication_template = "### Interaction #{{ interaction.number }}\n..."
+# archive_template = "## Interaction #{{ interaction.number }}\n..."
+
+# Alert sinks: every `error` event is delivered through each of them.
+# The default is one "stderr" sink (alerts in huddle's own log). A webhook:
+# [[alerts.sinks]]
+# plugin = "webhook"                   # a built-in name or a path to a .wasm
+# url = "http://127.0.0.1:9099/hook"
+# allow = ["http://127.0.0.1:9099/"]   # URLs this sink may call; empty denies all
+# format = "slack"                     # or "alertmanager"
+# timeout_ms = 5000                    # one HTTP request
+# deadline_ms = 2000
+# memory_mb = 64
+"####;
 
 #[cfg(test)]
 mod tests {
@@ -151,7 +319,7 @@ mod tests {
         let uncommented: String = DEFAULT_CONFIG_TOML
             .lines()
             .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.contains(" = ") => rest,
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
                 _ => l,
             })
             .collect::<Vec<_>>()

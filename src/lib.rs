@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod log;
+pub mod plugin;
 pub mod snapshot;
 pub mod workspace;
 

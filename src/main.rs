@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use huddle::config::ConfigError;
 use huddle::event::{InteractionRef, NewEvent, ValidationError};
 use huddle::log::EventStore;
+use huddle::plugin::{self, CheckError, PluginHost, Slot};
 use huddle::workspace::{self, Workspace};
 use huddle::{demo, StoreError};
 
@@ -49,6 +50,11 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         content: String,
     },
+    /// Inspect plugins: which each slot uses, or whether a file is a plugin.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
     /// Create a demo directory, run two agents that converse, print the result.
     Demo {
         /// Where to create the demo (replaced if it is an earlier demo).
@@ -66,6 +72,14 @@ enum Command {
         #[arg(long)]
         rounds: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Each slot, the plugin it uses (built-in or path) and its sha256.
+    List,
+    /// Which world a .wasm file implements, or exactly why it implements none.
+    Check { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +105,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 cause.downcast_ref::<ConfigError>(),
                 Some(ConfigError::Invalid { .. })
             )
+            || cause.is::<CheckError>()
     });
     if bad_input {
         2
@@ -132,6 +147,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", event.interaction);
             Ok(())
         }
+        Command::Plugins { command } => match command {
+            PluginsCommand::List => plugins_list(&cli.dir),
+            PluginsCommand::Check { file } => {
+                let host = PluginHost::new()?;
+                let world = plugin::check_file(&host, &file)?;
+                println!("{} implements {}", file.display(), world.name());
+                Ok(())
+            }
+        },
         Command::Demo { out, rounds } => demo::run(&out, rounds),
         Command::DemoAgent { role, rounds } => demo::agent(&cli.dir, role, rounds),
     }
@@ -139,6 +163,24 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Reads at most a little over `limit` bytes, so oversize input is refused by
 /// validation without being held in memory whole.
+fn plugins_list(dir: &std::path::Path) -> Result<()> {
+    let workspace = Workspace::open(dir)?;
+    let mut rows = vec![
+        (Slot::HeadingMapper, workspace.slot_spec(Slot::HeadingMapper)),
+        (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
+    ];
+    rows.extend(workspace.sink_specs()?.into_iter().map(|spec| (Slot::AlertSink, spec)));
+    println!("{:<15} {:<40} SHA256", "SLOT", "PLUGIN");
+    for (slot, spec) in rows {
+        let sha = match plugin::read_plugin(&spec) {
+            Ok((_, sha)) => sha,
+            Err(e) => format!("unreadable: {e}"),
+        };
+        println!("{:<15} {:<40} {sha}", slot.name(), spec.source.describe());
+    }
+    Ok(())
+}
+
 fn read_stdin_content(limit: usize) -> Result<String> {
     let mut bytes = Vec::new();
     std::io::stdin()

@@ -4,7 +4,13 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigError, CONFIG_FILE, DEFAULT_CONFIG_TOML};
+use std::time::Duration;
+
+use crate::config::{
+    settings_pairs, Config, ConfigError, SlotConfig, CONFIG_FILE, DEFAULT_CONFIG_TOML,
+    DEFAULT_HEADING_MAPPER, DEFAULT_RENDERER,
+};
+use crate::plugin::{Allowlist, HttpGrant, PluginSource, PluginSpec, Slot};
 use crate::log::{FileLog, LOG_FILE};
 use crate::snapshot::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
 
@@ -68,4 +74,51 @@ impl Workspace {
     pub fn log(&self) -> FileLog {
         FileLog::new(&self.dir, self.config.log.clone())
     }
+
+    /// The plugin configured for the heading-mapper or renderer slot.
+    pub fn slot_spec(&self, slot: Slot) -> PluginSpec {
+        let (cfg, default) = match slot {
+            Slot::HeadingMapper => (&self.config.plugins.heading_mapper, DEFAULT_HEADING_MAPPER),
+            Slot::Renderer | Slot::AlertSink => (&self.config.plugins.renderer, DEFAULT_RENDERER),
+        };
+        self.spec(cfg.plugin.as_deref().unwrap_or(default), cfg)
+    }
+
+    fn spec(&self, plugin: &str, cfg: &SlotConfig) -> PluginSpec {
+        PluginSpec {
+            settings: settings_pairs(&cfg.settings),
+            deadline: Duration::from_millis(cfg.deadline_ms),
+            memory_bytes: mib(cfg.memory_mb),
+            ..PluginSpec::new(PluginSource::resolve(plugin, &self.dir))
+        }
+    }
+
+    /// Every configured alert sink, with its HTTP grant.
+    pub fn sink_specs(&self) -> Result<Vec<PluginSpec>, ConfigError> {
+        self.config
+            .alerts
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, sink)| {
+                let allow = Allowlist::parse(&sink.allow).map_err(|message| ConfigError::Invalid {
+                    path: self.dir.join(CONFIG_FILE).display().to_string(),
+                    message: format!("alerts.sinks[{i}].allow: {message}"),
+                })?;
+                let mut grant = HttpGrant::new(allow);
+                grant.timeout = Duration::from_millis(sink.timeout_ms);
+                Ok(PluginSpec {
+                    settings: settings_pairs(&sink.settings),
+                    deadline: Duration::from_millis(sink.deadline_ms),
+                    memory_bytes: mib(sink.memory_mb),
+                    http: Some(grant),
+                    ..PluginSpec::new(PluginSource::resolve(&sink.plugin, &self.dir))
+                })
+            })
+            .collect()
+    }
+}
+
+fn mib(megabytes: u64) -> usize {
+    usize::try_from(megabytes.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
 }

@@ -1,0 +1,40 @@
+//! Generated bindings, one module per released WIT version.
+//!
+//! Every released version of the WIT package is frozen; a new version gets a
+//! folder of its own under `wit/` and a module here. Interfaces shared by the
+//! worlds (`types`, `host-log`, `http`) are generated once per version and
+//! reused by the other worlds with `with:`, so each host function is written once.
+
+pub mod v0_1_0 {
+    pub mod renderer {
+        wasmtime::component::bindgen!({
+            path: "wit",
+            world: "huddle:plugin/renderer@0.1.0",
+        });
+    }
+
+    pub mod heading_mapper {
+        wasmtime::component::bindgen!({
+            path: "wit",
+            world: "huddle:plugin/heading-mapper@0.1.0",
+            with: {
+                "huddle:plugin/types@0.1.0": super::renderer::huddle::plugin::types,
+                "huddle:plugin/host-log@0.1.0": super::renderer::huddle::plugin::host_log,
+            },
+        });
+    }
+
+    pub mod alert_sink {
+        wasmtime::component::bindgen!({
+            path: "wit",
+            world: "huddle:plugin/alert-sink@0.1.0",
+            with: {
+                "huddle:plugin/types@0.1.0": super::renderer::huddle::plugin::types,
+                "huddle:plugin/host-log@0.1.0": super::renderer::huddle::plugin::host_log,
+            },
+        });
+    }
+
+    pub use renderer::huddle::plugin::{host_log, types};
+    pub use alert_sink::huddle::plugin::http;
+}

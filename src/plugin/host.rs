@@ -1,0 +1,542 @@
+//! The engine, the linker and the per-call stores.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
+use super::cache::ArtifactCache;
+use super::capabilities::HttpGrant;
+use super::check::{world_of, World};
+use super::limits::Limiter;
+use super::{builtin_wasm, PluginError, PluginSource, PluginSpec};
+use crate::event::Event;
+
+/// How often the epoch advances: the granularity of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Largest total text one call may return.
+pub const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+/// Longest heading a mapper may return.
+pub const MAX_HEADING_BYTES: usize = 256;
+/// Plugin log lines kept per call (the rest are counted and dropped).
+const MAX_LOG_LINES: usize = 1000;
+const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Guest stderr kept to explain a trap (a Rust panic message lands there).
+const STDERR_CAPTURE_BYTES: usize = 16 * 1024;
+
+pub use v1::types::Section;
+
+/// An event with its heading, for the renderer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub heading: String,
+    pub event: Event,
+}
+
+/// One interaction and its visible events in log order.
+#[derive(Debug, Clone)]
+pub struct Interaction {
+    pub number: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// An alert to deliver: an error event, possibly standing for several.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub event: Event,
+    pub count: u32,
+    pub source: String,
+}
+
+/// What one store holds: the WASI context (with nothing granted), the
+/// resource limiter, the sink's HTTP grant, and what the plugin logged.
+pub(crate) struct HostState {
+    plugin: String,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    http: Option<HttpGrant>,
+    log_lines: usize,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl v1::types::Host for HostState {}
+
+impl v1::host_log::Host for HostState {
+    fn log(&mut self, level: v1::types::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE_BYTES {
+            let mut end = MAX_LOG_LINE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let plugin = self.plugin.as_str();
+        match level {
+            v1::types::Level::Debug => tracing::debug!(plugin, "{message}"),
+            v1::types::Level::Info => tracing::info!(plugin, "{message}"),
+            v1::types::Level::Warn => tracing::warn!(plugin, "{message}"),
+            v1::types::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl v1::http::Host for HostState {
+    fn post(
+        &mut self,
+        url: String,
+        content_type: String,
+        body: Vec<u8>,
+    ) -> Result<v1::http::Response, String> {
+        let Some(grant) = &self.http else {
+            return Err(format!("{url} is not allowed: this plugin has no HTTP capability"));
+        };
+        match grant.post(&url, &content_type, &body) {
+            Ok((status, body)) => Ok(v1::http::Response { status, body }),
+            Err(refused) => {
+                tracing::warn!(plugin = self.plugin.as_str(), "HTTP request refused or failed: {refused}");
+                Err(refused)
+            }
+        }
+    }
+}
+
+/// A compiled plugin, pre-linked for its world.
+#[derive(Clone)]
+enum Pre {
+    HeadingMapper(heading_mapper::HeadingMapperPre<HostState>),
+    Renderer(renderer::RendererPre<HostState>),
+    AlertSink(alert_sink::AlertSinkPre<HostState>),
+}
+
+/// File identity used to notice that a plugin file changed.
+#[derive(Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    mtime_ns: i128,
+    inode: u64,
+}
+
+/// One engine for the whole process, with its linker, the on-disk cache of
+/// compiled components and the pre-instances already made.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ArtifactCache,
+    pres: Mutex<HashMap<String, Pre>>,
+    file_hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+}
+
+impl PluginHost {
+    pub fn new() -> anyhow::Result<PluginHost> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        // A wasm32-wasip2 guest imports WASI even when it uses none of it;
+        // the context below grants nothing, so every such call fails closed.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        v1::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v1::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+
+        let cache = ArtifactCache::new(&engine);
+        Ok(PluginHost {
+            engine,
+            linker,
+            cache,
+            pres: Mutex::new(HashMap::new()),
+            file_hashes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The plugin's bytes and their sha256 (hex); a file's hash is
+    /// remembered while its size, mtime and inode stay the same.
+    fn read_plugin(&self, spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
+        match &spec.source {
+            PluginSource::Builtin(_) => read_plugin(spec),
+            PluginSource::File(path) => {
+                let wasm: Arc<[u8]> = std::fs::read(path)
+                    .map_err(|e| load_error(spec, e.to_string()))?
+                    .into();
+                Ok((wasm.clone(), self.file_sha256(path, &wasm)))
+            }
+        }
+    }
+
+    fn file_sha256(&self, path: &std::path::Path, wasm: &[u8]) -> String {
+        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp {
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            inode: m.ino(),
+        });
+        let mut known = lock(&self.file_hashes);
+        if let (Some(stamp), Some((seen, sha))) = (&stamp, known.get(path)) {
+            if seen == stamp && stamp.len == wasm.len() as u64 {
+                return sha.clone();
+            }
+        }
+        let sha = hex_sha256(wasm);
+        if let Some(stamp) = stamp {
+            known.insert(path.to_path_buf(), (stamp, sha.clone()));
+        }
+        sha
+    }
+
+    /// Compiles (or loads from the cache) and pre-links a plugin for `world`.
+    fn pre(&self, spec: &PluginSpec, world: World) -> Result<Pre, PluginError> {
+        let (wasm, sha) = self.read_plugin(spec)?;
+        let key = format!("{sha}/{}", world.name());
+        if let Some(pre) = lock(&self.pres).get(&key) {
+            return Ok(pre.clone());
+        }
+        let plugin = spec.name();
+        let component = self
+            .cache
+            .load_or_compile(&self.engine, &wasm, &sha)
+            .map_err(|e| PluginError::Load {
+                plugin: plugin.clone(),
+                source_desc: spec.source.describe(),
+                message: format!("{e:#}"),
+            })?;
+        let found = world_of(&self.engine, &component);
+        if found != Some(world) {
+            return Err(PluginError::WrongWorld {
+                plugin,
+                message: match found {
+                    Some(other) => format!(
+                        "implements the {} world, but this slot needs {}",
+                        other.name(),
+                        world.name()
+                    ),
+                    None => format!(
+                        "implements none of huddle's worlds; this slot needs {}",
+                        world.name()
+                    ),
+                },
+            });
+        }
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: plugin.clone(),
+            message: format!("cannot be linked as {}: {e:#}", world.name()),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = match world {
+            World::HeadingMapper => {
+                Pre::HeadingMapper(heading_mapper::HeadingMapperPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            World::Renderer => Pre::Renderer(renderer::RendererPre::new(instance_pre).map_err(wrong_world)?),
+            World::AlertSink => Pre::AlertSink(alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?),
+        };
+        lock(&self.pres).insert(key, pre.clone());
+        Ok(pre)
+    }
+
+    /// Links a plugin for `world` without calling it (for `plugins check`).
+    pub(crate) fn pre_for_check(&self, spec: &PluginSpec, world: World) -> Result<(), PluginError> {
+        self.pre(spec, world).map(|_| ())
+    }
+
+    /// A fresh store with nothing granted but what `spec` says.
+    fn store(&self, spec: &PluginSpec) -> (Store<HostState>, MemoryOutputPipe) {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let state = HostState {
+            plugin: spec.name(),
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter::new(spec.memory_bytes),
+            http: spec.http.clone(),
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = spec.deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        (store, stderr)
+    }
+
+    /// One heading (or none, to hide) per event, in one call.
+    pub fn headings(&self, spec: &PluginSpec, events: &[Event]) -> Result<Vec<Option<String>>, PluginError> {
+        let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
+            unreachable!("pre() returns the world it was asked for")
+        };
+        let (mut store, stderr) = self.store(spec);
+        let wit_events: Vec<v1::types::Event> = events.iter().map(to_wit_event).collect();
+        let outcome = (|| {
+            let bindings = pre.instantiate(&mut store)?;
+            let mapper = bindings.huddle_plugin_mapper();
+            if let Err(message) = mapper.call_configure(&mut store, &spec.settings)? {
+                return Ok(Err(Refusal::Configure(message)));
+            }
+            mapper.call_headings(&mut store, &wit_events).map(Ok)
+        })();
+        let headings = settle(spec, &store, &stderr, outcome)?;
+        let invalid = |message: String| PluginError::InvalidOutput {
+            plugin: spec.name(),
+            message,
+        };
+        if headings.len() != events.len() {
+            return Err(invalid(format!(
+                "returned {} headings for {} events",
+                headings.len(),
+                events.len()
+            )));
+        }
+        for heading in headings.iter().flatten() {
+            if heading.len() > MAX_HEADING_BYTES {
+                return Err(invalid(format!(
+                    "a heading of {} bytes is over the limit of {MAX_HEADING_BYTES}",
+                    heading.len()
+                )));
+            }
+            if heading.chars().any(char::is_control) {
+                return Err(invalid(format!("heading {heading:?} contains a control character")));
+            }
+        }
+        Ok(headings)
+    }
+
+    /// One block of text per interaction, in one call.
+    pub fn render(
+        &self,
+        spec: &PluginSpec,
+        section: Section,
+        interactions: &[Interaction],
+    ) -> Result<Vec<String>, PluginError> {
+        let Pre::Renderer(pre) = self.pre(spec, World::Renderer)? else {
+            unreachable!("pre() returns the world it was asked for")
+        };
+        let (mut store, stderr) = self.store(spec);
+        let wit: Vec<v1::types::Interaction> = interactions.iter().map(to_wit_interaction).collect();
+        let outcome = (|| {
+            let bindings = pre.instantiate(&mut store)?;
+            let render = bindings.huddle_plugin_render();
+            if let Err(message) = render.call_configure(&mut store, &spec.settings)? {
+                return Ok(Err(Refusal::Configure(message)));
+            }
+            Ok(render
+                .call_render(&mut store, section, &wit)?
+                .map_err(Refusal::Failed))
+        })();
+        let blocks = settle(spec, &store, &stderr, outcome)?;
+        let invalid = |message: String| PluginError::InvalidOutput {
+            plugin: spec.name(),
+            message,
+        };
+        if blocks.len() != interactions.len() {
+            return Err(invalid(format!(
+                "returned {} blocks for {} interactions",
+                blocks.len(),
+                interactions.len()
+            )));
+        }
+        let total: usize = blocks.iter().map(String::len).sum();
+        if total > MAX_OUTPUT_BYTES {
+            return Err(invalid(format!(
+                "returned {total} bytes, over the limit of {MAX_OUTPUT_BYTES} bytes per call"
+            )));
+        }
+        Ok(blocks)
+    }
+
+    /// Delivers a batch of alerts in one call. `Ok(Err(..))` is the sink's
+    /// own verdict (transient or permanent); `Err` is a contained failure.
+    pub fn deliver(&self, spec: &PluginSpec, alerts: &[Alert]) -> Result<Result<(), DeliveryError>, PluginError> {
+        let Pre::AlertSink(pre) = self.pre(spec, World::AlertSink)? else {
+            unreachable!("pre() returns the world it was asked for")
+        };
+        let (mut store, stderr) = self.store(spec);
+        let wit: Vec<v1::types::Alert> = alerts
+            .iter()
+            .map(|a| v1::types::Alert {
+                event: to_wit_event(&a.event),
+                count: a.count,
+                source: a.source.clone(),
+            })
+            .collect();
+        let outcome = (|| {
+            let bindings = pre.instantiate(&mut store)?;
+            let sink = bindings.huddle_plugin_sink();
+            if let Err(message) = sink.call_configure(&mut store, &spec.settings)? {
+                return Ok(Err(Refusal::Configure(message)));
+            }
+            sink.call_deliver(&mut store, &wit).map(Ok)
+        })();
+        let verdict = settle(spec, &store, &stderr, outcome)?;
+        Ok(verdict.map_err(|e| match e {
+            alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => DeliveryError::Transient(m),
+            alert_sink::exports::huddle::plugin::sink::DeliveryError::Permanent(m) => DeliveryError::Permanent(m),
+        }))
+    }
+}
+
+/// A sink's own report of a failed delivery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("transient: {0}")]
+    Transient(String),
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// A plugin's own "no", as opposed to a trap.
+enum Refusal {
+    Configure(String),
+    Failed(String),
+}
+
+/// Turns the outcome of a call into the typed result: a wasmtime error
+/// becomes deadline / out of memory / trap; a refusal keeps its message.
+fn settle<T>(
+    spec: &PluginSpec,
+    store: &Store<HostState>,
+    stderr: &MemoryOutputPipe,
+    outcome: wasmtime::Result<Result<T, Refusal>>,
+) -> Result<T, PluginError> {
+    let plugin = spec.name();
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(Refusal::Configure(message))) => Err(PluginError::Configure { plugin, message }),
+        Ok(Err(Refusal::Failed(message))) => Err(PluginError::Failed { plugin, message }),
+        Err(error) => {
+            if store.data().limiter.memory_exhausted {
+                return Err(PluginError::OutOfMemory {
+                    plugin,
+                    limit_bytes: spec.memory_bytes,
+                });
+            }
+            if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                return Err(PluginError::DeadlineExceeded {
+                    plugin,
+                    deadline: spec.deadline,
+                });
+            }
+            let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+            let message = if said.is_empty() {
+                format!("{error:#}")
+            } else {
+                format!("{said} ({error:#})")
+            };
+            Err(PluginError::Trap { plugin, message })
+        }
+    }
+}
+
+fn to_wit_event(event: &Event) -> v1::types::Event {
+    v1::types::Event {
+        interaction: event.interaction,
+        actor: event.actor.clone(),
+        type_: event.kind.clone(),
+        content: event.content.clone(),
+        timestamp: event.timestamp.clone(),
+        id: event.id.clone(),
+        term: event.term,
+    }
+}
+
+fn to_wit_interaction(interaction: &Interaction) -> v1::types::Interaction {
+    v1::types::Interaction {
+        number: interaction.number,
+        entries: interaction
+            .entries
+            .iter()
+            .map(|entry| v1::types::Entry {
+                heading: entry.heading.clone(),
+                event: to_wit_event(&entry.event),
+            })
+            .collect(),
+    }
+}
+
+fn load_error(spec: &PluginSpec, message: String) -> PluginError {
+    PluginError::Load {
+        plugin: spec.name(),
+        source_desc: spec.source.describe(),
+        message,
+    }
+}
+
+/// A plugin's bytes and their sha256 (hex), without an engine: enough for
+/// `huddle plugins list`.
+pub fn read_plugin(spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
+    match &spec.source {
+        PluginSource::Builtin(name) => {
+            let wasm = builtin_wasm(name)
+                .ok_or_else(|| load_error(spec, format!("there is no built-in plugin {name:?}")))?;
+            Ok((Arc::from(wasm), builtin_sha256(name, wasm)))
+        }
+        PluginSource::File(path) => {
+            let wasm = std::fs::read(path).map_err(|e| load_error(spec, e.to_string()))?;
+            let sha = hex_sha256(&wasm);
+            Ok((wasm.into(), sha))
+        }
+    }
+}
+
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Built-ins never change within a process: hash each once.
+fn builtin_sha256(name: &str, wasm: &[u8]) -> String {
+    static HASHES: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let mut hashes = lock(HASHES.get_or_init(Default::default));
+    hashes
+        .entry(name.to_string())
+        .or_insert_with(|| hex_sha256(wasm))
+        .clone()
+}
+
+/// A poisoned mutex here only guards caches: keep using the data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Advances the engine's epoch forever; one thread per engine.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("huddle-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .ok();
+}
