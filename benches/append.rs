@@ -30,10 +30,13 @@ fn main() {
         // The floor: starting the same binary and doing nothing.
         startup_times.push(time(|| run(Command::new(exe).arg("--version"))));
         huddle_times.push(time(|| {
-            run(Command::new(exe)
-                .arg("--dir")
-                .arg(&huddle_dir)
-                .args(["log", "1", "bench", "note", &format!("event {i}")]))
+            run(Command::new(exe).arg("--dir").arg(&huddle_dir).args([
+                "log",
+                "1",
+                "bench",
+                "note",
+                &format!("event {i}"),
+            ]))
         }));
         baseline_times.push(time(|| {
             run(Command::new("bash")
@@ -127,7 +130,11 @@ fn init(exe: &str, dir: &Path) -> PathBuf {
 
 fn run(command: &mut Command) {
     let out = command.output().expect("spawn");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn time(f: impl FnOnce()) -> Duration {

@@ -166,10 +166,18 @@ fn run(cli: Cli) -> Result<()> {
 fn plugins_list(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
     let mut rows = vec![
-        (Slot::HeadingMapper, workspace.slot_spec(Slot::HeadingMapper)),
+        (
+            Slot::HeadingMapper,
+            workspace.slot_spec(Slot::HeadingMapper),
+        ),
         (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
     ];
-    rows.extend(workspace.sink_specs()?.into_iter().map(|spec| (Slot::AlertSink, spec)));
+    rows.extend(
+        workspace
+            .sink_specs()?
+            .into_iter()
+            .map(|spec| (Slot::AlertSink, spec)),
+    );
     println!("{:<15} {:<40} SHA256", "SLOT", "PLUGIN");
     for (slot, spec) in rows {
         let sha = match plugin::read_plugin(&spec) {

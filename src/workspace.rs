@@ -10,8 +10,8 @@ use crate::config::{
     settings_pairs, Config, ConfigError, SlotConfig, CONFIG_FILE, DEFAULT_CONFIG_TOML,
     DEFAULT_HEADING_MAPPER, DEFAULT_RENDERER,
 };
-use crate::plugin::{Allowlist, HttpGrant, PluginSource, PluginSpec, Slot};
 use crate::log::{FileLog, LOG_FILE};
+use crate::plugin::{Allowlist, HttpGrant, PluginSource, PluginSpec, Slot};
 use crate::snapshot::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
 
 /// What `init` did with each file.
@@ -101,10 +101,11 @@ impl Workspace {
             .iter()
             .enumerate()
             .map(|(i, sink)| {
-                let allow = Allowlist::parse(&sink.allow).map_err(|message| ConfigError::Invalid {
-                    path: self.dir.join(CONFIG_FILE).display().to_string(),
-                    message: format!("alerts.sinks[{i}].allow: {message}"),
-                })?;
+                let allow =
+                    Allowlist::parse(&sink.allow).map_err(|message| ConfigError::Invalid {
+                        path: self.dir.join(CONFIG_FILE).display().to_string(),
+                        message: format!("alerts.sinks[{i}].allow: {message}"),
+                    })?;
                 let mut grant = HttpGrant::new(allow);
                 grant.timeout = Duration::from_millis(sink.timeout_ms);
                 Ok(PluginSpec {

@@ -35,6 +35,6 @@ pub mod v0_1_0 {
         });
     }
 
-    pub use renderer::huddle::plugin::{host_log, types};
     pub use alert_sink::huddle::plugin::http;
+    pub use renderer::huddle::plugin::{host_log, types};
 }

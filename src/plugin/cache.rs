@@ -20,9 +20,10 @@ pub(crate) struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    pub(crate) fn new(engine: &Engine) -> ArtifactCache {
-        let dir = std::env::var_os("HUDDLE_CACHE_DIR")
-            .map(PathBuf::from)
+    /// `dir`, or else the default location.
+    pub(crate) fn new(engine: &Engine, dir: Option<PathBuf>) -> ArtifactCache {
+        let dir = dir
+            .or_else(|| std::env::var_os("HUDDLE_CACHE_DIR").map(PathBuf::from))
             .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("huddle")))
             .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/huddle")));
         // DefaultHasher::new() uses fixed keys: stable for one build of huddle,

@@ -56,7 +56,10 @@ impl Allowlist {
             Ok(requested)
         } else {
             let list: Vec<&str> = self.entries.iter().map(Url::as_str).collect();
-            Err(format!("{url} is not on this sink's allowlist ({})", list.join(", ")))
+            Err(format!(
+                "{url} is not on this sink's allowlist ({})",
+                list.join(", ")
+            ))
         }
     }
 }
@@ -92,7 +95,12 @@ impl HttpGrant {
     }
 
     /// Performs the POST if the allowlist grants it. Returns status and body.
-    pub fn post(&self, url: &str, content_type: &str, body: &[u8]) -> Result<(u16, String), String> {
+    pub fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, String), String> {
         let url = self.allow.grant(url)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(self.timeout))
@@ -145,7 +153,10 @@ mod tests {
             "http://127.0.0.1:90991/hooks/a",
         ] {
             let err = allow.grant(denied).unwrap_err();
-            assert!(err.contains("not on this sink's allowlist"), "{denied}: {err}");
+            assert!(
+                err.contains("not on this sink's allowlist"),
+                "{denied}: {err}"
+            );
         }
         let exact = list(&["http://h.example/hook"]);
         assert!(exact.grant("http://h.example/hook").is_ok());

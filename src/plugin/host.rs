@@ -110,12 +110,17 @@ impl v1::http::Host for HostState {
         body: Vec<u8>,
     ) -> Result<v1::http::Response, String> {
         let Some(grant) = &self.http else {
-            return Err(format!("{url} is not allowed: this plugin has no HTTP capability"));
+            return Err(format!(
+                "{url} is not allowed: this plugin has no HTTP capability"
+            ));
         };
         match grant.post(&url, &content_type, &body) {
             Ok((status, body)) => Ok(v1::http::Response { status, body }),
             Err(refused) => {
-                tracing::warn!(plugin = self.plugin.as_str(), "HTTP request refused or failed: {refused}");
+                tracing::warn!(
+                    plugin = self.plugin.as_str(),
+                    "HTTP request refused or failed: {refused}"
+                );
                 Err(refused)
             }
         }
@@ -149,7 +154,17 @@ pub struct PluginHost {
 }
 
 impl PluginHost {
+    /// A host whose compiled-artifact cache is in the default place.
     pub fn new() -> anyhow::Result<PluginHost> {
+        PluginHost::build(None)
+    }
+
+    /// A host whose compiled-artifact cache is in `cache_dir`.
+    pub fn with_cache_dir(cache_dir: PathBuf) -> anyhow::Result<PluginHost> {
+        PluginHost::build(Some(cache_dir))
+    }
+
+    fn build(cache_dir: Option<PathBuf>) -> anyhow::Result<PluginHost> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -164,7 +179,7 @@ impl PluginHost {
         v1::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
-        let cache = ArtifactCache::new(&engine);
+        let cache = ArtifactCache::new(&engine, cache_dir);
         Ok(PluginHost {
             engine,
             linker,
@@ -248,16 +263,34 @@ impl PluginHost {
             plugin: plugin.clone(),
             message: format!("cannot be linked as {}: {e:#}", world.name()),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         let pre = match world {
-            World::HeadingMapper => {
-                Pre::HeadingMapper(heading_mapper::HeadingMapperPre::new(instance_pre).map_err(wrong_world)?)
+            World::HeadingMapper => Pre::HeadingMapper(
+                heading_mapper::HeadingMapperPre::new(instance_pre).map_err(wrong_world)?,
+            ),
+            World::Renderer => {
+                Pre::Renderer(renderer::RendererPre::new(instance_pre).map_err(wrong_world)?)
             }
-            World::Renderer => Pre::Renderer(renderer::RendererPre::new(instance_pre).map_err(wrong_world)?),
-            World::AlertSink => Pre::AlertSink(alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?),
+            World::AlertSink => {
+                Pre::AlertSink(alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?)
+            }
         };
         lock(&self.pres).insert(key, pre.clone());
         Ok(pre)
+    }
+
+    /// Compiles (or loads from the cache) and links a plugin for `slot`
+    /// without calling it, so the first real call pays no compile time.
+    pub fn preload(&self, spec: &PluginSpec, slot: super::Slot) -> Result<(), PluginError> {
+        let world = match slot {
+            super::Slot::HeadingMapper => World::HeadingMapper,
+            super::Slot::Renderer => World::Renderer,
+            super::Slot::AlertSink => World::AlertSink,
+        };
+        self.pre(spec, world).map(|_| ())
     }
 
     /// Links a plugin for `world` without calling it (for `plugins check`).
@@ -283,14 +316,22 @@ impl PluginHost {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let ticks = spec.deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1);
+        let ticks = spec
+            .deadline
+            .as_micros()
+            .div_ceil(EPOCH_TICK.as_micros())
+            .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
         (store, stderr)
     }
 
     /// One heading (or none, to hide) per event, in one call.
-    pub fn headings(&self, spec: &PluginSpec, events: &[Event]) -> Result<Vec<Option<String>>, PluginError> {
+    pub fn headings(
+        &self,
+        spec: &PluginSpec,
+        events: &[Event],
+    ) -> Result<Vec<Option<String>>, PluginError> {
         let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
             unreachable!("pre() returns the world it was asked for")
         };
@@ -324,7 +365,9 @@ impl PluginHost {
                 )));
             }
             if heading.chars().any(char::is_control) {
-                return Err(invalid(format!("heading {heading:?} contains a control character")));
+                return Err(invalid(format!(
+                    "heading {heading:?} contains a control character"
+                )));
             }
         }
         Ok(headings)
@@ -341,7 +384,8 @@ impl PluginHost {
             unreachable!("pre() returns the world it was asked for")
         };
         let (mut store, stderr) = self.store(spec);
-        let wit: Vec<v1::types::Interaction> = interactions.iter().map(to_wit_interaction).collect();
+        let wit: Vec<v1::types::Interaction> =
+            interactions.iter().map(to_wit_interaction).collect();
         let outcome = (|| {
             let bindings = pre.instantiate(&mut store)?;
             let render = bindings.huddle_plugin_render();
@@ -375,7 +419,11 @@ impl PluginHost {
 
     /// Delivers a batch of alerts in one call. `Ok(Err(..))` is the sink's
     /// own verdict (transient or permanent); `Err` is a contained failure.
-    pub fn deliver(&self, spec: &PluginSpec, alerts: &[Alert]) -> Result<Result<(), DeliveryError>, PluginError> {
+    pub fn deliver(
+        &self,
+        spec: &PluginSpec,
+        alerts: &[Alert],
+    ) -> Result<Result<(), DeliveryError>, PluginError> {
         let Pre::AlertSink(pre) = self.pre(spec, World::AlertSink)? else {
             unreachable!("pre() returns the world it was asked for")
         };
@@ -398,8 +446,12 @@ impl PluginHost {
         })();
         let verdict = settle(spec, &store, &stderr, outcome)?;
         Ok(verdict.map_err(|e| match e {
-            alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => DeliveryError::Transient(m),
-            alert_sink::exports::huddle::plugin::sink::DeliveryError::Permanent(m) => DeliveryError::Permanent(m),
+            alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => {
+                DeliveryError::Transient(m)
+            }
+            alert_sink::exports::huddle::plugin::sink::DeliveryError::Permanent(m) => {
+                DeliveryError::Permanent(m)
+            }
         }))
     }
 }
@@ -445,7 +497,9 @@ fn settle<T>(
                     deadline: spec.deadline,
                 });
             }
-            let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+            let said = String::from_utf8_lossy(&stderr.contents())
+                .trim()
+                .to_string();
             let message = if said.is_empty() {
                 format!("{error:#}")
             } else {
@@ -523,7 +577,9 @@ fn builtin_sha256(name: &str, wasm: &[u8]) -> String {
 
 /// A poisoned mutex here only guards caches: keep using the data.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Advances the engine's epoch forever; one thread per engine.

@@ -55,6 +55,8 @@ mod tests {
         assert!(!limiter.memory_exhausted);
         assert!(!limiter.memory_growing(1024, 2048, None).unwrap());
         assert!(limiter.memory_exhausted);
-        assert!(!limiter.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert!(!limiter
+            .table_growing(0, MAX_TABLE_ELEMENTS + 1, None)
+            .unwrap());
     }
 }

@@ -150,3 +150,126 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.path).status();
     }
 }
+
+/// A real HTTP server on 127.0.0.1 that records every request and answers
+/// with the status the test sets. Stops when dropped.
+pub struct HttpRecorder {
+    pub addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<RecordedRequest>>>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HttpRecorder {
+    pub fn start() -> HttpRecorder {
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().unwrap();
+        let recorder = HttpRecorder {
+            addr,
+            requests: Default::default(),
+            status: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            stop: Default::default(),
+        };
+        let (requests, status, stop) = (
+            recorder.requests.clone(),
+            recorder.status.clone(),
+            recorder.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        continue;
+                    }
+                };
+                stream.set_nonblocking(false).ok();
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .ok();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut parts = request_line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_string();
+                let path = parts.next().unwrap_or_default().to_string();
+                let (mut length, mut content_type) = (0usize, String::new());
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                        break;
+                    }
+                    let lower = header.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if let Some(v) = lower.strip_prefix("content-type:") {
+                        content_type = v.trim().to_string();
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = reader.read_exact(&mut body);
+                requests.lock().unwrap().push(RecordedRequest {
+                    method,
+                    path,
+                    content_type,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+                let code = status.load(Ordering::SeqCst);
+                let reply = format!(
+                    "HTTP/1.1 {code} Status\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+                let mut stream = stream;
+                let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+            }
+        });
+        recorder
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A component from `tests/plugins/dist/` (built by plugins/build.sh).
+pub fn hostile_plugin(name: &str) -> PathBuf {
+    repo_file(&format!("tests/plugins/dist/{name}.wasm"))
+}
+
+pub fn repo_file(relative: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing; run plugins/build.sh",
+        path.display()
+    );
+    path
+}

@@ -4,3 +4,4 @@
 mod common;
 mod log_cli;
 mod log_store;
+mod plugins;
