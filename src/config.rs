@@ -78,20 +78,11 @@ impl Default for SnapshotConfig {
 }
 
 /// The heading-mapper and renderer slots.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct PluginsConfig {
     pub heading_mapper: SlotConfig,
     pub renderer: SlotConfig,
-}
-
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        PluginsConfig {
-            heading_mapper: SlotConfig::default(),
-            renderer: SlotConfig::default(),
-        }
-    }
 }
 
 pub const DEFAULT_HEADING_MAPPER: &str = "headings";

@@ -306,7 +306,7 @@ fn a_url_off_the_allowlist_is_never_called() {
         .deliver(
             &sink(
                 &hostile_plugin("offallowlist").display().to_string(),
-                &[allowed.clone()],
+                std::slice::from_ref(&allowed),
                 &[("url", forbidden.clone())],
             ),
             &[alert()],
@@ -380,6 +380,7 @@ fn webhook_posts_slack_and_alertmanager_bodies() {
         "{body}"
     );
     assert_eq!(requests[0].content_type, "application/json");
+    assert_eq!(requests[0].method, "POST");
     let body: serde_json::Value = serde_json::from_str(&requests[1].body).unwrap();
     assert_eq!(body[0]["labels"]["alertname"], "HuddleError");
     assert_eq!(body[0]["annotations"]["summary"], "disk full on builder");
