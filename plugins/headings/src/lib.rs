@@ -14,7 +14,7 @@
 //! event type is visible without touching the configuration.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use exports::huddle::plugin::mapper::Guest;
 use huddle::plugin::types::{Event, Settings};
@@ -39,7 +39,9 @@ const TYPE_KEY_PREFIX: &str = "type.";
 const HIDE_KEY: &str = "hide";
 
 /// Type name to heading (`None`: hidden). Types not in the table show their own name.
-struct HeadingTable(HashMap<String, Option<String>>);
+// A BTreeMap rather than a HashMap: no random hash seed, so the component
+// needs no `wasi:random` import.
+struct HeadingTable(BTreeMap<String, Option<String>>);
 
 impl HeadingTable {
     fn stock() -> Self {

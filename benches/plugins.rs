@@ -1,0 +1,216 @@
+//! Plugin benchmarks: the wasm renderer against the same rendering in native
+//! Rust, loading a cached plugin, and a cold `huddle plugins list`.
+//! Run with `cargo bench --bench plugins`; prints a table of medians.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use huddle::event::{InteractionRef, NewEvent};
+use huddle::plugin::{Entry, Interaction, PluginHost, PluginSpec, Section, Slot};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{Environment, Value};
+
+const INTERACTIONS: usize = 3000;
+const RUNS: usize = 15;
+
+fn main() {
+    let interactions = sample(INTERACTIONS);
+    let cache = tempfile::tempdir().expect("temp dir");
+    let host = PluginHost::with_cache_dir(cache.path().to_path_buf()).expect("plugin host");
+    let markdown = PluginSpec::builtin("markdown");
+    host.preload(&markdown, Slot::Renderer).expect("load markdown");
+
+    // The same templates and syntax as plugins/markdown, natively.
+    let env = native_environment();
+    let mut wasm_times = Vec::new();
+    let mut native_times = Vec::new();
+    let mut plain_times = Vec::new();
+    for _ in 0..RUNS {
+        let mut wasm_blocks = Vec::new();
+        wasm_times.push(time(|| {
+            wasm_blocks = host
+                .render(&markdown, Section::Communication, &interactions)
+                .expect("render")
+        }));
+        let mut native_blocks = Vec::new();
+        native_times.push(time(|| native_blocks = render_native(&env, &interactions)));
+        assert_eq!(wasm_blocks, native_blocks, "the two renderings must agree");
+        plain_times.push(time(|| {
+            std::hint::black_box(render_format(&interactions));
+        }));
+    }
+    let wasm = median(&mut wasm_times);
+    let native = median(&mut native_times);
+    let plain = median(&mut plain_times);
+
+    // A fresh host (new engine) loading the compiled component from the disk
+    // cache, then one call: deserialize + link + instantiate + configure + render.
+    let one = sample(1);
+    let mut load_times = Vec::new();
+    let mut call_times = Vec::new();
+    for _ in 0..RUNS {
+        let fresh = PluginHost::with_cache_dir(cache.path().to_path_buf()).expect("host");
+        load_times.push(time(|| fresh.preload(&markdown, Slot::Renderer).expect("load")));
+        call_times.push(time(|| {
+            fresh
+                .render(&markdown, Section::Communication, &one)
+                .expect("render");
+        }));
+    }
+    let load = median(&mut load_times);
+    let call = median(&mut call_times);
+
+    // `huddle plugins list` as a new process, cache warm.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = env!("CARGO_BIN_EXE_huddle");
+    let mut list_times = Vec::new();
+    for _ in 0..RUNS {
+        list_times.push(time(|| {
+            let out = Command::new(exe)
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["plugins", "list"])
+                .env("HUDDLE_CACHE_DIR", cache.path())
+                .output()
+                .expect("spawn");
+            assert!(out.status.success());
+        }));
+    }
+    let list = median(&mut list_times);
+
+    println!();
+    println!("| plugin benchmark (median of {RUNS})                                   | time       | ratio |");
+    println!("|-------------------------------------------------------------------|------------|-------|");
+    println!(
+        "| wasm markdown renderer, {INTERACTIONS} interactions, one call            | {:>7.2} ms | {:>4.2}x |",
+        ms(wasm),
+        wasm.as_secs_f64() / native.as_secs_f64()
+    );
+    println!(
+        "| native Rust, same minijinja templates                             | {:>7.2} ms | 1.00x |",
+        ms(native)
+    );
+    println!(
+        "| native Rust, hand-written format! (for reference)                 | {:>7.2} ms |     - |",
+        ms(plain)
+    );
+    println!(
+        "| load cached plugin in a fresh engine (deserialize + link)          | {:>7.2} ms |     - |",
+        ms(load)
+    );
+    println!(
+        "| first call: instantiate + configure + render one interaction       | {:>7.2} ms |     - |",
+        ms(call)
+    );
+    println!(
+        "| `huddle plugins list`, new process, warm cache                    | {:>7.2} ms |     - |",
+        ms(list)
+    );
+}
+
+fn sample(count: usize) -> Vec<Interaction> {
+    (0..count as u64)
+        .map(|n| {
+            let entries = [("question", "A → B"), ("answer", "B → A"), ("followup", "A Follow-Up")]
+                .iter()
+                .map(|(kind, heading)| Entry {
+                    heading: heading.to_string(),
+                    event: NewEvent::new(
+                        InteractionRef::Number(n),
+                        "Agent A",
+                        *kind,
+                        format!("Message about interaction {n}: a line of typical length for an agent."),
+                    )
+                    .into_event(n),
+                })
+                .collect();
+            Interaction { number: n, entries }
+        })
+        .collect()
+}
+
+fn native_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(true)
+            .build()
+            .expect("syntax"),
+    );
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
+    env.add_template(
+        "communication",
+        include_str!("../plugins/markdown/templates/communication.md.j2"),
+    )
+    .expect("template");
+    env
+}
+
+fn render_native(env: &Environment<'static>, interactions: &[Interaction]) -> Vec<String> {
+    let template = env.get_template("communication").expect("template");
+    interactions
+        .iter()
+        .map(|interaction| {
+            let entries: Vec<Value> = interaction
+                .entries
+                .iter()
+                .map(|entry| {
+                    let e = &entry.event;
+                    let event = BTreeMap::from([
+                        ("interaction", Value::from(e.interaction)),
+                        ("actor", Value::from(e.actor.clone())),
+                        ("type", Value::from(e.kind.clone())),
+                        ("content", Value::from(e.content.clone())),
+                        ("timestamp", Value::from(e.timestamp.clone())),
+                        ("id", Value::from(e.id.clone())),
+                        ("term", Value::from(e.term)),
+                    ]);
+                    Value::from(BTreeMap::from([
+                        ("heading", Value::from(entry.heading.clone())),
+                        ("event", Value::from(event)),
+                    ]))
+                })
+                .collect();
+            let context = BTreeMap::from([(
+                "interaction",
+                Value::from(BTreeMap::from([
+                    ("number", Value::from(interaction.number)),
+                    ("entries", Value::from(entries)),
+                ])),
+            )]);
+            template.render(context).expect("render")
+        })
+        .collect()
+}
+
+fn render_format(interactions: &[Interaction]) -> Vec<String> {
+    interactions
+        .iter()
+        .map(|interaction| {
+            let mut block = format!("### Interaction #{}\n", interaction.number);
+            for entry in &interaction.entries {
+                block.push_str(&format!("#### {}\n - {}\n", entry.heading, entry.event.content));
+            }
+            block.push('\n');
+            block
+        })
+        .collect()
+}
+
+fn time(f: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    f();
+    started.elapsed()
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort_unstable();
+    times[times.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
