@@ -13,7 +13,7 @@ use huddle::event::{InteractionRef, NewEvent, ValidationError};
 use huddle::log::EventStore;
 use huddle::plugin::{self, CheckError, PluginHost, Slot};
 use huddle::workspace::{self, Workspace};
-use huddle::{demo, StoreError};
+use huddle::{demo, snapshot, StoreError};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +49,12 @@ enum Command {
         /// Text of the event; `-` reads standard input (one trailing newline is dropped).
         #[arg(allow_hyphen_values = true)]
         content: String,
+    },
+    /// Regenerate communication.md and archive.md from the log, once.
+    Snapshot {
+        /// Interactions in communication.md (default: snapshot.k in huddle.toml, else 3).
+        #[arg(short, long)]
+        k: Option<usize>,
     },
     /// Inspect plugins: which each slot uses, or whether a file is a plugin.
     Plugins {
@@ -145,6 +151,23 @@ fn run(cli: Cli) -> Result<()> {
                 .log()
                 .append(NewEvent::new(interaction, actor, kind, content))?;
             println!("{}", event.interaction);
+            Ok(())
+        }
+        Command::Snapshot { k } => {
+            let host = PluginHost::new()?;
+            let outcome = snapshot::snapshot_once(&cli.dir, &host, k, true)?;
+            let recent: Vec<String> = outcome.recent.iter().map(|n| format!("#{n}")).collect();
+            println!(
+                "communication.md: {} ({}); archive.md: {} interactions ({})",
+                if recent.is_empty() { "no interactions".to_string() } else { recent.join(", ") },
+                if outcome.communication_written { "written" } else { "unchanged" },
+                outcome.archived,
+                match outcome.archive {
+                    snapshot::ArchiveWrite::Unchanged => "unchanged".to_string(),
+                    snapshot::ArchiveWrite::Appended(n) => format!("{n} appended"),
+                    snapshot::ArchiveWrite::Rewritten => "written".to_string(),
+                }
+            );
             Ok(())
         }
         Command::Plugins { command } => match command {

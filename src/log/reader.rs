@@ -30,6 +30,8 @@ impl Default for Cursor {
 pub struct Record {
     pub line: u64,
     pub offset: u64,
+    /// Length of the line in bytes, without its newline.
+    pub len: u64,
     pub event: Event,
 }
 
@@ -116,6 +118,7 @@ impl Iterator for LogReader {
                 Ok(event) => ScanItem::Event(Record {
                     line: here.line,
                     offset: here.offset,
+                    len: self.buf.len() as u64,
                     event,
                 }),
                 Err(reason) => ScanItem::Malformed(Malformed {

@@ -1,4 +1,35 @@
 //! communication.md and archive.md, generated from the log.
+//!
+//! Interactions are grouped by number, ordered numerically, events in log
+//! order. The K most recent interactions with a visible event go between the
+//! markers of communication.md; all older ones go to archive.md. Headings
+//! come from the heading-mapper plugin, text from the renderer plugin; the
+//! host neutralises content first (see [`region`]) and checks what comes back
+//! before anything is written.
+//!
+//! A [`Snapshotter`] keeps an index (per interaction: the offset, length and
+//! heading of each visible event) and the blocks it rendered, so that after
+//! one more event only what changed is re-rendered, and archive.md is
+//! appended to rather than rewritten when that gives the same bytes. Memory
+//! holds the index, never the archive: the archive is rendered in batches
+//! straight into its file. A cold run and any sequence of incremental runs
+//! over the same log give byte-identical files.
+
+mod files;
+mod region;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::ConfigError;
+use crate::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
+use crate::log::{Cursor, EventStore, StoreError, LOG_FILE, STATE_DIR};
+use crate::plugin::{self, Entry, Interaction, PluginError, PluginHost, PluginSpec, Section, Slot};
+use crate::workspace::Workspace;
 
 /// The region between these two lines of communication.md belongs to huddle;
 /// everything outside it belongs to people and is kept byte for byte.
@@ -7,3 +38,568 @@ pub const END_MARKER: &str = "<!-- END COMMUNICATION -->";
 
 pub const COMMUNICATION_FILE: &str = "communication.md";
 pub const ARCHIVE_FILE: &str = "archive.md";
+pub const BACKUP_FILE: &str = "communication.md.bak";
+
+/// Events per heading-mapper call.
+const MAPPER_BATCH: usize = 4096;
+/// Interactions per renderer call (and content bytes, whichever comes first).
+const RENDER_BATCH: usize = 2048;
+const RENDER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Log(#[from] StoreError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("plugin {plugin}: invalid output: {message}")]
+    InvalidOutput { plugin: String, message: String },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a snapshot run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Interactions in communication.md, ascending.
+    pub recent: Vec<u64>,
+    /// Interactions in archive.md.
+    pub archived: usize,
+    pub communication_written: bool,
+    pub archive: ArchiveWrite,
+    /// Events read from the log in this run.
+    pub new_events: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveWrite {
+    Unchanged,
+    Appended(usize),
+    Rewritten,
+}
+
+/// Where one visible event is, and its heading.
+#[derive(Debug, Clone, Copy)]
+struct EventRef {
+    offset: u64,
+    len: u32,
+    heading: u32,
+}
+
+#[derive(Default)]
+struct Index {
+    mapper_key: String,
+    cursor: Cursor,
+    /// Visible events per interaction, in log order.
+    interactions: BTreeMap<u64, Vec<EventRef>>,
+    headings: Vec<String>,
+    heading_ids: HashMap<String, u32>,
+}
+
+impl Index {
+    fn heading_id(&mut self, heading: String) -> u32 {
+        if let Some(id) = self.heading_ids.get(&heading) {
+            return *id;
+        }
+        let id = self.headings.len() as u32;
+        self.headings.push(heading.clone());
+        self.heading_ids.insert(heading, id);
+        id
+    }
+}
+
+#[derive(Default)]
+struct Rendered {
+    renderer_key: String,
+    k: usize,
+    /// Communication blocks by interaction, with the event count they show.
+    blocks: HashMap<u64, (usize, String)>,
+    archive: Option<ArchiveState>,
+}
+
+/// What archive.md holds, as far as this snapshotter wrote it.
+#[derive(Clone, Copy)]
+struct ArchiveState {
+    /// Highest interaction in the file.
+    upto: Option<u64>,
+    /// The file's length after the last write.
+    len: u64,
+    /// An interaction already in the file got a new event.
+    dirty: bool,
+}
+
+/// Generates the snapshot files of one huddle directory, incrementally.
+pub struct Snapshotter {
+    dir: PathBuf,
+    index: Index,
+    rendered: Rendered,
+    /// Show a progress bar for long work (only drawn on a terminal).
+    pub progress: bool,
+}
+
+impl Snapshotter {
+    pub fn new(dir: impl Into<PathBuf>) -> Snapshotter {
+        Snapshotter {
+            dir: dir.into(),
+            index: Index::default(),
+            rendered: Rendered::default(),
+            progress: false,
+        }
+    }
+
+    /// Brings both files up to date with the log; `k` overrides huddle.toml.
+    /// On failure the files stay as they were, one `error` event is logged,
+    /// and the error is returned.
+    pub fn update(&mut self, host: &PluginHost, k: Option<usize>) -> Result<Outcome, SnapshotError> {
+        let workspace = Workspace::open(&self.dir)?;
+        let lock = self.lock()?;
+        let result = self.try_update(&workspace, host, k);
+        drop(lock);
+        if let Err(error) = &result {
+            // What we hold in memory may be half-applied: start cold next time.
+            self.index = Index::default();
+            self.rendered = Rendered::default();
+            self.restore_backup();
+            let report = NewEvent::new(
+                InteractionRef::Number(0),
+                HOST_ACTOR,
+                types::ERROR,
+                format!("Snapshot failed and was rolled back (files left as they were): {error}"),
+            );
+            // If the log is not writable either, the caller still gets the error.
+            let _ = workspace.log().append(report);
+        }
+        result
+    }
+
+    /// Serialises snapshot writers (a daemon and a `huddle snapshot`, say).
+    fn lock(&self) -> Result<File, SnapshotError> {
+        let state = self.dir.join(STATE_DIR);
+        std::fs::create_dir_all(&state).map_err(io_error("create", &state))?;
+        let path = state.join("snapshot.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        fs4::FileExt::lock(&file).map_err(io_error("lock", &path))?;
+        Ok(file)
+    }
+
+    fn restore_backup(&self) {
+        let communication = self.dir.join(COMMUNICATION_FILE);
+        let backup = self.dir.join(BACKUP_FILE);
+        let damaged = std::fs::read_to_string(&communication)
+            .map(|text| !text.contains(BEGIN_MARKER) || !text.contains(END_MARKER))
+            .unwrap_or(true);
+        if damaged && backup.exists() {
+            if let Ok(bytes) = std::fs::read(&backup) {
+                let _ = files::replace_if_changed(&communication, &bytes);
+            }
+        }
+    }
+
+    fn try_update(
+        &mut self,
+        workspace: &Workspace,
+        host: &PluginHost,
+        k: Option<usize>,
+    ) -> Result<Outcome, SnapshotError> {
+        let k = k.unwrap_or(workspace.config.snapshot.k);
+        let mapper = workspace.slot_spec(Slot::HeadingMapper);
+        let renderer = workspace.slot_spec(Slot::Renderer);
+        let mapper_key = plugin_key(&mapper)?;
+        let renderer_key = plugin_key(&renderer)?;
+        if self.index.mapper_key != mapper_key {
+            self.index = Index {
+                mapper_key,
+                ..Index::default()
+            };
+            self.rendered = Rendered::default();
+        }
+        if self.rendered.renderer_key != renderer_key || self.rendered.k != k {
+            self.rendered = Rendered {
+                renderer_key,
+                k,
+                ..Rendered::default()
+            };
+        }
+
+        let new_events = self.index_new_events(workspace, host, &mapper)?;
+
+        let keys: Vec<u64> = self.index.interactions.keys().copied().collect();
+        let split = keys.len().saturating_sub(k);
+        let (archived, recent) = keys.split_at(split);
+
+        let log_path = workspace.dir.join(LOG_FILE);
+        let mut fetcher = Fetcher::open(&log_path)?;
+
+        // Render everything first: a failure here leaves both files untouched.
+        let region = self.render_region(host, &renderer, &mut fetcher, recent)?;
+        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
+        let existing = match std::fs::read_to_string(&communication_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_error("read", &communication_path)(e)),
+        };
+        let communication = region::splice(&existing, &region);
+
+        let archive_path = workspace.dir.join(ARCHIVE_FILE);
+        let plan = self.plan_archive(&archive_path, archived);
+        let pending_archive = match plan {
+            ArchivePlan::Unchanged => PendingArchive::Unchanged,
+            ArchivePlan::Append(ref from) => {
+                let mut text = String::new();
+                self.render_archive(host, &renderer, &mut fetcher, from, &mut |block| {
+                    text.push_str(block);
+                    Ok(())
+                })?;
+                PendingArchive::Append(text, from.len())
+            }
+            ArchivePlan::Rewrite => {
+                let mut tmp = files::temp_beside(&archive_path).map_err(io_error("create a temp file for", &archive_path))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+                self.render_archive(host, &renderer, &mut fetcher, archived, &mut |block| {
+                    out.write_all(block.as_bytes()).map_err(io_error("write", &archive_path))
+                })?;
+                out.flush().map_err(io_error("write", &archive_path))?;
+                drop(out);
+                PendingArchive::Rewrite(tmp)
+            }
+        };
+
+        // Now write: archive first, then communication.md (with its .bak).
+        let archive = match pending_archive {
+            PendingArchive::Unchanged => ArchiveWrite::Unchanged,
+            PendingArchive::Append(text, count) => {
+                append_durably(&archive_path, text.as_bytes())?;
+                ArchiveWrite::Appended(count)
+            }
+            PendingArchive::Rewrite(tmp) => {
+                let written = files::commit_if_changed(tmp, &archive_path).map_err(io_error("replace", &archive_path))?;
+                if written {
+                    ArchiveWrite::Rewritten
+                } else {
+                    ArchiveWrite::Unchanged
+                }
+            }
+        };
+        let archive_len = std::fs::metadata(&archive_path).map(|m| m.len()).unwrap_or(0);
+        self.rendered.archive = Some(ArchiveState {
+            upto: archived.last().copied(),
+            len: archive_len,
+            dirty: false,
+        });
+
+        let communication_written = existing != communication;
+        if communication_written {
+            if !existing.is_empty() && existing.contains(BEGIN_MARKER) {
+                let backup = workspace.dir.join(BACKUP_FILE);
+                files::replace_if_changed(&backup, existing.as_bytes()).map_err(io_error("write", &backup))?;
+            }
+            files::replace_if_changed(&communication_path, communication.as_bytes())
+                .map_err(io_error("replace", &communication_path))?;
+        }
+
+        Ok(Outcome {
+            recent: recent.to_vec(),
+            archived: archived.len(),
+            communication_written,
+            archive,
+            new_events,
+        })
+    }
+
+    /// Reads the events appended since the last run, asks the mapper for their
+    /// headings (in batches) and records the visible ones.
+    fn index_new_events(
+        &mut self,
+        workspace: &Workspace,
+        host: &PluginHost,
+        mapper: &PluginSpec,
+    ) -> Result<usize, SnapshotError> {
+        let log = workspace.log();
+        let log_len = std::fs::metadata(log.path()).map(|m| m.len()).unwrap_or(0);
+        let unread = log_len.saturating_sub(self.index.cursor.offset);
+        let bar = if self.progress && unread > 32 * 1024 * 1024 {
+            let bar = ProgressBar::with_draw_target(Some(unread), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("reading events.log {bar:40} {bytes}/{total_bytes} ({eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            Some(bar)
+        } else {
+            None
+        };
+        let mut batch: Vec<crate::log::Record> = Vec::with_capacity(MAPPER_BATCH);
+        let mut count = 0usize;
+        let mut pending_error: Option<SnapshotError> = None;
+        let cursor = log.scan(self.index.cursor, |record| {
+            if pending_error.is_some() {
+                return Ok(());
+            }
+            batch.push(record);
+            if batch.len() == MAPPER_BATCH {
+                count += batch.len();
+                if let Some(bar) = &bar {
+                    bar.inc(batch.iter().map(|r| r.len + 1).sum());
+                }
+                if let Err(e) = self.apply_batch(host, mapper, &mut batch) {
+                    pending_error = Some(e);
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(error) = pending_error {
+            return Err(error);
+        }
+        count += batch.len();
+        self.apply_batch(host, mapper, &mut batch)?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        self.index.cursor = cursor;
+        Ok(count)
+    }
+
+    fn apply_batch(
+        &mut self,
+        host: &PluginHost,
+        mapper: &PluginSpec,
+        batch: &mut Vec<crate::log::Record>,
+    ) -> Result<(), SnapshotError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<Event> = batch.iter().map(|r| r.event.clone()).collect();
+        let headings = host.headings(mapper, &events)?;
+        for (record, heading) in batch.drain(..).zip(headings) {
+            let Some(heading) = heading else { continue };
+            let number = record.event.interaction;
+            if let Some(archive) = &mut self.rendered.archive {
+                if archive.upto.is_some_and(|upto| number <= upto) {
+                    archive.dirty = true;
+                }
+            }
+            let heading = self.index.heading_id(heading);
+            self.index.interactions.entry(number).or_default().push(EventRef {
+                offset: record.offset,
+                len: u32::try_from(record.len).unwrap_or(u32::MAX),
+                heading,
+            });
+        }
+        Ok(())
+    }
+
+    /// The text between the markers: one block per recent interaction,
+    /// re-rendering only those whose events changed.
+    fn render_region(
+        &mut self,
+        host: &PluginHost,
+        renderer: &PluginSpec,
+        fetcher: &mut Fetcher,
+        recent: &[u64],
+    ) -> Result<String, SnapshotError> {
+        let stale: Vec<u64> = recent
+            .iter()
+            .copied()
+            .filter(|n| {
+                let count = self.index.interactions[n].len();
+                self.rendered.blocks.get(n).is_none_or(|(shown, _)| *shown != count)
+            })
+            .collect();
+        if !stale.is_empty() {
+            let interactions = stale
+                .iter()
+                .map(|n| self.interaction(fetcher, *n))
+                .collect::<Result<Vec<_>, _>>()?;
+            let blocks = host.render(renderer, Section::Communication, &interactions)?;
+            for (number, block) in stale.iter().zip(blocks) {
+                if region::has_marker_line(&block) {
+                    return Err(SnapshotError::InvalidOutput {
+                        plugin: renderer.name(),
+                        message: format!(
+                            "the block for interaction {number} contains a marker line; it would break communication.md"
+                        ),
+                    });
+                }
+                let count = self.index.interactions[number].len();
+                self.rendered.blocks.insert(*number, (count, block));
+            }
+        }
+        self.rendered.blocks.retain(|n, _| recent.binary_search(n).is_ok());
+        let mut region = String::new();
+        for number in recent {
+            region.push_str(&self.rendered.blocks[number].1);
+        }
+        Ok(region)
+    }
+
+    fn plan_archive(&self, path: &Path, archived: &[u64]) -> ArchivePlan {
+        let Some(state) = self.rendered.archive else {
+            return ArchivePlan::Rewrite;
+        };
+        let on_disk = std::fs::metadata(path).map(|m| m.len()).ok();
+        if state.dirty || on_disk != Some(state.len) {
+            return ArchivePlan::Rewrite;
+        }
+        let first_new = match state.upto {
+            Some(upto) => archived.partition_point(|n| *n <= upto),
+            None => 0,
+        };
+        // Everything up to `upto` must be exactly what the file holds.
+        if state.upto.is_some() && archived.get(first_new.wrapping_sub(1)) != state.upto.as_ref() {
+            return ArchivePlan::Rewrite;
+        }
+        if first_new == archived.len() {
+            ArchivePlan::Unchanged
+        } else {
+            ArchivePlan::Append(archived[first_new..].to_vec())
+        }
+    }
+
+    /// Renders archive blocks in bounded batches, handing each to `sink`.
+    fn render_archive(
+        &self,
+        host: &PluginHost,
+        renderer: &PluginSpec,
+        fetcher: &mut Fetcher,
+        numbers: &[u64],
+        sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for (i, number) in numbers.iter().enumerate() {
+            let interaction = self.interaction(fetcher, *number)?;
+            bytes += interaction.entries.iter().map(|e| e.event.content.len() + 128).sum::<usize>();
+            batch.push(interaction);
+            let last = i + 1 == numbers.len();
+            if last || batch.len() >= RENDER_BATCH || bytes >= RENDER_BATCH_BYTES {
+                for block in host.render(renderer, Section::Archive, &batch)? {
+                    sink(&block)?;
+                }
+                batch.clear();
+                bytes = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// One interaction with its visible events read back from the log and
+    /// their content neutralised.
+    fn interaction(&self, fetcher: &mut Fetcher, number: u64) -> Result<Interaction, SnapshotError> {
+        let refs = &self.index.interactions[&number];
+        let mut entries = Vec::with_capacity(refs.len());
+        for event_ref in refs {
+            let mut event = fetcher.event(event_ref)?;
+            if let std::borrow::Cow::Owned(safe) = region::neutralise(&event.content) {
+                event.content = safe;
+            }
+            entries.push(Entry {
+                heading: self.index.headings[event_ref.heading as usize].clone(),
+                event,
+            });
+        }
+        Ok(Interaction { number, entries })
+    }
+}
+
+enum ArchivePlan {
+    Unchanged,
+    Append(Vec<u64>),
+    Rewrite,
+}
+
+enum PendingArchive {
+    Unchanged,
+    Append(String, usize),
+    Rewrite(tempfile::NamedTempFile),
+}
+
+fn append_durably(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    let before = file.metadata().map_err(io_error("read", path))?.len();
+    if let Err(e) = file.write_all(bytes).and_then(|_| file.sync_data()) {
+        let _ = file.set_len(before);
+        return Err(io_error("append to", path)(e));
+    }
+    Ok(())
+}
+
+/// What identifies a plugin's behaviour: its code and its settings.
+fn plugin_key(spec: &PluginSpec) -> Result<String, SnapshotError> {
+    let (_, sha) = plugin::read_plugin(spec)?;
+    Ok(format!("{sha}:{:?}", spec.settings))
+}
+
+/// Reads events back by offset; sequential reads (the common case) are
+/// served from one buffer without seeking.
+struct Fetcher {
+    path: PathBuf,
+    reader: BufReader<File>,
+    position: u64,
+    line: Vec<u8>,
+}
+
+impl Fetcher {
+    fn open(path: &Path) -> Result<Fetcher, SnapshotError> {
+        let file = File::open(path).map_err(io_error("open", path))?;
+        Ok(Fetcher {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(256 * 1024, file),
+            position: 0,
+            line: Vec::new(),
+        })
+    }
+
+    fn event(&mut self, at: &EventRef) -> Result<Event, SnapshotError> {
+        if at.offset != self.position {
+            let delta = at.offset as i64 - self.position as i64;
+            self.reader
+                .seek_relative(delta)
+                .map_err(io_error("read", &self.path))?;
+        }
+        self.line.resize(at.len as usize, 0);
+        self.reader
+            .read_exact(&mut self.line)
+            .map_err(io_error("read", &self.path))?;
+        self.position = at.offset + u64::from(at.len);
+        Event::from_line(&self.line).map_err(|reason| SnapshotError::Io {
+            action: "re-read",
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the event at byte {} changed since it was indexed: {reason}", at.offset),
+            ),
+        })
+    }
+}
+
+/// `huddle snapshot`: a cold run over the whole log.
+pub fn snapshot_once(dir: &Path, host: &PluginHost, k: Option<usize>, progress: bool) -> Result<Outcome, SnapshotError> {
+    let mut snapshotter = Snapshotter::new(dir);
+    snapshotter.progress = progress;
+    snapshotter.update(host, k)
+}
