@@ -19,7 +19,8 @@ fn main() {
     let cache = tempfile::tempdir().expect("temp dir");
     let host = PluginHost::with_cache_dir(cache.path().to_path_buf()).expect("plugin host");
     let markdown = PluginSpec::builtin("markdown");
-    host.preload(&markdown, Slot::Renderer).expect("load markdown");
+    host.preload(&markdown, Slot::Renderer)
+        .expect("load markdown");
 
     // The same templates and syntax as plugins/markdown, natively.
     let env = native_environment();
@@ -51,7 +52,9 @@ fn main() {
     let mut call_times = Vec::new();
     for _ in 0..RUNS {
         let fresh = PluginHost::with_cache_dir(cache.path().to_path_buf()).expect("host");
-        load_times.push(time(|| fresh.preload(&markdown, Slot::Renderer).expect("load")));
+        load_times.push(time(|| {
+            fresh.preload(&markdown, Slot::Renderer).expect("load")
+        }));
         call_times.push(time(|| {
             fresh
                 .render(&markdown, Section::Communication, &one)
@@ -112,19 +115,25 @@ fn main() {
 fn sample(count: usize) -> Vec<Interaction> {
     (0..count as u64)
         .map(|n| {
-            let entries = [("question", "A → B"), ("answer", "B → A"), ("followup", "A Follow-Up")]
-                .iter()
-                .map(|(kind, heading)| Entry {
-                    heading: heading.to_string(),
-                    event: NewEvent::new(
-                        InteractionRef::Number(n),
-                        "Agent A",
-                        *kind,
-                        format!("Message about interaction {n}: a line of typical length for an agent."),
-                    )
-                    .into_event(n),
-                })
-                .collect();
+            let entries = [
+                ("question", "A → B"),
+                ("answer", "B → A"),
+                ("followup", "A Follow-Up"),
+            ]
+            .iter()
+            .map(|(kind, heading)| Entry {
+                heading: heading.to_string(),
+                event: NewEvent::new(
+                    InteractionRef::Number(n),
+                    "Agent A",
+                    *kind,
+                    format!(
+                        "Message about interaction {n}: a line of typical length for an agent."
+                    ),
+                )
+                .into_event(n),
+            })
+            .collect();
             Interaction { number: n, entries }
         })
         .collect()
@@ -192,7 +201,10 @@ fn render_format(interactions: &[Interaction]) -> Vec<String> {
         .map(|interaction| {
             let mut block = format!("### Interaction #{}\n", interaction.number);
             for entry in &interaction.entries {
-                block.push_str(&format!("#### {}\n - {}\n", entry.heading, entry.event.content));
+                block.push_str(&format!(
+                    "#### {}\n - {}\n",
+                    entry.heading, entry.event.content
+                ));
             }
             block.push('\n');
             block

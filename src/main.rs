@@ -159,8 +159,16 @@ fn run(cli: Cli) -> Result<()> {
             let recent: Vec<String> = outcome.recent.iter().map(|n| format!("#{n}")).collect();
             println!(
                 "communication.md: {} ({}); archive.md: {} interactions ({})",
-                if recent.is_empty() { "no interactions".to_string() } else { recent.join(", ") },
-                if outcome.communication_written { "written" } else { "unchanged" },
+                if recent.is_empty() {
+                    "no interactions".to_string()
+                } else {
+                    recent.join(", ")
+                },
+                if outcome.communication_written {
+                    "written"
+                } else {
+                    "unchanged"
+                },
                 outcome.archived,
                 match outcome.archive {
                     snapshot::ArchiveWrite::Unchanged => "unchanged".to_string(),

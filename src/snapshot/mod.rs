@@ -167,7 +167,11 @@ impl Snapshotter {
     /// Brings both files up to date with the log; `k` overrides huddle.toml.
     /// On failure the files stay as they were, one `error` event is logged,
     /// and the error is returned.
-    pub fn update(&mut self, host: &PluginHost, k: Option<usize>) -> Result<Outcome, SnapshotError> {
+    pub fn update(
+        &mut self,
+        host: &PluginHost,
+        k: Option<usize>,
+    ) -> Result<Outcome, SnapshotError> {
         let workspace = Workspace::open(&self.dir)?;
         let lock = self.lock()?;
         let result = self.try_update(&workspace, host, k);
@@ -207,9 +211,7 @@ impl Snapshotter {
     fn restore_backup(&self) {
         let communication = self.dir.join(COMMUNICATION_FILE);
         let backup = self.dir.join(BACKUP_FILE);
-        let damaged = std::fs::read_to_string(&communication)
-            .map(|text| !text.contains(BEGIN_MARKER) || !text.contains(END_MARKER))
-            .unwrap_or(true);
+        let damaged = std::fs::read_to_string(&communication).map_or(true, |text| !is_good(&text));
         if damaged && backup.exists() {
             if let Ok(bytes) = std::fs::read(&backup) {
                 let _ = files::replace_if_changed(&communication, &bytes);
@@ -275,10 +277,12 @@ impl Snapshotter {
                 PendingArchive::Append(text, from.len())
             }
             ArchivePlan::Rewrite => {
-                let mut tmp = files::temp_beside(&archive_path).map_err(io_error("create a temp file for", &archive_path))?;
+                let mut tmp = files::temp_beside(&archive_path)
+                    .map_err(io_error("create a temp file for", &archive_path))?;
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
                 self.render_archive(host, &renderer, &mut fetcher, archived, &mut |block| {
-                    out.write_all(block.as_bytes()).map_err(io_error("write", &archive_path))
+                    out.write_all(block.as_bytes())
+                        .map_err(io_error("write", &archive_path))
                 })?;
                 out.flush().map_err(io_error("write", &archive_path))?;
                 drop(out);
@@ -294,7 +298,8 @@ impl Snapshotter {
                 ArchiveWrite::Appended(count)
             }
             PendingArchive::Rewrite(tmp) => {
-                let written = files::commit_if_changed(tmp, &archive_path).map_err(io_error("replace", &archive_path))?;
+                let written = files::commit_if_changed(tmp, &archive_path)
+                    .map_err(io_error("replace", &archive_path))?;
                 if written {
                     ArchiveWrite::Rewritten
                 } else {
@@ -302,21 +307,28 @@ impl Snapshotter {
                 }
             }
         };
-        let archive_len = std::fs::metadata(&archive_path).map(|m| m.len()).unwrap_or(0);
+        let archive_len = std::fs::metadata(&archive_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
         self.rendered.archive = Some(ArchiveState {
             upto: archived.last().copied(),
             len: archive_len,
             dirty: false,
         });
 
+        // communication.md.bak is always a good snapshot: the one about to be
+        // replaced, then (once the new one is in place) the new one.
         let communication_written = existing != communication;
         if communication_written {
-            if !existing.is_empty() && existing.contains(BEGIN_MARKER) {
-                let backup = workspace.dir.join(BACKUP_FILE);
-                files::replace_if_changed(&backup, existing.as_bytes()).map_err(io_error("write", &backup))?;
+            let backup = workspace.dir.join(BACKUP_FILE);
+            if is_good(&existing) {
+                files::replace_if_changed(&backup, existing.as_bytes())
+                    .map_err(io_error("write", &backup))?;
             }
             files::replace_if_changed(&communication_path, communication.as_bytes())
                 .map_err(io_error("replace", &communication_path))?;
+            files::replace_if_changed(&backup, communication.as_bytes())
+                .map_err(io_error("write", &backup))?;
         }
 
         Ok(Outcome {
@@ -342,8 +354,10 @@ impl Snapshotter {
         let bar = if self.progress && unread > 32 * 1024 * 1024 {
             let bar = ProgressBar::with_draw_target(Some(unread), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("reading events.log {bar:40} {bytes}/{total_bytes} ({eta})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "reading events.log {bar:40} {bytes}/{total_bytes} ({eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             Some(bar)
         } else {
@@ -400,11 +414,15 @@ impl Snapshotter {
                 }
             }
             let heading = self.index.heading_id(heading);
-            self.index.interactions.entry(number).or_default().push(EventRef {
-                offset: record.offset,
-                len: u32::try_from(record.len).unwrap_or(u32::MAX),
-                heading,
-            });
+            self.index
+                .interactions
+                .entry(number)
+                .or_default()
+                .push(EventRef {
+                    offset: record.offset,
+                    len: u32::try_from(record.len).unwrap_or(u32::MAX),
+                    heading,
+                });
         }
         Ok(())
     }
@@ -423,7 +441,10 @@ impl Snapshotter {
             .copied()
             .filter(|n| {
                 let count = self.index.interactions[n].len();
-                self.rendered.blocks.get(n).is_none_or(|(shown, _)| *shown != count)
+                self.rendered
+                    .blocks
+                    .get(n)
+                    .is_none_or(|(shown, _)| *shown != count)
             })
             .collect();
         if !stale.is_empty() {
@@ -445,7 +466,9 @@ impl Snapshotter {
                 self.rendered.blocks.insert(*number, (count, block));
             }
         }
-        self.rendered.blocks.retain(|n, _| recent.binary_search(n).is_ok());
+        self.rendered
+            .blocks
+            .retain(|n, _| recent.binary_search(n).is_ok());
         let mut region = String::new();
         for number in recent {
             region.push_str(&self.rendered.blocks[number].1);
@@ -489,7 +512,11 @@ impl Snapshotter {
         let mut bytes = 0usize;
         for (i, number) in numbers.iter().enumerate() {
             let interaction = self.interaction(fetcher, *number)?;
-            bytes += interaction.entries.iter().map(|e| e.event.content.len() + 128).sum::<usize>();
+            bytes += interaction
+                .entries
+                .iter()
+                .map(|e| e.event.content.len() + 128)
+                .sum::<usize>();
             batch.push(interaction);
             let last = i + 1 == numbers.len();
             if last || batch.len() >= RENDER_BATCH || bytes >= RENDER_BATCH_BYTES {
@@ -505,7 +532,11 @@ impl Snapshotter {
 
     /// One interaction with its visible events read back from the log and
     /// their content neutralised.
-    fn interaction(&self, fetcher: &mut Fetcher, number: u64) -> Result<Interaction, SnapshotError> {
+    fn interaction(
+        &self,
+        fetcher: &mut Fetcher,
+        number: u64,
+    ) -> Result<Interaction, SnapshotError> {
         let refs = &self.index.interactions[&number];
         let mut entries = Vec::with_capacity(refs.len());
         for event_ref in refs {
@@ -532,6 +563,11 @@ enum PendingArchive {
     Unchanged,
     Append(String, usize),
     Rewrite(tempfile::NamedTempFile),
+}
+
+/// A communication.md worth keeping: it has its region.
+fn is_good(text: &str) -> bool {
+    text.contains(BEGIN_MARKER) && text.contains(END_MARKER)
 }
 
 fn append_durably(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
@@ -591,14 +627,22 @@ impl Fetcher {
             path: self.path.clone(),
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("the event at byte {} changed since it was indexed: {reason}", at.offset),
+                format!(
+                    "the event at byte {} changed since it was indexed: {reason}",
+                    at.offset
+                ),
             ),
         })
     }
 }
 
 /// `huddle snapshot`: a cold run over the whole log.
-pub fn snapshot_once(dir: &Path, host: &PluginHost, k: Option<usize>, progress: bool) -> Result<Outcome, SnapshotError> {
+pub fn snapshot_once(
+    dir: &Path,
+    host: &PluginHost,
+    k: Option<usize>,
+    progress: bool,
+) -> Result<Outcome, SnapshotError> {
     let mut snapshotter = Snapshotter::new(dir);
     snapshotter.progress = progress;
     snapshotter.update(host, k)

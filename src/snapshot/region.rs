@@ -38,7 +38,9 @@ pub(crate) fn neutralise(content: &str) -> Cow<'_, str> {
 
 fn is_dangerous(line: &str) -> bool {
     let trimmed = line.trim_start();
-    DANGEROUS_STARTS.iter().any(|start| trimmed.starts_with(start))
+    DANGEROUS_STARTS
+        .iter()
+        .any(|start| trimmed.starts_with(start))
 }
 
 /// True if a rendered block contains a line that would end or restart the region.

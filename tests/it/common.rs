@@ -273,3 +273,12 @@ pub fn repo_file(relative: &str) -> PathBuf {
     );
     path
 }
+
+/// One plugin host for the whole test binary, as in the daemon: one engine.
+pub fn host() -> &'static huddle::plugin::PluginHost {
+    static HOST: std::sync::OnceLock<huddle::plugin::PluginHost> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let cache = std::env::temp_dir().join(format!("huddle-test-cache-{}", std::process::id()));
+        huddle::plugin::PluginHost::with_cache_dir(cache).expect("plugin host")
+    })
+}

@@ -5,3 +5,4 @@ mod common;
 mod log_cli;
 mod log_store;
 mod plugins;
+mod snapshot;

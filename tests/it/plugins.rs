@@ -1,7 +1,6 @@
 //! The plugin host: default plugins, hostile plugins contained, the HTTP
 //! allowlist, swapping a plugin by configuration, `huddle plugins`.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use huddle::event::Event;
@@ -13,14 +12,7 @@ use huddle::workspace::Workspace;
 
 use crate::common::{hostile_plugin, repo_file, stderr, HttpRecorder, HuddleDir};
 
-/// One host for the whole test binary, as in the daemon: one engine.
-fn host() -> &'static PluginHost {
-    static HOST: OnceLock<PluginHost> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let cache = std::env::temp_dir().join(format!("huddle-test-cache-{}", std::process::id()));
-        PluginHost::with_cache_dir(cache).expect("plugin host")
-    })
-}
+use crate::common::host;
 
 fn event(interaction: u64, actor: &str, kind: &str, content: &str) -> Event {
     huddle::event::NewEvent::new(
