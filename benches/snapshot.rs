@@ -17,7 +17,8 @@ const RUNS: usize = 5;
 
 fn main() {
     let exe = env!("CARGO_BIN_EXE_huddle");
-    let baseline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/baseline/generate_snapshot.sh");
+    let baseline =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/baseline/generate_snapshot.sh");
     let root = tempfile::tempdir().expect("temp dir");
     let cache = root.path().join("cache");
 
@@ -48,7 +49,9 @@ fn main() {
         .unwrap_or(1_000_000);
     let large = root.path().join("large");
     fill(&large, events);
-    let log_bytes = std::fs::metadata(large.join("events.log")).expect("log").len();
+    let log_bytes = std::fs::metadata(large.join("events.log"))
+        .expect("log")
+        .len();
     let (cold, peak_rss_kib) = time_child(
         Command::new(exe)
             .arg("--dir")
@@ -59,7 +62,9 @@ fn main() {
 
     let host = PluginHost::with_cache_dir(cache.clone()).expect("plugin host");
     let mut snapshotter = Snapshotter::new(&large);
-    snapshotter.update(&host, None).expect("cold snapshot in process");
+    snapshotter
+        .update(&host, None)
+        .expect("cold snapshot in process");
     let log = FileLog::new(&large, LogConfig::default());
     let mut incremental_times = Vec::new();
     for i in 0..20u64 {
@@ -71,7 +76,9 @@ fn main() {
         ))
         .expect("append");
         incremental_times.push(time(|| {
-            snapshotter.update(&host, None).expect("incremental snapshot");
+            snapshotter
+                .update(&host, None)
+                .expect("incremental snapshot");
         }));
     }
     let incremental = median(&mut incremental_times);
@@ -139,7 +146,11 @@ fn fill(dir: &Path, events: u64) {
 
 fn run(command: &mut Command) {
     let out = command.output().expect("spawn");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Wall time and peak resident set (KiB) of a child process.
@@ -152,7 +163,10 @@ fn time_child(command: &mut Command) -> (Duration, i64) {
     // SAFETY: waits for our own child, writing into the two locals above.
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as libc::pid_t);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "snapshot failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "snapshot failed"
+    );
     (started.elapsed(), usage.ru_maxrss)
 }
 

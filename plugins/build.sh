@@ -116,10 +116,11 @@ for component in "${components[@]}"; do
     read -r workspace _ name <<<"$component"
     file=$workspace/dist/$name.wasm
     if [[ ! -f "$root/$file" ]]; then
-        differ+=("$file (not committed)")
+        differ+=("$file (missing from the committed tree)")
     elif ! cmp -s "$root/$file" "$out/$file"; then
-        differ+=("$file (committed $(sha256sum <"$root/$file" | cut -c1-12)," \
-            "fresh build $(sha256sum <"$out/$file" | cut -c1-12))")
+        committed_sha=$(sha256sum <"$root/$file" | cut -c1-12)
+        fresh_sha=$(sha256sum <"$out/$file" | cut -c1-12)
+        differ+=("$file (committed sha256 $committed_sha..., fresh build $fresh_sha...)")
     fi
 done
 # A component nobody builds any more would ship stale code.

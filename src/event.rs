@@ -23,7 +23,11 @@ pub const DEFAULT_MAX_CONTENT_BYTES: usize = 1024 * 1024;
 
 /// One line of the log. The first five fields are the brief's and are required;
 /// `id` and `term` are written by huddle; any other field is kept as it was read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialisation is written by hand (below) rather than with
+/// `#[serde(flatten)]`, which buffers every field of every line and made
+/// reading a large log twice as slow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     pub interaction: u64,
     pub actor: String,
@@ -38,6 +42,95 @@ pub struct Event {
     /// Fields written by other tools or later versions: kept, never dropped.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
+        deserializer.deserialize_map(EventVisitor)
+    }
+}
+
+struct EventVisitor;
+
+/// A key of an event object; known keys without allocating.
+enum Field {
+    Interaction,
+    Actor,
+    Type,
+    Content,
+    Timestamp,
+    Id,
+    Term,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Field, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Field, E> {
+                Ok(match name {
+                    "interaction" => Field::Interaction,
+                    "actor" => Field::Actor,
+                    "type" => Field::Type,
+                    "content" => Field::Content,
+                    "timestamp" => Field::Timestamp,
+                    "id" => Field::Id,
+                    "term" => Field::Term,
+                    other => Field::Other(other.to_string()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EventVisitor {
+    type Value = Event;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+        use serde::de::Error;
+        let mut interaction = None;
+        let mut actor = None;
+        let mut kind = None;
+        let mut content = None;
+        let mut timestamp = None;
+        let mut id = None;
+        let mut term = None;
+        let mut extra = Map::new();
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Interaction => interaction = Some(map.next_value::<u64>()?),
+                Field::Actor => actor = Some(map.next_value::<String>()?),
+                Field::Type => kind = Some(map.next_value::<String>()?),
+                Field::Content => content = Some(map.next_value::<String>()?),
+                Field::Timestamp => timestamp = Some(map.next_value::<String>()?),
+                Field::Id => id = map.next_value::<Option<String>>()?,
+                Field::Term => term = map.next_value::<Option<u64>>()?,
+                Field::Other(name) => {
+                    extra.insert(name, map.next_value::<Value>()?);
+                }
+            }
+        }
+        Ok(Event {
+            interaction: interaction.ok_or_else(|| A::Error::missing_field("interaction"))?,
+            actor: actor.ok_or_else(|| A::Error::missing_field("actor"))?,
+            kind: kind.ok_or_else(|| A::Error::missing_field("type"))?,
+            content: content.ok_or_else(|| A::Error::missing_field("content"))?,
+            timestamp: timestamp.ok_or_else(|| A::Error::missing_field("timestamp"))?,
+            id,
+            term,
+            extra,
+        })
+    }
 }
 
 impl Event {

@@ -363,30 +363,61 @@ impl Snapshotter {
         } else {
             None
         };
-        let mut batch: Vec<crate::log::Record> = Vec::with_capacity(MAPPER_BATCH);
+        // This thread parses the log while a worker asks the mapper for
+        // headings, batch by batch (results come back in order: one worker).
         let mut count = 0usize;
-        let mut pending_error: Option<SnapshotError> = None;
-        let cursor = log.scan(self.index.cursor, |record| {
-            if pending_error.is_some() {
-                return Ok(());
-            }
-            batch.push(record);
-            if batch.len() == MAPPER_BATCH {
-                count += batch.len();
-                if let Some(bar) = &bar {
-                    bar.inc(batch.iter().map(|r| r.len + 1).sum());
+        let mut failure: Option<SnapshotError> = None;
+        let mut scanned = Ok(self.index.cursor);
+        std::thread::scope(|scope| {
+            let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<MapperJob>(2);
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Mapped, PluginError>>();
+            scope.spawn(move || {
+                for (places, events) in job_rx {
+                    let mapped = host
+                        .headings(mapper, &events)
+                        .map(|headings| (places, headings));
+                    if done_tx.send(mapped).is_err() {
+                        return;
+                    }
                 }
-                if let Err(e) = self.apply_batch(host, mapper, &mut batch) {
-                    pending_error = Some(e);
+            });
+            let mut places = Vec::with_capacity(MAPPER_BATCH);
+            let mut events = Vec::with_capacity(MAPPER_BATCH);
+            let start = self.index.cursor;
+            scanned = log.scan(start, |record| {
+                places.push(Place {
+                    offset: record.offset,
+                    len: record.len,
+                    interaction: record.event.interaction,
+                });
+                events.push(record.event);
+                if events.len() == MAPPER_BATCH {
+                    count += events.len();
+                    if let Some(bar) = &bar {
+                        bar.inc(places.iter().map(|p| p.len + 1).sum());
+                    }
+                    let job = (std::mem::take(&mut places), std::mem::take(&mut events));
+                    // A closed channel means the worker stopped; its result says why.
+                    let _ = job_tx.send(job);
+                    while let Ok(done) = done_rx.try_recv() {
+                        self.apply_mapped(done, &mut failure);
+                    }
                 }
+                Ok(())
+            });
+            count += events.len();
+            if !events.is_empty() {
+                let _ = job_tx.send((places, events));
             }
-            Ok(())
-        })?;
-        if let Some(error) = pending_error {
+            drop(job_tx);
+            for done in done_rx {
+                self.apply_mapped(done, &mut failure);
+            }
+        });
+        let cursor = scanned?;
+        if let Some(error) = failure {
             return Err(error);
         }
-        count += batch.len();
-        self.apply_batch(host, mapper, &mut batch)?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -394,37 +425,40 @@ impl Snapshotter {
         Ok(count)
     }
 
-    fn apply_batch(
+    /// Records the visible events of one mapped batch.
+    fn apply_mapped(
         &mut self,
-        host: &PluginHost,
-        mapper: &PluginSpec,
-        batch: &mut Vec<crate::log::Record>,
-    ) -> Result<(), SnapshotError> {
-        if batch.is_empty() {
-            return Ok(());
+        mapped: Result<Mapped, PluginError>,
+        failure: &mut Option<SnapshotError>,
+    ) {
+        if failure.is_some() {
+            return;
         }
-        let events: Vec<Event> = batch.iter().map(|r| r.event.clone()).collect();
-        let headings = host.headings(mapper, &events)?;
-        for (record, heading) in batch.drain(..).zip(headings) {
+        let (places, headings) = match mapped {
+            Ok(mapped) => mapped,
+            Err(error) => {
+                *failure = Some(error.into());
+                return;
+            }
+        };
+        for (place, heading) in places.into_iter().zip(headings) {
             let Some(heading) = heading else { continue };
-            let number = record.event.interaction;
             if let Some(archive) = &mut self.rendered.archive {
-                if archive.upto.is_some_and(|upto| number <= upto) {
+                if archive.upto.is_some_and(|upto| place.interaction <= upto) {
                     archive.dirty = true;
                 }
             }
             let heading = self.index.heading_id(heading);
             self.index
                 .interactions
-                .entry(number)
+                .entry(place.interaction)
                 .or_default()
                 .push(EventRef {
-                    offset: record.offset,
-                    len: u32::try_from(record.len).unwrap_or(u32::MAX),
+                    offset: place.offset,
+                    len: u32::try_from(place.len).unwrap_or(u32::MAX),
                     heading,
                 });
         }
-        Ok(())
     }
 
     /// The text between the markers: one block per recent interaction,
@@ -499,7 +533,10 @@ impl Snapshotter {
         }
     }
 
-    /// Renders archive blocks in bounded batches, handing each to `sink`.
+    /// Renders archive blocks in bounded batches, handing each to `sink` in
+    /// order. This thread reads the events back while two workers render, so
+    /// a cold snapshot of a large log uses both cores; at most a few batches
+    /// are in flight, so memory does not grow with the archive.
     fn render_archive(
         &self,
         host: &PluginHost,
@@ -508,26 +545,58 @@ impl Snapshotter {
         numbers: &[u64],
         sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
     ) -> Result<(), SnapshotError> {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        for (i, number) in numbers.iter().enumerate() {
-            let interaction = self.interaction(fetcher, *number)?;
-            bytes += interaction
-                .entries
-                .iter()
-                .map(|e| e.event.content.len() + 128)
-                .sum::<usize>();
-            batch.push(interaction);
-            let last = i + 1 == numbers.len();
-            if last || batch.len() >= RENDER_BATCH || bytes >= RENDER_BATCH_BYTES {
-                for block in host.render(renderer, Section::Archive, &batch)? {
-                    sink(&block)?;
-                }
-                batch.clear();
-                bytes = 0;
+        type Rendered = (usize, Result<Vec<String>, PluginError>);
+        let (job_tx, job_rx) =
+            std::sync::mpsc::sync_channel::<(usize, Vec<Interaction>)>(RENDER_WORKERS * 2);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Rendered>();
+        let job_rx = std::sync::Mutex::new(job_rx);
+        std::thread::scope(|scope| {
+            for _ in 0..RENDER_WORKERS {
+                let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+                scope.spawn(move || loop {
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((seq, batch))) = job else { return };
+                    let blocks = host.render(renderer, Section::Archive, &batch);
+                    if done_tx.send((seq, blocks)).is_err() {
+                        return;
+                    }
+                });
             }
-        }
-        Ok(())
+            drop(done_tx);
+
+            let mut writer = OrderedWriter::default();
+            let mut sent = 0usize;
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            for (i, number) in numbers.iter().enumerate() {
+                let interaction = self.interaction(fetcher, *number)?;
+                bytes += interaction
+                    .entries
+                    .iter()
+                    .map(|e| e.event.content.len() + 128)
+                    .sum::<usize>();
+                batch.push(interaction);
+                let last = i + 1 == numbers.len();
+                if last || batch.len() >= RENDER_BATCH || bytes >= RENDER_BATCH_BYTES {
+                    if job_tx.send((sent, std::mem::take(&mut batch))).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                    bytes = 0;
+                    while let Ok(done) = done_rx.try_recv() {
+                        writer.accept(done, sink)?;
+                    }
+                }
+            }
+            drop(job_tx);
+            while writer.next < sent {
+                match done_rx.recv() {
+                    Ok(done) => writer.accept(done, sink)?,
+                    Err(_) => break,
+                }
+            }
+            Ok(())
+        })
     }
 
     /// One interaction with its visible events read back from the log and
@@ -550,6 +619,42 @@ impl Snapshotter {
             });
         }
         Ok(Interaction { number, entries })
+    }
+}
+
+/// Where an event sits, kept while the mapper decides about it.
+struct Place {
+    offset: u64,
+    len: u64,
+    interaction: u64,
+}
+type MapperJob = (Vec<Place>, Vec<Event>);
+type Mapped = (Vec<Place>, Vec<Option<String>>);
+
+/// Worker threads rendering archive batches.
+const RENDER_WORKERS: usize = 2;
+
+/// Puts rendered batches back in order before they reach the file.
+#[derive(Default)]
+struct OrderedWriter {
+    next: usize,
+    waiting: BTreeMap<usize, Vec<String>>,
+}
+
+impl OrderedWriter {
+    fn accept(
+        &mut self,
+        (seq, blocks): (usize, Result<Vec<String>, PluginError>),
+        sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        self.waiting.insert(seq, blocks?);
+        while let Some(blocks) = self.waiting.remove(&self.next) {
+            for block in &blocks {
+                sink(block)?;
+            }
+            self.next += 1;
+        }
+        Ok(())
     }
 }
 

@@ -78,9 +78,12 @@ impl Guest for NtfySink {
                     response.body
                 ))),
             },
-            // The host could not send it at all. Off the allowlist is final;
-            // a timeout or a refused connection may pass next time.
-            Err(reason) if reason.contains("allowlist") => Err(DeliveryError::Permanent(reason)),
+            // The host did not send it. Its refusals (off the allowlist, no
+            // HTTP capability) are final; a timeout or a refused connection
+            // may pass next time.
+            Err(reason) if reason.contains("allowlist") || reason.contains("not allowed") => {
+                Err(DeliveryError::Permanent(reason))
+            }
             Err(reason) => Err(DeliveryError::Transient(reason)),
         }
     }

@@ -10,6 +10,9 @@
 //! hide = ["followup"]           # hide several types at once
 //! ```
 //!
+//! Unquoted keys (`type.error = "Trouble"`) work too: TOML makes them a table
+//! `type`, which arrives as JSON text.
+//!
 //! Types missing from the table are shown under their own name, so a new
 //! event type is visible without touching the configuration.
 
@@ -35,6 +38,8 @@ const STOCK_HEADINGS: &[(&str, Option<&str>)] = &[
 
 /// Settings key prefix that sets one type's heading.
 const TYPE_KEY_PREFIX: &str = "type.";
+/// The same as a table: `[plugins.heading-mapper.settings.type]`.
+const TYPE_TABLE_KEY: &str = "type";
 /// Settings key that hides a list of types.
 const HIDE_KEY: &str = "hide";
 
@@ -57,14 +62,31 @@ impl HeadingTable {
         let mut given_a_heading = Vec::new();
         let mut hidden = Vec::new();
         for (key, value) in settings {
-            if let Some(kind) = key.strip_prefix(TYPE_KEY_PREFIX) {
+            let mut set_heading = |key: &str, kind: &str, heading: &str| {
                 check_type_name(key, kind)?;
-                check_heading(key, value)?;
-                if value.is_empty() {
+                check_heading(key, heading)?;
+                if heading.is_empty() {
                     hidden.push(kind.to_owned());
                 } else {
                     given_a_heading.push(kind.to_owned());
-                    table.0.insert(kind.to_owned(), Some(value.clone()));
+                    table.0.insert(kind.to_owned(), Some(heading.to_owned()));
+                }
+                Ok::<(), String>(())
+            };
+            if let Some(kind) = key.strip_prefix(TYPE_KEY_PREFIX) {
+                set_heading(key, kind, value)?;
+            } else if key == TYPE_TABLE_KEY {
+                // Unquoted `type.error = "..."` in TOML is a table `type`, which
+                // the host passes as JSON text: {"error": "..."}.
+                let headings: BTreeMap<String, String> =
+                    serde_json::from_str(value).map_err(|_| {
+                        format!(
+                            "setting `{TYPE_TABLE_KEY}` must be a table of event type to heading, \
+                             e.g. type.error = \"Trouble\", not {value}"
+                        )
+                    })?;
+                for (kind, heading) in &headings {
+                    set_heading(&format!("{TYPE_KEY_PREFIX}{kind}"), kind, heading)?;
                 }
             } else if key == HIDE_KEY {
                 for kind in parse_type_list(value)? {
@@ -203,6 +225,21 @@ mod tests {
         assert_eq!(table.heading("followup"), None);
         assert_eq!(table.heading("note"), None);
         assert_eq!(table.heading("answer").as_deref(), Some("B → A"));
+    }
+
+    #[test]
+    fn a_type_table_works_like_dotted_keys() {
+        let table = HeadingTable::from_settings(&settings(&[(
+            "type",
+            r#"{"error": "Trouble", "answer": ""}"#,
+        )]))
+        .unwrap();
+        assert_eq!(table.heading("error").as_deref(), Some("Trouble"));
+        assert_eq!(table.heading("answer"), None);
+        let err = HeadingTable::from_settings(&settings(&[("type", r#"{"error": 1}"#)]))
+            .err()
+            .unwrap();
+        assert!(err.contains("`type`"), "{err}");
     }
 
     #[test]

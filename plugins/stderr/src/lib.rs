@@ -20,7 +20,7 @@ wit_bindgen::generate!({
 fn alert_line(alert: &Alert) -> String {
     let mut line = format!(
         "alert from {}: {} at {}: {}",
-        alert.source,
+        escape_controls(&alert.source),
         escape_controls(&alert.event.actor),
         alert.event.timestamp,
         escape_controls(&alert.event.content)

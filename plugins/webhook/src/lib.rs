@@ -70,8 +70,13 @@ impl Config {
             }
         }
         match url {
-            Some(url) if !url.is_empty() => Ok(Self { url, format }),
-            _ => Err("webhook sink: setting `url` is required".to_owned()),
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Ok(Self { url, format })
+            }
+            Some(url) => Err(format!(
+                "webhook sink: setting `url` must be an http:// or https:// URL, not {url:?}"
+            )),
+            None => Err("webhook sink: setting `url` is required".to_owned()),
         }
     }
 }
@@ -148,10 +153,17 @@ fn classify_status(status: u16, body: &str) -> Result<(), DeliveryError> {
     }
 }
 
-/// The host refuses URLs off the allowlist (retrying cannot help); anything
-/// else it reports (timeout, connection refused, DNS) may pass later.
+/// Phrases of the host's refusals (off the allowlist, no HTTP capability, not
+/// a URL): retrying cannot help. Anything else it reports (timeout, connection
+/// refused, DNS) may pass later.
+const REFUSAL_PHRASES: &[&str] = &["allowlist", "not allowed", "not a url"];
+
 fn classify_host_error(error: String) -> DeliveryError {
-    if error.to_ascii_lowercase().contains("allowlist") {
+    let lowercase = error.to_lowercase();
+    if REFUSAL_PHRASES
+        .iter()
+        .any(|phrase| lowercase.contains(phrase))
+    {
         DeliveryError::Permanent(error)
     } else {
         DeliveryError::Transient(error)
@@ -275,14 +287,33 @@ mod tests {
             classify_host_error("timed out after 5s".to_owned()),
             DeliveryError::Transient(_)
         ));
+        for refusal in [
+            "http://x/ is not on this sink's allowlist (http://y/)",
+            "http://x/ is not allowed: this sink's allowlist is empty, which denies every URL",
+            "http://x/ is not allowed: this plugin has no HTTP capability",
+            "\"x\" is not a URL: relative URL without a base",
+        ] {
+            assert!(
+                matches!(
+                    classify_host_error(refusal.to_owned()),
+                    DeliveryError::Permanent(_)
+                ),
+                "{refusal}"
+            );
+        }
         assert!(matches!(
-            classify_host_error("http://x/ is not on this sink's allowlist".to_owned()),
-            DeliveryError::Permanent(_)
+            classify_host_error("POST http://x/ failed: Connection refused".to_owned()),
+            DeliveryError::Transient(_)
         ));
     }
 
     #[test]
     fn configure_validates_settings() {
+        assert!(
+            Config::from_settings(settings(&[("url", "hooks.example/x")]))
+                .unwrap_err()
+                .contains("http://")
+        );
         let config = Config::from_settings(settings(&[("url", "http://h/")])).unwrap();
         assert_eq!(config.format, Format::Slack);
         let config = Config::from_settings(settings(&[
@@ -297,12 +328,12 @@ mod tests {
                 .contains("`url`")
         );
         assert!(
-            Config::from_settings(settings(&[("url", "u"), ("format", "teams")]))
+            Config::from_settings(settings(&[("url", "http://h/"), ("format", "teams")]))
                 .unwrap_err()
                 .contains("`teams`")
         );
         assert!(
-            Config::from_settings(settings(&[("url", "u"), ("channel", "#ops")]))
+            Config::from_settings(settings(&[("url", "http://h/"), ("channel", "#ops")]))
                 .unwrap_err()
                 .contains("`channel`")
         );
