@@ -154,7 +154,10 @@ fn run(command: &mut Command) {
 }
 
 /// Wall time and peak resident set (KiB) of a child process.
-#[allow(clippy::zombie_processes, reason = "the child is reaped by wait4, which also reports its rusage")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also reports its rusage"
+)]
 fn time_child(command: &mut Command) -> (Duration, i64) {
     let started = Instant::now();
     let child = command.spawn().expect("spawn");

@@ -17,6 +17,43 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub plugins: PluginsConfig,
     pub alerts: AlertsConfig,
+    pub daemon: DaemonConfig,
+}
+
+/// `huddle run`: heartbeats, election and retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// The leader appends a heartbeat this often.
+    pub heartbeat_ms: u64,
+    /// Without a heartbeat for this long, the leader is presumed gone.
+    pub leader_timeout_ms: u64,
+    /// Up to this much is added to the timeout, differently by each
+    /// daemon, so candidates do not all campaign at once.
+    pub jitter_ms: u64,
+    /// The daemon re-reads the log at least this often, even without a
+    /// file-system event.
+    pub poll_ms: u64,
+    /// A failed operation is retried after this long, doubling each time...
+    pub retry_initial_ms: u64,
+    /// ...up to this pause...
+    pub retry_max_ms: u64,
+    /// ...and after this many failures in a row it is declared offline.
+    pub retry_attempts: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            heartbeat_ms: 2000,
+            leader_timeout_ms: 10_000,
+            jitter_ms: 1000,
+            poll_ms: 250,
+            retry_initial_ms: 1000,
+            retry_max_ms: 8000,
+            retry_attempts: 4,
+        }
+    }
 }
 
 /// When an append is forced to stable storage.
@@ -262,6 +299,21 @@ pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this hud
 [snapshot]
 # Interactions shown in communication.md; older ones go to archive.md.
 # k = 3
+
+[daemon]
+# The leader appends a heartbeat this often (milliseconds).
+# heartbeat_ms = 2000
+# Without a heartbeat for this long the leader is presumed gone and eligible daemons campaign.
+# leader_timeout_ms = 10000
+# Up to this much is added to the timeout, differently by each daemon, against stampedes.
+# jitter_ms = 1000
+# The log is re-read at least this often even without a file-system event.
+# poll_ms = 250
+# Failed operations retry after 1 s, 2 s, 4 s ... up to retry_max_ms; after
+# retry_attempts failures in a row the operation is declared offline (an error event).
+# retry_initial_ms = 1000
+# retry_max_ms = 8000
+# retry_attempts = 4
 
 # Plugin slots. `plugin` is a built-in name or a path to a .wasm component
 # (relative to this directory); a change takes effect at the next snapshot.

@@ -188,6 +188,8 @@ pub struct NewEvent {
     pub kind: String,
     pub content: String,
     pub term: Option<u64>,
+    /// Extra fields written as they are (huddle's own, e.g. an election `action`).
+    pub extra: Map<String, Value>,
 }
 
 impl NewEvent {
@@ -203,7 +205,13 @@ impl NewEvent {
             kind: kind.into(),
             content: content.into(),
             term: None,
+            extra: Map::new(),
         }
+    }
+
+    pub fn with_field(mut self, name: &str, value: impl Into<Value>) -> NewEvent {
+        self.extra.insert(name.to_string(), value.into());
+        self
     }
 
     pub fn with_term(mut self, term: u64) -> NewEvent {
@@ -243,7 +251,7 @@ impl NewEvent {
             timestamp: now_rfc3339(),
             id: Some(new_event_id()),
             term: self.term,
-            extra: Map::new(),
+            extra: self.extra,
         }
     }
 }

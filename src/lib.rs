@@ -8,12 +8,15 @@
 //! - [`snapshot`]: communication.md and archive.md,
 //! - [`demo`]: the README's first command.
 
+pub mod checkpoint;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod event;
 pub mod log;
 pub mod plugin;
 pub mod snapshot;
+pub mod status;
 pub mod workspace;
 
 pub use config::Config;

@@ -13,7 +13,7 @@ use huddle::event::{InteractionRef, NewEvent, ValidationError};
 use huddle::log::EventStore;
 use huddle::plugin::{self, CheckError, PluginHost, Slot};
 use huddle::workspace::{self, Workspace};
-use huddle::{demo, snapshot, StoreError};
+use huddle::{checkpoint, daemon, demo, snapshot, status, StoreError};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,48 @@ enum Command {
         #[arg(short, long)]
         k: Option<usize>,
     },
+    /// The daemon: watch the log, elect a leader, heartbeat, keep snapshots fresh.
+    Run {
+        /// This daemon's name in the log (default: huddle-<host>-<pid>).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Follow the election but never become leader.
+        #[arg(long)]
+        no_elect: bool,
+    },
+    /// Announce that an agent is alive.
+    Heartbeat { actor: String },
+    /// Print the events of interactions after an agent's checkpoint.
+    Next {
+        #[arg(long)]
+        agent: String,
+        /// One JSON event per line.
+        #[arg(long)]
+        json: bool,
+        /// Keep streaming new events as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Record that an agent handled every interaction up to N.
+    Ack {
+        #[arg(long)]
+        agent: String,
+        interaction: u64,
+    },
+    /// Leader, term, heartbeat age, actors, last errors, event count, snapshot freshness.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One election round (used by tests and scripts).
+    #[command(hide = true)]
+    Campaign {
+        #[arg(long)]
+        actor: String,
+        /// Claim exactly this term (lose if it is already claimed).
+        #[arg(long)]
+        term: Option<u64>,
+    },
     /// Inspect plugins: which each slot uses, or whether a file is a plugin.
     Plugins {
         #[command(subcommand)]
@@ -90,6 +132,14 @@ enum PluginsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -178,6 +228,65 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Run { actor, no_elect } => {
+            let actor = actor.unwrap_or_else(default_actor);
+            huddle::event::NewEvent::new(InteractionRef::Number(0), actor.clone(), "heartbeat", "")
+                .validate(usize::MAX)?;
+            daemon::run(
+                &cli.dir,
+                daemon::DaemonOptions {
+                    actor,
+                    elect: !no_elect,
+                },
+            )
+        }
+        Command::Heartbeat { actor } => {
+            let workspace = Workspace::open(&cli.dir)?;
+            workspace.log().append(NewEvent::new(
+                InteractionRef::Number(0),
+                actor,
+                huddle::event::types::HEARTBEAT,
+                "alive",
+            ))?;
+            Ok(())
+        }
+        Command::Next {
+            agent,
+            json,
+            follow,
+        } => next(&cli.dir, &agent, json, follow),
+        Command::Ack { agent, interaction } => {
+            checkpoint::validate_agent(&agent)?;
+            checkpoint::ack(&cli.dir, &agent, interaction).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    checkpoint::path(&cli.dir, &agent).display()
+                )
+            })
+        }
+        Command::Status { json } => {
+            let status = status::status(&Workspace::open(&cli.dir)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            Ok(())
+        }
+        Command::Campaign { actor, term } => {
+            let log = Workspace::open(&cli.dir)?.log();
+            let mut leadership = daemon::election::Leadership::default();
+            let cursor = daemon::follow_log(&log, huddle::Cursor::START, &mut leadership)?;
+            if term.is_some_and(|wanted| wanted != leadership.term + 1) {
+                println!("lost (term {} is already claimed)", leadership.term);
+                return Ok(());
+            }
+            match daemon::campaign(&log, cursor, &leadership, &actor)? {
+                Some(term) => println!("won term {term}"),
+                None => println!("lost"),
+            }
+            Ok(())
+        }
         Command::Plugins { command } => match command {
             PluginsCommand::List => plugins_list(&cli.dir),
             PluginsCommand::Check { file } => {
@@ -194,6 +303,61 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Reads at most a little over `limit` bytes, so oversize input is refused by
 /// validation without being held in memory whole.
+fn default_actor() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!(
+        "huddle-{}-{}",
+        if host.is_empty() { "local" } else { host },
+        std::process::id()
+    )
+}
+
+/// `huddle next`: visible events of interactions after the agent's checkpoint.
+fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<()> {
+    use std::io::Write as _;
+    checkpoint::validate_agent(agent)?;
+    let workspace = Workspace::open(dir)?;
+    let after = checkpoint::read(dir, agent)?;
+    let host = PluginHost::new()?;
+    let mapper = workspace.slot_spec(Slot::HeadingMapper);
+    let log = workspace.log();
+    let mut cursor = huddle::Cursor::START;
+    let stdout = std::io::stdout();
+    loop {
+        let mut fresh = Vec::new();
+        cursor = log.scan(cursor, |record| {
+            if after.is_none_or(|done| record.event.interaction > done) {
+                fresh.push(record.event);
+            }
+            Ok(())
+        })?;
+        if !fresh.is_empty() {
+            let headings = host.headings(&mapper, &fresh)?;
+            let mut out = stdout.lock();
+            for (event, heading) in fresh.iter().zip(headings) {
+                if heading.is_none() {
+                    continue;
+                }
+                if json {
+                    writeln!(out, "{}", event.to_line())?;
+                } else {
+                    writeln!(
+                        out,
+                        "#{} [{}] {} {}: {}",
+                        event.interaction, event.timestamp, event.actor, event.kind, event.content
+                    )?;
+                }
+            }
+            out.flush()?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn plugins_list(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
     let mut rows = vec![

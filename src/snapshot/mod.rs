@@ -331,6 +331,7 @@ impl Snapshotter {
                 .map_err(io_error("write", &backup))?;
         }
 
+        crate::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
         Ok(Outcome {
             recent: recent.to_vec(),
             archived: archived.len(),

@@ -2,6 +2,7 @@
 //! and with wasmtime inside that costs seconds each). A module per area.
 
 mod common;
+mod daemon;
 mod log_cli;
 mod log_store;
 mod plugins;

@@ -1,0 +1,135 @@
+//! Leadership, derived from the log alone.
+//!
+//! - A **claim** is a `leader_election` event with `term` N and `"action": "claim"`.
+//!   The first claim of a term in log order wins it; later claims of the same
+//!   term lose. Candidates append a claim for N+1 with compare-and-append
+//!   under the log lock, only if no claim for N+1 (and no heartbeat of the
+//!   current leader) appeared since they last read: so at most one claim per
+//!   term is usually written, and if two are, log order decides.
+//! - A **heartbeat** from the leader is a `heartbeat` event carrying its term.
+//!   (A `heartbeat` without a term is an agent saying it is alive.)
+//! - A **resignation** is a `leader_election` event with `"action": "resign"`
+//!   and the leader's term: the term is vacated, candidates go at once.
+//! - **Fencing**: a leader acts only while no higher term exists, and every
+//!   heartbeat it writes is itself a compare-and-append that fails once a
+//!   higher claim is in the log. A paused leader that wakes up finds the
+//!   higher term and steps down before doing anything.
+
+use chrono::{DateTime, Utc};
+
+use crate::event::{types, Event};
+
+pub const ACTION_FIELD: &str = "action";
+pub const CLAIM: &str = "claim";
+pub const RESIGN: &str = "resign";
+
+/// Who leads, as far as the events read so far say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// The highest term claimed.
+    pub term: u64,
+    /// Winner of `term`, unless it resigned.
+    pub leader: Option<String>,
+    /// Time of the leader's last heartbeat in `term` (or of its claim).
+    pub last_beat: Option<DateTime<Utc>>,
+}
+
+impl Leadership {
+    /// Folds one event in (events must come in log order).
+    pub fn observe(&mut self, event: &Event) {
+        let action = event.extra.get(ACTION_FIELD).and_then(|v| v.as_str());
+        match (event.kind.as_str(), event.term) {
+            (types::LEADER_ELECTION, Some(term)) if action == Some(CLAIM) => {
+                // First claim of a new term wins; any later claim of it loses.
+                if term > self.term {
+                    self.term = term;
+                    self.leader = Some(event.actor.clone());
+                    self.last_beat = parse_time(&event.timestamp);
+                }
+            }
+            (types::LEADER_ELECTION, Some(term)) if action == Some(RESIGN) => {
+                if term == self.term && self.leader.as_deref() == Some(event.actor.as_str()) {
+                    self.leader = None;
+                }
+            }
+            (types::HEARTBEAT, Some(term)) => {
+                if term == self.term && self.leader.as_deref() == Some(event.actor.as_str()) {
+                    self.last_beat = parse_time(&event.timestamp).or(self.last_beat);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Seconds since the leader's last sign of life (None: no leader).
+    pub fn silence(&self, now: DateTime<Utc>) -> Option<f64> {
+        self.leader.as_ref()?;
+        let beat = self.last_beat?;
+        Some((now - beat).num_milliseconds().max(0) as f64 / 1000.0)
+    }
+
+    pub fn is_leader(&self, me: &str) -> bool {
+        self.leader.as_deref() == Some(me)
+    }
+}
+
+pub fn parse_time(timestamp: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(timestamp)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{InteractionRef, NewEvent};
+
+    fn claim(actor: &str, term: u64) -> Event {
+        NewEvent::new(
+            InteractionRef::Number(0),
+            actor,
+            types::LEADER_ELECTION,
+            "claim",
+        )
+        .with_term(term)
+        .with_field(ACTION_FIELD, CLAIM)
+        .into_event(0)
+    }
+
+    #[test]
+    fn first_claim_of_a_term_wins() {
+        let mut state = Leadership::default();
+        state.observe(&claim("a", 1));
+        state.observe(&claim("b", 1));
+        assert_eq!(state.leader.as_deref(), Some("a"));
+        state.observe(&claim("b", 2));
+        assert_eq!((state.term, state.leader.as_deref()), (2, Some("b")));
+        // A stale claim for an old term changes nothing.
+        state.observe(&claim("a", 2));
+        state.observe(&claim("a", 1));
+        assert_eq!(state.leader.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn resignation_vacates_only_the_leaders_own_term() {
+        let mut state = Leadership::default();
+        state.observe(&claim("a", 3));
+        let resign = |actor: &str, term| {
+            NewEvent::new(
+                InteractionRef::Number(0),
+                actor,
+                types::LEADER_ELECTION,
+                "resign",
+            )
+            .with_term(term)
+            .with_field(ACTION_FIELD, RESIGN)
+            .into_event(0)
+        };
+        state.observe(&resign("b", 3));
+        assert!(state.is_leader("a"));
+        state.observe(&resign("a", 2));
+        assert!(state.is_leader("a"));
+        state.observe(&resign("a", 3));
+        assert_eq!(state.leader, None);
+    }
+}

@@ -1,0 +1,378 @@
+//! `huddle run`: the coordinator. Every daemon watches the log and follows
+//! the election; the leader alone appends heartbeats and keeps the snapshot
+//! fresh. See [`election`] for the protocol.
+
+pub mod election;
+mod watcher;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use crate::config::DaemonConfig;
+use crate::event::{types, Event, InteractionRef, NewEvent};
+use crate::log::{CasOutcome, Cursor, EventStore, FileLog, StoreError};
+use crate::plugin::PluginHost;
+use crate::snapshot::Snapshotter;
+use crate::workspace::Workspace;
+use election::{Leadership, ACTION_FIELD, CLAIM, RESIGN};
+
+/// How a daemon takes part.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Its name in the log.
+    pub actor: String,
+    /// Whether it may become leader.
+    pub elect: bool,
+}
+
+/// Reads the events appended since `cursor` into `leadership`.
+pub fn follow_log(
+    log: &FileLog,
+    cursor: Cursor,
+    leadership: &mut Leadership,
+) -> Result<Cursor, StoreError> {
+    log.scan(cursor, |record| {
+        leadership.observe(&record.event);
+        Ok(())
+    })
+}
+
+/// One campaign: claims term N+1 unless, since `cursor`, someone else claimed
+/// it or the current leader showed a sign of life. Returns the term won.
+pub fn campaign(
+    log: &FileLog,
+    cursor: Cursor,
+    leadership: &Leadership,
+    me: &str,
+) -> Result<Option<u64>, StoreError> {
+    let term = leadership.term + 1;
+    let current = leadership.clone();
+    let claim = NewEvent::new(
+        InteractionRef::Number(0),
+        me,
+        types::LEADER_ELECTION,
+        format!("{me} claims leadership for term {term}"),
+    )
+    .with_term(term)
+    .with_field(ACTION_FIELD, CLAIM);
+    let conflicts = move |event: &Event| {
+        let claim_at_or_above =
+            event.kind == types::LEADER_ELECTION && event.term.is_some_and(|t| t >= term);
+        let leader_alive = event.kind == types::HEARTBEAT
+            && event.term == Some(current.term)
+            && current.leader.as_deref() == Some(event.actor.as_str());
+        claim_at_or_above || leader_alive
+    };
+    match log.compare_and_append(cursor, claim, &conflicts)? {
+        CasOutcome::Appended(_) => Ok(Some(term)),
+        CasOutcome::Conflict(_) => Ok(None),
+    }
+}
+
+/// Appends a heartbeat for `term` unless a higher term was claimed since
+/// `cursor` (fencing). Returns false if the leader has been replaced.
+pub fn leader_heartbeat(
+    log: &FileLog,
+    cursor: Cursor,
+    me: &str,
+    term: u64,
+) -> Result<bool, StoreError> {
+    let beat = NewEvent::new(
+        InteractionRef::Number(0),
+        me,
+        types::HEARTBEAT,
+        format!("leader {me} alive (term {term})"),
+    )
+    .with_term(term);
+    let superseded = move |event: &Event| {
+        event.kind == types::LEADER_ELECTION
+            && event.term.is_some_and(|t| t > term)
+            && event.extra.get(ACTION_FIELD).and_then(|v| v.as_str()) == Some(CLAIM)
+    };
+    Ok(matches!(
+        log.compare_and_append(cursor, beat, &superseded)?,
+        CasOutcome::Appended(_)
+    ))
+}
+
+struct Daemon {
+    me: String,
+    elect: bool,
+    config: DaemonConfig,
+    log: FileLog,
+    host: PluginHost,
+    snapshotter: Snapshotter,
+    cursor: Cursor,
+    leadership: Leadership,
+    /// The term we lead, while we do.
+    my_term: Option<u64>,
+    next_heartbeat: Instant,
+    jitter: Duration,
+    /// The log changed since the last snapshot.
+    dirty: bool,
+    retry: Retry,
+}
+
+/// Exponential backoff for one kind of operation.
+struct Retry {
+    failures: u32,
+    not_before: Option<Instant>,
+    declared_offline: bool,
+}
+
+impl Daemon {
+    fn new(dir: &Path, options: DaemonOptions) -> Result<Daemon> {
+        let workspace = Workspace::open(dir)?;
+        let host = PluginHost::new().context("cannot start the plugin host")?;
+        let mut snapshotter = Snapshotter::new(dir);
+        snapshotter.progress = false;
+        Ok(Daemon {
+            jitter: jitter(&options.actor, workspace.config.daemon.jitter_ms),
+            me: options.actor,
+            elect: options.elect,
+            config: workspace.config.daemon.clone(),
+            log: workspace.log(),
+            host,
+            snapshotter,
+            cursor: Cursor::START,
+            leadership: Leadership::default(),
+            my_term: None,
+            next_heartbeat: Instant::now(),
+            dirty: true,
+            retry: Retry {
+                failures: 0,
+                not_before: None,
+                declared_offline: false,
+            },
+        })
+    }
+
+    fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis(self.config.heartbeat_ms)
+    }
+
+    fn read_log(&mut self) -> Result<()> {
+        let before = self.cursor;
+        self.cursor = follow_log(&self.log, self.cursor, &mut self.leadership)?;
+        if self.cursor != before {
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn leading(&self) -> bool {
+        self.my_term
+            .is_some_and(|term| term == self.leadership.term)
+            && self.leadership.is_leader(&self.me)
+    }
+
+    /// One round: read, then act according to our role.
+    fn step(&mut self) -> Result<()> {
+        self.read_log()?;
+        if self.my_term.is_some() && !self.leading() {
+            tracing::warn!(
+                term = self.leadership.term,
+                leader = self.leadership.leader.as_deref().unwrap_or("none"),
+                "a newer term exists: stepping down"
+            );
+            self.my_term = None;
+        }
+        if self.leading() {
+            self.lead()?;
+        } else if self.elect {
+            self.maybe_campaign()?;
+        }
+        Ok(())
+    }
+
+    fn lead(&mut self) -> Result<()> {
+        let Some(term) = self.my_term else {
+            return Ok(());
+        };
+        if Instant::now() >= self.next_heartbeat {
+            if leader_heartbeat(&self.log, self.cursor, &self.me, term)? {
+                self.next_heartbeat = Instant::now() + self.heartbeat_every();
+            } else {
+                tracing::warn!(term, "replaced while we were away: stepping down");
+                self.my_term = None;
+                return Ok(());
+            }
+            self.read_log()?;
+            if !self.leading() {
+                return Ok(());
+            }
+        }
+        if self.dirty {
+            self.snapshot();
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) {
+        if self.retry.not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match self.snapshotter.update(&self.host, None) {
+            Ok(outcome) => {
+                self.dirty = false;
+                if self.retry.failures > 0 {
+                    tracing::info!("snapshot works again");
+                }
+                self.retry = Retry {
+                    failures: 0,
+                    not_before: None,
+                    declared_offline: false,
+                };
+                if outcome.communication_written {
+                    tracing::debug!(recent = ?outcome.recent, "snapshot written");
+                }
+            }
+            Err(error) => {
+                self.retry.failures += 1;
+                let pause = Duration::from_millis(
+                    self.config
+                        .retry_initial_ms
+                        .saturating_mul(1 << (self.retry.failures - 1).min(20))
+                        .min(self.config.retry_max_ms),
+                );
+                self.retry.not_before = Some(Instant::now() + pause);
+                tracing::error!(%error, retry_in = ?pause, "snapshot failed");
+                if self.retry.failures >= self.config.retry_attempts && !self.retry.declared_offline
+                {
+                    self.retry.declared_offline = true;
+                    let report = NewEvent::new(
+                        InteractionRef::Number(0),
+                        &self.me,
+                        types::ERROR,
+                        format!(
+                            "Snapshots are offline after {} failed attempts; retrying every {:?}: {error}",
+                            self.retry.failures, pause
+                        ),
+                    );
+                    if let Err(e) = self.log.append(report) {
+                        tracing::error!(error = %e, "cannot log that snapshots are offline");
+                    }
+                }
+            }
+        }
+    }
+
+    fn maybe_campaign(&mut self) -> Result<()> {
+        let timeout = Duration::from_millis(self.config.leader_timeout_ms) + self.jitter;
+        let due = match self.leadership.silence(Utc::now()) {
+            None => true,
+            Some(silent) => silent > timeout.as_secs_f64(),
+        };
+        if !due {
+            return Ok(());
+        }
+        if let Some(term) = campaign(&self.log, self.cursor, &self.leadership, &self.me)? {
+            self.read_log()?;
+            if self.leadership.is_leader(&self.me) && self.leadership.term == term {
+                tracing::info!(term, "elected leader");
+                self.my_term = Some(term);
+                self.next_heartbeat = Instant::now();
+                self.dirty = true;
+                self.lead()?;
+            }
+        }
+        // Next time another daemon may be quicker: a fresh jitter per round.
+        self.jitter = jitter(
+            &format!("{}{}", self.me, self.leadership.term),
+            self.config.jitter_ms,
+        );
+        Ok(())
+    }
+
+    fn resign(&mut self) {
+        let Some(term) = self.my_term.take() else {
+            return;
+        };
+        let resign = NewEvent::new(
+            InteractionRef::Number(0),
+            &self.me,
+            types::LEADER_ELECTION,
+            format!("{} resigns leadership of term {term}", self.me),
+        )
+        .with_term(term)
+        .with_field(ACTION_FIELD, RESIGN);
+        match self.log.append(resign) {
+            Ok(_) => tracing::info!(term, "resigned"),
+            Err(error) => tracing::error!(%error, "could not resign"),
+        }
+    }
+}
+
+/// A pause in [0, max_ms) that differs between daemons and between rounds.
+fn jitter(seed: &str, max_ms: u64) -> Duration {
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut hasher);
+    std::process::id().hash(&mut hasher);
+    Instant::now().hash(&mut hasher);
+    Duration::from_millis(hasher.finish() % max_ms)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(dir: &Path, options: DaemonOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_async(dir, options))
+}
+
+async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut daemon = Daemon::new(dir, options)?;
+    let (watch, mut changes) = watcher::watch(dir).context("cannot watch the huddle directory")?;
+    tracing::info!(
+        dir = %dir.display(),
+        actor = daemon.me.as_str(),
+        role = if daemon.elect { "candidate" } else { "follower (--no-elect)" },
+        watching = watch.describe(),
+        "huddle run: watching events.log"
+    );
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let tick = Duration::from_millis(daemon.config.poll_ms.max(10));
+    loop {
+        if let Err(error) = daemon.step() {
+            tracing::error!(error = %format!("{error:#}"), "daemon step failed; retrying");
+        }
+        let until_heartbeat = daemon
+            .next_heartbeat
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5));
+        let wait = if daemon.leading() {
+            tick.min(until_heartbeat)
+        } else {
+            tick
+        };
+        tokio::select! {
+            _ = changes.recv() => {
+                // Coalesce a burst of writes into one round.
+                while changes.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = daemon.read_log();
+    if daemon.leading() {
+        if daemon.dirty {
+            daemon.snapshot();
+        }
+        daemon.resign();
+    }
+    drop(watch);
+    Ok(())
+}

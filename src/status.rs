@@ -1,0 +1,171 @@
+//! `huddle status`: who leads, who is alive, what went wrong, how fresh the
+//! snapshot is. The JSON form is stable: fields are only ever added.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::election::{parse_time, Leadership};
+use crate::log::{Cursor, StoreError, LOG_FILE, STATE_DIR};
+use crate::workspace::Workspace;
+
+pub const SNAPSHOT_STATE_FILE: &str = "snapshot.json";
+const LAST_ERRORS: usize = 5;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Seconds since the leader's last heartbeat (or its claim).
+    pub leader_heartbeat_age_secs: Option<f64>,
+    pub actors: Vec<ActorStatus>,
+    pub last_errors: Vec<ErrorSummary>,
+    pub events: u64,
+    pub snapshot: SnapshotStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActorStatus {
+    pub actor: String,
+    pub last_type: String,
+    pub last_event_age_secs: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorSummary {
+    pub actor: String,
+    pub content: String,
+    pub timestamp: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotStatus {
+    /// When communication.md was last brought up to date.
+    pub updated_at: Option<String>,
+    pub age_secs: Option<f64>,
+    /// Bytes of events.log not yet in the snapshot (0: up to date).
+    pub bytes_behind: u64,
+}
+
+/// Written by the snapshotter after each successful run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotState {
+    pub log_offset: u64,
+    pub updated_at: String,
+}
+
+pub fn record_snapshot(dir: &Path, log_offset: u64) {
+    let state = SnapshotState {
+        log_offset,
+        updated_at: crate::event::now_rfc3339(),
+    };
+    let path = dir.join(STATE_DIR).join(SNAPSHOT_STATE_FILE);
+    // Status only: a failure here costs nothing but an older "updated_at".
+    let _ = std::fs::write(path, serde_json::to_vec(&state).unwrap_or_default());
+}
+
+pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
+    let now = Utc::now();
+    let age = |timestamp: &str| {
+        parse_time(timestamp).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+    };
+    let mut leadership = Leadership::default();
+    let mut actors: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut events = 0u64;
+    workspace.log().scan(Cursor::START, |record| {
+        let event = record.event;
+        events += 1;
+        leadership.observe(&event);
+        if event.is_error() {
+            errors.push(ErrorSummary {
+                actor: event.actor.clone(),
+                content: event.content.clone(),
+                timestamp: event.timestamp.clone(),
+            });
+            if errors.len() > LAST_ERRORS {
+                errors.remove(0);
+            }
+        }
+        actors.insert(event.actor, (event.kind, event.timestamp));
+        Ok(())
+    })?;
+    let log_len = std::fs::metadata(workspace.dir.join(LOG_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let state: Option<SnapshotState> =
+        std::fs::read(workspace.dir.join(STATE_DIR).join(SNAPSHOT_STATE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok(Status {
+        leader: leadership.leader.clone(),
+        term: leadership.term,
+        leader_heartbeat_age_secs: leadership.silence(now),
+        actors: actors
+            .into_iter()
+            .map(|(actor, (last_type, timestamp))| ActorStatus {
+                actor,
+                last_type,
+                last_event_age_secs: age(&timestamp),
+            })
+            .collect(),
+        last_errors: errors,
+        events,
+        snapshot: SnapshotStatus {
+            age_secs: state.as_ref().and_then(|s| age(&s.updated_at)),
+            bytes_behind: log_len.saturating_sub(state.as_ref().map_or(0, |s| s.log_offset)),
+            updated_at: state.map(|s| s.updated_at),
+        },
+    })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.leader, self.leader_heartbeat_age_secs) {
+            (Some(leader), Some(age)) => writeln!(
+                f,
+                "leader:   {leader} (term {}), last heartbeat {age:.1}s ago",
+                self.term
+            )?,
+            _ => writeln!(f, "leader:   none (last term {})", self.term)?,
+        }
+        writeln!(f, "events:   {}", self.events)?;
+        match (&self.snapshot.updated_at, self.snapshot.age_secs) {
+            (Some(_), Some(age)) if self.snapshot.bytes_behind == 0 => {
+                writeln!(f, "snapshot: up to date (written {age:.1}s ago)")?
+            }
+            (Some(_), Some(age)) => writeln!(
+                f,
+                "snapshot: {} bytes of the log not yet in it (last written {age:.1}s ago)",
+                self.snapshot.bytes_behind
+            )?,
+            _ => writeln!(f, "snapshot: never written")?,
+        }
+        writeln!(f, "actors:")?;
+        for actor in &self.actors {
+            let age = actor
+                .last_event_age_secs
+                .map_or("?".into(), |a| format!("{a:.1}s"));
+            writeln!(
+                f,
+                "  {:<24} last {:<16} {age} ago",
+                actor.actor, actor.last_type
+            )?;
+        }
+        if self.last_errors.is_empty() {
+            writeln!(f, "errors:   none")?;
+        } else {
+            writeln!(f, "last errors:")?;
+            for error in &self.last_errors {
+                writeln!(
+                    f,
+                    "  {} {}: {}",
+                    error.timestamp, error.actor, error.content
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
