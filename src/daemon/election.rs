@@ -38,24 +38,21 @@ impl Leadership {
     /// Folds one event in (events must come in log order).
     pub fn observe(&mut self, event: &Event) {
         let action = event.extra.get(ACTION_FIELD).and_then(|v| v.as_str());
+        let from_leader = self.leader.as_deref() == Some(event.actor.as_str());
         match (event.kind.as_str(), event.term) {
-            (types::LEADER_ELECTION, Some(term)) if action == Some(CLAIM) => {
-                // First claim of a new term wins; any later claim of it loses.
-                if term > self.term {
-                    self.term = term;
-                    self.leader = Some(event.actor.clone());
-                    self.last_beat = parse_time(&event.timestamp);
-                }
+            // First claim of a new term wins; any later claim of it loses.
+            (types::LEADER_ELECTION, Some(term)) if action == Some(CLAIM) && term > self.term => {
+                self.term = term;
+                self.leader = Some(event.actor.clone());
+                self.last_beat = parse_time(&event.timestamp);
             }
-            (types::LEADER_ELECTION, Some(term)) if action == Some(RESIGN) => {
-                if term == self.term && self.leader.as_deref() == Some(event.actor.as_str()) {
-                    self.leader = None;
-                }
+            (types::LEADER_ELECTION, Some(term))
+                if action == Some(RESIGN) && term == self.term && from_leader =>
+            {
+                self.leader = None;
             }
-            (types::HEARTBEAT, Some(term)) => {
-                if term == self.term && self.leader.as_deref() == Some(event.actor.as_str()) {
-                    self.last_beat = parse_time(&event.timestamp).or(self.last_beat);
-                }
+            (types::HEARTBEAT, Some(term)) if term == self.term && from_leader => {
+                self.last_beat = parse_time(&event.timestamp).or(self.last_beat);
             }
             _ => {}
         }
