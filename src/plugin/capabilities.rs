@@ -150,7 +150,7 @@ mod tests {
             "http://localhost:9099/hooks/a",
             "http://127.0.0.1:9099/other",
             "http://127.0.0.1:9099/hooksevil",
-            "http://127.0.0.1:90991/hooks/a",
+            "http://127.0.0.1:19099/hooks/a",
         ] {
             let err = allow.grant(denied).unwrap_err();
             assert!(

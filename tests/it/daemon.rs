@@ -95,7 +95,7 @@ fn three_daemons_elect_exactly_one_leader() {
         .filter(|e| e["type"] == "heartbeat" && e["term"].is_u64())
         .map(|e| e["actor"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(beaters.into_iter().collect::<Vec<_>>(), [leader.clone()]);
+    assert_eq!(beaters.into_iter().collect::<Vec<_>>(), std::slice::from_ref(&leader));
     let status = status(&dir);
     assert_eq!(status["term"], 1);
     assert!(
@@ -111,7 +111,6 @@ fn killing_the_leader_elects_exactly_one_new_leader_twenty_times() {
     let mut daemons: Vec<Daemon> = (1..=3)
         .map(|i| Daemon::start(&dir, &format!("d{i}")))
         .collect();
-    let mut next_name = 4;
     wait_until(Duration::from_secs(10), || {
         status(&dir)["leader"].as_str().map(String::from)
     })
@@ -143,8 +142,7 @@ fn killing_the_leader_elects_exactly_one_new_leader_twenty_times() {
         assert_eq!(fresh[0].1, old_term + 1);
         assert_ne!(fresh[0].0, old_leader);
         failovers.push(took);
-        daemons.push(Daemon::start(&dir, &format!("d{next_name}")));
-        next_name += 1;
+        daemons.push(Daemon::start(&dir, &format!("d{}", round + 4)));
         // Let the new leader settle before the next kill.
         std::thread::sleep(HEARTBEAT * 2);
     }
