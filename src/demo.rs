@@ -27,19 +27,97 @@ pub enum Role {
     Answerer,
 }
 
-/// Creates `out`, runs both agents as separate processes, prints the result.
+/// Daemon timings for the demo: fast, so a failover takes a second or two.
+const DEMO_CONFIG: &str =
+    "[daemon]\nheartbeat_ms = 300\nleader_timeout_ms = 1500\njitter_ms = 300\npoll_ms = 50\n";
+
+/// Creates `out`, starts two daemons and two agents as separate processes,
+/// kills the leader half-way, and prints what happened.
 pub fn run(out: &Path, rounds: u32) -> Result<()> {
     prepare(out)?;
+    std::fs::write(out.join(crate::config::CONFIG_FILE), DEMO_CONFIG)?;
     let exe = std::env::current_exe().context("cannot find the huddle executable")?;
     println!("demo directory: {}", out.display());
-    println!("starting two agent processes ({rounds} rounds each) ...");
+
+    let mut daemons: Vec<(String, std::process::Child)> = Vec::new();
+    for name in ["daemon-1", "daemon-2"] {
+        let log = std::fs::File::create(out.join(format!("{name}.log")))?;
+        let child = Command::new(&exe)
+            .arg("--dir")
+            .arg(out)
+            .args(["run", "--actor", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        daemons.push((name.to_string(), child));
+    }
+    let workspace = Workspace::open(out)?;
+    let leader = wait_for_leader(&workspace, None)?;
+    println!(
+        "two daemons started (logs in {name}/daemon-*.log); {leader} was elected leader",
+        name = out.display()
+    );
+
+    println!("two agent processes converse ({rounds} rounds each) ...");
     let started = Instant::now();
+    converse(&exe, out, rounds)?;
+    let elapsed = started.elapsed();
+    wait_for_snapshot(&workspace)?;
+    println!("\ncommunication.md, kept fresh by {leader}:");
+    print_region(out)?;
+
+    let position = daemons
+        .iter()
+        .position(|(name, _)| *name == leader)
+        .context("the leader is not one of ours")?;
+    let (_, mut killed) = daemons.remove(position);
+    killed.kill().context("cannot kill the leader")?;
+    let _ = killed.wait();
+    let killed_at = Instant::now();
+    println!("\nkilled {leader} (SIGKILL) ...");
+    let successor = wait_for_leader(&workspace, Some(&leader))?;
+    println!(
+        "{successor} took over after {:.1?} (leader timeout 1.5 s)",
+        killed_at.elapsed()
+    );
+
+    let log = workspace.log();
+    let last = log.append(NewEvent::new(
+        InteractionRef::Next,
+        ASKER,
+        "question",
+        "Is the new leader keeping the snapshot fresh?",
+    ))?;
+    wait_for_snapshot(&workspace)?;
+    let text = std::fs::read_to_string(out.join(crate::snapshot::COMMUNICATION_FILE))?;
+    println!(
+        "a new question (interaction #{}) {} communication.md under {successor}",
+        last.interaction,
+        if text.contains(&format!("### Interaction #{}", last.interaction)) {
+            "appeared in"
+        } else {
+            "is missing from"
+        }
+    );
+
+    for (_, child) in &mut daemons {
+        // SIGTERM: the leader resigns and flushes before it exits.
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+    summarise(out, elapsed)
+}
+
+fn converse(exe: &Path, out: &Path, rounds: u32) -> Result<()> {
     let children = [Role::Asker, Role::Answerer].map(|role| {
         let name = match role {
             Role::Asker => "asker",
             Role::Answerer => "answerer",
         };
-        Command::new(&exe)
+        Command::new(exe)
             .args(["--dir"])
             .arg(out)
             .args(["demo-agent", "--role", name, "--rounds"])
@@ -54,8 +132,45 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
             bail!("an agent process failed ({status})");
         }
     }
-    let elapsed = started.elapsed();
-    summarise(out, elapsed)
+    Ok(())
+}
+
+/// Waits for a leader other than `not`.
+fn wait_for_leader(workspace: &Workspace, not: Option<&str>) -> Result<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = crate::status::status(workspace)?;
+        if let Some(leader) = status.leader.filter(|l| Some(l.as_str()) != not) {
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            bail!("no leader was elected within {PATIENCE:?}; see the daemon-*.log files");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_snapshot(workspace: &Workspace) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    while crate::status::status(workspace)?.snapshot.bytes_behind > 0 {
+        if Instant::now() > deadline {
+            bail!("the snapshot did not catch up within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn print_region(out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(out.join(crate::snapshot::COMMUNICATION_FILE))?;
+    let region = text
+        .split_once(crate::snapshot::BEGIN_MARKER)
+        .and_then(|(_, rest)| rest.split_once(crate::snapshot::END_MARKER))
+        .map_or("", |(region, _)| region);
+    for line in region.trim_matches('\n').lines() {
+        println!("  | {line}");
+    }
+    Ok(())
 }
 
 fn prepare(out: &Path) -> Result<()> {
@@ -94,16 +209,37 @@ fn summarise(out: &Path, elapsed: Duration) -> Result<()> {
     }
     by_interaction.sort_by_key(|(n, _)| *n);
     for (number, list) in &by_interaction {
+        let visible: Vec<&&Event> = list
+            .iter()
+            .filter(|e| {
+                e.kind != crate::event::types::HEARTBEAT
+                    && e.kind != crate::event::types::LEADER_ELECTION
+            })
+            .collect();
+        if visible.is_empty() {
+            continue;
+        }
         println!("  interaction #{number}");
-        for event in list {
+        for event in visible {
             println!("    {:<8} {:<9} {}", event.actor, event.kind, event.content);
         }
     }
     let ids: HashSet<_> = events.iter().filter_map(|e| e.id.as_ref()).collect();
+    let elections = events
+        .iter()
+        .filter(|e| e.kind == crate::event::types::LEADER_ELECTION)
+        .count();
+    let heartbeats = events
+        .iter()
+        .filter(|e| e.kind == crate::event::types::HEARTBEAT)
+        .count();
     println!(
-        "\n{} events in {} interactions, {} unique ids, written by two processes in {:.0?}",
+        "\n{} events in {} interactions ({} heartbeats, {} election events), {} unique ids; \
+         the agents' conversation took {:.0?}",
         events.len(),
         by_interaction.len(),
+        heartbeats,
+        elections,
         ids.len(),
         elapsed
     );

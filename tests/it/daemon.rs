@@ -95,7 +95,10 @@ fn three_daemons_elect_exactly_one_leader() {
         .filter(|e| e["type"] == "heartbeat" && e["term"].is_u64())
         .map(|e| e["actor"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(beaters.into_iter().collect::<Vec<_>>(), std::slice::from_ref(&leader));
+    assert_eq!(
+        beaters.into_iter().collect::<Vec<_>>(),
+        std::slice::from_ref(&leader)
+    );
     let status = status(&dir);
     assert_eq!(status["term"], 1);
     assert!(
@@ -356,4 +359,20 @@ fn the_watcher_keeps_up_with_sixteen_writers() {
         (s["snapshot"]["bytes_behind"] == 0).then_some(s)
     });
     assert!(behind.is_some(), "{status}");
+}
+
+#[test]
+fn the_demo_runs_daemons_and_survives_the_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(huddle_exe())
+        .current_dir(tmp.path())
+        .args(["demo", "--rounds", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("was elected leader"), "{text}");
+    assert!(text.contains("took over after"), "{text}");
+    assert!(text.contains("appeared in communication.md"), "{text}");
+    assert!(text.contains("### Interaction #3"), "{text}");
 }
