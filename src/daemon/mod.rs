@@ -215,8 +215,10 @@ impl Daemon {
         if self.retry.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        let started = Instant::now();
         match self.snapshotter.update(&self.host, None) {
             Ok(outcome) => {
+                tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, "snapshot");
                 self.dirty = false;
                 if self.retry.failures > 0 {
                     tracing::info!("snapshot works again");
@@ -226,9 +228,6 @@ impl Daemon {
                     not_before: None,
                     declared_offline: false,
                 };
-                if outcome.communication_written {
-                    tracing::debug!(recent = ?outcome.recent, "snapshot written");
-                }
             }
             Err(error) => {
                 self.retry.failures += 1;
