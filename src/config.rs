@@ -157,12 +157,29 @@ pub const DEFAULT_PLUGIN_MEMORY_MB: u64 = 64;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
+    /// Identical alerts within this window are sent once, with a count.
+    pub dedupe_window_secs: u64,
+    /// At most one delivery per sink this often.
+    pub min_interval_ms: u64,
     pub sinks: Vec<SinkConfig>,
+}
+
+impl AlertsConfig {
+    pub fn policy(&self, daemon: &DaemonConfig) -> crate::alerts::DeliveryPolicy {
+        crate::alerts::DeliveryPolicy {
+            dedupe_window: Duration::from_secs(self.dedupe_window_secs),
+            min_interval: Duration::from_millis(self.min_interval_ms),
+            retry_initial: Duration::from_millis(daemon.retry_initial_ms),
+            retry_max: Duration::from_millis(daemon.retry_max_ms),
+        }
+    }
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
+            dedupe_window_secs: 300,
+            min_interval_ms: 1000,
             sinks: vec![SinkConfig {
                 plugin: "stderr".into(),
                 allow: Vec::new(),
@@ -337,7 +354,13 @@ pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this hud
 # communication_template = "### Interaction #{{ interaction.number }}\n..."
 # archive_template = "## Interaction #{{ interaction.number }}\n..."
 
-# Alert sinks: every `error` event is delivered through each of them.
+[alerts]
+# Identical alerts (same actor, type, content) within this window are sent once, with a count.
+# dedupe_window_secs = 300
+# At most one delivery per sink this often (milliseconds).
+# min_interval_ms = 1000
+
+# Alert sinks: the leader delivers every `error` event through each of them.
 # The default is one "stderr" sink (alerts in huddle's own log). A webhook:
 # [[alerts.sinks]]
 # plugin = "webhook"                   # a built-in name or a path to a .wasm

@@ -8,6 +8,7 @@
 //! - [`snapshot`]: communication.md and archive.md,
 //! - [`demo`]: the README's first command.
 
+pub mod alerts;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;

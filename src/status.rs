@@ -24,6 +24,8 @@ pub struct Status {
     pub last_errors: Vec<ErrorSummary>,
     pub events: u64,
     pub snapshot: SnapshotStatus,
+    /// Alert sinks: cursor, alerts delivered, the last failure.
+    pub alerts: Vec<crate::alerts::SinkRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,6 +120,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
             bytes_behind: log_len.saturating_sub(state.as_ref().map_or(0, |s| s.log_offset)),
             updated_at: state.map(|s| s.updated_at),
         },
+        alerts: crate::alerts::load_state(&workspace.dir).sinks,
     })
 }
 
@@ -153,6 +156,17 @@ impl std::fmt::Display for Status {
                 "  {:<24} last {:<16} {age} ago",
                 actor.actor, actor.last_type
             )?;
+        }
+        for sink in &self.alerts {
+            write!(
+                f,
+                "alerts:   sink {}: {} delivered",
+                sink.sink, sink.delivered
+            )?;
+            match (&sink.last_error, &sink.last_error_at) {
+                (Some(error), Some(at)) => writeln!(f, "; last failure at {at}: {error}")?,
+                _ => writeln!(f)?,
+            }
         }
         if self.last_errors.is_empty() {
             writeln!(f, "errors:   none")?;

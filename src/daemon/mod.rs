@@ -6,6 +6,8 @@ pub mod election;
 mod watcher;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -103,7 +105,9 @@ struct Daemon {
     elect: bool,
     config: DaemonConfig,
     log: FileLog,
-    host: PluginHost,
+    host: Arc<PluginHost>,
+    /// Tells the alert thread whether we lead.
+    leading_flag: Arc<AtomicBool>,
     snapshotter: Snapshotter,
     cursor: Cursor,
     leadership: Leadership,
@@ -126,7 +130,7 @@ struct Retry {
 impl Daemon {
     fn new(dir: &Path, options: DaemonOptions) -> Result<Daemon> {
         let workspace = Workspace::open(dir)?;
-        let host = PluginHost::new().context("cannot start the plugin host")?;
+        let host = Arc::new(PluginHost::new().context("cannot start the plugin host")?);
         let mut snapshotter = Snapshotter::new(dir);
         snapshotter.progress = false;
         Ok(Daemon {
@@ -136,6 +140,7 @@ impl Daemon {
             config: workspace.config.daemon.clone(),
             log: workspace.log(),
             host,
+            leading_flag: Arc::new(AtomicBool::new(false)),
             snapshotter,
             cursor: Cursor::START,
             leadership: Leadership::default(),
@@ -185,6 +190,7 @@ impl Daemon {
         } else if self.elect {
             self.maybe_campaign()?;
         }
+        self.leading_flag.store(self.leading(), Ordering::SeqCst);
         Ok(())
     }
 
@@ -268,10 +274,28 @@ impl Daemon {
         if !due {
             return Ok(());
         }
+        let lost = self
+            .leadership
+            .leader
+            .clone()
+            .map(|leader| (leader, self.leadership.term));
         if let Some(term) = campaign(&self.log, self.cursor, &self.leadership, &self.me)? {
             self.read_log()?;
             if self.leadership.is_leader(&self.me) && self.leadership.term == term {
                 tracing::info!(term, "elected leader");
+                if let Some((old, old_term)) = lost {
+                    // People should know the coordinator died (it did not resign).
+                    let report = NewEvent::new(
+                        InteractionRef::Number(0),
+                        &self.me,
+                        types::ERROR,
+                        format!(
+                            "Leader {old} (term {old_term}) stopped sending heartbeats; {} elected for term {term}",
+                            self.me
+                        ),
+                    );
+                    self.log.append(report)?;
+                }
                 self.my_term = Some(term);
                 self.next_heartbeat = Instant::now();
                 self.dirty = true;
@@ -338,6 +362,19 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
         watching = watch.describe(),
         "huddle run: watching events.log"
     );
+    let stop_alerts = Arc::new(AtomicBool::new(false));
+    let alerts = {
+        let (dir, host, leading, stop) = (
+            dir.to_path_buf(),
+            daemon.host.clone(),
+            daemon.leading_flag.clone(),
+            stop_alerts.clone(),
+        );
+        std::thread::Builder::new()
+            .name("huddle-alerts".into())
+            .spawn(move || crate::alerts::run_delivery(dir, host, leading, stop))
+            .context("cannot start the alert thread")?
+    };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let tick = Duration::from_millis(daemon.config.poll_ms.max(10));
@@ -372,6 +409,9 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
         }
         daemon.resign();
     }
+    daemon.leading_flag.store(false, Ordering::SeqCst);
+    stop_alerts.store(true, Ordering::SeqCst);
+    let _ = alerts.join();
     drop(watch);
     Ok(())
 }

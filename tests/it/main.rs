@@ -1,6 +1,7 @@
 //! One integration-test binary (every file under tests/ would link its own,
 //! and with wasmtime inside that costs seconds each). A module per area.
 
+mod alerts;
 mod common;
 mod daemon;
 mod log_cli;
