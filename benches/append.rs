@@ -1,9 +1,12 @@
 //! Append benchmarks, side by side with the brief's shell appender.
 //! Run with `cargo bench --bench append`; prints a table of medians.
 
+mod support;
+use support::{median, ms, run, time};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use huddle::config::LogConfig;
 use huddle::event::{InteractionRef, NewEvent};
@@ -126,28 +129,4 @@ fn concurrently(call: impl Fn(usize, usize) + Send + Sync + Clone + 'static) -> 
 fn init(exe: &str, dir: &Path) -> PathBuf {
     run(Command::new(exe).arg("init").arg(dir));
     dir.to_path_buf()
-}
-
-fn run(command: &mut Command) {
-    let out = command.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn time(f: impl FnOnce()) -> Duration {
-    let started = Instant::now();
-    f();
-    started.elapsed()
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -2,11 +2,14 @@
 //! failover time. Run with `cargo bench --bench daemon`; prints a table.
 //! `HUDDLE_BENCH_EVENTS` sets the size of the large log (default 1,000,000).
 
+mod support;
+use support::{fill, ms};
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use huddle::config::{Durability, LogConfig};
+use huddle::config::LogConfig;
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
 
@@ -28,6 +31,7 @@ fn main() {
     for events in [1_000u64, large] {
         let dir = root.path().join(format!("latency-{events}"));
         fill(&dir, events);
+        std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
         let mut leader = start(exe, &dir, "bench-leader", &cache);
         wait_for_leader(exe, &dir, None);
         let mut latencies = latency(&dir);
@@ -132,38 +136,6 @@ fn latency(dir: &Path) -> Vec<Duration> {
         .collect()
 }
 
-fn fill(dir: &Path, events: u64) {
-    huddle::workspace::init(dir).expect("init");
-    std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
-    let log = FileLog::new(
-        dir,
-        LogConfig {
-            durability: Durability::None,
-            ..LogConfig::default()
-        },
-    );
-    let mut next = 0u64;
-    while next < events {
-        let batch: Vec<NewEvent> = (next..(next + 10_000).min(events))
-            .map(|i| {
-                NewEvent::new(
-                    InteractionRef::Number(i / 3 + 1),
-                    "Agent A",
-                    ["question", "answer", "followup"][(i % 3) as usize],
-                    format!("Message {i}: checking the build logs for the failing test, then the lock file."),
-                )
-            })
-            .collect();
-        next += batch.len() as u64;
-        log.append_batch(batch).expect("append");
-    }
-    // Flush the unsynced fill now, or the kernel's writeback of it stalls the
-    // daemon's fsyncs during the measurement.
-    std::fs::File::open(dir.join("events.log"))
-        .and_then(|f| f.sync_all())
-        .expect("sync the log");
-}
-
 fn start(exe: &str, dir: &Path, name: &str, cache: &Path) -> Child {
     Command::new(exe)
         .arg("--dir")
@@ -235,8 +207,4 @@ fn first_heartbeat_after(dir: &Path, old_term: u64) -> (String, chrono::DateTime
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

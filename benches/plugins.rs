@@ -2,9 +2,11 @@
 //! Rust, loading a cached plugin, and a cold `huddle plugins list`.
 //! Run with `cargo bench --bench plugins`; prints a table of medians.
 
+mod support;
+use support::{median, ms, time};
+
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::plugin::{Entry, Interaction, PluginHost, PluginSpec, Section, Slot};
@@ -210,19 +212,4 @@ fn render_format(interactions: &[Interaction]) -> Vec<String> {
             block
         })
         .collect()
-}
-
-fn time(f: impl FnOnce()) -> Duration {
-    let started = Instant::now();
-    f();
-    started.elapsed()
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

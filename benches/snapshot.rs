@@ -2,11 +2,14 @@
 //! Run with `cargo bench --bench snapshot`; prints a table.
 //! `HUDDLE_BENCH_EVENTS` sets the size of the large log (default 1,000,000).
 
+mod support;
+use support::{fill, median, ms, run, time};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use huddle::config::{Durability, LogConfig};
+use huddle::config::LogConfig;
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
 use huddle::plugin::PluginHost;
@@ -114,45 +117,6 @@ fn main() {
     );
 }
 
-/// A huddle directory with `events` events, three per interaction.
-fn fill(dir: &Path, events: u64) {
-    huddle::workspace::init(dir).expect("init");
-    let log = FileLog::new(
-        dir,
-        LogConfig {
-            durability: Durability::None,
-            ..LogConfig::default()
-        },
-    );
-    let kinds = ["question", "answer", "followup"];
-    let mut next = 0u64;
-    while next < events {
-        let batch: Vec<NewEvent> = (next..(next + 10_000).min(events))
-            .map(|i| {
-                NewEvent::new(
-                    InteractionRef::Number(i / 3 + 1),
-                    if i % 3 == 1 { "Agent B" } else { "Agent A" },
-                    kinds[(i % 3) as usize],
-                    format!(
-                        "Message {i}: checking the build logs for the failing test, then the lock file and the sync queue."
-                    ),
-                )
-            })
-            .collect();
-        next += batch.len() as u64;
-        log.append_batch(batch).expect("append");
-    }
-}
-
-fn run(command: &mut Command) {
-    let out = command.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Wall time and peak resident set (KiB) of a child process.
 #[allow(
     clippy::zombie_processes,
@@ -172,19 +136,4 @@ fn time_child(command: &mut Command) -> (Duration, i64) {
         "snapshot failed"
     );
     (started.elapsed(), usage.ru_maxrss)
-}
-
-fn time(f: impl FnOnce()) -> Duration {
-    let started = Instant::now();
-    f();
-    started.elapsed()
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use super::reader::{Cursor, LogReader, Malformed, ScanItem};
+use super::reader::{Cursor, LogReader, Malformed, Record, ScanItem};
 use super::{offline, quarantine, tail, EventStore, LOG_FILE, OFFLINE_FILE, STATE_DIR};
 use crate::config::{Durability, LogConfig};
 use crate::event::{types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR};
@@ -372,8 +372,6 @@ impl FileLog {
         Ok(fresh)
     }
 }
-
-use super::reader::Record;
 
 impl EventStore for FileLog {
     fn append(&self, event: NewEvent) -> Result<Event, StoreError> {

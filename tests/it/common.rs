@@ -108,6 +108,16 @@ pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// Runs huddle on a directory that is not a `HuddleDir` (one on a tmpfs, say).
+pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
+    Command::new(huddle_exe())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run huddle")
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

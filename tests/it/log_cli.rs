@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 
-use crate::common::{baseline_script, is_root, parse_lines, stderr, HuddleDir, Tmpfs};
+use crate::common::{baseline_script, huddle_at, is_root, parse_lines, stderr, HuddleDir, Tmpfs};
 
 #[test]
 fn init_creates_files_and_keeps_existing_ones() {
@@ -363,14 +363,7 @@ fn read_only_directory_gives_a_clear_error_and_no_partial_line() {
     if is_root() {
         let fs = Tmpfs::mount("1m");
         let dir = fs.path.join("huddle");
-        let run = |args: &[&str]| {
-            Command::new(crate::common::huddle_exe())
-                .arg("--dir")
-                .arg(&dir)
-                .args(args)
-                .output()
-                .unwrap()
-        };
+        let run = |args: &[&str]| huddle_at(&dir, args);
         assert!(run(&["init"]).status.success());
         assert!(run(&["log", "1", "A", "question", "before"])
             .status
@@ -411,14 +404,7 @@ fn full_file_system_gives_a_clear_error_and_no_partial_line() {
     }
     let fs = Tmpfs::mount("64k");
     let dir = fs.path.join("huddle");
-    let run = |args: &[&str]| {
-        Command::new(crate::common::huddle_exe())
-            .arg("--dir")
-            .arg(&dir)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| huddle_at(&dir, args);
     assert!(run(&["init"]).status.success());
     assert!(run(&["log", "1", "A", "question", "before"])
         .status
