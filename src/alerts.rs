@@ -97,12 +97,15 @@ struct Sink {
     held: HashMap<(String, String, String), (Instant, u32, Alert)>,
 }
 
-/// Delivers alerts while `leading` is set; stops when `stop` is set.
+/// Delivers alerts while `leading` is set; stops when `stop` is set. Events
+/// in `direct` go to every sink without passing through the log (used when
+/// the log cannot be written).
 pub fn run_delivery(
     dir: PathBuf,
     host: Arc<PluginHost>,
     leading: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    direct: Arc<std::sync::Mutex<Vec<Event>>>,
 ) {
     let mut sinks: Option<Vec<Sink>> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -142,8 +145,22 @@ pub fn run_delivery(
             .ok()
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| dir.display().to_string());
+        let urgent: Vec<Event> = direct
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
         for (sink, spec) in current.iter_mut().zip(specs) {
             sink.spec = spec;
+            for event in &urgent {
+                sink.pending.insert(
+                    0,
+                    Alert {
+                        event: event.clone(),
+                        count: 1,
+                        source: source.clone(),
+                    },
+                );
+            }
             if let Err(error) = read_new(&log, sink, &source, &policy) {
                 tracing::error!(%error, "alerts: cannot read the log");
                 continue;

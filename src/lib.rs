@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod event;
 pub mod log;
+pub mod pause;
 pub mod plugin;
 pub mod snapshot;
 pub mod status;

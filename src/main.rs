@@ -89,6 +89,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lift a pause after a write error: write the queued events, resume the daemon.
+    Resume,
     /// One election round (used by tests and scripts).
     #[command(hide = true)]
     Campaign {
@@ -197,10 +199,15 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 content
             };
-            let event = workspace
+            match workspace
                 .log()
-                .append(NewEvent::new(interaction, actor, kind, content))?;
-            println!("{}", event.interaction);
+                .append(NewEvent::new(interaction, actor, kind, content))
+            {
+                Ok(event) => println!("{}", event.interaction),
+                // Paused: the event is safe in the queue; that is not a failure.
+                Err(paused @ StoreError::Paused { .. }) => eprintln!("huddle: {paused}"),
+                Err(error) => return Err(error.into()),
+            }
             Ok(())
         }
         Command::Snapshot { k } => {
@@ -271,6 +278,23 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{status}");
             }
+            Ok(())
+        }
+        Command::Resume => {
+            let workspace = Workspace::open(&cli.dir)?;
+            let Some(pause) = huddle::pause::paused(&cli.dir) else {
+                println!("huddle is not paused");
+                return Ok(());
+            };
+            // Only once the queue is in the log is the cause fixed.
+            let moved = workspace.log().flush_queues().with_context(|| {
+                format!(
+                    "still cannot write (paused since {} because: {}); huddle stays paused",
+                    pause.since, pause.reason
+                )
+            })?;
+            huddle::pause::clear(&cli.dir).context("cannot lift the pause")?;
+            println!("resumed: {moved} queued events written to events.log; the daemon carries on");
             Ok(())
         }
         Command::Campaign { actor, term } => {

@@ -26,6 +26,8 @@ pub struct Status {
     pub snapshot: SnapshotStatus,
     /// Alert sinks: cursor, alerts delivered, the last failure.
     pub alerts: Vec<crate::alerts::SinkRecord>,
+    /// Set while huddle is paused after a write error (until `huddle resume`).
+    pub paused: Option<crate::pause::Pause>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,11 +123,19 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
             updated_at: state.map(|s| s.updated_at),
         },
         alerts: crate::alerts::load_state(&workspace.dir).sinks,
+        paused: crate::pause::paused(&workspace.dir),
     })
 }
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(pause) = &self.paused {
+            writeln!(
+                f,
+                "PAUSED:   since {} by {}: {}\n          fix the cause, then run `huddle resume`",
+                pause.since, pause.by, pause.reason
+            )?;
+        }
         match (&self.leader, self.leader_heartbeat_age_secs) {
             (Some(leader), Some(age)) => writeln!(
                 f,

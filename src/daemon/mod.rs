@@ -108,6 +108,11 @@ struct Daemon {
     host: Arc<PluginHost>,
     /// Tells the alert thread whether we lead.
     leading_flag: Arc<AtomicBool>,
+    /// Alerts for the sinks that cannot go through the log (it may be unwritable).
+    direct_alerts: Arc<std::sync::Mutex<Vec<Event>>>,
+    /// Paused after a write error, until `huddle resume`.
+    paused: bool,
+    dir: std::path::PathBuf,
     snapshotter: Snapshotter,
     cursor: Cursor,
     leadership: Leadership,
@@ -141,6 +146,9 @@ impl Daemon {
             log: workspace.log(),
             host,
             leading_flag: Arc::new(AtomicBool::new(false)),
+            direct_alerts: Arc::default(),
+            paused: crate::pause::paused(dir).is_some(),
+            dir: dir.to_path_buf(),
             snapshotter,
             cursor: Cursor::START,
             leadership: Leadership::default(),
@@ -177,6 +185,32 @@ impl Daemon {
     /// One round: read, then act according to our role.
     fn step(&mut self) -> Result<()> {
         self.read_log()?;
+        let paused = crate::pause::paused(&self.dir);
+        match (self.paused, &paused) {
+            (false, Some(pause)) => {
+                tracing::error!(
+                    reason = pause.reason.as_str(),
+                    "paused: not writing until `huddle resume`"
+                );
+                self.paused = true;
+            }
+            (true, None) => {
+                tracing::info!("resumed");
+                self.paused = false;
+                self.dirty = true;
+                self.retry = Retry {
+                    failures: 0,
+                    not_before: None,
+                    declared_offline: false,
+                };
+            }
+            _ => {}
+        }
+        if self.paused {
+            // Keep following (status, alerts), write nothing.
+            self.leading_flag.store(self.leading(), Ordering::SeqCst);
+            return Ok(());
+        }
         if self.my_term.is_some() && !self.leading() {
             tracing::warn!(
                 term = self.leadership.term,
@@ -234,6 +268,9 @@ impl Daemon {
                     not_before: None,
                     declared_offline: false,
                 };
+            }
+            Err(error) if error.is_write_refused() => {
+                self.pause_for(&error.to_string());
             }
             Err(error) => {
                 self.retry.failures += 1;
@@ -310,6 +347,29 @@ impl Daemon {
         Ok(())
     }
 
+    /// Stops writing after a write error and tells people through the
+    /// sinks directly: the log may not take the alert.
+    fn pause_for(&mut self, reason: &str) {
+        if self.paused {
+            return;
+        }
+        self.paused = true;
+        tracing::error!(reason, "write error: pausing until `huddle resume`");
+        if let Err(error) = crate::pause::pause(&self.dir, &self.me, reason) {
+            tracing::error!(%error, "cannot record the pause");
+        }
+        let alert = NewEvent::new(
+            InteractionRef::Number(0),
+            &self.me,
+            types::ERROR,
+            format!("huddle paused: {reason}. Fix the cause, then run `huddle resume`."),
+        )
+        .into_event(0);
+        if let Ok(mut direct) = self.direct_alerts.lock() {
+            direct.push(alert);
+        }
+    }
+
     fn resign(&mut self) {
         let Some(term) = self.my_term.take() else {
             return;
@@ -364,15 +424,16 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
     );
     let stop_alerts = Arc::new(AtomicBool::new(false));
     let alerts = {
-        let (dir, host, leading, stop) = (
+        let (dir, host, leading, stop, direct) = (
             dir.to_path_buf(),
             daemon.host.clone(),
             daemon.leading_flag.clone(),
             stop_alerts.clone(),
+            daemon.direct_alerts.clone(),
         );
         std::thread::Builder::new()
             .name("huddle-alerts".into())
-            .spawn(move || crate::alerts::run_delivery(dir, host, leading, stop))
+            .spawn(move || crate::alerts::run_delivery(dir, host, leading, stop, direct))
             .context("cannot start the alert thread")?
     };
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -380,7 +441,16 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
     let tick = Duration::from_millis(daemon.config.poll_ms.max(10));
     loop {
         if let Err(error) = daemon.step() {
-            tracing::error!(error = %format!("{error:#}"), "daemon step failed; retrying");
+            let refused = error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::is_write_refused)
+            });
+            if refused {
+                daemon.pause_for(&format!("{error:#}"));
+            } else {
+                tracing::error!(error = %format!("{error:#}"), "daemon step failed; retrying");
+            }
         }
         let until_heartbeat = daemon
             .next_heartbeat
@@ -403,7 +473,7 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
     }
     tracing::info!("shutting down");
     let _ = daemon.read_log();
-    if daemon.leading() {
+    if daemon.leading() && !daemon.paused {
         if daemon.dirty {
             daemon.snapshot();
         }

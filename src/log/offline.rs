@@ -16,7 +16,8 @@ use serde_json::Value;
 use super::reader::{Cursor, LogReader, ScanItem};
 use crate::event::Event;
 
-const FLUSH_NOTE: &str = "offline-flush";
+/// The note of a flush in progress, one per queue (the queue's name + this).
+const FLUSH_NOTE_SUFFIX: &str = ".flushing";
 /// Extra field on a queued event whose interaction is still to be allocated.
 pub(crate) const ALLOCATE_FIELD: &str = "huddle_allocate_interaction";
 
@@ -63,7 +64,17 @@ pub(crate) fn take(path: &Path, state_dir: &Path, log: &File) -> std::io::Result
             events.push(event);
         }
     }
-    let note = state_dir.join(FLUSH_NOTE);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Queues with the same file name live in different directories: tell them apart.
+    let tag = if path.starts_with(state_dir.parent().unwrap_or(state_dir)) {
+        "local"
+    } else {
+        "spool"
+    };
+    let note = state_dir.join(format!("{tag}-{name}{FLUSH_NOTE_SUFFIX}"));
     if let Some(flushed_from) = read_note(&note) {
         let already = ids_after(log, flushed_from)?;
         events.retain(|e| e.id.as_ref().is_none_or(|id| !already.contains(id)));

@@ -37,6 +37,16 @@ pub enum StoreError {
         queue: PathBuf,
         source: std::io::Error,
     },
+    /// huddle is paused after a write error; the events were queued.
+    #[error("huddle is paused ({reason}); the event was queued in {queue} and will be written after `huddle resume`")]
+    Paused { reason: String, queue: PathBuf },
+    /// The disk refused the write; the events were queued instead.
+    #[error("cannot append to {path}: {source}; the event was kept in {queue} and will be written by the next append that succeeds (or `huddle resume`)")]
+    WriteRefusedQueued {
+        path: PathBuf,
+        source: std::io::Error,
+        queue: PathBuf,
+    },
     /// An I/O operation failed; the file is left as it was before the call.
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -62,13 +72,20 @@ impl StoreError {
     /// permission denied): the daemon pauses on these.
     pub fn is_write_refused(&self) -> bool {
         match self {
-            StoreError::Io { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
-            ),
+            StoreError::Io { source, .. } | StoreError::WriteRefusedQueued { source, .. } => {
+                is_refusal(source)
+            }
             _ => false,
         }
     }
+}
+
+/// Disk full, read-only file system, permission denied, quota.
+pub fn is_refusal(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
+    )
 }
 
 /// Result of `compare_and_append`.
@@ -234,13 +251,23 @@ impl FileLog {
         }
     }
 
-    /// Moves queued events into the log before anything newer is written.
-    fn flush_offline(&self, locked: &LockedLog) -> Result<(), StoreError> {
-        let queue = self.offline_path();
+    /// Moves queued events (the directory's queue, then the spool's) into
+    /// the log before anything newer is written.
+    fn flush_offline(&self, locked: &LockedLog) -> Result<usize, StoreError> {
+        let mut moved = self.flush_queue(locked, &self.offline_path())?;
+        moved += self.flush_queue(
+            locked,
+            &crate::pause::spool_dir(&self.dir).join(crate::pause::SPOOL_QUEUE),
+        )?;
+        Ok(moved)
+    }
+
+    fn flush_queue(&self, locked: &LockedLog, queue: &Path) -> Result<usize, StoreError> {
+        let queue = queue.to_path_buf();
         let Some(pending) = offline::take(&queue, &self.state_dir(), &locked.file)
             .map_err(StoreError::io("read", &queue))?
         else {
-            return Ok(());
+            return Ok(0);
         };
         let mut next_number = None;
         let mut events = Vec::with_capacity(pending.events.len());
@@ -257,27 +284,69 @@ impl FileLog {
             .file
             .sync_data()
             .map_err(StoreError::io("fdatasync", &self.path))?;
-        pending.done().map_err(StoreError::io("empty", &queue))
+        pending.done().map_err(StoreError::io("empty", &queue))?;
+        Ok(events.len())
+    }
+
+    /// Writes every queued event into the log (for `huddle resume`), ignoring
+    /// a pause. Returns how many were moved.
+    pub fn flush_queues(&self) -> Result<usize, StoreError> {
+        let locked = match self.lock()? {
+            Ok(locked) => locked,
+            Err(waited) => {
+                return Err(StoreError::Io {
+                    action: "lock",
+                    path: self.path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the lock stayed taken for {waited:.1?}"),
+                    ),
+                })
+            }
+        };
+        self.flush_offline(&locked)
+    }
+
+    /// Keeps events in a queue: the directory's if it takes them, else the
+    /// spool outside the directory. Returns the queue used.
+    fn enqueue(&self, events: &[Event]) -> std::io::Result<PathBuf> {
+        let local = self.offline_path();
+        match offline::enqueue(&local, events) {
+            Ok(()) => Ok(local),
+            Err(_) => {
+                let spool = crate::pause::spool_dir(&self.dir);
+                std::fs::create_dir_all(&spool)?;
+                let queue = spool.join(crate::pause::SPOOL_QUEUE);
+                offline::enqueue(&queue, events)?;
+                Ok(queue)
+            }
+        }
+    }
+
+    /// Stamps events for a queue (numbers still to allocate are marked).
+    fn stamp_for_queue(events: &[NewEvent]) -> Vec<Event> {
+        events
+            .iter()
+            .map(|event| {
+                let number = match event.interaction {
+                    InteractionRef::Number(n) => n,
+                    InteractionRef::Next => 0,
+                };
+                let mut stamped = event.clone().into_event(number);
+                if event.interaction == InteractionRef::Next {
+                    stamped
+                        .extra
+                        .insert(offline::ALLOCATE_FIELD.into(), true.into());
+                }
+                stamped
+            })
+            .collect()
     }
 
     /// Keeps events that could not be appended, plus an `error` event saying
     /// why, in the offline queue.
     fn enqueue_after_lock_failure(&self, events: &[NewEvent], waited: Duration) -> StoreError {
-        let queue = self.offline_path();
-        let mut queued: Vec<Event> = Vec::with_capacity(events.len() + 1);
-        for event in events {
-            let number = match event.interaction {
-                InteractionRef::Number(n) => n,
-                InteractionRef::Next => 0,
-            };
-            let mut stamped = event.clone().into_event(number);
-            if event.interaction == InteractionRef::Next {
-                stamped
-                    .extra
-                    .insert(offline::ALLOCATE_FIELD.into(), true.into());
-            }
-            queued.push(stamped);
-        }
+        let mut queued = FileLog::stamp_for_queue(events);
         let actor = events.first().map_or(HOST_ACTOR, |e| e.actor.as_str());
         let interaction = queued.first().map_or(0, |e| e.interaction);
         queued.push(
@@ -292,8 +361,8 @@ impl FileLog {
             )
             .into_event(interaction),
         );
-        match offline::enqueue(&queue, &queued) {
-            Ok(()) => StoreError::LockTimeout {
+        match self.enqueue(&queued) {
+            Ok(queue) => StoreError::LockTimeout {
                 path: self.path.clone(),
                 attempts: self.config.lock_attempts,
                 waited,
@@ -302,7 +371,7 @@ impl FileLog {
             Err(source) => StoreError::LockTimeoutNotQueued {
                 path: self.path.clone(),
                 attempts: self.config.lock_attempts,
-                queue,
+                queue: self.offline_path(),
                 source,
             },
         }
@@ -381,11 +450,45 @@ impl EventStore for FileLog {
 
     fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
         self.validate(&events)?;
-        let locked = match self.lock()? {
-            Ok(locked) => locked,
-            Err(waited) => return Err(self.enqueue_after_lock_failure(&events, waited)),
+        if let Some(pause) = crate::pause::paused(&self.dir) {
+            // Paused: nothing goes to the log until `huddle resume`.
+            let queue = self
+                .enqueue(&FileLog::stamp_for_queue(&events))
+                .map_err(StoreError::io("queue the event in", &self.offline_path()))?;
+            return Err(StoreError::Paused {
+                reason: pause.reason,
+                queue,
+            });
+        }
+        let attempt = self.lock().and_then(|lock| match lock {
+            Ok(locked) => {
+                let written = self.append_locked(&locked, events.clone())?;
+                Ok((locked, written))
+            }
+            Err(waited) => Err(self.enqueue_after_lock_failure(&events, waited)),
+        });
+        let (locked, written) = match attempt {
+            Err(StoreError::Io {
+                source,
+                path,
+                action,
+            }) if is_refusal(&source) => {
+                // Nothing reached the log: keep the events where they can wait.
+                return match self.enqueue(&FileLog::stamp_for_queue(&events)) {
+                    Ok(queue) => Err(StoreError::WriteRefusedQueued {
+                        path,
+                        source,
+                        queue,
+                    }),
+                    Err(_) => Err(StoreError::Io {
+                        action,
+                        path,
+                        source,
+                    }),
+                };
+            }
+            other => other?,
         };
-        let written = self.append_locked(&locked, events)?;
         // Unlock before the sync: concurrent writers then share one flush
         // instead of each waiting behind the other's.
         let file = locked

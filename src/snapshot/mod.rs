@@ -64,6 +64,17 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// The disk refused a write (full, read-only, permission denied).
+    pub fn is_write_refused(&self) -> bool {
+        match self {
+            SnapshotError::Io { source, .. } => crate::log::is_refusal(source),
+            SnapshotError::Log(store) => store.is_write_refused(),
+            _ => false,
+        }
+    }
+}
+
 fn io_error<'a>(
     action: &'static str,
     path: &'a Path,

@@ -65,8 +65,14 @@ impl HuddleDir {
             .arg(&self.path)
             .args(args)
             .env_remove("HUDDLE_DIR")
+            .env("XDG_STATE_HOME", self.state_home())
             .stdin(Stdio::null());
         command
+    }
+
+    /// Where this directory's pause and spool live (kept inside the temp dir).
+    pub fn state_home(&self) -> PathBuf {
+        self._tmp.path().join("state")
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -111,11 +117,21 @@ pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {
 /// Runs huddle on a directory that is not a `HuddleDir` (one on a tmpfs, say).
 pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
     Command::new(huddle_exe())
+        .env("XDG_STATE_HOME", state_home_for(dir))
         .arg("--dir")
         .arg(dir)
         .args(args)
         .output()
         .expect("run huddle")
+}
+
+/// A state home for a directory on a test file system: two levels up, off
+/// that file system (a full or read-only tmpfs must not hold the spool).
+pub fn state_home_for(dir: &Path) -> PathBuf {
+    dir.parent()
+        .and_then(Path::parent)
+        .unwrap_or(dir)
+        .join("state")
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -146,12 +162,33 @@ impl Tmpfs {
     }
 
     pub fn remount_read_only(&self) {
-        let status = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.path)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "remount read-only failed");
+        self.remount("remount,ro");
+    }
+
+    pub fn remount_read_write(&self) {
+        self.remount("remount,rw");
+    }
+
+    /// Remounts, retrying while a process briefly holds a file open for
+    /// writing (the kernel then refuses a read-only remount as "busy").
+    fn remount(&self, options: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = Command::new("mount")
+                .args(["-o", options])
+                .arg(&self.path)
+                .output()
+                .expect("run mount");
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mount -o {options} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 

@@ -6,5 +6,6 @@ mod common;
 mod daemon;
 mod log_cli;
 mod log_store;
+mod pause;
 mod plugins;
 mod snapshot;

@@ -1,0 +1,171 @@
+//! Write errors pause the daemon; `huddle resume` carries on with every
+//! queued event in the log exactly once. Needs root (tmpfs).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{huddle_at, huddle_exe, is_root, parse_lines, state_home_for, stderr, Tmpfs};
+
+const FAST: &str =
+    "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 100\npoll_ms = 25\n";
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status(dir: &Path) -> Value {
+    let out = huddle_at(dir, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status must keep working while paused: {}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    done()
+}
+
+/// A huddle directory on a small tmpfs with a leader running.
+fn setup(size: &str) -> (Tmpfs, PathBuf, Daemon) {
+    let fs = Tmpfs::mount(size);
+    let dir = fs.path.join("huddle");
+    assert!(huddle_at(&dir, &["init"]).status.success());
+    std::fs::write(dir.join("huddle.toml"), FAST).unwrap();
+    let daemon = Daemon(
+        Command::new(huddle_exe())
+            .arg("--dir")
+            .arg(&dir)
+            .args(["run", "--actor", "leader"])
+            .env("XDG_STATE_HOME", state_home_for(&dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        == "leader"));
+    for n in 1..=3 {
+        assert!(huddle_at(
+            &dir,
+            &[
+                "log",
+                &n.to_string(),
+                "Agent A",
+                "question",
+                &format!("before {n}")
+            ]
+        )
+        .status
+        .success());
+    }
+    (fs, dir, daemon)
+}
+
+/// Logs while the directory refuses writes; every one must be kept.
+fn log_while_refused(dir: &Path) -> Vec<String> {
+    let contents: Vec<String> = (0..3).map(|i| format!("while refused {i}")).collect();
+    for content in &contents {
+        let out = huddle_at(dir, &["log", "next", "Agent B", "answer", content]);
+        let message = stderr(&out);
+        // Either refused and queued (exit 1) or queued because paused (exit 0):
+        // never lost, always said.
+        assert!(
+            message.contains("queued") || message.contains("kept in"),
+            "{message}"
+        );
+    }
+    contents
+}
+
+fn resume_and_check(dir: &Path, queued: &[String], _daemon: &Daemon) {
+    let out = huddle_at(dir, &["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed"));
+    let events = parse_lines(&std::fs::read(dir.join("events.log")).unwrap());
+    for content in queued {
+        let copies = events
+            .iter()
+            .filter(|e| e["content"] == content.as_str())
+            .count();
+        assert_eq!(copies, 1, "{content} must be in the log exactly once");
+    }
+    assert!(status(dir)["paused"].is_null());
+    let last = queued.last().unwrap();
+    let caught_up = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("communication.md"))
+            .is_ok_and(|t| t.contains(last.as_str()))
+    });
+    assert!(caught_up, "the daemon resumed snapshots");
+}
+
+#[test]
+fn a_full_disk_pauses_the_daemon_until_resume() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let (fs, dir, daemon) = setup("1m");
+    let filler_path = fs.path.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    while filler.write_all(&[0u8; 4096]).is_ok() {}
+    drop(filler);
+    // Something to snapshot: the next snapshot write hits the full disk.
+    let _ = huddle_at(
+        &dir,
+        &["log", "4", "Agent A", "question", &"x".repeat(20_000)],
+    );
+    let paused = wait_for(Duration::from_secs(10), || {
+        status(&dir)["paused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("No space left on device"))
+    });
+    assert!(paused, "{}", status(&dir));
+    let text = String::from_utf8_lossy(&huddle_at(&dir, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("PAUSED") && text.contains("huddle resume"),
+        "{text}"
+    );
+    let queued = log_while_refused(&dir);
+    // Still full: resume refuses and stays paused.
+    let out = huddle_at(&dir, &["resume"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stays paused"), "{}", stderr(&out));
+    std::fs::remove_file(&filler_path).unwrap();
+    resume_and_check(&dir, &queued, &daemon);
+}
+
+#[test]
+fn a_read_only_directory_pauses_the_daemon_until_resume() {
+    if !is_root() {
+        eprintln!("skipped: remounting a tmpfs needs root");
+        return;
+    }
+    let (fs, dir, daemon) = setup("4m");
+    fs.remount_read_only();
+    let queued = log_while_refused(&dir);
+    let paused = wait_for(Duration::from_secs(10), || {
+        status(&dir)["paused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Read-only file system"))
+    });
+    assert!(paused, "{}", status(&dir));
+    fs.remount_read_write();
+    resume_and_check(&dir, &queued, &daemon);
+}
