@@ -134,6 +134,24 @@ enum PluginsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `huddle log` is on every agent's hot path: it logs nothing, so it
+    // skips setting up the subscriber.
+    if !matches!(
+        cli.command,
+        Command::Log { .. } | Command::Heartbeat { .. } | Command::Ack { .. }
+    ) {
+        init_tracing();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("huddle: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -142,13 +160,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("huddle: {err:#}");
-            ExitCode::from(exit_code(&err))
-        }
-    }
 }
 
 /// 2 for bad input (the user can fix the command), 1 for everything else.
