@@ -33,7 +33,8 @@ fn main() {
         "communication_template".into(),
         include_str!("../plugins/markdown/templates/communication.md.j2").into(),
     )];
-    host.preload(&templated, Slot::Renderer).expect("load markdown");
+    host.preload(&templated, Slot::Renderer)
+        .expect("load markdown");
     let env = native_environment();
     let (mut wasm_stock, mut native_stock) = (Vec::new(), Vec::new());
     let (mut wasm_template, mut native_template) = (Vec::new(), Vec::new());
@@ -56,7 +57,8 @@ fn main() {
         assert_eq!(wasm_blocks, native_blocks, "the two renderings must agree");
     }
     let (wasm_stock, native_stock) = (median(&mut wasm_stock), median(&mut native_stock));
-    let (wasm_template, native_template) = (median(&mut wasm_template), median(&mut native_template));
+    let (wasm_template, native_template) =
+        (median(&mut wasm_template), median(&mut native_template));
 
     // A fresh host (new engine) loading the compiled component from the disk
     // cache, then one call: deserialize + link + instantiate + configure + render.

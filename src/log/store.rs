@@ -157,21 +157,43 @@ impl FileLog {
 
     /// Bounded wait, bounded retries with doubling pauses.
     fn lock(&self) -> Result<Result<LockedLog, Duration>, StoreError> {
-        let file = self.open()?;
+        let mut file = self.open()?;
         let started = Instant::now();
         let mut pause = self.config.lock_backoff();
-        for attempt in 1..=self.config.lock_attempts {
+        let mut attempt = 1;
+        while attempt <= self.config.lock_attempts {
             if wait_for_lock(&file, self.config.lock_timeout())
                 .map_err(StoreError::io("lock", &self.path))?
             {
-                return Ok(Ok(LockedLog { file }));
+                // If events.log was replaced (renamed over, recreated) while we
+                // waited, the lock and any write would land in a file nobody
+                // reads: take the lock on the file that is there now.
+                if self.is_current(&file)? {
+                    return Ok(Ok(LockedLog { file }));
+                }
+                let _ = fs4::FileExt::unlock(&file);
+                file = self.open()?;
+                continue;
             }
             if attempt < self.config.lock_attempts {
                 sleep(pause);
                 pause *= 2;
             }
+            attempt += 1;
         }
         Ok(Err(started.elapsed()))
+    }
+
+    /// True if `file` is still the file at `self.path`.
+    fn is_current(&self, file: &File) -> Result<bool, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let held = file
+            .metadata()
+            .map_err(StoreError::io("read", &self.path))?;
+        Ok(match std::fs::metadata(&self.path) {
+            Ok(now) => now.ino() == held.ino() && now.dev() == held.dev(),
+            Err(_) => false,
+        })
     }
 
     /// Everything an append does once the lock is held (see the module docs).

@@ -234,3 +234,36 @@ fn durability_none_still_appends_whole_lines() {
         .unwrap();
     assert_eq!(dir.events().len(), 1000);
 }
+
+#[test]
+fn a_log_replaced_while_a_writer_waits_still_gets_the_event() {
+    let dir = HuddleDir::new();
+    let log = store(&dir);
+    log.append(note(1, "first")).unwrap();
+    // Hold the lock on the current file, then replace the file (as a tool
+    // that rewrites it by rename would) while a writer waits for the lock.
+    let holder = std::fs::File::open(dir.file("events.log")).unwrap();
+    fs4::FileExt::lock(&holder).unwrap();
+    let path = dir.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        FileLog::new(path, LogConfig::default())
+            .append(note(1, "second"))
+            .unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let replacement = dir.file("events.log.new");
+    std::fs::copy(dir.file("events.log"), &replacement).unwrap();
+    std::fs::rename(&replacement, dir.file("events.log")).unwrap();
+    drop(holder);
+    writer.join().unwrap();
+    let contents: Vec<String> = dir
+        .events()
+        .iter()
+        .map(|e| e["content"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        contents,
+        ["first", "second"],
+        "the event went to the file that is there now"
+    );
+}
