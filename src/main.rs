@@ -359,6 +359,12 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
     let log = workspace.log();
     let mut cursor = huddle::Cursor::START;
     let stdout = std::io::stdout();
+    // --follow is pushed by file-system events, not a polling loop.
+    let mut changes = if follow {
+        Some(daemon::watcher::watch(dir).context("cannot watch the huddle directory")?)
+    } else {
+        None
+    };
     loop {
         let mut fresh = Vec::new();
         cursor = log.scan(cursor, |record| {
@@ -386,10 +392,14 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
             }
             out.flush()?;
         }
-        if !follow {
+        let Some((_watch, rx)) = changes.as_mut() else {
+            return Ok(());
+        };
+        if rx.blocking_recv().is_none() {
             return Ok(());
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A burst of appends: read them in one go.
+        while rx.try_recv().is_ok() {}
     }
 }
 

@@ -3,7 +3,7 @@
 //! fresh. See [`election`] for the protocol.
 
 pub mod election;
-mod watcher;
+pub mod watcher;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,18 +16,19 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::log::LOG_FILE;
 
 /// Keeps the watch alive while held.
-pub(crate) struct ActiveWatcher {
+pub struct ActiveWatcher {
     _watcher: Box<dyn Watcher + Send>,
     kind: &'static str,
 }
 
 impl ActiveWatcher {
-    pub(crate) fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> &'static str {
         self.kind
     }
 }
 
-pub(crate) fn watch(dir: &Path) -> notify::Result<(ActiveWatcher, UnboundedReceiver<()>)> {
+/// Watches `dir`; the receiver gets a message whenever events.log may have changed.
+pub fn watch(dir: &Path) -> notify::Result<(ActiveWatcher, UnboundedReceiver<()>)> {
     let (tx, rx) = unbounded_channel();
     let handler = move |result: notify::Result<Event>| {
         let relevant = match &result {
