@@ -18,6 +18,40 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub alerts: AlertsConfig,
     pub daemon: DaemonConfig,
+    pub sync: SyncConfig,
+}
+
+/// Git sync (only when the huddle directory is inside a git repository).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Whether the leader syncs (`huddle sync` always works).
+    pub enabled: bool,
+    pub remote: String,
+    pub branch: String,
+    /// The leader syncs this often.
+    pub interval_secs: u64,
+    /// Attempts before the sync is declared offline.
+    pub attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Timeout of one git command that talks to the remote.
+    pub timeout_secs: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            enabled: false,
+            remote: "origin".into(),
+            branch: "main".into(),
+            interval_secs: 30,
+            attempts: 5,
+            retry_initial_ms: 1000,
+            retry_max_ms: 8000,
+            timeout_secs: 20,
+        }
+    }
 }
 
 /// `huddle run`: heartbeats, election and retries.
@@ -353,6 +387,17 @@ pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this hud
 # [plugins.renderer.settings]
 # communication_template = "### Interaction #{{ interaction.number }}\n..."
 # archive_template = "## Interaction #{{ interaction.number }}\n..."
+
+[sync]
+# Git sync of events.log through a remote (the directory must be in a git repository).
+# enabled = false          # true: the leader syncs every interval_secs; `huddle sync` works either way
+# remote = "origin"
+# branch = "main"
+# interval_secs = 30
+# attempts = 5             # failures (with backoff) before the sync is declared offline
+# retry_initial_ms = 1000
+# retry_max_ms = 8000
+# timeout_secs = 20        # one git command that talks to the remote
 
 [alerts]
 # Identical alerts (same actor, type, content) within this window are sent once, with a count.

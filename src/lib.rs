@@ -19,6 +19,7 @@ pub mod pause;
 pub mod plugin;
 pub mod snapshot;
 pub mod status;
+pub mod sync;
 pub mod workspace;
 
 pub use config::Config;

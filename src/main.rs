@@ -91,6 +91,15 @@ enum Command {
     },
     /// Lift a pause after a write error: write the queued events, resume the daemon.
     Resume,
+    /// Sync events.log with the git remote once: commit, fetch, merge by event id, push.
+    Sync,
+    /// git merge driver for events.log (registered by `huddle sync`): %O %A %B.
+    #[command(hide = true)]
+    MergeDriver {
+        base: PathBuf,
+        ours: PathBuf,
+        theirs: PathBuf,
+    },
     /// One election round (used by tests and scripts).
     #[command(hide = true)]
     Campaign {
@@ -291,6 +300,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Sync => {
+            let workspace = Workspace::open(&cli.dir)?;
+            let report = huddle::sync::sync(&workspace)?;
+            println!(
+                "synced with {}: {} events received, {}",
+                workspace.config.sync.remote,
+                report.received,
+                if report.pushed {
+                    "pushed"
+                } else {
+                    "nothing to push"
+                }
+            );
+            Ok(())
+        }
+        Command::MergeDriver {
+            base: _,
+            ours,
+            theirs,
+        } => huddle::sync::merge_driver(&ours, &theirs).context("merge driver"),
         Command::Resume => {
             let workspace = Workspace::open(&cli.dir)?;
             let Some(pause) = huddle::pause::paused(&cli.dir) else {

@@ -28,6 +28,17 @@ pub struct Status {
     pub alerts: Vec<crate::alerts::SinkRecord>,
     /// Set while huddle is paused after a write error (until `huddle resume`).
     pub paused: Option<crate::pause::Pause>,
+    /// Git sync: last success, offline or not, bytes of the log not yet pushed.
+    pub sync: Option<SyncStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncStatus {
+    pub remote: String,
+    pub last_success: Option<String>,
+    pub offline: bool,
+    pub last_error: Option<String>,
+    pub pending_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +135,13 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
         },
         alerts: crate::alerts::load_state(&workspace.dir).sinks,
         paused: crate::pause::paused(&workspace.dir),
+        sync: crate::sync::load_state(&workspace.dir).map(|state| SyncStatus {
+            remote: state.remote,
+            last_success: state.last_success,
+            offline: state.offline,
+            last_error: state.last_error,
+            pending_bytes: log_len.saturating_sub(state.pushed_log_bytes),
+        }),
     })
 }
 
@@ -155,6 +173,21 @@ impl std::fmt::Display for Status {
                 self.snapshot.bytes_behind
             )?,
             _ => writeln!(f, "snapshot: never written")?,
+        }
+        if let Some(sync) = &self.sync {
+            writeln!(
+                f,
+                "sync:     {} {}; last success {}; {} bytes not pushed yet{}",
+                sync.remote,
+                if sync.offline { "OFFLINE" } else { "online" },
+                sync.last_success.as_deref().unwrap_or("never"),
+                sync.pending_bytes,
+                sync.last_error
+                    .as_ref()
+                    .filter(|_| sync.offline)
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )?;
         }
         writeln!(f, "actors:")?;
         for actor in &self.actors {

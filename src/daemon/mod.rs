@@ -104,6 +104,7 @@ struct Daemon {
     me: String,
     elect: bool,
     config: DaemonConfig,
+    sync_interval: u64,
     log: FileLog,
     host: Arc<PluginHost>,
     /// Tells the alert thread whether we lead.
@@ -112,6 +113,10 @@ struct Daemon {
     direct_alerts: Arc<std::sync::Mutex<Vec<Event>>>,
     /// Paused after a write error, until `huddle resume`.
     paused: bool,
+    /// When the leader syncs git next (None: sync disabled).
+    next_sync: Option<Instant>,
+    /// A sync thread is running.
+    syncing: Arc<AtomicBool>,
     dir: std::path::PathBuf,
     snapshotter: Snapshotter,
     cursor: Cursor,
@@ -143,11 +148,14 @@ impl Daemon {
             me: options.actor,
             elect: options.elect,
             config: workspace.config.daemon.clone(),
+            sync_interval: workspace.config.sync.interval_secs.max(1),
             log: workspace.log(),
             host,
             leading_flag: Arc::new(AtomicBool::new(false)),
             direct_alerts: Arc::default(),
             paused: crate::pause::paused(dir).is_some(),
+            next_sync: workspace.config.sync.enabled.then(Instant::now),
+            syncing: Arc::default(),
             dir: dir.to_path_buf(),
             snapshotter,
             cursor: Cursor::START,
@@ -248,7 +256,33 @@ impl Daemon {
         if self.dirty {
             self.snapshot();
         }
+        self.maybe_sync();
         Ok(())
+    }
+
+    /// The leader syncs git every `sync.interval_secs`, on a thread of its
+    /// own (the network must not hold up heartbeats); a failure counts
+    /// towards offline mode and the next interval tries again.
+    fn maybe_sync(&mut self) {
+        let Some(due) = self.next_sync else { return };
+        if Instant::now() < due || self.syncing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.next_sync = Some(Instant::now() + Duration::from_secs(self.sync_interval));
+        let (dir, busy) = (self.dir.clone(), self.syncing.clone());
+        std::thread::spawn(move || {
+            match Workspace::open(&dir) {
+                Ok(workspace) => match crate::sync::sync_once(&workspace) {
+                    Ok(_) => crate::sync::record_success(&workspace),
+                    Err(error) => {
+                        tracing::warn!(%error, "git sync failed");
+                        crate::sync::record_failure(&workspace, &error.to_string());
+                    }
+                },
+                Err(error) => tracing::error!(%error, "git sync: cannot read huddle.toml"),
+            }
+            busy.store(false, Ordering::SeqCst);
+        });
     }
 
     fn snapshot(&mut self) {
@@ -414,6 +448,18 @@ pub fn run(dir: &Path, options: DaemonOptions) -> Result<()> {
 async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut daemon = Daemon::new(dir, options)?;
+    if daemon.next_sync.is_some() {
+        let workspace = Workspace::open(dir)?;
+        match crate::sync::check_remote(dir, &workspace.config.sync) {
+            Ok(()) => tracing::info!(
+                remote = workspace.config.sync.remote.as_str(),
+                "git remote answers"
+            ),
+            // Bad credentials stop start-up: nothing would ever sync.
+            Err(error) if error.is_authentication() => return Err(error.into()),
+            Err(error) => tracing::warn!(%error, "git remote unreachable: starting offline"),
+        }
+    }
     let (watch, mut changes) = watcher::watch(dir).context("cannot watch the huddle directory")?;
     tracing::info!(
         dir = %dir.display(),

@@ -26,7 +26,7 @@ mod tail;
 
 pub use quarantine::QUARANTINE_FILE;
 pub use reader::{Cursor, LogReader, Malformed, Record, ScanItem};
-pub use store::{is_refusal, CasOutcome, FileLog, StoreError};
+pub use store::{is_refusal, CasOutcome, FileLog, LogLock, StoreError};
 
 /// File names inside a huddle directory (SPEC.md, "Files in a huddle directory").
 pub const LOG_FILE: &str = "events.log";

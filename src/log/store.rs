@@ -310,6 +310,28 @@ impl FileLog {
         Ok(events.len())
     }
 
+    /// Runs `work` with the log locked: for git sync, which must commit a
+    /// consistent file and append what it merged without racing appenders.
+    pub fn with_lock<T>(
+        &self,
+        work: impl FnOnce(&LogLock<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let locked = match self.lock()? {
+            Ok(locked) => locked,
+            Err(waited) => {
+                return Err(StoreError::Io {
+                    action: "lock",
+                    path: self.path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the lock stayed taken for {waited:.1?}"),
+                    ),
+                })
+            }
+        };
+        work(&LogLock { log: self, locked })
+    }
+
     /// Writes every queued event into the log (for `huddle resume`), ignoring
     /// a pause. Returns how many were moved.
     pub fn flush_queues(&self) -> Result<usize, StoreError> {
@@ -564,6 +586,47 @@ impl EventStore for FileLog {
         drop(locked);
         self.sync(&file)?;
         Ok(CasOutcome::Appended(written.remove(0)))
+    }
+}
+
+/// The log, locked (see [`FileLog::with_lock`]).
+pub struct LogLock<'a> {
+    log: &'a FileLog,
+    locked: LockedLog,
+}
+
+impl LogLock<'_> {
+    /// Appends complete lines as they are (events from another clone, with
+    /// their ids and fields), in one write, durably.
+    pub fn append_raw_lines(&self, lines: &[&[u8]]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let file = &self.locked.file;
+        let path = &self.log.path;
+        let old_len = file.metadata().map_err(StoreError::io("read", path))?.len();
+        let mut buf = Vec::new();
+        if old_len > 0 {
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, old_len - 1)
+                .map_err(StoreError::io("read", path))?;
+            if last[0] != b'\n' {
+                buf.push(b'\n');
+            }
+        }
+        for line in lines {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+        }
+        if let Err(source) = (&mut &*file).write_all(&buf) {
+            let _ = file.set_len(old_len);
+            return Err(StoreError::Io {
+                action: "append to",
+                path: path.clone(),
+                source,
+            });
+        }
+        file.sync_data().map_err(StoreError::io("fdatasync", path))
     }
 }
 

@@ -9,3 +9,4 @@ mod log_store;
 mod pause;
 mod plugins;
 mod snapshot;
+mod sync;
