@@ -192,25 +192,25 @@ impl Repo {
             command.env(key, value);
         }
         let shown = args.join(" ");
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| (shown.clone(), e.to_string()))?;
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err((shown, format!("timed out after {:?}", self.timeout)));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err((shown, e.to_string())),
+        // Read the output while waiting (a full pipe would stall git), and
+        // give up after the timeout.
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(self.timeout) {
+            Ok(result) => result.map_err(|e| (shown.clone(), e.to_string()))?,
+            Err(_) => {
+                // SAFETY: signals the git process we started; the waiting
+                // thread has not reaped it, since it has not finished.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                return Err((shown, format!("timed out after {:?}", self.timeout)));
             }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| (shown.clone(), e.to_string()))?;
+        };
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -268,9 +268,13 @@ impl Repo {
 /// Registers the merge driver and the ignore rules (idempotent).
 pub fn register(dir: &Path) -> Result<(), SyncError> {
     let repo = Repo::open(dir, Duration::from_secs(10))?;
-    let exe = std::env::current_exe()
+    // The driver is the huddle executable. A program that links the library
+    // (a benchmark, say) is not: it names the executable in HUDDLE_EXE.
+    let exe = std::env::var_os("HUDDLE_EXE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok())
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "huddle".into());
+        .unwrap_or_else(|| "huddle".into());
     repo.plain(&[
         "config",
         &format!("merge.{DRIVER}.name"),
@@ -421,24 +425,18 @@ pub fn sync_once(workspace: &Workspace) -> Result<SyncReport, SyncError> {
     let branch_ref = format!("refs/remotes/{}/{}", config.remote, config.branch);
 
     for _round in 0..5 {
-        // 1. Commit the log as it stands (the lock keeps appenders out of git's read).
+        // 1. Stage the log as it stands (the lock keeps appenders out of
+        // git's read), then commit outside the lock.
         let started = Instant::now();
-        let committed = log.with_lock(|_| {
-            Ok(repo
-                .git(&["add", "--", &repo.log_path, ".gitattributes", ".gitignore"])
-                .and_then(|_| {
-                    let clean = repo.git(&["diff", "--cached", "--quiet"]).is_ok();
-                    if clean {
-                        Ok(false)
-                    } else {
-                        repo.git(&["commit", "-q", "--no-verify", "-m", "huddle: events"])
-                            .map(|_| true)
-                    }
-                }))
+        let staged = log.with_lock(|_| {
+            Ok(repo.git(&["add", "--", &repo.log_path, ".gitattributes", ".gitignore"]))
         })?;
         report.lock_held += started.elapsed();
-        report.committed |=
-            committed.map_err(|(command, message)| SyncError::Git { command, message })?;
+        staged.map_err(|(command, message)| SyncError::Git { command, message })?;
+        if repo.git(&["diff", "--cached", "--quiet"]).is_err() {
+            repo.plain(&["commit", "-q", "--no-verify", "-m", "huddle: events"])?;
+            report.committed = true;
+        }
 
         // 2. Fetch.
         if let Err((_, message)) = repo.git(&[
