@@ -232,36 +232,13 @@ impl FileLog {
     /// One write of every line, after sealing a torn tail. On failure the file
     /// is truncated back so no partial line remains.
     fn write_lines(&self, locked: &LockedLog, events: &[Event]) -> Result<(), StoreError> {
-        let file = &locked.file;
-        let old_len = file
-            .metadata()
-            .map_err(StoreError::io("read", &self.path))?
-            .len();
-        let mut buf = Vec::with_capacity(events.len() * 256 + 1);
-        if old_len > 0 {
-            let mut last = [0u8; 1];
-            file.read_exact_at(&mut last, old_len - 1)
-                .map_err(StoreError::io("read", &self.path))?;
-            if last[0] != b'\n' {
-                buf.push(b'\n');
-            }
-        }
+        let mut body = Vec::with_capacity(events.len() * 256);
         for event in events {
             // Serialising strings and integers into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut buf, event);
-            buf.push(b'\n');
+            let _ = serde_json::to_writer(&mut body, event);
+            body.push(b'\n');
         }
-        if let Err(source) = (&mut &*file).write_all(&buf) {
-            // Best effort: if even the truncate fails, the reader quarantines
-            // the fragment and the next writer seals it.
-            let _ = file.set_len(old_len);
-            return Err(StoreError::Io {
-                action: "append to",
-                path: self.path.clone(),
-                source,
-            });
-        }
-        Ok(())
+        append_sealed(&locked.file, &self.path, &body)
     }
 
     fn sync(&self, file: &File) -> Result<(), StoreError> {
@@ -335,20 +312,7 @@ impl FileLog {
     /// Writes every queued event into the log (for `huddle resume`), ignoring
     /// a pause. Returns how many were moved.
     pub fn flush_queues(&self) -> Result<usize, StoreError> {
-        let locked = match self.lock()? {
-            Ok(locked) => locked,
-            Err(waited) => {
-                return Err(StoreError::Io {
-                    action: "lock",
-                    path: self.path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("the lock stayed taken for {waited:.1?}"),
-                    ),
-                })
-            }
-        };
-        self.flush_offline(&locked)
+        self.with_lock(|lock| self.flush_offline(&lock.locked))
     }
 
     /// Keeps events in a queue: the directory's if it takes them, else the
@@ -602,32 +566,43 @@ impl LogLock<'_> {
         if lines.is_empty() {
             return Ok(());
         }
-        let file = &self.locked.file;
-        let path = &self.log.path;
-        let old_len = file.metadata().map_err(StoreError::io("read", path))?.len();
-        let mut buf = Vec::new();
-        if old_len > 0 {
-            let mut last = [0u8; 1];
-            file.read_exact_at(&mut last, old_len - 1)
-                .map_err(StoreError::io("read", path))?;
-            if last[0] != b'\n' {
-                buf.push(b'\n');
-            }
-        }
+        let mut body = Vec::new();
         for line in lines {
-            buf.extend_from_slice(line);
-            buf.push(b'\n');
+            body.extend_from_slice(line);
+            body.push(b'\n');
         }
-        if let Err(source) = (&mut &*file).write_all(&buf) {
-            let _ = file.set_len(old_len);
-            return Err(StoreError::Io {
-                action: "append to",
-                path: path.clone(),
-                source,
-            });
-        }
+        let (file, path) = (&self.locked.file, &self.log.path);
+        append_sealed(file, path, &body)?;
         file.sync_data().map_err(StoreError::io("fdatasync", path))
     }
+}
+
+/// Appends `body` (complete lines) to the locked log in one write, after a
+/// newline if the file ends in a torn line; on failure the file is truncated
+/// back, so no partial line remains.
+fn append_sealed(file: &File, path: &Path, body: &[u8]) -> Result<(), StoreError> {
+    let old_len = file.metadata().map_err(StoreError::io("read", path))?.len();
+    let mut buf = Vec::with_capacity(body.len() + 1);
+    if old_len > 0 {
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, old_len - 1)
+            .map_err(StoreError::io("read", path))?;
+        if last[0] != b'\n' {
+            buf.push(b'\n');
+        }
+    }
+    buf.extend_from_slice(body);
+    if let Err(source) = (&mut &*file).write_all(&buf) {
+        // Best effort: if even the truncate fails, the reader quarantines
+        // the fragment and the next writer seals it.
+        let _ = file.set_len(old_len);
+        return Err(StoreError::Io {
+            action: "append to",
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    Ok(())
 }
 
 /// Polls for the lock until `timeout`. flock has no timed wait, and a blocked
