@@ -234,3 +234,48 @@ fn a_remote_that_answers_401_is_an_authentication_error() {
     );
     assert!(!server.requests().is_empty(), "git did talk to the server");
 }
+
+#[test]
+fn the_leader_syncs_on_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let (_remote, clones) = clones(root.path(), 2);
+    let config = format!(
+        "{QUICK}enabled = true\ninterval_secs = 1\n[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\npoll_ms = 25\n"
+    );
+    std::fs::write(clones[0].join("huddle.toml"), config).unwrap();
+    ok(
+        &clones[0],
+        &["log", "1", "agent", "note", "from the daemon's clone"],
+    );
+    let mut daemon = Command::new(huddle_exe())
+        .arg("--dir")
+        .arg(&clones[0])
+        .args(["run", "--actor", "leader"])
+        .env("XDG_STATE_HOME", clones[0].join(".state-home"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ok(
+        &clones[1],
+        &["log", "1", "agent", "note", "from the other clone"],
+    );
+    ok(&clones[1], &["sync"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut arrived = false;
+    while std::time::Instant::now() < deadline && !arrived {
+        arrived = lines(&clones[0])
+            .keys()
+            .any(|l| l.contains("from the other clone"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // And what the leader pushed reaches the other clone.
+    ok(&clones[1], &["sync"]);
+    let pushed = lines(&clones[1])
+        .keys()
+        .any(|l| l.contains("from the daemon's clone"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(arrived, "the leader did not pull the other clone's event");
+    assert!(pushed, "the leader did not push its clone's event");
+}
