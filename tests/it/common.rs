@@ -269,7 +269,11 @@ impl HttpRecorder {
                     }
                 }
                 let mut body = vec![0u8; length];
-                let _ = reader.read_exact(&mut body);
+                // A client killed mid-request (the leader, in a failover test)
+                // delivered nothing: do not count a torn request.
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
                 requests.lock().unwrap().push(RecordedRequest {
                     method,
                     path,
@@ -328,4 +332,15 @@ pub fn host() -> &'static huddle::plugin::PluginHost {
         let cache = std::env::temp_dir().join(format!("huddle-test-cache-{}", std::process::id()));
         huddle::plugin::PluginHost::with_cache_dir(cache).expect("plugin host")
     })
+}
+
+/// Serialises the tests that load the machine (many processes at once) with
+/// the ones that measure time (failover), so a timing bound measures huddle
+/// and not two tests fighting over two cores. Every other test still runs in
+/// parallel.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

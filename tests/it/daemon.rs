@@ -110,6 +110,7 @@ fn three_daemons_elect_exactly_one_leader() {
 
 #[test]
 fn killing_the_leader_elects_exactly_one_new_leader_twenty_times() {
+    let _machine = crate::common::exclusive();
     let dir = HuddleDir::with_config(FAST);
     let mut daemons: Vec<Daemon> = (1..=3)
         .map(|i| Daemon::start(&dir, &format!("d{i}")))
@@ -160,6 +161,7 @@ fn killing_the_leader_elects_exactly_one_new_leader_twenty_times() {
 
 #[test]
 fn five_candidates_racing_for_a_term_give_exactly_one_winner() {
+    let _machine = crate::common::exclusive();
     let dir = HuddleDir::new();
     for round in 1..=100u64 {
         let racers: Vec<Child> = (0..5)
@@ -316,6 +318,7 @@ fn next_follow_streams_new_events() {
 
 #[test]
 fn the_watcher_keeps_up_with_sixteen_writers() {
+    let _machine = crate::common::exclusive();
     let dir = HuddleDir::with_config(FAST);
     let _leader = Daemon::start(&dir, "leader");
     wait_until(Duration::from_secs(10), || {

@@ -84,6 +84,7 @@ fn content_from_stdin_keeps_newlines_and_markdown() {
 
 #[test]
 fn next_allocates_distinct_numbers_across_processes() {
+    let _machine = crate::common::exclusive();
     let dir = HuddleDir::new();
     dir.ok(&["log", "41", "seed", "note", "start above 40"]);
     let workers: Vec<_> = (0..6)
@@ -126,6 +127,7 @@ fn next_allocates_distinct_numbers_across_processes() {
 
 #[test]
 fn sixteen_writers_and_the_shell_appender_lose_and_interleave_nothing() {
+    let _machine = crate::common::exclusive();
     const WRITERS: usize = 16;
     const PER_WRITER: usize = 500;
     const SHELL_COPIES: usize = 2;
