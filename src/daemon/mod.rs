@@ -16,7 +16,7 @@ use chrono::Utc;
 use crate::config::DaemonConfig;
 use crate::event::{types, Event, InteractionRef, NewEvent};
 use crate::log::{CasOutcome, Cursor, EventStore, FileLog, StoreError};
-use crate::plugin::PluginHost;
+use crate::plugin::{PluginHost, Slot};
 use crate::snapshot::Snapshotter;
 use crate::workspace::Workspace;
 use election::{Leadership, ACTION_FIELD, CLAIM, RESIGN};
@@ -141,6 +141,27 @@ impl Daemon {
     fn new(dir: &Path, options: DaemonOptions) -> Result<Daemon> {
         let workspace = Workspace::open(dir)?;
         let host = Arc::new(PluginHost::new().context("cannot start the plugin host")?);
+        // Compile the plugins now, before this daemon can lead: compiling on
+        // a cold cache takes long enough to miss heartbeats.
+        let mut plugins = vec![
+            (
+                Slot::HeadingMapper,
+                workspace.slot_spec(Slot::HeadingMapper),
+            ),
+            (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
+        ];
+        plugins.extend(
+            workspace
+                .sink_specs()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|spec| (Slot::AlertSink, spec)),
+        );
+        for (slot, spec) in plugins {
+            if let Err(error) = host.preload(&spec, slot) {
+                tracing::warn!(%error, "plugin not loaded ahead (the call that needs it will report it)");
+            }
+        }
         let mut snapshotter = Snapshotter::new(dir);
         snapshotter.progress = false;
         Ok(Daemon {

@@ -66,6 +66,7 @@ impl HuddleDir {
             .args(args)
             .env_remove("HUDDLE_DIR")
             .env("XDG_STATE_HOME", self.state_home())
+            .env("HUDDLE_CACHE_DIR", plugin_cache())
             .stdin(Stdio::null());
         command
     }
@@ -118,6 +119,7 @@ pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {
 pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
     Command::new(huddle_exe())
         .env("XDG_STATE_HOME", state_home_for(dir))
+        .env("HUDDLE_CACHE_DIR", plugin_cache())
         .arg("--dir")
         .arg(dir)
         .args(args)
@@ -329,18 +331,62 @@ pub fn repo_file(relative: &str) -> PathBuf {
 pub fn host() -> &'static huddle::plugin::PluginHost {
     static HOST: std::sync::OnceLock<huddle::plugin::PluginHost> = std::sync::OnceLock::new();
     HOST.get_or_init(|| {
-        let cache = std::env::temp_dir().join(format!("huddle-test-cache-{}", std::process::id()));
-        huddle::plugin::PluginHost::with_cache_dir(cache).expect("plugin host")
+        huddle::plugin::PluginHost::with_cache_dir(plugin_cache()).expect("plugin host")
     })
 }
 
+/// The compiled-plugin cache every huddle process of this test run shares,
+/// filled once with the default plugins: compiling is set-up, not what a
+/// test measures (daemons would otherwise all compile at start on a fresh
+/// machine).
+pub fn plugin_cache() -> PathBuf {
+    let cache = std::env::temp_dir().join(format!("huddle-test-cache-{}", std::process::id()));
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        let host = huddle::plugin::PluginHost::with_cache_dir(cache.clone()).expect("plugin host");
+        for (name, slot) in [
+            ("headings", huddle::plugin::Slot::HeadingMapper),
+            ("markdown", huddle::plugin::Slot::Renderer),
+            ("webhook", huddle::plugin::Slot::AlertSink),
+            ("stderr", huddle::plugin::Slot::AlertSink),
+        ] {
+            host.preload(&huddle::plugin::PluginSpec::builtin(name), slot)
+                .expect("default plugin compiles");
+        }
+    });
+    cache
+}
+
 /// Serialises the tests that load the machine (many processes at once) with
-/// the ones that measure time (failover), so a timing bound measures huddle
-/// and not two tests fighting over two cores. Every other test still runs in
-/// parallel.
+/// the ones whose outcome depends on timing (failover within a bound, a
+/// leader that must not be replaced while its heartbeats are on time), so
+/// they measure huddle and not tests fighting over two cores. Every other
+/// test still runs in parallel.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Polls `probe` until it finds something or `limit` passes.
+pub fn wait_until<T>(
+    limit: std::time::Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Polls `done` until it holds or `limit` passes; whether it held.
+pub fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    wait_until(limit, || done().then_some(())).is_some()
 }

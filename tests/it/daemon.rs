@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{huddle_exe, stderr, HuddleDir};
+use crate::common::{huddle_exe, stderr, wait_until, HuddleDir};
 
 const FAST: &str =
     "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 150\npoll_ms = 25\n";
@@ -62,21 +62,9 @@ fn status(dir: &HuddleDir) -> Value {
     serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status --json")
 }
 
-fn wait_until<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(found) = probe() {
-            return Some(found);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn three_daemons_elect_exactly_one_leader() {
+    let _machine = crate::common::exclusive();
     let dir = HuddleDir::with_config(FAST);
     let daemons: Vec<Daemon> = (1..=3)
         .map(|i| Daemon::start(&dir, &format!("d{i}")))
@@ -191,6 +179,7 @@ fn five_candidates_racing_for_a_term_give_exactly_one_winner() {
 
 #[test]
 fn a_paused_leader_that_wakes_up_does_no_leader_work() {
+    let _machine = crate::common::exclusive();
     let dir = HuddleDir::with_config(FAST);
     let first = Daemon::start(&dir, "first");
     wait_until(Duration::from_secs(10), || {
@@ -369,6 +358,7 @@ fn the_demo_runs_daemons_and_survives_the_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(huddle_exe())
         .current_dir(tmp.path())
+        .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
         .args(["demo", "--rounds", "3"])
         .output()
         .unwrap();

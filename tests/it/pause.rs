@@ -4,11 +4,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{huddle_at, huddle_exe, is_root, parse_lines, state_home_for, stderr, Tmpfs};
+use crate::common::{
+    huddle_at, huddle_exe, is_root, parse_lines, state_home_for, stderr, wait_for, Tmpfs,
+};
 
 const FAST: &str =
     "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 100\npoll_ms = 25\n";
@@ -31,17 +33,6 @@ fn status(dir: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    done()
-}
-
 /// A huddle directory on a small tmpfs with a leader running.
 fn setup(size: &str) -> (Tmpfs, PathBuf, Daemon) {
     let fs = Tmpfs::mount(size);
@@ -54,6 +45,7 @@ fn setup(size: &str) -> (Tmpfs, PathBuf, Daemon) {
             .arg(&dir)
             .args(["run", "--actor", "leader"])
             .env("XDG_STATE_HOME", state_home_for(&dir))
+            .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

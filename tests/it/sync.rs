@@ -27,6 +27,7 @@ fn huddle(dir: &Path, args: &[&str]) -> std::process::Output {
         .arg(dir)
         .args(args)
         .env("XDG_STATE_HOME", dir.join(".state-home"))
+        .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
         .output()
         .expect("huddle")
 }
@@ -252,6 +253,7 @@ fn the_leader_syncs_on_its_own() {
         .arg(&clones[0])
         .args(["run", "--actor", "leader"])
         .env("XDG_STATE_HOME", clones[0].join(".state-home"))
+        .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
