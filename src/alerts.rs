@@ -64,15 +64,10 @@ pub fn load_state(dir: &Path) -> AlertsState {
 }
 
 fn save_state(dir: &Path, state: &AlertsState) -> std::io::Result<()> {
-    let path = state_path(dir);
-    let tmp = tempfile::NamedTempFile::new_in(dir.join(STATE_DIR))?;
-    std::fs::write(
-        tmp.path(),
-        serde_json::to_vec_pretty(state).unwrap_or_default(),
-    )?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::files::write_atomic(
+        &state_path(dir),
+        &serde_json::to_vec_pretty(state).unwrap_or_default(),
+    )
 }
 
 /// Delivery settings (from huddle.toml).
@@ -293,10 +288,8 @@ fn deliver(dir: &Path, host: &PluginHost, sink: &mut Sink, policy: &DeliveryPoli
     match error {
         Some((reason, true)) => {
             sink.failures += 1;
-            let pause = policy
-                .retry_initial
-                .saturating_mul(1 << (sink.failures - 1).min(16))
-                .min(policy.retry_max);
+            let pause =
+                crate::config::backoff(policy.retry_initial, policy.retry_max, sink.failures);
             sink.not_before = Instant::now() + pause;
             tracing::warn!(sink = sink.key.as_str(), %reason, retry_in = ?pause, "alert delivery failed");
             record(dir, sink, Some(reason), 0);

@@ -51,12 +51,5 @@ pub fn read(dir: &Path, agent: &str) -> std::io::Result<Option<u64>> {
 /// Records that `agent` handled everything up to `interaction` (temp file,
 /// fsync, rename, fsync the directory).
 pub fn ack(dir: &Path, agent: &str, interaction: u64) -> std::io::Result<()> {
-    let target = path(dir, agent);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".agent-{agent}."))
-        .tempfile_in(dir)?;
-    std::fs::write(tmp.path(), format!("{interaction}\n"))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&target).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::files::write_atomic(&path(dir, agent), format!("{interaction}\n").as_bytes())
 }

@@ -54,6 +54,14 @@ impl Default for SyncConfig {
     }
 }
 
+/// The pause before retry number `failures` (1, 2, ...): `initial`, doubling,
+/// at most `max`.
+pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+    initial
+        .saturating_mul(1 << failures.saturating_sub(1).min(20))
+        .min(max)
+}
+
 /// `huddle run`: heartbeats, election and retries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -439,6 +447,14 @@ mod tests {
         assert_eq!(config.log.lock_timeout_ms, 2000);
         assert_eq!(config.log.durability, Durability::Fsync);
         assert_eq!(config.log.max_content_bytes, DEFAULT_MAX_CONTENT_BYTES);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let pauses: Vec<Duration> = (1..=5).map(|n| backoff(ms(1000), ms(5000), n)).collect();
+        assert_eq!(pauses, [ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]);
+        assert_eq!(backoff(ms(1000), ms(8000), 200), ms(8000));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+mod files;
 pub mod log;
 pub mod pause;
 pub mod plugin;

@@ -53,13 +53,10 @@ pub fn pause(dir: &Path, by: &str, reason: &str) -> std::io::Result<Pause> {
         since: crate::event::now_rfc3339(),
         by: by.to_string(),
     };
-    let tmp = tempfile::NamedTempFile::new_in(&spool)?;
-    std::fs::write(
-        tmp.path(),
-        serde_json::to_vec_pretty(&pause).unwrap_or_default(),
+    crate::files::write_atomic(
+        &spool.join(PAUSE_FILE),
+        &serde_json::to_vec_pretty(&pause).unwrap_or_default(),
     )?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(spool.join(PAUSE_FILE)).map_err(|e| e.error)?;
     Ok(pause)
 }
 

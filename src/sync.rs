@@ -375,7 +375,6 @@ pub fn merge_driver(ours: &Path, theirs: &Path) -> std::io::Result<()> {
 /// and logs an `error` event when the sync goes offline.
 pub fn sync(workspace: &Workspace) -> Result<SyncReport, SyncError> {
     let config = &workspace.config.sync;
-    let mut pause = Duration::from_millis(config.retry_initial_ms);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -391,8 +390,11 @@ pub fn sync(workspace: &Workspace) -> Result<SyncReport, SyncError> {
                 if hopeless || attempt >= config.attempts {
                     return Err(error);
                 }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(config.retry_max_ms));
+                std::thread::sleep(crate::config::backoff(
+                    Duration::from_millis(config.retry_initial_ms),
+                    Duration::from_millis(config.retry_max_ms),
+                    attempt,
+                ));
             }
         }
     }

@@ -329,11 +329,10 @@ impl Daemon {
             }
             Err(error) => {
                 self.retry.failures += 1;
-                let pause = Duration::from_millis(
-                    self.config
-                        .retry_initial_ms
-                        .saturating_mul(1 << (self.retry.failures - 1).min(20))
-                        .min(self.config.retry_max_ms),
+                let pause = crate::config::backoff(
+                    Duration::from_millis(self.config.retry_initial_ms),
+                    Duration::from_millis(self.config.retry_max_ms),
+                    self.retry.failures,
                 );
                 self.retry.not_before = Some(Instant::now() + pause);
                 tracing::error!(%error, retry_in = ?pause, "snapshot failed");

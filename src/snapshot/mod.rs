@@ -15,7 +15,6 @@
 //! straight into its file. A cold run and any sequence of incremental runs
 //! over the same log give byte-identical files.
 
-mod files;
 mod region;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +26,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::ConfigError;
 use crate::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
+use crate::files;
 use crate::log::{Cursor, EventStore, StoreError, LOG_FILE, STATE_DIR};
 use crate::plugin::{self, Entry, Interaction, PluginError, PluginHost, PluginSpec, Section, Slot};
 use crate::workspace::Workspace;

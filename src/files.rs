@@ -1,6 +1,7 @@
-//! Writing snapshot files: atomically (temp file in the same directory,
-//! fsync, rename, fsync the directory), and not at all when nothing changed,
-//! so a second run leaves even modification times alone.
+//! Writing files atomically: temp file in the same directory, fsync, rename,
+//! fsync the directory (LevelDB's `SetCurrentFile`). Snapshots, checkpoints
+//! and huddle's state files all go through here; snapshots also skip the
+//! write when nothing changed, so a second run leaves modification times alone.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -8,15 +9,20 @@ use std::path::Path;
 
 use tempfile::NamedTempFile;
 
+/// Replaces `path` with `bytes`, atomically and durably.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes)?;
+    commit(tmp, path)
+}
+
 /// Replaces `path` with `bytes` unless it already holds exactly them.
 /// Returns whether the file was written.
 pub(crate) fn replace_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     if std::fs::read(path).is_ok_and(|current| current == bytes) {
         return Ok(false);
     }
-    let mut tmp = temp_beside(path)?;
-    tmp.write_all(bytes)?;
-    commit(tmp, path)?;
+    write_atomic(path, bytes)?;
     Ok(true)
 }
 
