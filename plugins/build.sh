@@ -47,6 +47,8 @@ components=(
     "tests/plugins hostile_readfile readfile"
     "tests/plugins hostile_badoutput badoutput"
     "tests/plugins hostile_mapper_loop mapper-loop"
+    "tests/plugins hostile_picky picky"
+    "tests/plugins hostile_markerline markerline"
     "examples json_renderer json-renderer"
     "examples ntfy_sink ntfy-sink"
 )

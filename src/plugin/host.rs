@@ -326,8 +326,46 @@ impl PluginHost {
         (store, stderr)
     }
 
-    /// One heading (or none, to hide) per event, in one call.
-    pub fn headings(
+    /// Runs one call in a fresh store and turns its outcome into the typed
+    /// result.
+    ///
+    /// wasmtime-wasi's synchronous bindings serve every WASI call a guest
+    /// makes (a write to stdout or stderr, a panic message, the clock) with
+    /// `Handle::block_on` whenever the calling thread is inside a tokio
+    /// runtime, which panics there and would take the whole process down. A
+    /// call made from async code therefore runs on a thread of its own.
+    fn call<T: Send>(
+        &self,
+        spec: &PluginSpec,
+        work: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<Result<T, Refusal>> + Send,
+    ) -> Result<T, PluginError> {
+        let run = || {
+            let (mut store, stderr) = self.store(spec);
+            let outcome = work(&mut store);
+            settle(spec, &store, &stderr, outcome)
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return run();
+        }
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("huddle-plugin".into())
+                .spawn_scoped(scope, run);
+            match worker {
+                Ok(worker) => worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(error) => Err(PluginError::Trap {
+                    plugin: spec.name(),
+                    message: format!("cannot start a thread for the call: {error}"),
+                }),
+            }
+        })
+    }
+
+    /// One heading (or none, to hide) per event, in one call; only their
+    /// number is checked.
+    pub(crate) fn headings_unchecked(
         &self,
         spec: &PluginSpec,
         events: &[Event],
@@ -335,17 +373,15 @@ impl PluginHost {
         let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let (mut store, stderr) = self.store(spec);
         let wit_events: Vec<v1::types::Event> = events.iter().map(to_wit_event).collect();
-        let outcome = (|| {
-            let bindings = pre.instantiate(&mut store)?;
+        let headings = self.call(spec, |store| {
+            let bindings = pre.instantiate(&mut *store)?;
             let mapper = bindings.huddle_plugin_mapper();
-            if let Err(message) = mapper.call_configure(&mut store, &spec.settings)? {
+            if let Err(message) = mapper.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
-            mapper.call_headings(&mut store, &wit_events).map(Ok)
-        })();
-        let headings = settle(spec, &store, &stderr, outcome)?;
+            mapper.call_headings(&mut *store, &wit_events).map(Ok)
+        })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -357,17 +393,25 @@ impl PluginHost {
                 events.len()
             )));
         }
+        Ok(headings)
+    }
+
+    /// One heading (or none, to hide) per event, in one call; every
+    /// heading is checked (length, control characters). The snapshot uses
+    /// [`PluginHost::headings_isolating`], which leaves out only the events
+    /// whose heading fails the check.
+    pub fn headings(
+        &self,
+        spec: &PluginSpec,
+        events: &[Event],
+    ) -> Result<Vec<Option<String>>, PluginError> {
+        let headings = self.headings_unchecked(spec, events)?;
         for heading in headings.iter().flatten() {
-            if heading.len() > MAX_HEADING_BYTES {
-                return Err(invalid(format!(
-                    "a heading of {} bytes is over the limit of {MAX_HEADING_BYTES}",
-                    heading.len()
-                )));
-            }
-            if heading.chars().any(char::is_control) {
-                return Err(invalid(format!(
-                    "heading {heading:?} contains a control character"
-                )));
+            if let Some(message) = super::isolate::heading_problem(heading) {
+                return Err(PluginError::InvalidOutput {
+                    plugin: spec.name(),
+                    message,
+                });
             }
         }
         Ok(headings)
@@ -383,20 +427,18 @@ impl PluginHost {
         let Pre::Renderer(pre) = self.pre(spec, World::Renderer)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let (mut store, stderr) = self.store(spec);
         let wit: Vec<v1::types::Interaction> =
             interactions.iter().map(to_wit_interaction).collect();
-        let outcome = (|| {
-            let bindings = pre.instantiate(&mut store)?;
+        let blocks = self.call(spec, |store| {
+            let bindings = pre.instantiate(&mut *store)?;
             let render = bindings.huddle_plugin_render();
-            if let Err(message) = render.call_configure(&mut store, &spec.settings)? {
+            if let Err(message) = render.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
             Ok(render
-                .call_render(&mut store, section, &wit)?
+                .call_render(&mut *store, section, &wit)?
                 .map_err(Refusal::Failed))
-        })();
-        let blocks = settle(spec, &store, &stderr, outcome)?;
+        })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -427,7 +469,6 @@ impl PluginHost {
         let Pre::AlertSink(pre) = self.pre(spec, World::AlertSink)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let (mut store, stderr) = self.store(spec);
         let wit: Vec<v1::types::Alert> = alerts
             .iter()
             .map(|a| v1::types::Alert {
@@ -436,15 +477,14 @@ impl PluginHost {
                 source: a.source.clone(),
             })
             .collect();
-        let outcome = (|| {
-            let bindings = pre.instantiate(&mut store)?;
+        let verdict = self.call(spec, |store| {
+            let bindings = pre.instantiate(&mut *store)?;
             let sink = bindings.huddle_plugin_sink();
-            if let Err(message) = sink.call_configure(&mut store, &spec.settings)? {
+            if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
-            sink.call_deliver(&mut store, &wit).map(Ok)
-        })();
-        let verdict = settle(spec, &store, &stderr, outcome)?;
+            sink.call_deliver(&mut *store, &wit).map(Ok)
+        })?;
         Ok(verdict.map_err(|e| match e {
             alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => {
                 DeliveryError::Transient(m)
