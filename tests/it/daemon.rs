@@ -7,18 +7,18 @@ use serde_json::Value;
 
 use crate::common::{huddle_exe, stderr, wait_until, HuddleDir};
 
-const FAST: &str =
+pub(crate) const FAST: &str =
     "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 150\npoll_ms = 25\n";
 const HEARTBEAT: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(1000);
 
-struct Daemon {
+pub(crate) struct Daemon {
     name: String,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Daemon {
-    fn start(dir: &HuddleDir, name: &str) -> Daemon {
+    pub(crate) fn start(dir: &HuddleDir, name: &str) -> Daemon {
         let child = dir
             .command(&["run", "--actor", name])
             .stdout(Stdio::null())
@@ -31,7 +31,7 @@ impl Daemon {
         }
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: sends a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
@@ -58,7 +58,7 @@ fn claims(dir: &HuddleDir) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn status(dir: &HuddleDir) -> Value {
+pub(crate) fn status(dir: &HuddleDir) -> Value {
     serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status --json")
 }
 

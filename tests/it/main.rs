@@ -4,6 +4,7 @@
 mod alerts;
 mod common;
 mod daemon;
+mod daemon_hostile;
 mod foreign_lines;
 mod log_cli;
 mod log_store;
