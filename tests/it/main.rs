@@ -10,5 +10,6 @@ mod log_cli;
 mod log_store;
 mod pause;
 mod plugins;
+mod sandbox;
 mod snapshot;
 mod sync;
