@@ -77,7 +77,7 @@ impl HuddleDir {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run huddle")
+        self.command(args).output_within(COMMAND_LIMIT)
     }
 
     /// Runs huddle and insists on success; returns stdout.
@@ -123,8 +123,76 @@ pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
         .arg("--dir")
         .arg(dir)
         .args(args)
-        .output()
-        .expect("run huddle")
+        .output_within(COMMAND_LIMIT)
+}
+
+/// The longest any one command of a test may take before the test fails
+/// (instead of hanging): far beyond what any of them needs.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `Command::output` with a deadline: a command still running at `limit`
+/// is killed and the test fails, naming it.
+pub trait OutputWithin {
+    fn output_within(&mut self, limit: std::time::Duration) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self, limit: std::time::Duration) -> Output {
+        let child = self
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {self:?}: {e}"));
+        wait_output_within(child, limit, &format!("{self:?}"))
+    }
+}
+
+/// `Child::wait_with_output` with a deadline: a child still running at
+/// `limit` is killed and the test fails, naming `what`.
+pub fn wait_output_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("read stdout"),
+        stderr: stderr.join().expect("read stderr"),
+    }
 }
 
 /// A state home for a directory on a test file system: two levels up, off

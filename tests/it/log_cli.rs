@@ -5,7 +5,10 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 
-use crate::common::{baseline_script, huddle_at, is_root, parse_lines, stderr, HuddleDir, Tmpfs};
+use crate::common::{
+    baseline_script, huddle_at, is_root, parse_lines, stderr, wait_output_within, HuddleDir,
+    OutputWithin, Tmpfs, COMMAND_LIMIT,
+};
 
 #[test]
 fn init_creates_files_and_keeps_existing_ones() {
@@ -77,7 +80,9 @@ fn content_from_stdin_keeps_newlines_and_markdown() {
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(wait_output_within(child, COMMAND_LIMIT, "huddle log -")
+        .status
+        .success());
     // One trailing newline (the one a shell pipe adds) is dropped.
     assert_eq!(dir.events()[0]["content"], text.strip_suffix('\n').unwrap());
 }
@@ -97,8 +102,7 @@ fn next_allocates_distinct_numbers_across_processes() {
                             .arg("--dir")
                             .arg(&path)
                             .args(["log", "next", &format!("w{w}"), "question", &format!("{i}")])
-                            .output()
-                            .unwrap();
+                            .output_within(COMMAND_LIMIT);
                         assert!(out.status.success(), "{}", stderr(&out));
                         String::from_utf8(out.stdout)
                             .unwrap()
@@ -144,8 +148,7 @@ fn sixteen_writers_and_the_shell_appender_lose_and_interleave_nothing() {
                     .arg(&path)
                     .args(["log", &format!("{}", i % 7), &format!("writer {w}"), "note"])
                     .arg(format!("w{w}-e{i}"))
-                    .output()
-                    .unwrap();
+                    .output_within(COMMAND_LIMIT);
                 assert!(out.status.success(), "{}", stderr(&out));
             }
         }));
@@ -293,7 +296,7 @@ fn bad_input_is_refused_and_writes_nothing() {
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = wait_output_within(child, COMMAND_LIMIT, "huddle log -");
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
         assert_eq!(dir.log_bytes(), before);
@@ -304,8 +307,7 @@ fn bad_input_is_refused_and_writes_nothing() {
         .command(&["log", "1"])
         .arg(std::ffi::OsStr::from_bytes(b"bad\xffactor"))
         .args(["question", "c"])
-        .output()
-        .unwrap();
+        .output_within(COMMAND_LIMIT);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(dir.log_bytes(), before);
 }
