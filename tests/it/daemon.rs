@@ -565,3 +565,69 @@ fn the_demo_runs_daemons_and_survives_the_leader() {
     assert!(text.contains("appeared in communication.md"), "{text}");
     assert!(text.contains("### Interaction #3"), "{text}");
 }
+
+#[test]
+fn failed_snapshots_back_off_then_declare_snapshots_offline_once_then_recover() {
+    let _machine = crate::common::exclusive();
+    let panic_renderer = crate::common::hostile_plugin("panic");
+    let config = format!(
+        "{}retry_initial_ms = 200\nretry_max_ms = 800\nretry_attempts = 3\n[plugins.renderer]\nplugin = {:?}\n",
+        FAST,
+        panic_renderer.display().to_string()
+    );
+    let dir = HuddleDir::with_config(&config);
+    let _leader = Daemon::start(&dir, "leader");
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        == "leader"));
+    dir.ok(&["log", "1", "Agent A", "question", "cannot be rendered yet"]);
+    let offline = |dir: &HuddleDir| -> Vec<Value> {
+        dir.events()
+            .into_iter()
+            .filter(|e| {
+                e["type"] == "error"
+                    && e["content"].as_str().is_some_and(|c| {
+                        c.starts_with("Snapshots are offline after 3 failed attempts")
+                    })
+            })
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || !offline(&dir).is_empty()),
+        "snapshots declared offline"
+    );
+    // Each failure logged one rolled-back error; the pauses between them
+    // grow (200 ms, 400 ms, 800 ms ...).
+    let failures: Vec<chrono::DateTime<chrono::Utc>> = dir
+        .events()
+        .iter()
+        .filter(|e| {
+            e["type"] == "error"
+                && e["content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("Snapshot failed and was rolled back"))
+        })
+        .map(|e| e["timestamp"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(failures.len() >= 3, "{failures:?}");
+    let gaps: Vec<i64> = failures
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    assert!(gaps[0] >= 190 && gaps[1] >= 390, "backoff gaps {gaps:?}");
+    // Declared once, however long it stays broken.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(offline(&dir).len(), 1);
+    // A working renderer again: the next retry brings the files up to date.
+    std::fs::write(
+        dir.file("huddle.toml"),
+        format!("{FAST}retry_initial_ms = 200\nretry_max_ms = 800\n"),
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.file("communication.md"))
+                .is_ok_and(|t| t.contains("cannot be rendered yet"))
+        }),
+        "snapshots recover on their own"
+    );
+}

@@ -434,3 +434,46 @@ fn full_file_system_gives_a_clear_error_and_no_partial_line() {
         "no partial line"
     );
 }
+
+#[test]
+fn huddle_dir_names_the_directory_and_dir_overrides_it() {
+    let by_env = HuddleDir::new();
+    let by_flag = HuddleDir::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env_dir: &std::path::Path, with_flag: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(crate::common::huddle_exe());
+        command
+            .current_dir(elsewhere.path())
+            .env("HUDDLE_DIR", env_dir)
+            .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache());
+        if let Some(flag) = with_flag {
+            command.arg("--dir").arg(flag);
+        }
+        command.args(args).output_within(COMMAND_LIMIT)
+    };
+    let out = run(
+        &["log", "1", "Agent A", "note", "via HUDDLE_DIR"],
+        by_env.path(),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &["log", "1", "Agent A", "note", "via --dir"],
+        by_env.path(),
+        Some(by_flag.path()),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let contents = |dir: &HuddleDir| -> Vec<String> {
+        dir.events()
+            .iter()
+            .map(|e| e["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(contents(&by_env), ["via HUDDLE_DIR"]);
+    assert_eq!(contents(&by_flag), ["via --dir"]);
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing written in the current directory"
+    );
+}

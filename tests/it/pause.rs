@@ -192,3 +192,51 @@ fn a_read_only_directory_pauses_the_daemon_until_resume() {
     fs.remount_read_write();
     resume_and_check(&dir, &queued, &daemon);
 }
+
+#[test]
+fn a_permission_denied_snapshot_write_pauses_the_daemon_until_resume() {
+    if !is_root() {
+        eprintln!("skipped: chattr +i needs root");
+        return;
+    }
+    // On the disk, not a tmpfs: tmpfs has no immutable flag.
+    let dir = crate::common::HuddleDir::with_config(FAST);
+    let _daemon = crate::daemon::Daemon::start(&dir, "leader");
+    assert!(wait_for(Duration::from_secs(10), || crate::daemon::status(
+        &dir
+    )["leader"]
+        == "leader"));
+    dir.ok(&["log", "1", "Agent A", "question", "rendered before"]);
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.file("communication.md"))
+            .is_ok_and(|t| t.contains("rendered before"))
+    }));
+    // Even root may not replace an immutable file: the snapshot's rename
+    // over communication.md gets EPERM, as a permission problem would.
+    let chattr = |flag: &str| {
+        let out = Command::new("chattr")
+            .arg(flag)
+            .arg(dir.file("communication.md"))
+            .output()
+            .expect("run chattr");
+        assert!(out.status.success(), "chattr {flag}: {}", stderr(&out));
+    };
+    chattr("+i");
+    dir.ok(&["log", "2", "Agent A", "question", "blocked snapshot"]);
+    let paused = wait_for(Duration::from_secs(10), || {
+        crate::daemon::status(&dir)["paused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Operation not permitted"))
+    });
+    chattr("-i");
+    assert!(paused, "{}", crate::daemon::status(&dir));
+    let out = dir.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.file("communication.md"))
+                .is_ok_and(|t| t.contains("blocked snapshot"))
+        }),
+        "the daemon resumed snapshots"
+    );
+}

@@ -105,3 +105,24 @@ fn a_component_creating_too_many_instances_or_memories_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("memory count too high"), "{err}");
 }
+
+#[test]
+fn memory_mb_in_huddle_toml_sets_the_cap_a_snapshot_enforces() {
+    let dir = crate::common::HuddleDir::new();
+    dir.ok(&["log", "1", "Agent A", "question", "q"]);
+    std::fs::write(
+        dir.file("huddle.toml"),
+        format!(
+            "[plugins.renderer]\nplugin = {:?}\nmemory_mb = 16\n",
+            crate::common::hostile_plugin("oom").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = dir.run(&["snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = crate::common::stderr(&out);
+    assert!(
+        said.contains("out of memory") && said.contains(&(16 * MIB).to_string()),
+        "{said}"
+    );
+}
