@@ -204,6 +204,16 @@ pub fn run_delivery(
         };
         last_problem.clear();
         let policy = workspace.config.alerts.policy(&workspace.config.daemon);
+        workers.retain(|id, worker| {
+            let ended = worker.thread.is_finished();
+            if ended {
+                tracing::error!(
+                    sink = id.as_str(),
+                    "alert sink thread ended; starting it again"
+                );
+            }
+            !ended
+        });
 
         let removed: Vec<String> = workers
             .keys()
@@ -212,9 +222,13 @@ pub fn run_delivery(
             .collect();
         for id in removed {
             if let Some(worker) = workers.remove(&id) {
-                tracing::info!(sink = id.as_str(), "alert sink removed from huddle.toml");
+                tracing::info!(
+                    sink = id.as_str(),
+                    "alert sink removed from huddle.toml: forgetting its delivery position"
+                );
                 worker.shared.stop.store(true, Ordering::SeqCst);
                 stopping.push(worker);
+                forget(&dir, &id);
             }
         }
         for worker in workers.values() {
@@ -245,6 +259,9 @@ pub fn run_delivery(
                 }
                 Err(error) => tracing::error!(%error, "alerts: cannot read the log"),
             }
+        }
+        if workers.is_empty() {
+            continue;
         }
         let urgent: Vec<Event> = direct
             .lock()
@@ -365,6 +382,19 @@ fn register(
         }
     }
     Ok(cursors)
+}
+
+/// Drops the record of a sink no longer configured.
+fn forget(dir: &Path, id: &str) {
+    let _guard = state_lock();
+    let mut state = load_state(dir);
+    let before = state.sinks.len();
+    state.sinks.retain(|record| record.sink != id);
+    if state.sinks.len() != before {
+        if let Err(error) = save_state(dir, &state) {
+            tracing::error!(%error, "alerts: cannot save the delivery cursors");
+        }
+    }
 }
 
 struct Sink {

@@ -544,6 +544,50 @@ mod tests {
     }
 
     #[test]
+    fn sinks_are_known_by_name_or_plugin_not_position() {
+        let config = Config::parse(
+            "[[alerts.sinks]]\nplugin = \"webhook\"\nurl = \"http://a/\"\n\
+             [[alerts.sinks]]\nplugin = \"stderr\"\n\
+             [[alerts.sinks]]\nplugin = \"webhook\"\nurl = \"http://b/\"\n\
+             [[alerts.sinks]]\nplugin = \"webhook\"\nname = \"ops\"\nfrom = \"start\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.alerts.sink_ids(),
+            ["webhook", "stderr", "webhook#2", "ops"]
+        );
+        assert_eq!(config.alerts.sinks[3].from, SinkStart::Start);
+        assert_eq!(config.alerts.sinks[0].from, SinkStart::End);
+        // Host keys are not passed on to the plugin.
+        assert!(!config.alerts.sinks[3].settings.contains_key("name"));
+        assert!(!config.alerts.sinks[3].settings.contains_key("from"));
+    }
+
+    #[test]
+    fn bad_sink_settings_are_named() {
+        for (sink, needle) in [
+            ("plugin = \"stderr\"\nname = \"\"", "alerts.sinks[1].name"),
+            (
+                "plugin = \"stderr\"\nname = \"stderr\"",
+                "both known as \"stderr\": give one of them a distinct `name`",
+            ),
+            (
+                "plugin = \"webhook\"\nproxy = \"socks5://p:1080\"",
+                "alerts.sinks[1].proxy",
+            ),
+            ("plugin = \"webhook\"\nfrom = \"yesterday\"", "yesterday"),
+        ] {
+            let text = format!("[[alerts.sinks]]\nplugin = \"stderr\"\n[[alerts.sinks]]\n{sink}\n");
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(needle), "{sink}: {err}");
+        }
+        assert!(Config::parse(
+            "[[alerts.sinks]]\nplugin = \"webhook\"\nproxy = \"http://proxy.internal:3128\"\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::parse("[log]\nlock_atempts = 3\n").unwrap_err();
         assert!(err.contains("lock_atempts"), "{err}");
