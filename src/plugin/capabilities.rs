@@ -15,7 +15,8 @@
 //!   refused, not interpreted: credentials (`user:pass@`), a fragment,
 //!   backslashes, encoded separators (`%2F`, `%5C`, `%3B`, any case), dot
 //!   segments (`.`, `..`, `%2e`), `;` path parameters, empty segments,
-//!   control characters, whitespace, broken percent-encoding.
+//!   control characters, whitespace, broken or double percent-encoding,
+//!   non-ASCII path characters (some servers fold look-alikes).
 //! - Redirects are not followed (an allowed server cannot bounce a request
 //!   elsewhere), proxy environment variables are ignored (only a `proxy` the
 //!   operator configured is used), every request has a timeout, the response
@@ -73,6 +74,10 @@ pub enum Reason {
     EmptySegment,
     #[error("its path has a % not followed by two hex digits")]
     BadPercentEncoding,
+    #[error("its path is percent-encoded twice (%25 followed by two hex digits)")]
+    DoubleEncoding,
+    #[error("its path has a non-ASCII character (servers may fold look-alikes such as ．into .)")]
+    NonAscii,
     #[error("an allowlist entry cannot have a query")]
     QueryInEntry,
     #[error("it is not on this sink's allowlist ({0})")]
@@ -242,6 +247,16 @@ fn checked_segments(path: &str) -> Result<Vec<Vec<u8>>, Reason> {
             if decoded.iter().any(|b| b.is_ascii_control()) {
                 return Err(Reason::ControlCharacter);
             }
+            if !decoded.is_ascii() {
+                return Err(Reason::NonAscii);
+            }
+            // A server that decodes twice would see what this one hides.
+            if decoded
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+            {
+                return Err(Reason::DoubleEncoding);
+            }
             Ok(decoded)
         })
         .collect()
@@ -405,6 +420,9 @@ impl HttpGrant {
 #[derive(Debug)]
 pub struct HttpSession {
     grant: HttpGrant,
+    /// Calls of `post`, refused or not.
+    attempts: u32,
+    /// Requests made.
     requests: u32,
     waited: Duration,
 }
@@ -413,6 +431,7 @@ impl HttpSession {
     pub fn new(grant: HttpGrant) -> HttpSession {
         HttpSession {
             grant,
+            attempts: 0,
             requests: 0,
             waited: Duration::ZERO,
         }
@@ -424,7 +443,9 @@ impl HttpSession {
         content_type: &str,
         body: &[u8],
     ) -> Result<HttpResponse, HttpError> {
-        // Refusals cost nothing and are not counted; requests are.
+        self.attempts = self.attempts.saturating_add(1);
+        // Refusals cost nothing and do not use up the requests; they are
+        // still bounded by the call's deadline.
         self.grant.allow.grant(url)?;
         if self.requests >= MAX_REQUESTS_PER_CALL {
             return Err(HttpError::TooManyRequests);
@@ -434,6 +455,13 @@ impl HttpSession {
         let outcome = self.grant.post(url, content_type, body);
         self.waited += started.elapsed();
         outcome
+    }
+
+    /// Whether a failure of the latest `post` is worth a line in huddle's
+    /// log: the first few of a call are, a plugin looping on refusals
+    /// must not flood the log.
+    pub fn worth_logging(&self) -> bool {
+        self.attempts <= MAX_REQUESTS_PER_CALL
     }
 
     /// Wall time spent in requests since the last call.
@@ -533,6 +561,10 @@ mod tests {
             ("/hook/x%zz", Reason::BadPercentEncoding),
             ("/hook/x%2", Reason::BadPercentEncoding),
             ("/hook/x%00", Reason::ControlCharacter),
+            ("/hook/%252e%252e/admin", Reason::DoubleEncoding),
+            ("/hook/x%252Fy", Reason::DoubleEncoding),
+            ("/hook/\u{ff0e}\u{ff0e}/admin", Reason::NonAscii),
+            ("/hook/caf%C3%A9", Reason::NonAscii),
             ("/hook/x#frag", Reason::Fragment),
             ("/hook/x?a#", Reason::Fragment),
             ("/hook/.\t./admin", Reason::ControlCharacter),
@@ -626,6 +658,19 @@ mod tests {
                 .count()
                 <= 201
         );
+    }
+
+    #[test]
+    fn a_plugin_looping_on_refusals_is_logged_only_a_few_times() {
+        let mut session = HttpSession::new(HttpGrant::new(list(&["http://h/"])));
+        let logged = (0..100)
+            .filter(|_| {
+                let refused = session.post("http://elsewhere/", "text/plain", b"");
+                assert!(matches!(refused, Err(HttpError::Refused(_))));
+                session.worth_logging()
+            })
+            .count();
+        assert_eq!(logged, MAX_REQUESTS_PER_CALL as usize);
     }
 
     #[test]

@@ -120,10 +120,12 @@ impl v1::http::Host for HostState {
                 body: response.body,
             }),
             Err(refused) => {
-                tracing::warn!(
-                    plugin = self.plugin.as_str(),
-                    "HTTP request refused or failed: {refused}"
-                );
+                if session.worth_logging() {
+                    tracing::warn!(
+                        plugin = self.plugin.as_str(),
+                        "HTTP request refused or failed: {refused}"
+                    );
+                }
                 Err(refused.to_string())
             }
         }

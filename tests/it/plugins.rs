@@ -554,6 +554,8 @@ fn allowlist_bypasses_are_refused_before_any_connection() {
         format!("http://127.0.0.1:{port}/hook/x#fragment"),
         format!("http://127.0.0.1:{port}/hook/.\t./admin"),
         format!("http://127.0.0.1:{port}/hook/x%00"),
+        format!("http://127.0.0.1:{port}/hook/%252e%252e/admin"),
+        format!("http://127.0.0.1:{port}/hook/\u{ff0e}\u{ff0e}/admin"),
         format!("http://127.0.0.1:{port}/hookx"),
         format!("http://127.0.0.1:{port}/admin"),
         format!("http://localhost:{port}/hook/x"),
