@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
 use super::cache::ArtifactCache;
-use super::capabilities::HttpGrant;
+use super::capabilities::HttpSession;
 use super::check::{world_of, World};
 use super::limits::Limiter;
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec};
@@ -63,7 +63,7 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
-    http: Option<HttpGrant>,
+    http: Option<HttpSession>,
     log_lines: usize,
 }
 
@@ -109,19 +109,24 @@ impl v1::http::Host for HostState {
         content_type: String,
         body: Vec<u8>,
     ) -> Result<v1::http::Response, String> {
-        let Some(grant) = &self.http else {
+        let Some(session) = &mut self.http else {
             return Err(format!(
                 "{url} is not allowed: this plugin has no HTTP capability"
             ));
         };
-        match grant.post(&url, &content_type, &body) {
-            Ok((status, body)) => Ok(v1::http::Response { status, body }),
+        match session.post(&url, &content_type, &body) {
+            Ok(response) => Ok(v1::http::Response {
+                status: response.status,
+                body: response.body,
+            }),
             Err(refused) => {
-                tracing::warn!(
-                    plugin = self.plugin.as_str(),
-                    "HTTP request refused or failed: {refused}"
-                );
-                Err(refused)
+                if session.worth_logging() {
+                    tracing::warn!(
+                        plugin = self.plugin.as_str(),
+                        "HTTP request refused or failed: {refused}"
+                    );
+                }
+                Err(refused.to_string())
             }
         }
     }
@@ -311,7 +316,7 @@ impl PluginHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: Limiter::new(spec.memory_bytes),
-            http: spec.http.clone(),
+            http: spec.http.clone().map(HttpSession::new),
             log_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
@@ -322,7 +327,21 @@ impl PluginHost {
             .div_ceil(EPOCH_TICK.as_micros())
             .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        // The deadline bounds the plugin's own running time: time it spent
+        // waiting on `http.post` (bounded by the request timeout and count)
+        // is given back, so a slow server is a timeout, not a runaway plugin.
+        store.epoch_deadline_callback(|mut store| {
+            let waited = store
+                .data_mut()
+                .http
+                .as_mut()
+                .map_or(Duration::ZERO, HttpSession::take_waited);
+            let ticks = waited.as_micros().div_ceil(EPOCH_TICK.as_micros());
+            Ok(match u64::try_from(ticks).unwrap_or(u64::MAX >> 1) {
+                0 => wasmtime::UpdateDeadline::Interrupt,
+                ticks => wasmtime::UpdateDeadline::Continue(ticks),
+            })
+        });
         (store, stderr)
     }
 

@@ -269,12 +269,23 @@ impl Drop for Tmpfs {
 }
 
 /// A real HTTP server on 127.0.0.1 that records every request and answers
-/// with the status the test sets. Stops when dropped.
+/// with the status the test sets (and, if set, a `location` header or a
+/// body of a given size), or holds connections without a word while
+/// silent. Stops when dropped.
 pub struct HttpRecorder {
     pub addr: std::net::SocketAddr,
     requests: std::sync::Arc<std::sync::Mutex<Vec<RecordedRequest>>>,
     status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    reply: std::sync::Arc<std::sync::Mutex<Reply>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Reply {
+    location: Option<String>,
+    body_bytes: Option<usize>,
+    silent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -283,27 +294,40 @@ pub struct RecordedRequest {
     pub path: String,
     pub content_type: String,
     pub body: String,
+    /// When the whole request had arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl HttpRecorder {
     pub fn start() -> HttpRecorder {
+        HttpRecorder::start_on(0)
+    }
+
+    /// A recorder on a given port of 127.0.0.1 (0: any free port).
+    pub fn start_on(port: u16) -> HttpRecorder {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().unwrap();
         let recorder = HttpRecorder {
             addr,
             requests: Default::default(),
             status: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            reply: Default::default(),
+            connections: Default::default(),
             stop: Default::default(),
         };
-        let (requests, status, stop) = (
+        let (requests, status, reply, connections, stop) = (
             recorder.requests.clone(),
             recorder.status.clone(),
+            recorder.reply.clone(),
+            recorder.connections.clone(),
             recorder.stop.clone(),
         );
         std::thread::spawn(move || {
+            // Connections held without an answer while silent.
+            let mut held = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 let stream = match listener.accept() {
                     Ok((stream, _)) => stream,
@@ -312,6 +336,12 @@ impl HttpRecorder {
                         continue;
                     }
                 };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.lock().unwrap().clone();
+                if reply.silent {
+                    held.push(stream);
+                    continue;
+                }
                 stream.set_nonblocking(false).ok();
                 stream
                     .set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -349,16 +379,61 @@ impl HttpRecorder {
                     path,
                     content_type,
                     body: String::from_utf8_lossy(&body).into_owned(),
+                    received_at: std::time::Instant::now(),
                 });
                 let code = status.load(Ordering::SeqCst);
-                let reply = format!(
-                    "HTTP/1.1 {code} Status\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                let location = reply
+                    .location
+                    .map(|l| format!("location: {l}\r\n"))
+                    .unwrap_or_default();
+                let length = reply.body_bytes.unwrap_or(2);
+                let head = format!(
+                    "HTTP/1.1 {code} Status\r\n{location}content-length: {length}\r\nconnection: close\r\n\r\n"
                 );
                 let mut stream = stream;
-                let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+                if std::io::Write::write_all(&mut stream, head.as_bytes()).is_err() {
+                    continue;
+                }
+                match reply.body_bytes {
+                    None => {
+                        let _ = std::io::Write::write_all(&mut stream, b"ok");
+                    }
+                    // Written in pieces until done or the client hangs up.
+                    Some(mut left) => {
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while left > 0 {
+                            let n = left.min(chunk.len());
+                            if std::io::Write::write_all(&mut stream, &chunk[..n]).is_err() {
+                                break;
+                            }
+                            left -= n;
+                        }
+                    }
+                }
             }
         });
         recorder
+    }
+
+    /// Answers with a `location` header (set the status to 3xx too).
+    pub fn set_location(&self, location: &str) {
+        self.reply.lock().unwrap().location = Some(location.to_string());
+    }
+
+    /// Answers with a body of `bytes` bytes instead of "ok".
+    pub fn set_body_bytes(&self, bytes: usize) {
+        self.reply.lock().unwrap().body_bytes = Some(bytes);
+    }
+
+    /// While silent, connections are accepted and held without reading or
+    /// answering anything (a server that never answers).
+    pub fn set_silent(&self, silent: bool) {
+        self.reply.lock().unwrap().silent = silent;
+    }
+
+    /// Connections accepted so far, answered or not.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self, path: &str) -> String {
