@@ -6,6 +6,7 @@ mod common;
 mod daemon;
 mod daemon_hostile;
 mod foreign_lines;
+mod fuzz_corpus;
 mod log_cli;
 mod log_store;
 mod pause;
