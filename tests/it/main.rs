@@ -8,5 +8,6 @@ mod log_cli;
 mod log_store;
 mod pause;
 mod plugins;
+mod rendered;
 mod snapshot;
 mod sync;
