@@ -11,3 +11,4 @@ mod plugins;
 mod rendered;
 mod snapshot;
 mod sync;
+mod terminal;
