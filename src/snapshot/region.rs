@@ -56,10 +56,14 @@ pub(crate) fn neutralise_event(event: &mut Event) {
 
 /// Content: many lines; see the module comment.
 pub(crate) fn neutralise(content: &str) -> Cow<'_, str> {
-    let other_line_breaks = content.chars().any(|c| is_line_break(c) && c != '\n');
-    if !other_line_breaks && !lines(content).any(|line| line_needs_work(line, true)) {
-        return Cow::Borrowed(content);
+    if content_needs_work(content) {
+        Cow::Owned(neutralised_content(content))
+    } else {
+        Cow::Borrowed(content)
     }
+}
+
+fn neutralised_content(content: &str) -> String {
     let mut out = String::with_capacity(content.len() + 16);
     for (i, line) in lines(content).enumerate() {
         if i > 0 {
@@ -67,14 +71,19 @@ pub(crate) fn neutralise(content: &str) -> Cow<'_, str> {
         }
         neutralise_line(line, &mut out);
     }
-    Cow::Owned(out)
+    out
 }
 
 /// A one-line field: see the module comment.
 pub(crate) fn neutralise_field(field: &str) -> Cow<'_, str> {
-    if !line_needs_work(field, false) {
-        return Cow::Borrowed(field);
+    if field_needs_work(field) {
+        Cow::Owned(neutralised_field(field))
+    } else {
+        Cow::Borrowed(field)
     }
+}
+
+fn neutralised_field(field: &str) -> String {
     let mut out = String::with_capacity(field.len() + 8);
     let text = push_blanks(field, &mut out);
     let start = push_block_start(text, false, &mut out);
@@ -99,7 +108,7 @@ pub(crate) fn neutralise_field(field: &str) -> Cow<'_, str> {
         }
         previous = Some(c);
     }
-    Cow::Owned(out)
+    out
 }
 
 /// Splits on every line ending some reader honours: LF, CRLF, a lone CR,
@@ -145,25 +154,101 @@ fn push_blanks<'a>(line: &'a str, out: &mut String) -> &'a str {
     text
 }
 
-/// A cheap, conservative test: false only if `neutralise_line` (or
-/// `neutralise_field`) would return `line` unchanged.
-fn line_needs_work(line: &str, content: bool) -> bool {
-    let text = line.trim_start_matches(is_blank);
-    let first = text.bytes().next();
-    let may_open_block = first.is_some_and(|b| {
-        b.is_ascii_digit() || b"#=-*_+>`~<[|:".contains(&b) || (!content && b == b'\\')
-    });
-    may_open_block
-        || line.chars().any(|c| {
-            is_hidden(c)
-                || is_line_break(c)
-                || c == '<'
-                || (!content
-                    && matches!(
-                        c,
-                        '\\' | '`' | '*' | '[' | ']' | '#' | '~' | '|' | '_' | '&'
-                    ))
-        })
+/// Bytes that may need a closer look: controls other than newline and tab,
+/// DEL, non-ASCII, and `extra`.
+const fn closer_look(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b < 0x20 || b >= 0x7f;
+        b += 1;
+    }
+    table[b'\n' as usize] = false;
+    table[b'\t' as usize] = false;
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+const CONTENT_LOOK: [bool; 256] = closer_look(b"<");
+const FIELD_LOOK: [bool; 256] = closer_look(b"\\`*[]<#~|_&\n");
+
+/// Whether [`neutralise`] would change `content`: one pass over the bytes,
+/// without allocating (most content needs nothing).
+fn content_needs_work(content: &str) -> bool {
+    let bytes = content.as_bytes();
+    if bytes.iter().any(|b| CONTENT_LOOK[usize::from(*b)]) && content_has_special_chars(content) {
+        return true;
+    }
+    content.split('\n').any(|line| {
+        // A letter never opens a block: the common case, decided at once.
+        if line.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) {
+            return false;
+        }
+        let mut text = line.trim_start_matches(is_blank);
+        while let Some(inner) = text.strip_prefix('>') {
+            text = inner.trim_start_matches(is_blank);
+        }
+        block_start(text, true).is_some()
+    })
+}
+
+/// Controls, other line breaks, bidi characters, raw HTML.
+fn content_has_special_chars(content: &str) -> bool {
+    let bytes = content.as_bytes();
+    let mut non_ascii = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\n' | b'\t' => {}
+            0x00..=0x1f | 0x7f => return true,
+            b'<' if bytes
+                .get(at + 1)
+                .is_some_and(|n| opens_html(char::from(*n))) =>
+            {
+                return true
+            }
+            0x80.. => non_ascii = true,
+            _ => {}
+        }
+    }
+    non_ascii && content.chars().any(|c| is_hidden(c) || is_line_break(c))
+}
+
+/// Whether [`neutralise_field`] would change `field`.
+fn field_needs_work(field: &str) -> bool {
+    let bytes = field.as_bytes();
+    let first_opens = |field: &str| {
+        !field
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphabetic)
+            && block_start(field.trim_start_matches(is_blank), false).is_some()
+    };
+    if !bytes.iter().any(|b| FIELD_LOOK[usize::from(*b)]) {
+        return first_opens(field);
+    }
+    let mut non_ascii = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            0x00..=0x1f | 0x7f => return true,
+            b'\\' | b'`' | b'*' | b'[' | b']' | b'<' | b'#' | b'~' | b'|' => return true,
+            // Between two ASCII letters or digits it is text; anything else
+            // (non-ASCII neighbours included) is left to the exact rule.
+            b'_' if !(at > 0
+                && bytes[at - 1].is_ascii_alphanumeric()
+                && bytes.get(at + 1).is_some_and(u8::is_ascii_alphanumeric)) =>
+            {
+                return true
+            }
+            b'&' if starts_entity(&field[at + 1..]) => return true,
+            0x80.. => non_ascii = true,
+            _ => {}
+        }
+    }
+    (non_ascii && field.chars().any(|c| is_hidden(c) || is_line_break(c))) || first_opens(field)
 }
 
 /// One line of content.
@@ -194,50 +279,65 @@ fn neutralise_line(line: &str, out: &mut String) {
     }
 }
 
-/// If the line's text (blanks already taken off) could open a block, pushes
-/// its start with the escape in place (`\#`, `1\.`) and returns how many
-/// bytes of `text` that consumed; otherwise 0.
-fn push_block_start(text: &str, content: bool, out: &mut String) -> usize {
-    let Some(first) = text.chars().next() else {
-        return 0;
-    };
+/// How a line's text (blanks already taken off) could open a block.
+enum BlockStart {
+    /// By its first character: escape that.
+    First(char),
+    /// As an ordered list item: escape the `.` or `)` after this many digits.
+    AfterDigits(usize),
+}
+
+fn block_start(text: &str, content: bool) -> Option<BlockStart> {
+    let first = text.chars().next()?;
     let after = &text[first.len_utf8()..];
-    // A list marker or a definition is followed by a blank or the line's end.
+    // A list marker is followed by a blank or the line's end.
     let gap = |rest: &str| rest.is_empty() || rest.starts_with([' ', '\t']);
     let only = |c: char| text.chars().all(|x| x == c || x == ' ' || x == '\t');
-    let delimiter_row = text
-        .chars()
-        .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'));
+    let delimiter_row = || {
+        text.chars()
+            .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'))
+    };
     let opens = match first {
-        '|' | '-' | ':' if delimiter_row => true,
         '#' => true,
         '`' | '~' => text.chars().take_while(|c| *c == first).count() >= 3,
-        '-' | '+' | '*' => gap(after) || only(first),
+        '-' | '+' | '*' => gap(after) || only(first) || (first == '-' && delimiter_row()),
         '_' | '=' => only(first),
         '<' => after.chars().next().is_some_and(opens_html),
         '[' => may_define_link(text),
-        // A definition (pulldown-cmark's extension) needs no blank after it.
+        // Table delimiter rows; a definition (pulldown-cmark's extension)
+        // needs no blank after its `:`.
+        '|' => delimiter_row(),
         ':' => true,
         '>' => !content,
         '0'..='9' => {
             let digits = text.bytes().take_while(u8::is_ascii_digit).count();
             let rest = &text[digits..];
-            if rest.starts_with(['.', ')']) && gap(&rest[1..]) {
-                out.push_str(&text[..digits]);
-                out.push('\\');
-                out.push_str(&rest[..1]);
-                return digits + 1;
-            }
-            false
+            return (rest.starts_with(['.', ')']) && gap(&rest[1..]))
+                .then_some(BlockStart::AfterDigits(digits));
         }
         _ => false,
     };
-    if !opens {
-        return 0;
+    opens.then_some(BlockStart::First(first))
+}
+
+/// Pushes the start of a line's text with the escape in place (`\#`,
+/// `1\.`) if it could open a block, and returns how many bytes of `text`
+/// that consumed (0 if none).
+fn push_block_start(text: &str, content: bool, out: &mut String) -> usize {
+    match block_start(text, content) {
+        None => 0,
+        Some(BlockStart::First(first)) => {
+            out.push('\\');
+            out.push(first);
+            first.len_utf8()
+        }
+        Some(BlockStart::AfterDigits(digits)) => {
+            out.push_str(&text[..digits]);
+            out.push('\\');
+            out.push_str(&text[digits..digits + 1]);
+            digits + 1
+        }
     }
-    out.push('\\');
-    out.push(first);
-    first.len_utf8()
 }
 
 /// `<` followed by this starts raw HTML (blocks of types 1-7, inline tags,
@@ -751,6 +851,43 @@ mod tests {
                     seen.foreign_blocks.is_empty(),
                     "seed {seed}: {seen:?} {archive:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_checks_never_skip_a_change() {
+        let mut rng = Rng(7);
+        let mut texts: Vec<String> = HOSTILE.iter().map(|t| t.to_string()).collect();
+        texts.extend((0..20_000).map(|_| hostile(&mut rng)));
+        // Short strings over an alphabet of every character the rules look at.
+        let alphabet: Vec<char> = "ab1 _&;#.-)>:|*`~[]<=+^!/?\\\n\r\t\u{a0}é\u{2028}\u{1b}"
+            .chars()
+            .collect();
+        texts.extend((0..50_000).map(|_| {
+            (0..rng.below(8))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect::<String>()
+        }));
+        texts.extend(
+            [
+                "a_b",
+                "a_",
+                "_a",
+                "é_é",
+                "x&y",
+                "x&amp;",
+                "2026-01-01T00:00:00Z",
+                "01a2-b",
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            if !content_needs_work(text) {
+                assert_eq!(neutralised_content(text), *text, "{text:?}");
+            }
+            if !field_needs_work(text) {
+                assert_eq!(neutralised_field(text), *text, "{text:?}");
             }
         }
     }
