@@ -410,6 +410,12 @@ fn push_region(out: &mut String, region: &str) {
     out.push_str(BEGIN_MARKER);
     out.push('\n');
     out.push_str(region);
+    // A template without a final newline must not glue the END marker to
+    // its last line: the marker would no longer be found, nor be a comment
+    // of its own for a markdown reader.
+    if !region.is_empty() && !region.ends_with('\n') {
+        out.push('\n');
+    }
     out.push_str(END_MARKER);
     out.push('\n');
 }
@@ -929,6 +935,16 @@ mod tests {
         assert_eq!(
             splice("no markers", "r\n"),
             format!("no markers\n{BEGIN_MARKER}\nr\n{END_MARKER}\n")
+        );
+        // A region without a final newline still ends with the marker on a line of its own.
+        let once = splice("notes\n", "no newline");
+        assert_eq!(
+            once,
+            format!("notes\n{BEGIN_MARKER}\nno newline\n{END_MARKER}\n")
+        );
+        assert_eq!(
+            splice(&once, "again\r"),
+            format!("notes\n{BEGIN_MARKER}\nagain\r\n{END_MARKER}\n")
         );
         // An END before any BEGIN is not a region.
         let reversed = format!("{END_MARKER}\n{BEGIN_MARKER}\n");

@@ -554,3 +554,23 @@ fn archive_template_replaces_the_archive_format_only() {
         "{communication}"
     );
 }
+
+#[test]
+fn a_template_without_a_final_newline_keeps_one_region() {
+    let dir = HuddleDir::with_config(
+        "[plugins.renderer.settings]\ncommunication_template = \"#{{ interaction.number }}\"\n",
+    );
+    conversation(&dir, 2);
+    for _ in 0..2 {
+        dir.ok(&["log", "next", "Agent A", "question", "more"]);
+        dir.ok(&["snapshot"]);
+    }
+    let text = read(&dir, "communication.md");
+    assert_eq!(text.matches(BEGIN_MARKER).count(), 1, "{text}");
+    assert_eq!(text.matches(END_MARKER).count(), 1, "{text}");
+    assert_eq!(
+        region(&text),
+        "#2#3#4\n",
+        "the END marker is a line of its own: {text}"
+    );
+}
