@@ -47,6 +47,11 @@ components=(
     "tests/plugins hostile_readfile readfile"
     "tests/plugins hostile_badoutput badoutput"
     "tests/plugins hostile_mapper_loop mapper-loop"
+    "tests/plugins hostile_picky picky"
+    "tests/plugins hostile_markerline markerline"
+    "tests/plugins hostile_sink_trap sink-trap"
+    "tests/plugins hostile_sink_loop sink-loop"
+    "tests/plugins hostile_sink_hang_configure sink-hang-configure"
     "examples json_renderer json-renderer"
     "examples ntfy_sink ntfy-sink"
 )

@@ -2,31 +2,44 @@
 //! huddle.toml, delivered by the leader.
 //!
 //! - **At least once.** Each sink has a cursor in `.huddle/alerts.json`: the
-//!   log position up to which its alerts are delivered (or refused for good).
-//!   It moves only after a delivery, so a new leader after failover neither
+//!   log position up to which its alerts are delivered (or given up on). It
+//!   moves only after a delivery, so a new leader after failover neither
 //!   drops nor repeats what was delivered; at most the batch in flight when
 //!   the old leader died is sent again.
-//! - **Never blocking appends.** Delivery runs on its own thread and reads
-//!   the log without locking it.
-//! - **Retries.** A transient failure (5xx, timeout, refused connection) is
-//!   retried after 1 s, 2 s, 4 s ... (the daemon's retry settings); a
-//!   permanent one (other 4xx, an allowlist refusal) is logged and skipped.
+//! - **A new sink starts at the end.** A sink the leader has no cursor for
+//!   starts at the end of the log as it finds it (its history is not
+//!   replayed), unless its config says `from = "start"`. A sink is known by
+//!   its `name`, else by its plugin (`webhook`, `webhook#2`, ...), so editing
+//!   its settings or reordering sinks keeps its place.
+//! - **Independent.** Each sink delivers on a thread of its own: a sink
+//!   that hangs, loops or waits on a silent server delays nobody else, and
+//!   no sink ever blocks appends (delivery reads the log without its lock).
+//! - **Retries.** The sink's own transient failures (5xx, timeouts, refused
+//!   connections) are retried after 1 s, 2 s, 4 s ... (the daemon's retry
+//!   settings) for as long as they last, so the alerts wait, in order; its
+//!   permanent failures (other 4xx, an allowlist refusal) give up the batch.
+//! - **Contained.** A sink that traps, runs out of memory, overruns its
+//!   deadline, cannot be loaded or refuses its settings is tried
+//!   [`CONTAINED_ATTEMPTS`] times in all with the same backoff (a deadline
+//!   overrun on a loaded machine, a plugin file being replaced), then that
+//!   batch is given up for that sink and later alerts flow. Every failure is
+//!   reported in huddle's own log and in `huddle status` (`alerts[]`), never
+//!   as a new `error` event (that would loop).
 //! - **Duplicates merged.** Identical alerts (same actor, type and content)
 //!   within `alerts.dedupe_window_secs` are sent once; the ones held back are
 //!   counted and reported with the next one, or when the window closes.
 //! - **Rate limit.** At most one delivery per sink per `alerts.min_interval_ms`.
-//! - **Contained.** A sink that traps, times out or is misconfigured is
-//!   reported in huddle's own log and in `huddle status`, never as a new
-//!   `error` event (that would loop).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::SinkStart;
 use crate::event::Event;
 use crate::log::{Cursor, FileLog, STATE_DIR};
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
@@ -35,8 +48,16 @@ use crate::workspace::Workspace;
 pub const ALERTS_STATE_FILE: &str = "alerts.json";
 /// Alerts per delivery call.
 const MAX_BATCH: usize = 100;
+/// Attempts at one batch when the sink itself fails (trap, out of memory,
+/// deadline, load or configure failure) before the batch is given up.
+pub const CONTAINED_ATTEMPTS: u32 = 3;
+/// Longest failure message kept in `.huddle/alerts.json` (a sink chooses
+/// its own messages).
+const MAX_ERROR_CHARS: usize = 1000;
+/// How often the coordinator and each sink look for work.
+const TICK: Duration = Duration::from_millis(50);
 
-/// What `.huddle/alerts.json` holds: one entry per sink.
+/// What `.huddle/alerts.json` holds: one entry per configured sink.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct AlertsState {
     pub sinks: Vec<SinkRecord>,
@@ -44,10 +65,14 @@ pub struct AlertsState {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SinkRecord {
-    /// `<position in huddle.toml>:<plugin>`; a changed list starts afresh.
+    /// The sink's `name`, else its plugin (`webhook`, `webhook#2`).
     pub sink: String,
     pub cursor: Cursor,
     pub delivered: u64,
+    /// Alerts given up on: refused for good by the sink, or after
+    /// [`CONTAINED_ATTEMPTS`] failed attempts.
+    #[serde(default)]
+    pub failed: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
 }
@@ -70,6 +95,18 @@ fn save_state(dir: &Path, state: &AlertsState) -> std::io::Result<()> {
     )
 }
 
+/// Sinks of this process read, change and write alerts.json one at a time.
+fn state_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    lock(&LOCK)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Delivery settings (from huddle.toml).
 #[derive(Debug, Clone)]
 pub struct DeliveryPolicy {
@@ -79,17 +116,47 @@ pub struct DeliveryPolicy {
     pub retry_max: Duration,
 }
 
-struct Sink {
-    key: String,
-    spec: PluginSpec,
-    /// Alerts read but not yet delivered, with the cursor after the last one.
-    pending: Vec<Alert>,
-    pending_end: Cursor,
-    read_to: Cursor,
-    not_before: Instant,
-    failures: u32,
-    /// Held back as duplicates: key -> (window start, count held back, the alert).
-    held: HashMap<(String, String, String), (Instant, u32, Alert)>,
+/// One configured sink: what it is known by, where a new one starts, and
+/// how to run it.
+#[derive(Debug, Clone)]
+pub struct SinkSetup {
+    pub id: String,
+    pub from: SinkStart,
+    pub spec: PluginSpec,
+}
+
+/// Every sink of huddle.toml, in order.
+pub fn configured_sinks(
+    workspace: &Workspace,
+) -> Result<Vec<SinkSetup>, crate::config::ConfigError> {
+    let specs = workspace.sink_specs()?;
+    let alerts = &workspace.config.alerts;
+    Ok(alerts
+        .sink_ids()
+        .into_iter()
+        .zip(&alerts.sinks)
+        .zip(specs)
+        .map(|((id, config), spec)| SinkSetup {
+            id,
+            from: config.from,
+            spec,
+        })
+        .collect())
+}
+
+/// What the coordinator and a sink's thread share.
+struct Shared {
+    id: String,
+    /// The sink's current spec and policy (huddle.toml may change).
+    setup: Mutex<(PluginSpec, DeliveryPolicy)>,
+    /// Alerts that cannot go through the log, delivered first.
+    urgent: Mutex<Vec<Event>>,
+    stop: AtomicBool,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    thread: JoinHandle<()>,
 }
 
 /// Delivers alerts while `leading` is set; stops when `stop` is set. Events
@@ -100,98 +167,290 @@ pub fn run_delivery(
     host: Arc<PluginHost>,
     leading: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    direct: Arc<std::sync::Mutex<Vec<Event>>>,
+    direct: Arc<Mutex<Vec<Event>>>,
 ) {
-    let mut sinks: Option<Vec<Sink>> = None;
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    // Stopped workers still inside a plugin call: a sink gets no second
+    // thread until its first has finished, or both would deliver.
+    let mut stopping: Vec<Worker> = Vec::new();
+    let mut last_problem = String::new();
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(TICK);
+        stopping.retain(|worker| !worker.thread.is_finished());
         if !leading.load(Ordering::SeqCst) {
-            // A follower keeps nothing in memory: the next leader reads the cursors.
-            sinks = None;
+            // A follower keeps nothing: the next leader reads the cursors.
+            for (_, worker) in workers.drain() {
+                worker.shared.stop.store(true, Ordering::SeqCst);
+                stopping.push(worker);
+            }
             continue;
         }
-        let workspace = match Workspace::open(&dir) {
-            Ok(workspace) => workspace,
-            Err(error) => {
-                tracing::error!(%error, "alerts: cannot read huddle.toml");
+        let configured = Workspace::open(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|workspace| {
+                let setups = configured_sinks(&workspace).map_err(|e| e.to_string())?;
+                Ok((workspace, setups))
+            });
+        let (workspace, setups) = match configured {
+            Ok(configured) => configured,
+            Err(problem) => {
+                // Said once, not every tick.
+                if problem != last_problem {
+                    tracing::error!(%problem, "alerts: cannot use huddle.toml; sinks keep their last settings");
+                    last_problem = problem;
+                }
                 continue;
             }
         };
+        last_problem.clear();
         let policy = workspace.config.alerts.policy(&workspace.config.daemon);
-        let specs = match workspace.sink_specs() {
-            Ok(specs) => specs,
-            Err(error) => {
-                tracing::error!(%error, "alerts: bad sink configuration");
-                continue;
+        workers.retain(|id, worker| {
+            let ended = worker.thread.is_finished();
+            if ended {
+                tracing::error!(
+                    sink = id.as_str(),
+                    "alert sink thread ended; starting it again"
+                );
             }
-        };
-        let current = sinks.get_or_insert_with(|| start_sinks(&dir, &specs));
-        if current.len() != specs.len()
-            || current
-                .iter()
-                .zip(&specs)
-                .any(|(s, spec)| s.spec.source != spec.source)
-        {
-            *current = start_sinks(&dir, &specs);
+            !ended
+        });
+
+        let removed: Vec<String> = workers
+            .keys()
+            .filter(|id| !setups.iter().any(|s| &s.id == *id))
+            .cloned()
+            .collect();
+        for id in removed {
+            if let Some(worker) = workers.remove(&id) {
+                tracing::info!(
+                    sink = id.as_str(),
+                    "alert sink removed from huddle.toml: forgetting its delivery position"
+                );
+                worker.shared.stop.store(true, Ordering::SeqCst);
+                stopping.push(worker);
+                forget(&dir, &id);
+            }
         }
-        let log = workspace.log();
-        let source = dir
-            .canonicalize()
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| dir.display().to_string());
+        for worker in workers.values() {
+            if let Some(setup) = setups.iter().find(|s| s.id == worker.shared.id) {
+                *lock(&worker.shared.setup) = (setup.spec.clone(), policy.clone());
+            }
+        }
+        let to_start: Vec<&SinkSetup> = setups
+            .iter()
+            .filter(|s| !workers.contains_key(&s.id))
+            .filter(|s| !stopping.iter().any(|w| w.shared.id == s.id))
+            .collect();
+        if !to_start.is_empty() {
+            let log = workspace.log();
+            match register(&dir, &log, &setups) {
+                Ok(cursors) => {
+                    for setup in to_start {
+                        let cursor = cursors.get(&setup.id).copied().unwrap_or(Cursor::START);
+                        match start_worker(&dir, &host, &leading, &log, setup, &policy, cursor) {
+                            Ok(worker) => {
+                                workers.insert(setup.id.clone(), worker);
+                            }
+                            Err(error) => {
+                                tracing::error!(sink = setup.id.as_str(), %error, "alerts: cannot start a thread for the sink");
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "alerts: cannot read the log"),
+            }
+        }
+        if workers.is_empty() {
+            continue;
+        }
         let urgent: Vec<Event> = direct
             .lock()
             .map(|mut d| std::mem::take(&mut *d))
             .unwrap_or_default();
-        for (sink, spec) in current.iter_mut().zip(specs) {
-            sink.spec = spec;
-            for event in &urgent {
-                sink.pending.insert(
-                    0,
-                    Alert {
-                        event: event.clone(),
-                        count: 1,
-                        source: source.clone(),
+        for event in urgent {
+            for worker in workers.values() {
+                lock(&worker.shared.urgent).push(event.clone());
+            }
+        }
+    }
+    // Threads inside a plugin call end with the call (it has a deadline);
+    // nobody waits for them.
+    for worker in workers.values().chain(&stopping) {
+        worker.shared.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn start_worker(
+    dir: &Path,
+    host: &Arc<PluginHost>,
+    leading: &Arc<AtomicBool>,
+    log: &FileLog,
+    setup: &SinkSetup,
+    policy: &DeliveryPolicy,
+    cursor: Cursor,
+) -> std::io::Result<Worker> {
+    let shared = Arc::new(Shared {
+        id: setup.id.clone(),
+        setup: Mutex::new((setup.spec.clone(), policy.clone())),
+        urgent: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let sink = Sink {
+        key: setup.id.clone(),
+        pending: Vec::new(),
+        pending_end: cursor,
+        read_to: cursor,
+        not_before: Instant::now(),
+        failures: 0,
+        contained_failures: 0,
+        held: HashMap::new(),
+    };
+    let thread = {
+        let (dir, host, leading, shared, log) = (
+            dir.to_path_buf(),
+            host.clone(),
+            leading.clone(),
+            shared.clone(),
+            log.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("huddle-sink-{}", setup.id))
+            .spawn(move || run_sink(dir, host, leading, shared, log, sink))?
+    };
+    Ok(Worker { shared, thread })
+}
+
+/// Every configured sink's cursor from alerts.json. A sink seen for the
+/// first time gets a record at once — at the end of the log, or at its
+/// start if configured so — so a later leader starts where this one did.
+/// Records of sinks no longer configured are dropped.
+fn register(
+    dir: &Path,
+    log: &FileLog,
+    all: &[SinkSetup],
+) -> Result<HashMap<String, Cursor>, crate::log::StoreError> {
+    let _guard = state_lock();
+    let mut state = load_state(dir);
+    let mut records = Vec::new();
+    let mut end_of_log = None;
+    let mut changed = false;
+    for (position, setup) in all.iter().enumerate() {
+        // Before sinks had ids they were known as `<position>:<plugin>`.
+        let legacy = format!("{position}:{}", setup.spec.name());
+        let found = state
+            .sinks
+            .iter()
+            .position(|r| r.sink == setup.id)
+            .or_else(|| state.sinks.iter().position(|r| r.sink == legacy));
+        let record = match found {
+            Some(index) => {
+                let mut record = state.sinks.swap_remove(index);
+                changed |= record.sink != setup.id;
+                record.sink = setup.id.clone();
+                record
+            }
+            None => {
+                let cursor = match setup.from {
+                    SinkStart::Start => Cursor::START,
+                    SinkStart::End => match end_of_log {
+                        Some(end) => end,
+                        None => *end_of_log.insert(log.scan(Cursor::START, |_| Ok(()))?),
                     },
-                );
+                };
+                tracing::info!(sink = setup.id.as_str(), from = ?setup.from, offset = cursor.offset, "new alert sink");
+                changed = true;
+                SinkRecord {
+                    sink: setup.id.clone(),
+                    cursor,
+                    ..SinkRecord::default()
+                }
             }
-            if let Err(error) = read_new(&log, sink, &source, &policy) {
-                tracing::error!(%error, "alerts: cannot read the log");
-                continue;
-            }
-            if !leading.load(Ordering::SeqCst) {
-                break;
-            }
-            deliver(&dir, &host, sink, &policy);
+        };
+        records.push(record);
+    }
+    for record in &state.sinks {
+        tracing::info!(
+            sink = record.sink.as_str(),
+            "forgetting the delivery position of a sink no longer configured"
+        );
+        changed = true;
+    }
+    let cursors = records.iter().map(|r| (r.sink.clone(), r.cursor)).collect();
+    if changed {
+        if let Err(error) = save_state(dir, &AlertsState { sinks: records }) {
+            tracing::error!(%error, "alerts: cannot save the delivery cursors");
+        }
+    }
+    Ok(cursors)
+}
+
+/// Drops the record of a sink no longer configured.
+fn forget(dir: &Path, id: &str) {
+    let _guard = state_lock();
+    let mut state = load_state(dir);
+    let before = state.sinks.len();
+    state.sinks.retain(|record| record.sink != id);
+    if state.sinks.len() != before {
+        if let Err(error) = save_state(dir, &state) {
+            tracing::error!(%error, "alerts: cannot save the delivery cursors");
         }
     }
 }
 
-fn start_sinks(dir: &Path, specs: &[PluginSpec]) -> Vec<Sink> {
-    let state = load_state(dir);
-    specs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let key = format!("{i}:{}", spec.name());
-            let cursor = state
-                .sinks
-                .iter()
-                .find(|record| record.sink == key)
-                .map_or(Cursor::START, |record| record.cursor);
-            Sink {
-                key,
-                spec: spec.clone(),
-                pending: Vec::new(),
-                pending_end: cursor,
-                read_to: cursor,
-                not_before: Instant::now(),
-                failures: 0,
-                held: HashMap::new(),
-            }
-        })
-        .collect()
+struct Sink {
+    key: String,
+    /// Alerts read but not yet delivered, with the cursor after the last one.
+    pending: Vec<Alert>,
+    pending_end: Cursor,
+    read_to: Cursor,
+    not_before: Instant,
+    /// Failed attempts in a row (for the backoff).
+    failures: u32,
+    /// Of those, the sink's own failures at the current batch.
+    contained_failures: u32,
+    /// Held back as duplicates: key -> (window start, count held back, the alert).
+    held: HashMap<(String, String, String), (Instant, u32, Alert)>,
+}
+
+fn run_sink(
+    dir: PathBuf,
+    host: Arc<PluginHost>,
+    leading: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    log: FileLog,
+    mut sink: Sink,
+) {
+    let source = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| dir.display().to_string());
+    while !shared.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(TICK);
+        if !leading.load(Ordering::SeqCst) {
+            continue;
+        }
+        let (spec, policy) = lock(&shared.setup).clone();
+        let urgent = std::mem::take(&mut *lock(&shared.urgent));
+        for event in urgent {
+            sink.pending.insert(
+                0,
+                Alert {
+                    event,
+                    count: 1,
+                    source: source.clone(),
+                },
+            );
+        }
+        if let Err(error) = read_new(&log, &mut sink, &source, &policy) {
+            tracing::error!(sink = sink.key.as_str(), %error, "alerts: cannot read the log");
+            continue;
+        }
+        if shared.stop.load(Ordering::SeqCst) || !leading.load(Ordering::SeqCst) {
+            return;
+        }
+        deliver(&dir, &host, &spec, &mut sink, &policy);
+    }
 }
 
 fn identity(event: &Event) -> (String, String, String) {
@@ -264,77 +523,140 @@ fn read_new(
     Ok(())
 }
 
-fn deliver(dir: &Path, host: &PluginHost, sink: &mut Sink, policy: &DeliveryPolicy) {
+/// What became of one delivery attempt.
+enum Outcome {
+    Delivered,
+    /// Try the same batch again later.
+    Retry(String),
+    /// The batch is given up for this sink.
+    GiveUp(String),
+}
+
+fn deliver(
+    dir: &Path,
+    host: &PluginHost,
+    spec: &PluginSpec,
+    sink: &mut Sink,
+    policy: &DeliveryPolicy,
+) {
     if sink.pending.is_empty() || Instant::now() < sink.not_before {
         if sink.pending.is_empty() && sink.failures == 0 {
             // Nothing to send, but the cursor may still move past non-error events.
-            record(dir, sink, None, 0);
+            record(dir, sink, None, 0, 0);
         }
         return;
     }
     let batch: Vec<Alert> = sink.pending.iter().take(MAX_BATCH).cloned().collect();
-    let outcome = host.deliver(&sink.spec, &batch);
     let sent = batch.len();
-    let error = match outcome {
-        Ok(Ok(())) => None,
+    let outcome = match host.deliver(spec, &batch) {
+        Ok(Ok(())) => Outcome::Delivered,
         Ok(Err(DeliveryError::Permanent(reason))) => {
-            tracing::error!(sink = sink.key.as_str(), %reason, "alert delivery refused for good; skipping these alerts");
-            Some((reason, false))
+            Outcome::GiveUp(format!("refused for good by the sink: {reason}"))
         }
-        Ok(Err(DeliveryError::Transient(reason))) => Some((reason, true)),
-        // Trap, deadline, bad configuration: contained, retried like a transient failure.
-        Err(failure) => Some((failure.to_string(), true)),
+        Ok(Err(DeliveryError::Transient(reason))) => Outcome::Retry(reason),
+        Err(failure) => {
+            sink.contained_failures += 1;
+            if sink.contained_failures >= CONTAINED_ATTEMPTS {
+                Outcome::GiveUp(format!(
+                    "gave up on {sent} alert(s) after {} attempts: {failure}",
+                    sink.contained_failures
+                ))
+            } else {
+                Outcome::Retry(format!(
+                    "attempt {} of {CONTAINED_ATTEMPTS}: {failure}",
+                    sink.contained_failures
+                ))
+            }
+        }
     };
-    match error {
-        Some((reason, true)) => {
+    match outcome {
+        Outcome::Retry(reason) => {
+            let reason = bounded(&reason);
             sink.failures += 1;
             let pause =
                 crate::config::backoff(policy.retry_initial, policy.retry_max, sink.failures);
             sink.not_before = Instant::now() + pause;
             tracing::warn!(sink = sink.key.as_str(), %reason, retry_in = ?pause, "alert delivery failed");
-            record(dir, sink, Some(reason), 0);
+            record(dir, sink, Some(reason), 0, 0);
         }
-        permanent => {
+        Outcome::Delivered | Outcome::GiveUp(_) => {
             sink.pending.drain(..sent);
             sink.failures = 0;
+            sink.contained_failures = 0;
             sink.not_before = Instant::now() + policy.min_interval;
-            let delivered = if permanent.is_none() { sent as u64 } else { 0 };
-            record(dir, sink, permanent.map(|(reason, _)| reason), delivered);
+            match outcome {
+                Outcome::GiveUp(reason) => {
+                    let reason = bounded(&reason);
+                    tracing::error!(sink = sink.key.as_str(), %reason, "alerts not delivered through this sink");
+                    record(dir, sink, Some(reason), 0, sent as u64);
+                }
+                _ => record(dir, sink, None, sent as u64, 0),
+            }
         }
     }
 }
 
-/// Persists the sink's cursor: everything before it is delivered (or refused
-/// for good) once nothing is pending.
-fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64) {
-    let mut state = load_state(dir);
-    let index = match state.sinks.iter().position(|r| r.sink == sink.key) {
-        Some(index) => index,
-        None => {
-            state.sinks.push(SinkRecord {
-                sink: sink.key.clone(),
-                ..SinkRecord::default()
-            });
-            state.sinks.len() - 1
+/// A failure message fit for status: one line, control characters shown as
+/// escapes, cut at [`MAX_ERROR_CHARS`].
+fn bounded(reason: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for c in reason.chars() {
+        let shown: Vec<char> = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            vec![c]
+        };
+        if count + shown.len() > MAX_ERROR_CHARS {
+            out.push('…');
+            break;
         }
+        count += shown.len();
+        out.extend(shown);
+    }
+    out
+}
+
+/// Persists the sink's cursor: everything before it is delivered (or given
+/// up on) once nothing is pending.
+fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, failed: u64) {
+    let _guard = state_lock();
+    let mut state = load_state(dir);
+    // No record: the sink was removed from huddle.toml meanwhile.
+    let Some(entry) = state.sinks.iter_mut().find(|r| r.sink == sink.key) else {
+        return;
     };
-    let entry = &mut state.sinks[index];
     let cursor = if sink.pending.is_empty() {
         sink.pending_end
     } else {
         entry.cursor
     };
-    let unchanged = entry.cursor == cursor && delivered == 0 && error.is_none();
+    let unchanged = entry.cursor == cursor && delivered == 0 && failed == 0 && error.is_none();
     if unchanged {
         return;
     }
     entry.cursor = cursor;
     entry.delivered += delivered;
+    entry.failed += failed;
     if let Some(error) = error {
         entry.last_error = Some(error);
         entry.last_error_at = Some(crate::event::now_rfc3339());
     }
     if let Err(error) = save_state(dir, &state) {
         tracing::error!(%error, "alerts: cannot save the delivery cursor");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_messages_are_one_bounded_line() {
+        let long = format!("a\u{1b}[2J\nb{}", "x".repeat(5000));
+        let shown = bounded(&long);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.starts_with("a\\u{1b}[2J\\nb"), "{shown}");
+        assert_eq!(shown.chars().count(), MAX_ERROR_CHARS + 1);
     }
 }

@@ -217,6 +217,30 @@ impl AlertsConfig {
     }
 }
 
+impl AlertsConfig {
+    /// What each sink is known by, in order: its `name`, else its `plugin`
+    /// as written, with `#2`, `#3` ... for later sinks of the same plugin.
+    /// Editing a sink's settings or reordering sinks of different plugins
+    /// keeps every sink's delivery position.
+    pub fn sink_ids(&self) -> Vec<String> {
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+        self.sinks
+            .iter()
+            .map(|sink| match &sink.name {
+                Some(name) => name.clone(),
+                None => {
+                    let count = seen.entry(sink.plugin.as_str()).or_insert(0);
+                    *count += 1;
+                    match *count {
+                        1 => sink.plugin.clone(),
+                        n => format!("{}#{n}", sink.plugin),
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
@@ -224,6 +248,9 @@ impl Default for AlertsConfig {
             min_interval_ms: 1000,
             sinks: vec![SinkConfig {
                 plugin: "stderr".into(),
+                name: None,
+                from: SinkStart::End,
+                proxy: None,
                 allow: Vec::new(),
                 timeout_ms: DEFAULT_SINK_TIMEOUT_MS,
                 deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
@@ -236,11 +263,33 @@ impl Default for AlertsConfig {
 
 pub const DEFAULT_SINK_TIMEOUT_MS: u64 = 5000;
 
+/// Where a sink huddle has not delivered through before starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkStart {
+    /// At the end of the log when the leader first sees the sink: no replay.
+    #[default]
+    End,
+    /// At the beginning: every `error` event of the log's history.
+    Start,
+}
+
 /// One `[[alerts.sinks]]` table. Keys other than the ones below go to the
 /// sink's `configure` (for the webhook sink: `url`, `format`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SinkConfig {
     pub plugin: String,
+    /// What the sink is known by in `.huddle/alerts.json` and status; see
+    /// [`AlertsConfig::sink_ids`].
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where a new sink starts: `"end"` (default) or `"start"`.
+    #[serde(default)]
+    pub from: SinkStart,
+    /// An HTTP proxy for this sink's requests; without it requests go
+    /// direct and proxy environment variables are ignored.
+    #[serde(default)]
+    pub proxy: Option<String>,
     /// URLs this sink may POST to; empty denies all.
     #[serde(default)]
     pub allow: Vec<String>,
@@ -263,6 +312,21 @@ fn default_deadline() -> u64 {
 }
 fn default_memory() -> u64 {
     DEFAULT_PLUGIN_MEMORY_MB
+}
+
+/// A sink's `proxy` setting: an http:// or https:// proxy URL.
+pub fn parse_proxy(proxy: &str) -> Result<ureq::Proxy, String> {
+    let scheme_ok = ["http://", "https://"].iter().any(|scheme| {
+        proxy
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+    });
+    if !scheme_ok {
+        return Err(format!(
+            "{proxy:?} must be an http:// or https:// proxy URL"
+        ));
+    }
+    ureq::Proxy::new(proxy).map_err(|e| format!("{proxy:?} is not a proxy URL: {e}"))
 }
 
 /// Settings as the WIT's key/value pairs: strings as they are, anything else
@@ -330,6 +394,25 @@ impl Config {
             if sink.plugin.is_empty() {
                 return Err(format!(
                     "alerts.sinks[{i}].plugin must name a built-in plugin or a .wasm file"
+                ));
+            }
+            if let Some(name) = &sink.name {
+                if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                    return Err(format!(
+                        "alerts.sinks[{i}].name must be 1 to 64 bytes without control characters"
+                    ));
+                }
+            }
+            if let Some(proxy) = &sink.proxy {
+                parse_proxy(proxy).map_err(|e| format!("alerts.sinks[{i}].proxy: {e}"))?;
+            }
+        }
+        let ids = config.alerts.sink_ids();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(first) = ids[..i].iter().position(|other| other == id) {
+                return Err(format!(
+                    "alerts.sinks[{first}] and alerts.sinks[{i}] are both known as {id:?}: \
+                     give one of them a distinct `name`"
                 ));
             }
         }
@@ -421,6 +504,9 @@ pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this hud
 # allow = ["http://127.0.0.1:9099/"]   # URLs this sink may call; empty denies all
 # format = "slack"                     # or "alertmanager"
 # timeout_ms = 5000                    # one HTTP request
+# name = "ops-chat"                    # what status calls it (default: the plugin)
+# from = "end"                         # a new sink starts at the end of the log; "start" replays it
+# proxy = "http://proxy.internal:3128" # default: direct; proxy environment variables are ignored
 # deadline_ms = 2000
 # memory_mb = 64
 "####;
@@ -455,6 +541,50 @@ mod tests {
         let pauses: Vec<Duration> = (1..=5).map(|n| backoff(ms(1000), ms(5000), n)).collect();
         assert_eq!(pauses, [ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]);
         assert_eq!(backoff(ms(1000), ms(8000), 200), ms(8000));
+    }
+
+    #[test]
+    fn sinks_are_known_by_name_or_plugin_not_position() {
+        let config = Config::parse(
+            "[[alerts.sinks]]\nplugin = \"webhook\"\nurl = \"http://a/\"\n\
+             [[alerts.sinks]]\nplugin = \"stderr\"\n\
+             [[alerts.sinks]]\nplugin = \"webhook\"\nurl = \"http://b/\"\n\
+             [[alerts.sinks]]\nplugin = \"webhook\"\nname = \"ops\"\nfrom = \"start\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.alerts.sink_ids(),
+            ["webhook", "stderr", "webhook#2", "ops"]
+        );
+        assert_eq!(config.alerts.sinks[3].from, SinkStart::Start);
+        assert_eq!(config.alerts.sinks[0].from, SinkStart::End);
+        // Host keys are not passed on to the plugin.
+        assert!(!config.alerts.sinks[3].settings.contains_key("name"));
+        assert!(!config.alerts.sinks[3].settings.contains_key("from"));
+    }
+
+    #[test]
+    fn bad_sink_settings_are_named() {
+        for (sink, needle) in [
+            ("plugin = \"stderr\"\nname = \"\"", "alerts.sinks[1].name"),
+            (
+                "plugin = \"stderr\"\nname = \"stderr\"",
+                "both known as \"stderr\": give one of them a distinct `name`",
+            ),
+            (
+                "plugin = \"webhook\"\nproxy = \"socks5://p:1080\"",
+                "alerts.sinks[1].proxy",
+            ),
+            ("plugin = \"webhook\"\nfrom = \"yesterday\"", "yesterday"),
+        ] {
+            let text = format!("[[alerts.sinks]]\nplugin = \"stderr\"\n[[alerts.sinks]]\n{sink}\n");
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(needle), "{sink}: {err}");
+        }
+        assert!(Config::parse(
+            "[[alerts.sinks]]\nplugin = \"webhook\"\nproxy = \"http://proxy.internal:3128\"\n"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub const MAX_ACTOR_BYTES: usize = 256;
 pub const MAX_TYPE_BYTES: usize = 64;
 /// Default limit on content, in bytes (`log.max_content_bytes` in huddle.toml).
 pub const DEFAULT_MAX_CONTENT_BYTES: usize = 1024 * 1024;
+/// Largest interaction number or term: the largest integer a JSON consumer
+/// that reads numbers as doubles (JavaScript, jq) holds exactly, 2^53 - 1.
+pub const MAX_NUMBER: u64 = (1 << 53) - 1;
+/// Longest accepted event id, in bytes (huddle writes 36-byte UUIDs).
+pub const MAX_ID_BYTES: usize = 128;
 
 /// One line of the log. The first five fields are the brief's and are required;
 /// `id` and `term` are written by huddle; any other field is kept as it was read.
@@ -146,6 +151,34 @@ impl Event {
         serde_json::from_slice::<Event>(line).map_err(|e| e.to_string())
     }
 
+    /// Parses one log line and checks it against the rules of `huddle log`:
+    /// a line written by another tool that breaks them is malformed, exactly
+    /// like one that is not JSON, so nothing downstream (plugins, the
+    /// rendered files, `next`) ever sees an event `huddle log` would refuse.
+    pub fn from_log_line(line: &[u8], max_content_bytes: usize) -> Result<Event, String> {
+        let event = Event::from_line(line)?;
+        event
+            .check(max_content_bytes)
+            .map_err(|error| error.to_string())?;
+        Ok(event)
+    }
+
+    /// The rules every event in the log meets, whoever wrote it.
+    pub fn check(&self, max_content_bytes: usize) -> Result<(), ValidationError> {
+        validate_number("interaction", self.interaction)?;
+        validate_actor(&self.actor)?;
+        validate_type(&self.kind)?;
+        validate_content(&self.content, max_content_bytes)?;
+        validate_timestamp(&self.timestamp)?;
+        if let Some(term) = self.term {
+            validate_number("term", term)?;
+        }
+        if let Some(id) = &self.id {
+            validate_id(id)?;
+        }
+        Ok(())
+    }
+
     pub fn is_error(&self) -> bool {
         self.kind == types::ERROR
     }
@@ -171,12 +204,16 @@ impl std::str::FromStr for InteractionRef {
                 format!("must be a non-negative integer or `next`, got {s:?}"),
             ));
         }
-        s.parse::<u64>().map(InteractionRef::Number).map_err(|_| {
-            ValidationError::new(
+        match s.parse::<u64>() {
+            Ok(number) if number <= MAX_NUMBER => Ok(InteractionRef::Number(number)),
+            _ => Err(ValidationError::new(
                 "interaction",
-                format!("must be at most {}, got {s}", u64::MAX),
-            )
-        })
+                format!(
+                    "must be at most {MAX_NUMBER} (2^53 - 1), got {}",
+                    shorten(s)
+                ),
+            )),
+        }
     }
 }
 
@@ -221,22 +258,14 @@ impl NewEvent {
 
     /// Checks every rule of SPEC.md's "Event" section.
     pub fn validate(&self, max_content_bytes: usize) -> Result<(), ValidationError> {
+        if let InteractionRef::Number(number) = self.interaction {
+            validate_number("interaction", number)?;
+        }
         validate_actor(&self.actor)?;
         validate_type(&self.kind)?;
-        if self.content.len() > max_content_bytes {
-            return Err(ValidationError::new(
-                "content",
-                format!(
-                    "is {} bytes, over the limit of {max_content_bytes} bytes (log.max_content_bytes)",
-                    self.content.len()
-                ),
-            ));
-        }
-        if let Some(pos) = self.content.find('\0') {
-            return Err(ValidationError::new(
-                "content",
-                format!("contains a NUL byte at byte {pos}"),
-            ));
+        validate_content(&self.content, max_content_bytes)?;
+        if let Some(term) = self.term {
+            validate_number("term", term)?;
         }
         Ok(())
     }
@@ -256,6 +285,96 @@ impl NewEvent {
     }
 }
 
+fn validate_number(field: &'static str, number: u64) -> Result<(), ValidationError> {
+    if number > MAX_NUMBER {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "is {number}, over the limit of {MAX_NUMBER} (2^53 - 1, the largest integer every JSON reader holds exactly)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_content(content: &str, max_content_bytes: usize) -> Result<(), ValidationError> {
+    if content.len() > max_content_bytes {
+        return Err(ValidationError::new(
+            "content",
+            format!(
+                "is {} bytes, over the limit of {max_content_bytes} bytes (log.max_content_bytes)",
+                content.len()
+            ),
+        ));
+    }
+    if let Some(pos) = content.find('\0') {
+        return Err(ValidationError::new(
+            "content",
+            format!("contains a NUL byte at byte {pos}"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_timestamp(timestamp: &str) -> Result<(), ValidationError> {
+    if chrono::DateTime::parse_from_rfc3339(timestamp).is_err() {
+        return Err(ValidationError::new(
+            "timestamp",
+            format!(
+                "must be an RFC 3339 date and time such as 2026-11-25T14:00:31Z, got {:?}",
+                shorten(timestamp)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ValidationError::new(
+            "id",
+            format!("must be 1 to {MAX_ID_BYTES} bytes, got {} bytes", id.len()),
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| is_invisible_control(*c)) {
+        return Err(ValidationError::new(
+            "id",
+            format!("must not contain control characters, found {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Characters a name must not hold: controls (C0, DEL, C1), line and paragraph
+/// separators (a line break to a CommonMark reader or an editor), and the
+/// zero-width and bidirectional formatting characters that make a name look
+/// like another or reorder the text shown after it.
+pub fn is_invisible_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// A value quoted in an error message, cut to a readable length.
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 64;
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
 fn validate_actor(actor: &str) -> Result<(), ValidationError> {
     if actor.trim().is_empty() {
         return Err(ValidationError::new("actor", "must not be empty"));
@@ -269,10 +388,12 @@ fn validate_actor(actor: &str) -> Result<(), ValidationError> {
             ),
         ));
     }
-    if let Some(c) = actor.chars().find(|c| c.is_control()) {
+    if let Some(c) = actor.chars().find(|c| is_invisible_control(*c)) {
         return Err(ValidationError::new(
             "actor",
-            format!("must not contain control characters, found {c:?}"),
+            format!(
+                "must not contain control, line-separator or bidi-override characters, found {c:?}"
+            ),
         ));
     }
     Ok(())
@@ -285,7 +406,7 @@ fn validate_type(kind: &str) -> Result<(), ValidationError> {
     if !well_formed {
         return Err(ValidationError::new(
             "type",
-            format!("must match [a-z][a-z0-9_-]*, got {kind:?}"),
+            format!("must match [a-z][a-z0-9_-]*, got {:?}", shorten(kind)),
         ));
     }
     if kind.len() > MAX_TYPE_BYTES {

@@ -415,10 +415,12 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
             Ok(())
         })?;
         if !fresh.is_empty() {
-            let headings = host.headings(&mapper, &fresh)?;
+            // An event the mapper cannot handle is shown: only the mapper's
+            // own "hide" leaves an event out.
+            let headings = host.headings_isolating(&mapper, &fresh)?;
             let mut out = stdout.lock();
             for (event, heading) in fresh.iter().zip(headings) {
-                if heading.is_none() {
+                if heading == huddle::plugin::Heading::Hidden {
                     continue;
                 }
                 if json {

@@ -31,6 +31,8 @@ pub struct Status {
     pub paused: Option<crate::pause::Pause>,
     /// Git sync: last success, offline or not, bytes of the log not yet pushed.
     pub sync: Option<SyncStatus>,
+    /// The last time a daemon found events.log replaced or truncated.
+    pub log_replaced: Option<LogReplaced>,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +82,33 @@ pub fn record_snapshot(dir: &Path, log_offset: u64) {
     let path = dir.join(STATE_DIR).join(SNAPSHOT_STATE_FILE);
     // Status only: a failure here costs nothing but an older "updated_at".
     let _ = std::fs::write(path, serde_json::to_vec(&state).unwrap_or_default());
+}
+
+pub const LOG_REPLACED_FILE: &str = "log_replaced.json";
+
+/// The last time a daemon found events.log replaced or truncated under it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogReplaced {
+    pub detected_at: String,
+    pub by: String,
+    pub detail: String,
+}
+
+/// Records that `by` found the log replaced (for `huddle status`).
+pub fn record_log_replaced(dir: &Path, by: &str, detail: &str) {
+    let record = LogReplaced {
+        detected_at: crate::event::now_rfc3339(),
+        by: by.to_string(),
+        detail: detail.to_string(),
+    };
+    let path = dir.join(STATE_DIR).join(LOG_REPLACED_FILE);
+    // Status only: the error event in the log says it too.
+    let _ = crate::files::write_atomic(&path, &serde_json::to_vec(&record).unwrap_or_default());
+}
+
+fn load_log_replaced(dir: &Path) -> Option<LogReplaced> {
+    let bytes = std::fs::read(dir.join(STATE_DIR).join(LOG_REPLACED_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
@@ -136,6 +165,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
         },
         alerts: crate::alerts::load_state(&workspace.dir).sinks,
         paused: crate::pause::paused(&workspace.dir),
+        log_replaced: load_log_replaced(&workspace.dir),
         sync: crate::sync::load_state(&workspace.dir).map(|state| SyncStatus {
             remote: state.remote,
             last_success: state.last_success,
@@ -171,6 +201,13 @@ impl std::fmt::Display for Status {
             _ => writeln!(f, "leader:   none (last term {})", self.term)?,
         }
         writeln!(f, "events:   {}", self.events)?;
+        if let Some(replaced) = &self.log_replaced {
+            writeln!(
+                f,
+                "log:      events.log was found replaced at {} by {}: {}; derived state was rebuilt",
+                replaced.detected_at, replaced.by, replaced.detail
+            )?;
+        }
         match (&self.snapshot.updated_at, self.snapshot.age_secs) {
             (Some(_), Some(age)) if self.snapshot.bytes_behind == 0 => {
                 writeln!(f, "snapshot: up to date (written {age:.1}s ago)")?

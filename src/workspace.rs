@@ -108,6 +108,15 @@ impl Workspace {
                     })?;
                 let mut grant = HttpGrant::new(allow);
                 grant.timeout = Duration::from_millis(sink.timeout_ms);
+                grant.proxy = match &sink.proxy {
+                    Some(proxy) => Some(crate::config::parse_proxy(proxy).map_err(|message| {
+                        ConfigError::Invalid {
+                            path: self.dir.join(CONFIG_FILE).display().to_string(),
+                            message: format!("alerts.sinks[{i}].proxy: {message}"),
+                        }
+                    })?),
+                    None => None,
+                };
                 Ok(PluginSpec {
                     settings: settings_pairs(&sink.settings),
                     deadline: Duration::from_millis(sink.deadline_ms),

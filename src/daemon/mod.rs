@@ -15,7 +15,7 @@ use chrono::Utc;
 
 use crate::config::DaemonConfig;
 use crate::event::{types, Event, InteractionRef, NewEvent};
-use crate::log::{CasOutcome, Cursor, EventStore, FileLog, StoreError};
+use crate::log::{CasOutcome, Continuity, Cursor, EventStore, FileLog, ReadMark, StoreError};
 use crate::plugin::{PluginHost, Slot};
 use crate::snapshot::Snapshotter;
 use crate::workspace::Workspace;
@@ -118,8 +118,12 @@ struct Daemon {
     /// A sync thread is running.
     syncing: Arc<AtomicBool>,
     dir: std::path::PathBuf,
-    snapshotter: Snapshotter,
+    /// Snapshots run on their own thread, so a slow or looping plugin never
+    /// holds up heartbeats.
+    snapshots: SnapshotWorker,
     cursor: Cursor,
+    /// What `cursor` has read, to notice a replaced log.
+    mark: ReadMark,
     leadership: Leadership,
     /// The term we lead, while we do.
     my_term: Option<u64>,
@@ -162,8 +166,7 @@ impl Daemon {
                 tracing::warn!(%error, "plugin not loaded ahead (the call that needs it will report it)");
             }
         }
-        let mut snapshotter = Snapshotter::new(dir);
-        snapshotter.progress = false;
+        let snapshots = SnapshotWorker::start(dir, host.clone())?;
         Ok(Daemon {
             jitter: jitter(&options.actor, workspace.config.daemon.jitter_ms),
             me: options.actor,
@@ -178,8 +181,9 @@ impl Daemon {
             next_sync: workspace.config.sync.enabled.then(Instant::now),
             syncing: Arc::default(),
             dir: dir.to_path_buf(),
-            snapshotter,
+            snapshots,
             cursor: Cursor::START,
+            mark: ReadMark::default(),
             leadership: Leadership::default(),
             my_term: None,
             next_heartbeat: Instant::now(),
@@ -197,12 +201,46 @@ impl Daemon {
     }
 
     fn read_log(&mut self) -> Result<()> {
+        if let Continuity::Replaced(why) = self.log.continuity(&self.mark)? {
+            self.rebuild_after_replacement(&why);
+        }
         let before = self.cursor;
         self.cursor = follow_log(&self.log, self.cursor, &mut self.leadership)?;
         if self.cursor != before {
             self.dirty = true;
+            self.mark = self.log.mark(self.cursor)?;
         }
         Ok(())
+    }
+
+    /// events.log is not the file we read: forget every position taken in
+    /// it and read it again as it is now. The snapshot worker notices on its
+    /// own and renders from scratch; alert cursors are moved by the alert
+    /// thread. The leader says so in the log, and status shows it.
+    fn rebuild_after_replacement(&mut self, why: &str) {
+        tracing::error!(
+            why,
+            "events.log was replaced: rebuilding from the log as it is now"
+        );
+        let was_leading = self.leading();
+        self.cursor = Cursor::START;
+        self.mark = ReadMark::default();
+        self.leadership = Leadership::default();
+        self.dirty = true;
+        crate::status::record_log_replaced(&self.dir, &self.me, why);
+        if was_leading {
+            let report = NewEvent::new(
+                InteractionRef::Number(0),
+                &self.me,
+                types::ERROR,
+                format!(
+                    "events.log was replaced or truncated under the daemon ({why}); communication.md, archive.md and the alert positions are rebuilt from the log as it is now"
+                ),
+            );
+            if let Err(error) = self.log.append(report) {
+                tracing::error!(%error, "cannot log that events.log was replaced");
+            }
+        }
     }
 
     fn leading(&self) -> bool {
@@ -275,7 +313,7 @@ impl Daemon {
             }
         }
         if self.dirty {
-            self.snapshot();
+            self.request_snapshot();
         }
         self.maybe_sync();
         Ok(())
@@ -306,15 +344,25 @@ impl Daemon {
         });
     }
 
-    fn snapshot(&mut self) {
-        if self.retry.not_before.is_some_and(|t| Instant::now() < t) {
+    /// Hands a snapshot to the worker unless one is running or a failure
+    /// asked us to wait.
+    fn request_snapshot(&mut self) {
+        if self.snapshots.busy || self.retry.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let started = Instant::now();
-        match self.snapshotter.update(&self.host, None) {
-            Ok(outcome) => {
-                tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, "snapshot");
-                self.dirty = false;
+        if self.snapshots.request() {
+            self.dirty = false;
+        }
+    }
+
+    /// What the snapshot worker reported: success resets the backoff; a
+    /// write error pauses; any other failure backs off, and after
+    /// `retry_attempts` failures in a row an `error` event says snapshots
+    /// are offline.
+    fn snapshot_done(&mut self, result: SnapshotResult) {
+        self.snapshots.busy = false;
+        match result {
+            Ok(()) => {
                 if self.retry.failures > 0 {
                     tracing::info!("snapshot works again");
                 }
@@ -324,10 +372,12 @@ impl Daemon {
                     declared_offline: false,
                 };
             }
-            Err(error) if error.is_write_refused() => {
-                self.pause_for(&error.to_string());
+            Err((error, true)) => {
+                self.dirty = true;
+                self.pause_for(&error);
             }
-            Err(error) => {
+            Err((error, false)) => {
+                self.dirty = true;
                 self.retry.failures += 1;
                 let pause = crate::config::backoff(
                     Duration::from_millis(self.config.retry_initial_ms),
@@ -443,6 +493,93 @@ impl Daemon {
     }
 }
 
+/// A snapshot's outcome as the daemon needs it: on failure, the message and
+/// whether the disk refused a write (which pauses).
+type SnapshotResult = Result<(), (String, bool)>;
+
+/// The thread that owns the [`Snapshotter`]: one snapshot at a time, on
+/// request, each result sent back to the daemon's loop.
+struct SnapshotWorker {
+    requests: Option<std::sync::mpsc::Sender<()>>,
+    results: tokio::sync::mpsc::UnboundedReceiver<SnapshotResult>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// A request is being worked on.
+    busy: bool,
+}
+
+impl SnapshotWorker {
+    fn start(dir: &Path, host: Arc<PluginHost>) -> Result<SnapshotWorker> {
+        let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
+        let (result_tx, result_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut snapshotter = Snapshotter::new(dir);
+        snapshotter.progress = false;
+        let thread = std::thread::Builder::new()
+            .name("huddle-snapshot".into())
+            .spawn(move || {
+                for () in request_rx {
+                    let started = Instant::now();
+                    let result = match snapshotter.update(&host, None) {
+                        Ok(outcome) => {
+                            tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
+                            Ok(())
+                        }
+                        Err(error) => Err((error.to_string(), error.is_write_refused())),
+                    };
+                    if result_tx.send(result).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the snapshot thread")?;
+        Ok(SnapshotWorker {
+            requests: Some(request_tx),
+            results: result_rx,
+            thread: Some(thread),
+            busy: false,
+        })
+    }
+
+    /// Asks for a snapshot; false if the worker is gone.
+    fn request(&mut self) -> bool {
+        let sent = self
+            .requests
+            .as_ref()
+            .is_some_and(|requests| requests.send(()).is_ok());
+        self.busy = sent;
+        sent
+    }
+
+    /// Waits for the snapshot in progress, at most `limit`.
+    fn wait(&mut self, limit: Duration) -> Option<SnapshotResult> {
+        if !self.busy {
+            return None;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.results.try_recv() {
+                Ok(result) => {
+                    self.busy = false;
+                    return Some(result);
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets the thread finish its current snapshot and end.
+    fn stop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A pause in [0, max_ms) that differs between daemons and between rounds.
 fn jitter(seed: &str, max_ms: u64) -> Duration {
     if max_ms == 0 {
@@ -455,6 +592,9 @@ fn jitter(seed: &str, max_ms: u64) -> Duration {
     Instant::now().hash(&mut hasher);
     Duration::from_millis(hasher.finish() % max_ms)
 }
+
+/// How long a stopping leader waits for its final snapshot.
+const SHUTDOWN_SNAPSHOT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(dir: &Path, options: DaemonOptions) -> Result<()> {
@@ -528,6 +668,7 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
             tick
         };
         tokio::select! {
+            Some(result) = daemon.snapshots.results.recv() => daemon.snapshot_done(result),
             _ = changes.recv() => {
                 // Coalesce a burst of writes into one round.
                 while changes.try_recv().is_ok() {}
@@ -540,11 +681,20 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
     tracing::info!("shutting down");
     let _ = daemon.read_log();
     if daemon.leading() && !daemon.paused {
-        if daemon.dirty {
-            daemon.snapshot();
+        // The final snapshot: let the one in progress finish, then bring
+        // the files up to date with everything read, then resign.
+        let limit = SHUTDOWN_SNAPSHOT_LIMIT;
+        if let Some(result) = daemon.snapshots.wait(limit) {
+            daemon.snapshot_done(result);
+        }
+        if daemon.dirty && !daemon.snapshots.busy && daemon.snapshots.request() {
+            if let Some(result) = daemon.snapshots.wait(limit) {
+                daemon.snapshot_done(result);
+            }
         }
         daemon.resign();
     }
+    daemon.snapshots.stop();
     daemon.leading_flag.store(false, Ordering::SeqCst);
     stop_alerts.store(true, Ordering::SeqCst);
     let _ = alerts.join();

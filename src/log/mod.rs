@@ -18,12 +18,14 @@
 //! last line may be a write in flight) and quarantine malformed lines into
 //! `events.error.log`, once each.
 
+mod continuity;
 mod offline;
 mod quarantine;
 mod reader;
 mod store;
 mod tail;
 
+pub use continuity::{Continuity, ReadMark};
 pub use quarantine::QUARANTINE_FILE;
 pub use reader::{Cursor, LogReader, Malformed, Record, ScanItem};
 pub use store::{is_refusal, CasOutcome, FileLog, LogLock, StoreError};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Event, DEFAULT_MAX_CONTENT_BYTES};
 
 /// A position in the log: the byte offset of the next line and its 1-based number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +57,7 @@ pub struct LogReader {
     input: BufReader<File>,
     next: Cursor,
     buf: Vec<u8>,
+    max_content_bytes: usize,
 }
 
 impl LogReader {
@@ -73,7 +74,15 @@ impl LogReader {
             input: BufReader::with_capacity(256 * 1024, file),
             next: cursor,
             buf: Vec::with_capacity(1024),
+            max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
         })
+    }
+
+    /// Lines whose content is longer than `limit` (`log.max_content_bytes`)
+    /// are malformed, as `huddle log` would have refused them.
+    pub fn with_max_content_bytes(mut self, limit: usize) -> LogReader {
+        self.max_content_bytes = limit;
+        self
     }
 
     /// Where the next complete line starts: resume reading from here.
@@ -114,7 +123,7 @@ impl Iterator for LogReader {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = match Event::from_line(line) {
+            let item = match Event::from_log_line(line, self.max_content_bytes) {
                 Ok(event) => ScanItem::Event(Record {
                     line: here.line,
                     offset: here.offset,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::reader::{Cursor, LogReader, Malformed, Record, ScanItem};
 use super::{offline, quarantine, tail, EventStore, LOG_FILE, OFFLINE_FILE, STATE_DIR};
 use crate::config::{Durability, LogConfig};
-use crate::event::{types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR};
+use crate::event::{
+    types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR, MAX_NUMBER,
+};
 
 /// Why an operation on the log failed.
 #[derive(Debug, thiserror::Error)]
@@ -221,11 +223,25 @@ impl FileLog {
     fn allocate(&self, locked: &LockedLog, next: &mut Option<u64>) -> Result<u64, StoreError> {
         let number = match *next {
             Some(n) => n,
-            None => tail::max_interaction(&locked.file, &self.state_dir())
-                .map_err(StoreError::io("read", &self.path))?
-                .map_or(1, |max| max.saturating_add(1)),
+            None => tail::max_interaction(
+                &locked.file,
+                &self.state_dir(),
+                self.config.max_content_bytes,
+            )
+            .map_err(StoreError::io("read", &self.path))?
+            .map_or(1, |max| max + 1),
         };
-        *next = Some(number.saturating_add(1));
+        // Numbers are never reused: past the largest exact JSON integer
+        // there is no next one to hand out.
+        if number > MAX_NUMBER {
+            return Err(StoreError::Invalid(ValidationError::new(
+                "interaction",
+                format!(
+                    "`next` has no number left: the log already holds interaction {MAX_NUMBER} (2^53 - 1), the largest allowed"
+                ),
+            )));
+        }
+        *next = Some(number + 1);
         Ok(number)
     }
 
@@ -422,6 +438,25 @@ impl FileLog {
     /// Quarantines lines not quarantined before and logs one `error` event per
     /// newly quarantined line. Returns the newly quarantined lines.
     pub fn quarantine(&self, lines: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
+        self.set_aside(lines, |line| {
+            format!(
+                "Quarantined malformed line {} of {LOG_FILE} (byte offset {}) into {}: {}",
+                line.line,
+                line.offset,
+                quarantine::QUARANTINE_FILE,
+                line.reason
+            )
+        })
+    }
+
+    /// Records lines in `events.error.log` that are not recorded there yet,
+    /// and logs one `error` event, worded by `report`, per newly recorded
+    /// line. Returns the newly recorded lines.
+    pub fn set_aside(
+        &self,
+        lines: &[Malformed],
+        report: impl Fn(&Malformed) -> String,
+    ) -> Result<Vec<Malformed>, StoreError> {
         let fresh = quarantine::quarantine(&self.dir, lines).map_err(StoreError::io(
             "write",
             &self.dir.join(quarantine::QUARANTINE_FILE),
@@ -434,13 +469,7 @@ impl FileLog {
                         InteractionRef::Number(0),
                         HOST_ACTOR,
                         types::ERROR,
-                        format!(
-                            "Quarantined malformed line {} of {LOG_FILE} (byte offset {}) into {}: {}",
-                            line.line,
-                            line.offset,
-                            quarantine::QUARANTINE_FILE,
-                            line.reason
-                        ),
+                        report(line),
                     )
                 })
                 .collect();
@@ -509,7 +538,9 @@ impl EventStore for FileLog {
     }
 
     fn read_from(&self, cursor: Cursor) -> Result<LogReader, StoreError> {
-        LogReader::open(&self.path, cursor).map_err(StoreError::io("read", &self.path))
+        LogReader::open(&self.path, cursor)
+            .map(|reader| reader.with_max_content_bytes(self.config.max_content_bytes))
+            .map_err(StoreError::io("read", &self.path))
     }
 
     fn compare_and_append(
@@ -530,7 +561,8 @@ impl EventStore for FileLog {
                 .map_err(StoreError::io("read", &self.path))?,
             cursor,
         )
-        .map_err(StoreError::io("read", &self.path))?;
+        .map_err(StoreError::io("read", &self.path))?
+        .with_max_content_bytes(self.config.max_content_bytes);
         let mut conflicting = Vec::new();
         for item in reader {
             if let ScanItem::Event(record) = item.map_err(StoreError::io("read", &self.path))? {

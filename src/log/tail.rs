@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{Event, MAX_NUMBER};
+
 const INDEX_FILE: &str = "tail.json";
 /// How many bytes before the indexed offset must match.
 const FINGERPRINT_BYTES: u64 = 64;
@@ -23,12 +25,6 @@ struct TailIndex {
     offset: u64,
     fingerprint: Vec<u8>,
     max_interaction: Option<u64>,
-}
-
-/// Only the field we need: parsing the rest of each line would be wasted work.
-#[derive(Deserialize)]
-struct InteractionOnly {
-    interaction: u64,
 }
 
 fn index_path(state_dir: &Path) -> PathBuf {
@@ -44,7 +40,11 @@ fn fingerprint(file: &File, offset: u64) -> std::io::Result<Vec<u8>> {
 
 /// The highest interaction number among the complete lines of `file` (which
 /// the caller has locked), using and refreshing the index in `state_dir`.
-pub(crate) fn max_interaction(file: &File, state_dir: &Path) -> std::io::Result<Option<u64>> {
+pub(crate) fn max_interaction(
+    file: &File,
+    state_dir: &Path,
+    max_content_bytes: usize,
+) -> std::io::Result<Option<u64>> {
     let meta = file.metadata()?;
     let len = meta.len();
     let cached = std::fs::read(index_path(state_dir))
@@ -52,6 +52,8 @@ pub(crate) fn max_interaction(file: &File, state_dir: &Path) -> std::io::Result<
         .and_then(|bytes| serde_json::from_slice::<TailIndex>(&bytes).ok())
         .filter(|index| {
             index.inode == meta.ino()
+                // Written by a version that counted numbers it now refuses.
+                && index.max_interaction.is_none_or(|max| max <= MAX_NUMBER)
                 && index.offset <= len
                 && fingerprint(file, index.offset).is_ok_and(|fp| fp == index.fingerprint)
         })
@@ -69,9 +71,13 @@ pub(crate) fn max_interaction(file: &File, state_dir: &Path) -> std::io::Result<
             break;
         }
         offset += read as u64;
-        // Malformed lines have no number; the reader quarantines them.
-        if let Ok(parsed) = serde_json::from_slice::<InteractionOnly>(&line) {
-            max = max.max(Some(parsed.interaction));
+        // Malformed lines have no number (the reader quarantines them):
+        // the same rules as the reader's, or a foreign line holding
+        // 2^64 - 1 would make every later `next` hand out the same number.
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if let Ok(event) = Event::from_log_line(text, max_content_bytes) {
+            max = max.max(Some(event.interaction));
         }
     }
 

@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
 use super::cache::ArtifactCache;
-use super::capabilities::HttpGrant;
+use super::capabilities::HttpSession;
 use super::check::{world_of, World};
 use super::limits::Limiter;
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec};
@@ -63,7 +63,7 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
-    http: Option<HttpGrant>,
+    http: Option<HttpSession>,
     log_lines: usize,
 }
 
@@ -109,19 +109,24 @@ impl v1::http::Host for HostState {
         content_type: String,
         body: Vec<u8>,
     ) -> Result<v1::http::Response, String> {
-        let Some(grant) = &self.http else {
+        let Some(session) = &mut self.http else {
             return Err(format!(
                 "{url} is not allowed: this plugin has no HTTP capability"
             ));
         };
-        match grant.post(&url, &content_type, &body) {
-            Ok((status, body)) => Ok(v1::http::Response { status, body }),
+        match session.post(&url, &content_type, &body) {
+            Ok(response) => Ok(v1::http::Response {
+                status: response.status,
+                body: response.body,
+            }),
             Err(refused) => {
-                tracing::warn!(
-                    plugin = self.plugin.as_str(),
-                    "HTTP request refused or failed: {refused}"
-                );
-                Err(refused)
+                if session.worth_logging() {
+                    tracing::warn!(
+                        plugin = self.plugin.as_str(),
+                        "HTTP request refused or failed: {refused}"
+                    );
+                }
+                Err(refused.to_string())
             }
         }
     }
@@ -311,7 +316,7 @@ impl PluginHost {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: Limiter::new(spec.memory_bytes),
-            http: spec.http.clone(),
+            http: spec.http.clone().map(HttpSession::new),
             log_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
@@ -322,12 +327,64 @@ impl PluginHost {
             .div_ceil(EPOCH_TICK.as_micros())
             .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        // The deadline bounds the plugin's own running time: time it spent
+        // waiting on `http.post` (bounded by the request timeout and count)
+        // is given back, so a slow server is a timeout, not a runaway plugin.
+        store.epoch_deadline_callback(|mut store| {
+            let waited = store
+                .data_mut()
+                .http
+                .as_mut()
+                .map_or(Duration::ZERO, HttpSession::take_waited);
+            let ticks = waited.as_micros().div_ceil(EPOCH_TICK.as_micros());
+            Ok(match u64::try_from(ticks).unwrap_or(u64::MAX >> 1) {
+                0 => wasmtime::UpdateDeadline::Interrupt,
+                ticks => wasmtime::UpdateDeadline::Continue(ticks),
+            })
+        });
         (store, stderr)
     }
 
-    /// One heading (or none, to hide) per event, in one call.
-    pub fn headings(
+    /// Runs one call in a fresh store and turns its outcome into the typed
+    /// result.
+    ///
+    /// wasmtime-wasi's synchronous bindings serve every WASI call a guest
+    /// makes (a write to stdout or stderr, a panic message, the clock) with
+    /// `Handle::block_on` whenever the calling thread is inside a tokio
+    /// runtime, which panics there and would take the whole process down. A
+    /// call made from async code therefore runs on a thread of its own.
+    fn call<T: Send>(
+        &self,
+        spec: &PluginSpec,
+        work: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<Result<T, Refusal>> + Send,
+    ) -> Result<T, PluginError> {
+        let run = || {
+            let (mut store, stderr) = self.store(spec);
+            let outcome = work(&mut store);
+            settle(spec, &store, &stderr, outcome)
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return run();
+        }
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("huddle-plugin".into())
+                .spawn_scoped(scope, run);
+            match worker {
+                Ok(worker) => worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(error) => Err(PluginError::Trap {
+                    plugin: spec.name(),
+                    message: format!("cannot start a thread for the call: {error}"),
+                }),
+            }
+        })
+    }
+
+    /// One heading (or none, to hide) per event, in one call; only their
+    /// number is checked.
+    pub(crate) fn headings_unchecked(
         &self,
         spec: &PluginSpec,
         events: &[Event],
@@ -335,17 +392,15 @@ impl PluginHost {
         let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let (mut store, stderr) = self.store(spec);
         let wit_events: Vec<v1::types::Event> = events.iter().map(to_wit_event).collect();
-        let outcome = (|| {
-            let bindings = pre.instantiate(&mut store)?;
+        let headings = self.call(spec, |store| {
+            let bindings = pre.instantiate(&mut *store)?;
             let mapper = bindings.huddle_plugin_mapper();
-            if let Err(message) = mapper.call_configure(&mut store, &spec.settings)? {
+            if let Err(message) = mapper.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
-            mapper.call_headings(&mut store, &wit_events).map(Ok)
-        })();
-        let headings = settle(spec, &store, &stderr, outcome)?;
+            mapper.call_headings(&mut *store, &wit_events).map(Ok)
+        })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -357,17 +412,25 @@ impl PluginHost {
                 events.len()
             )));
         }
+        Ok(headings)
+    }
+
+    /// One heading (or none, to hide) per event, in one call; every
+    /// heading is checked (length, control characters). The snapshot uses
+    /// [`PluginHost::headings_isolating`], which leaves out only the events
+    /// whose heading fails the check.
+    pub fn headings(
+        &self,
+        spec: &PluginSpec,
+        events: &[Event],
+    ) -> Result<Vec<Option<String>>, PluginError> {
+        let headings = self.headings_unchecked(spec, events)?;
         for heading in headings.iter().flatten() {
-            if heading.len() > MAX_HEADING_BYTES {
-                return Err(invalid(format!(
-                    "a heading of {} bytes is over the limit of {MAX_HEADING_BYTES}",
-                    heading.len()
-                )));
-            }
-            if heading.chars().any(char::is_control) {
-                return Err(invalid(format!(
-                    "heading {heading:?} contains a control character"
-                )));
+            if let Some(message) = super::isolate::heading_problem(heading) {
+                return Err(PluginError::InvalidOutput {
+                    plugin: spec.name(),
+                    message,
+                });
             }
         }
         Ok(headings)
@@ -383,20 +446,18 @@ impl PluginHost {
         let Pre::Renderer(pre) = self.pre(spec, World::Renderer)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let (mut store, stderr) = self.store(spec);
         let wit: Vec<v1::types::Interaction> =
             interactions.iter().map(to_wit_interaction).collect();
-        let outcome = (|| {
-            let bindings = pre.instantiate(&mut store)?;
+        let blocks = self.call(spec, |store| {
+            let bindings = pre.instantiate(&mut *store)?;
             let render = bindings.huddle_plugin_render();
-            if let Err(message) = render.call_configure(&mut store, &spec.settings)? {
+            if let Err(message) = render.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
             Ok(render
-                .call_render(&mut store, section, &wit)?
+                .call_render(&mut *store, section, &wit)?
                 .map_err(Refusal::Failed))
-        })();
-        let blocks = settle(spec, &store, &stderr, outcome)?;
+        })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -427,7 +488,6 @@ impl PluginHost {
         let Pre::AlertSink(pre) = self.pre(spec, World::AlertSink)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let (mut store, stderr) = self.store(spec);
         let wit: Vec<v1::types::Alert> = alerts
             .iter()
             .map(|a| v1::types::Alert {
@@ -436,15 +496,14 @@ impl PluginHost {
                 source: a.source.clone(),
             })
             .collect();
-        let outcome = (|| {
-            let bindings = pre.instantiate(&mut store)?;
+        let verdict = self.call(spec, |store| {
+            let bindings = pre.instantiate(&mut *store)?;
             let sink = bindings.huddle_plugin_sink();
-            if let Err(message) = sink.call_configure(&mut store, &spec.settings)? {
+            if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
-            sink.call_deliver(&mut store, &wit).map(Ok)
-        })();
-        let verdict = settle(spec, &store, &stderr, outcome)?;
+            sink.call_deliver(&mut *store, &wit).map(Ok)
+        })?;
         Ok(verdict.map_err(|e| match e {
             alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => {
                 DeliveryError::Transient(m)

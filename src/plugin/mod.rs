@@ -15,12 +15,17 @@ mod cache;
 mod capabilities;
 mod check;
 mod host;
+mod isolate;
 mod limits;
 
 pub use builtin::{builtin_wasm, BUILTINS};
-pub use capabilities::{Allowlist, HttpGrant};
+pub use capabilities::{
+    Allowlist, HttpError, HttpGrant, HttpResponse, HttpSession, Reason, Refusal,
+    MAX_REQUESTS_PER_CALL,
+};
 pub use check::{check_file, CheckError, World};
 pub use host::{read_plugin, Alert, DeliveryError, Entry, Interaction, PluginHost, Section};
+pub use isolate::{Heading, IsolatedEntry, Rendered, FAILED_CALL_BUDGET};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,7 +122,7 @@ impl PluginSpec {
 }
 
 /// What went wrong in a plugin call. Every variant names the plugin.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginError {
     #[error("plugin {plugin}: cannot load {source_desc}: {message}")]
     Load {

@@ -27,8 +27,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::ConfigError;
 use crate::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
 use crate::files;
-use crate::log::{Cursor, EventStore, StoreError, LOG_FILE, STATE_DIR};
-use crate::plugin::{self, Entry, Interaction, PluginError, PluginHost, PluginSpec, Section, Slot};
+use crate::log::{
+    Continuity, Cursor, EventStore, Malformed, ReadMark, StoreError, LOG_FILE, STATE_DIR,
+};
+use crate::plugin::{
+    self, Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, Rendered as Blocks,
+    Section, Slot,
+};
 use crate::workspace::Workspace;
 
 /// The region between these two lines of communication.md belongs to huddle;
@@ -97,6 +102,8 @@ pub struct Outcome {
     pub archive: ArchiveWrite,
     /// Events read from the log in this run.
     pub new_events: usize,
+    /// Events a plugin could not handle, left out of the files this run.
+    pub isolated: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +168,10 @@ pub struct Snapshotter {
     dir: PathBuf,
     index: Index,
     rendered: Rendered,
+    /// Events left out in the current run, to report once it is written.
+    isolated: Vec<IsolatedEvent>,
+    /// What the index has read of the log, to notice a replaced log.
+    mark: ReadMark,
     /// Show a progress bar for long work (only drawn on a terminal).
     pub progress: bool,
 }
@@ -171,6 +182,8 @@ impl Snapshotter {
             dir: dir.into(),
             index: Index::default(),
             rendered: Rendered::default(),
+            isolated: Vec::new(),
+            mark: ReadMark::default(),
             progress: false,
         }
     }
@@ -256,7 +269,23 @@ impl Snapshotter {
             };
         }
 
+        self.isolated.clear();
+        let log = workspace.log();
+        if let Continuity::Replaced(why) = log.continuity(&self.mark)? {
+            // Every offset in the index points into the old file: start cold.
+            tracing::warn!(%why, "events.log was replaced: rebuilding the snapshot from scratch");
+            self.index = Index {
+                mapper_key: std::mem::take(&mut self.index.mapper_key),
+                ..Index::default()
+            };
+            self.rendered = Rendered {
+                renderer_key: std::mem::take(&mut self.rendered.renderer_key),
+                k,
+                ..Rendered::default()
+            };
+        }
         let new_events = self.index_new_events(workspace, host, &mapper)?;
+        self.mark = log.mark(self.index.cursor)?;
 
         let keys: Vec<u64> = self.index.interactions.keys().copied().collect();
         let split = keys.len().saturating_sub(k);
@@ -281,22 +310,26 @@ impl Snapshotter {
             ArchivePlan::Unchanged => PendingArchive::Unchanged,
             ArchivePlan::Append(ref from) => {
                 let mut text = String::new();
-                self.render_archive(host, &renderer, &mut fetcher, from, &mut |block| {
-                    text.push_str(block);
-                    Ok(())
-                })?;
+                let isolated =
+                    self.render_archive(host, &renderer, &mut fetcher, from, &mut |block| {
+                        text.push_str(block);
+                        Ok(())
+                    })?;
+                self.note_isolated_archive(isolated);
                 PendingArchive::Append(text, from.len())
             }
             ArchivePlan::Rewrite => {
                 let mut tmp = files::temp_beside(&archive_path)
                     .map_err(io_error("create a temp file for", &archive_path))?;
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-                self.render_archive(host, &renderer, &mut fetcher, archived, &mut |block| {
-                    out.write_all(block.as_bytes())
-                        .map_err(io_error("write", &archive_path))
-                })?;
+                let isolated =
+                    self.render_archive(host, &renderer, &mut fetcher, archived, &mut |block| {
+                        out.write_all(block.as_bytes())
+                            .map_err(io_error("write", &archive_path))
+                    })?;
                 out.flush().map_err(io_error("write", &archive_path))?;
                 drop(out);
+                self.note_isolated_archive(isolated);
                 PendingArchive::Rewrite(tmp)
             }
         };
@@ -343,12 +376,15 @@ impl Snapshotter {
         }
 
         crate::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
+        let isolated = self.isolated.len();
+        self.report_isolated(workspace, &mut fetcher)?;
         Ok(Outcome {
             recent: recent.to_vec(),
             archived: archived.len(),
             communication_written,
             archive,
             new_events,
+            isolated,
         })
     }
 
@@ -386,7 +422,7 @@ impl Snapshotter {
             scope.spawn(move || {
                 for (places, events) in job_rx {
                     let mapped = host
-                        .headings(mapper, &events)
+                        .headings_isolating(mapper, &events)
                         .map(|headings| (places, headings));
                     if done_tx.send(mapped).is_err() {
                         return;
@@ -398,6 +434,7 @@ impl Snapshotter {
             let start = self.index.cursor;
             scanned = log.scan(start, |record| {
                 places.push(Place {
+                    line: record.line,
                     offset: record.offset,
                     len: record.len,
                     interaction: record.event.interaction,
@@ -454,7 +491,23 @@ impl Snapshotter {
             }
         };
         for (place, heading) in places.into_iter().zip(headings) {
-            let Some(heading) = heading else { continue };
+            let heading = match heading {
+                Heading::Shown(heading) => heading,
+                Heading::Hidden => continue,
+                Heading::Isolated(reason) => {
+                    self.isolated.push(IsolatedEvent {
+                        line: Some(place.line),
+                        at: EventRef {
+                            offset: place.offset,
+                            len: u32::try_from(place.len).unwrap_or(u32::MAX),
+                            heading: 0,
+                        },
+                        interaction: place.interaction,
+                        reason,
+                    });
+                    continue;
+                }
+            };
             if let Some(archive) = &mut self.rendered.archive {
                 if archive.upto.is_some_and(|upto| place.interaction <= upto) {
                     archive.dirty = true;
@@ -498,16 +551,14 @@ impl Snapshotter {
                 .iter()
                 .map(|n| self.interaction(fetcher, *n))
                 .collect::<Result<Vec<_>, _>>()?;
-            let blocks = host.render(renderer, Section::Communication, &interactions)?;
-            for (number, block) in stale.iter().zip(blocks) {
-                if region::has_marker_line(&block) {
-                    return Err(SnapshotError::InvalidOutput {
-                        plugin: renderer.name(),
-                        message: format!(
-                            "the block for interaction {number} contains a marker line; it would break communication.md"
-                        ),
-                    });
-                }
+            let rendered = host.render_isolating(
+                renderer,
+                Section::Communication,
+                &interactions,
+                &block_problem,
+            )?;
+            self.note_isolated(&stale, &rendered);
+            for (number, block) in stale.iter().zip(rendered.blocks) {
                 let count = self.index.interactions[number].len();
                 self.rendered.blocks.insert(*number, (count, block));
             }
@@ -556,8 +607,8 @@ impl Snapshotter {
         fetcher: &mut Fetcher,
         numbers: &[u64],
         sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
-        type Rendered = (usize, Result<Vec<String>, PluginError>);
+    ) -> Result<Vec<ArchiveIsolation>, SnapshotError> {
+        type Rendered = (usize, Vec<u64>, Result<Blocks, PluginError>);
         let (job_tx, job_rx) =
             std::sync::mpsc::sync_channel::<(usize, Vec<Interaction>)>(RENDER_WORKERS * 2);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Rendered>();
@@ -568,8 +619,10 @@ impl Snapshotter {
                 scope.spawn(move || loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((seq, batch))) = job else { return };
-                    let blocks = host.render(renderer, Section::Archive, &batch);
-                    if done_tx.send((seq, blocks)).is_err() {
+                    let blocks =
+                        host.render_isolating(renderer, Section::Archive, &batch, &block_problem);
+                    let numbers = batch.iter().map(|i| i.number).collect();
+                    if done_tx.send((seq, numbers, blocks)).is_err() {
                         return;
                     }
                 });
@@ -607,8 +660,78 @@ impl Snapshotter {
                     Err(_) => break,
                 }
             }
-            Ok(())
+            Ok(writer.isolated)
         })
+    }
+
+    /// Records the entries the renderer left out of communication.md.
+    fn note_isolated(&mut self, numbers: &[u64], rendered: &Blocks) {
+        let found = rendered
+            .isolated
+            .iter()
+            .filter_map(|isolated| {
+                let number = *numbers.get(isolated.interaction)?;
+                Some((number, isolated.entry, isolated.reason.clone()))
+            })
+            .collect();
+        self.note_isolated_archive(found);
+    }
+
+    /// Records left-out entries given as (interaction, entry, reason); a
+    /// whole interaction left out counts each of its events.
+    fn note_isolated_archive(&mut self, found: Vec<ArchiveIsolation>) {
+        for (number, entry, reason) in found {
+            let Some(refs) = self.index.interactions.get(&number) else {
+                continue;
+            };
+            let chosen: Vec<EventRef> = match entry {
+                Some(entry) => refs.get(entry).copied().into_iter().collect(),
+                None => refs.clone(),
+            };
+            for at in chosen {
+                self.isolated.push(IsolatedEvent {
+                    line: None,
+                    at,
+                    interaction: number,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    /// Sets the events left out this run aside in events.error.log (once
+    /// each, however often the files are regenerated) with one `error`
+    /// event for each newly left out.
+    fn report_isolated(
+        &mut self,
+        workspace: &Workspace,
+        fetcher: &mut Fetcher,
+    ) -> Result<(), SnapshotError> {
+        if self.isolated.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::with_capacity(self.isolated.len());
+        for isolated in std::mem::take(&mut self.isolated) {
+            let raw = fetcher.raw(&isolated.at)?;
+            lines.push(Malformed {
+                line: isolated.line.unwrap_or(0),
+                offset: isolated.at.offset,
+                reason: format!(
+                    "left out of the snapshot (interaction {}): {}",
+                    isolated.interaction, isolated.reason
+                ),
+                raw,
+            });
+        }
+        workspace.log().set_aside(&lines, |line| {
+            format!(
+                "An event a plugin cannot handle was left out of the snapshot (byte offset {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
+                line.offset,
+                crate::log::QUARANTINE_FILE,
+                line.reason
+            )
+        })?;
+        Ok(())
     }
 
     /// One interaction with its visible events read back from the log and
@@ -633,14 +756,33 @@ impl Snapshotter {
     }
 }
 
+/// An interaction number, the entry left out (`None`: all of them) and why.
+type ArchiveIsolation = (u64, Option<usize>, String);
+
+/// An event a plugin could not handle, left out of this run's files.
+struct IsolatedEvent {
+    /// Its line number, when known.
+    line: Option<u64>,
+    at: EventRef,
+    interaction: u64,
+    reason: String,
+}
+
+/// What the host checks in every rendered block.
+fn block_problem(block: &str) -> Option<String> {
+    region::has_marker_line(block)
+        .then(|| "it contains a marker line; it would break communication.md".to_string())
+}
+
 /// Where an event sits, kept while the mapper decides about it.
 struct Place {
+    line: u64,
     offset: u64,
     len: u64,
     interaction: u64,
 }
 type MapperJob = (Vec<Place>, Vec<Event>);
-type Mapped = (Vec<Place>, Vec<Option<String>>);
+type Mapped = (Vec<Place>, Vec<Heading>);
 
 /// Worker threads rendering archive batches.
 const RENDER_WORKERS: usize = 2;
@@ -650,15 +792,23 @@ const RENDER_WORKERS: usize = 2;
 struct OrderedWriter {
     next: usize,
     waiting: BTreeMap<usize, Vec<String>>,
+    isolated: Vec<ArchiveIsolation>,
 }
 
 impl OrderedWriter {
     fn accept(
         &mut self,
-        (seq, blocks): (usize, Result<Vec<String>, PluginError>),
+        (seq, numbers, blocks): (usize, Vec<u64>, Result<Blocks, PluginError>),
         sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
     ) -> Result<(), SnapshotError> {
-        self.waiting.insert(seq, blocks?);
+        let blocks = blocks?;
+        for isolated in blocks.isolated {
+            if let Some(number) = numbers.get(isolated.interaction) {
+                self.isolated
+                    .push((*number, isolated.entry, isolated.reason));
+            }
+        }
+        self.waiting.insert(seq, blocks.blocks);
         while let Some(blocks) = self.waiting.remove(&self.next) {
             for block in &blocks {
                 sink(block)?;
@@ -726,7 +876,13 @@ impl Fetcher {
         })
     }
 
-    fn event(&mut self, at: &EventRef) -> Result<Event, SnapshotError> {
+    /// The bytes of the line at `at`, as they are in the log.
+    fn raw(&mut self, at: &EventRef) -> Result<Vec<u8>, SnapshotError> {
+        self.read_line(at)?;
+        Ok(self.line.clone())
+    }
+
+    fn read_line(&mut self, at: &EventRef) -> Result<(), SnapshotError> {
         if at.offset != self.position {
             let delta = at.offset as i64 - self.position as i64;
             self.reader
@@ -738,6 +894,11 @@ impl Fetcher {
             .read_exact(&mut self.line)
             .map_err(io_error("read", &self.path))?;
         self.position = at.offset + u64::from(at.len);
+        Ok(())
+    }
+
+    fn event(&mut self, at: &EventRef) -> Result<Event, SnapshotError> {
+        self.read_line(at)?;
         Event::from_line(&self.line).map_err(|reason| SnapshotError::Io {
             action: "re-read",
             path: self.path.clone(),

@@ -77,7 +77,7 @@ impl HuddleDir {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run huddle")
+        self.command(args).output_within(COMMAND_LIMIT)
     }
 
     /// Runs huddle and insists on success; returns stdout.
@@ -123,8 +123,76 @@ pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
         .arg("--dir")
         .arg(dir)
         .args(args)
-        .output()
-        .expect("run huddle")
+        .output_within(COMMAND_LIMIT)
+}
+
+/// The longest any one command of a test may take before the test fails
+/// (instead of hanging): far beyond what any of them needs.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `Command::output` with a deadline: a command still running at `limit`
+/// is killed and the test fails, naming it.
+pub trait OutputWithin {
+    fn output_within(&mut self, limit: std::time::Duration) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self, limit: std::time::Duration) -> Output {
+        let child = self
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {self:?}: {e}"));
+        wait_output_within(child, limit, &format!("{self:?}"))
+    }
+}
+
+/// `Child::wait_with_output` with a deadline: a child still running at
+/// `limit` is killed and the test fails, naming `what`.
+pub fn wait_output_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("read stdout"),
+        stderr: stderr.join().expect("read stderr"),
+    }
 }
 
 /// A state home for a directory on a test file system: two levels up, off
@@ -201,12 +269,23 @@ impl Drop for Tmpfs {
 }
 
 /// A real HTTP server on 127.0.0.1 that records every request and answers
-/// with the status the test sets. Stops when dropped.
+/// with the status the test sets (and, if set, a `location` header or a
+/// body of a given size), or holds connections without a word while
+/// silent. Stops when dropped.
 pub struct HttpRecorder {
     pub addr: std::net::SocketAddr,
     requests: std::sync::Arc<std::sync::Mutex<Vec<RecordedRequest>>>,
     status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    reply: std::sync::Arc<std::sync::Mutex<Reply>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Reply {
+    location: Option<String>,
+    body_bytes: Option<usize>,
+    silent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -215,27 +294,40 @@ pub struct RecordedRequest {
     pub path: String,
     pub content_type: String,
     pub body: String,
+    /// When the whole request had arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl HttpRecorder {
     pub fn start() -> HttpRecorder {
+        HttpRecorder::start_on(0)
+    }
+
+    /// A recorder on a given port of 127.0.0.1 (0: any free port).
+    pub fn start_on(port: u16) -> HttpRecorder {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().unwrap();
         let recorder = HttpRecorder {
             addr,
             requests: Default::default(),
             status: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            reply: Default::default(),
+            connections: Default::default(),
             stop: Default::default(),
         };
-        let (requests, status, stop) = (
+        let (requests, status, reply, connections, stop) = (
             recorder.requests.clone(),
             recorder.status.clone(),
+            recorder.reply.clone(),
+            recorder.connections.clone(),
             recorder.stop.clone(),
         );
         std::thread::spawn(move || {
+            // Connections held without an answer while silent.
+            let mut held = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 let stream = match listener.accept() {
                     Ok((stream, _)) => stream,
@@ -244,6 +336,12 @@ impl HttpRecorder {
                         continue;
                     }
                 };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.lock().unwrap().clone();
+                if reply.silent {
+                    held.push(stream);
+                    continue;
+                }
                 stream.set_nonblocking(false).ok();
                 stream
                     .set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -281,16 +379,61 @@ impl HttpRecorder {
                     path,
                     content_type,
                     body: String::from_utf8_lossy(&body).into_owned(),
+                    received_at: std::time::Instant::now(),
                 });
                 let code = status.load(Ordering::SeqCst);
-                let reply = format!(
-                    "HTTP/1.1 {code} Status\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                let location = reply
+                    .location
+                    .map(|l| format!("location: {l}\r\n"))
+                    .unwrap_or_default();
+                let length = reply.body_bytes.unwrap_or(2);
+                let head = format!(
+                    "HTTP/1.1 {code} Status\r\n{location}content-length: {length}\r\nconnection: close\r\n\r\n"
                 );
                 let mut stream = stream;
-                let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+                if std::io::Write::write_all(&mut stream, head.as_bytes()).is_err() {
+                    continue;
+                }
+                match reply.body_bytes {
+                    None => {
+                        let _ = std::io::Write::write_all(&mut stream, b"ok");
+                    }
+                    // Written in pieces until done or the client hangs up.
+                    Some(mut left) => {
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while left > 0 {
+                            let n = left.min(chunk.len());
+                            if std::io::Write::write_all(&mut stream, &chunk[..n]).is_err() {
+                                break;
+                            }
+                            left -= n;
+                        }
+                    }
+                }
             }
         });
         recorder
+    }
+
+    /// Answers with a `location` header (set the status to 3xx too).
+    pub fn set_location(&self, location: &str) {
+        self.reply.lock().unwrap().location = Some(location.to_string());
+    }
+
+    /// Answers with a body of `bytes` bytes instead of "ok".
+    pub fn set_body_bytes(&self, bytes: usize) {
+        self.reply.lock().unwrap().body_bytes = Some(bytes);
+    }
+
+    /// While silent, connections are accepted and held without reading or
+    /// answering anything (a server that never answers).
+    pub fn set_silent(&self, silent: bool) {
+        self.reply.lock().unwrap().silent = silent;
+    }
+
+    /// Connections accepted so far, answered or not.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self, path: &str) -> String {

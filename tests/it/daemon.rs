@@ -5,33 +5,55 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{huddle_exe, stderr, wait_until, HuddleDir};
+use crate::common::{
+    huddle_exe, stderr, wait_for, wait_output_within, wait_until, HuddleDir, OutputWithin,
+    COMMAND_LIMIT,
+};
 
-const FAST: &str =
+pub(crate) const FAST: &str =
     "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 150\npoll_ms = 25\n";
 const HEARTBEAT: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(1000);
 
-struct Daemon {
+pub(crate) struct Daemon {
     name: String,
-    child: Child,
+    pub(crate) child: Child,
+    /// Where its log (stderr, at debug level) goes.
+    log: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn start(dir: &HuddleDir, name: &str) -> Daemon {
+    pub(crate) fn start(dir: &HuddleDir, name: &str) -> Daemon {
+        Daemon::start_with(dir, name, &[])
+    }
+
+    pub(crate) fn start_with(dir: &HuddleDir, name: &str, extra: &[&str]) -> Daemon {
+        let log = dir
+            .path()
+            .with_file_name(format!("daemon-{name}-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("daemon log file");
+        let mut args = vec!["run", "--actor", name];
+        args.extend_from_slice(extra);
         let child = dir
-            .command(&["run", "--actor", name])
+            .command(&args)
+            .env("RUST_LOG", "huddle=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start huddle run");
         Daemon {
             name: name.to_string(),
             child,
+            log,
         }
     }
 
-    fn signal(&self, signal: i32) {
+    /// What the daemon has logged so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: sends a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
@@ -58,7 +80,7 @@ fn claims(dir: &HuddleDir) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn status(dir: &HuddleDir) -> Value {
+pub(crate) fn status(dir: &HuddleDir) -> Value {
     serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status --json")
 }
 
@@ -135,8 +157,16 @@ fn killing_the_leader_elects_exactly_one_new_leader_twenty_times() {
         assert_ne!(fresh[0].0, old_leader);
         failovers.push(took);
         daemons.push(Daemon::start(&dir, &format!("d{}", round + 4)));
-        // Let the new leader settle before the next kill.
-        std::thread::sleep(HEARTBEAT * 2);
+        // The new leader has settled once it beats in its term.
+        let (new_leader, new_term) = fresh[0].clone();
+        assert!(
+            wait_for(Duration::from_secs(5), || dir.events().iter().any(|e| {
+                e["type"] == "heartbeat"
+                    && e["actor"] == new_leader.as_str()
+                    && e["term"] == new_term
+            })),
+            "round {round}: the new leader never beat"
+        );
     }
     failovers.sort();
     let worst = *failovers.last().unwrap();
@@ -168,7 +198,9 @@ fn five_candidates_racing_for_a_term_give_exactly_one_winner() {
             .collect();
         let outcomes: Vec<String> = racers
             .into_iter()
-            .map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap())
+            .map(|c| {
+                String::from_utf8(wait_output_within(c, COMMAND_LIMIT, "campaign").stdout).unwrap()
+            })
             .collect();
         let winners = outcomes.iter().filter(|o| o.starts_with("won")).count();
         assert_eq!(winners, 1, "round {round}: {outcomes:?}");
@@ -192,8 +224,33 @@ fn a_paused_leader_that_wakes_up_does_no_leader_work() {
         (status(&dir)["leader"] == "second").then_some(())
     })
     .expect("second takes over");
+    // Work a leader would do: a snapshot and an alert for an error event.
+    dir.ok(&[
+        "log",
+        "1",
+        "Agent A",
+        "error",
+        "something broke while first slept",
+    ]);
+    let logged_before_waking = first.log_text().len();
     first.signal(libc::SIGCONT);
-    std::thread::sleep(TIMEOUT * 2);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let woke = first.log_text()[logged_before_waking..].to_string();
+            woke.contains("stepping down") || woke.contains("replaced while we were away")
+        }),
+        "the woken leader never noticed it was replaced:\n{}",
+        first.log_text()
+    );
+    // Give it the time it would need to act, then look at what it did.
+    std::thread::sleep(TIMEOUT);
+    let woke = first.log_text()[logged_before_waking..].to_string();
+    assert!(
+        !woke
+            .lines()
+            .any(|l| l.contains("snapshot") || l.contains("alert")),
+        "the fenced leader did leader work after waking:\n{woke}"
+    );
     let events = dir.events();
     let takeover = events
         .iter()
@@ -201,18 +258,18 @@ fn a_paused_leader_that_wakes_up_does_no_leader_work() {
         .unwrap();
     let stale: Vec<&Value> = events[takeover..]
         .iter()
-        .filter(|e| e["actor"] == "first" && e["type"] == "heartbeat")
+        .filter(|e| e["actor"] == "first")
         .collect();
     assert!(
         stale.is_empty(),
-        "the fenced leader kept beating: {stale:?}"
+        "the fenced leader wrote to the log: {stale:?}"
     );
     assert_eq!(status(&dir)["leader"], "second");
     drop(second);
 }
 
 #[test]
-fn graceful_shutdown_resigns_and_another_takes_over_at_once() {
+fn sigint_brings_the_snapshot_up_to_date_then_resigns_and_another_takes_over_at_once() {
     let dir = HuddleDir::with_config(
         &FAST.replace("leader_timeout_ms = 1000", "leader_timeout_ms = 30000"),
     );
@@ -221,23 +278,75 @@ fn graceful_shutdown_resigns_and_another_takes_over_at_once() {
         (status(&dir)["leader"] == "first").then_some(())
     })
     .expect("first leads");
-    let _second = Daemon::start(&dir, "second");
-    std::thread::sleep(Duration::from_millis(300));
-    first.signal(libc::SIGTERM);
+    let second = Daemon::start(&dir, "second");
+    assert!(
+        wait_for(Duration::from_secs(10), || second
+            .log_text()
+            .contains("watching")),
+        "second is following the log"
+    );
+    dir.ok(&[
+        "log",
+        "1",
+        "Agent A",
+        "question",
+        "logged just before the interrupt",
+    ]);
+    first.signal(libc::SIGINT);
+    let mut first = first;
+    let exited = wait_until(Duration::from_secs(10), || first.child.try_wait().unwrap());
+    assert!(exited.is_some_and(|s| s.success()), "first exits cleanly");
+    let events = dir.events();
+    let resigned = events
+        .iter()
+        .position(|e| e["action"] == "resign" && e["actor"] == "first")
+        .expect("first resigned");
+    // The final snapshot came before the resignation: the last event is in it.
+    assert!(
+        std::fs::read_to_string(dir.file("communication.md"))
+            .unwrap()
+            .contains("logged just before the interrupt"),
+        "no final snapshot"
+    );
+    assert!(
+        !events[..resigned]
+            .iter()
+            .any(|e| e["type"] == "leader_election" && e["actor"] == "second"),
+        "second claimed before first resigned"
+    );
     // Far sooner than the 30 s timeout: the resignation hands over.
     wait_until(Duration::from_secs(5), || {
         (status(&dir)["leader"] == "second").then_some(())
     })
     .expect("second takes over");
-    assert!(dir
-        .events()
-        .iter()
-        .any(|e| e["action"] == "resign" && e["actor"] == "first"));
 }
 
 #[test]
-fn checkpoints_survive_a_restart() {
-    let dir = HuddleDir::new();
+fn a_no_elect_daemon_follows_but_never_leads() {
+    let dir = HuddleDir::with_config(FAST);
+    let observer = Daemon::start_with(&dir, "observer", &["--no-elect"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || observer
+            .log_text()
+            .contains("watching")),
+        "the observer runs"
+    );
+    // Far past the leader timeout with no leader at all: it never campaigns.
+    std::thread::sleep(TIMEOUT * 3);
+    assert!(claims(&dir).is_empty(), "{:?}", claims(&dir));
+    let leader = Daemon::start(&dir, "leader");
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        == "leader"));
+    drop(leader);
+    // The leader is gone for good: still the observer never claims.
+    std::thread::sleep(TIMEOUT * 3);
+    assert!(claims(&dir).iter().all(|(actor, _)| actor == "leader"));
+}
+
+#[test]
+fn checkpoints_survive_an_agent_killed_mid_follow_and_a_daemon_restart() {
+    let dir = HuddleDir::with_config(FAST);
+    let daemon = Daemon::start(&dir, "leader");
     for n in 1..=4 {
         dir.ok(&[
             "log",
@@ -255,6 +364,18 @@ fn checkpoints_survive_a_restart() {
         std::fs::read_to_string(dir.file("agent-b.checkpoint")).unwrap(),
         "2\n"
     );
+    // The agent dies mid-follow, the daemon is killed and restarted.
+    let mut follower = dir
+        .command(&["next", "--agent", "b", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = read_lines_within(&mut follower, 2, Duration::from_secs(10));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    drop(daemon);
+    let _daemon = Daemon::start(&dir, "leader-again");
     let rest = dir.ok(&["next", "--agent", "b", "--json"]);
     let numbers: Vec<u64> = rest
         .lines()
@@ -264,9 +385,75 @@ fn checkpoints_survive_a_restart() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(numbers, [3, 4]);
-    let out = dir.run(&["ack", "--agent", "../escape", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(numbers, [3, 4], "resumes after the checkpoint");
+}
+
+#[test]
+fn an_agent_name_cannot_write_outside_the_directory() {
+    let dir = HuddleDir::new();
+    dir.ok(&["log", "1", "Agent A", "question", "q"]);
+    let parent = dir.path().parent().unwrap().to_path_buf();
+    let listing = |path: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let (parent_before, inside_before) = (listing(&parent), listing(dir.path()));
+    for agent in [
+        "../escape",
+        "/tmp/escape",
+        "a/b",
+        "..",
+        ".",
+        "",
+        "a\nb",
+        "-x",
+    ] {
+        for args in [
+            vec!["ack", "--agent", agent, "1"],
+            vec!["next", "--agent", agent],
+        ] {
+            let out = dir.run(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains("agent"), "{args:?}: {}", stderr(&out));
+        }
+    }
+    assert_eq!(
+        listing(&parent),
+        parent_before,
+        "nothing written beside the directory"
+    );
+    assert_eq!(listing(dir.path()), inside_before, "no checkpoint written");
+    assert!(!std::path::Path::new("/tmp/escape.checkpoint").exists());
+    assert!(!std::path::Path::new("/tmp/agent-escape.checkpoint").exists());
+}
+
+/// Reads `count` lines from a child's stdout, waiting at most `limit`.
+fn read_lines_within(child: &mut Child, count: usize, limit: Duration) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    while lines.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    lines
 }
 
 #[test]
@@ -279,30 +466,41 @@ fn next_follow_streams_new_events() {
         .spawn()
         .unwrap();
     let stdout = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout)
+        for line in std::io::BufReader::new(stdout)
             .lines()
-            .take(3)
-            .map(|l| l.unwrap())
-            .collect::<Vec<_>>()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    let content = |line: String| {
+        serde_json::from_str::<Value>(&line).unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // The first line is printed once the follower watches the directory.
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the first event");
+    assert_eq!(content(first), "before");
     dir.ok(&["log", "2", "Agent A", "question", "after 1"]);
     dir.ok(&["log", "3", "Agent B", "answer", "after 2"]);
-    let lines = reader.join().unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        rest.push(content(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("a streamed event"),
+        ));
+    }
     let _ = follower.kill();
     let _ = follower.wait();
-    let contents: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(contents, ["before", "after 1", "after 2"]);
+    assert_eq!(rest, ["after 1", "after 2"]);
 }
 
 #[test]
@@ -329,8 +527,7 @@ fn the_watcher_keeps_up_with_sixteen_writers() {
                             "question",
                             &format!("w{w} e{i}"),
                         ])
-                        .output()
-                        .unwrap();
+                        .output_within(COMMAND_LIMIT);
                     assert!(out.status.success());
                 }
             })
@@ -360,12 +557,77 @@ fn the_demo_runs_daemons_and_survives_the_leader() {
         .current_dir(tmp.path())
         .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
         .args(["demo", "--rounds", "3"])
-        .output()
-        .unwrap();
+        .output_within(COMMAND_LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("was elected leader"), "{text}");
     assert!(text.contains("took over after"), "{text}");
     assert!(text.contains("appeared in communication.md"), "{text}");
     assert!(text.contains("### Interaction #3"), "{text}");
+}
+
+#[test]
+fn failed_snapshots_back_off_then_declare_snapshots_offline_once_then_recover() {
+    let _machine = crate::common::exclusive();
+    let panic_renderer = crate::common::hostile_plugin("panic");
+    let config = format!(
+        "{}retry_initial_ms = 200\nretry_max_ms = 800\nretry_attempts = 3\n[plugins.renderer]\nplugin = {:?}\n",
+        FAST,
+        panic_renderer.display().to_string()
+    );
+    let dir = HuddleDir::with_config(&config);
+    let _leader = Daemon::start(&dir, "leader");
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        == "leader"));
+    dir.ok(&["log", "1", "Agent A", "question", "cannot be rendered yet"]);
+    let offline = |dir: &HuddleDir| -> Vec<Value> {
+        dir.events()
+            .into_iter()
+            .filter(|e| {
+                e["type"] == "error"
+                    && e["content"].as_str().is_some_and(|c| {
+                        c.starts_with("Snapshots are offline after 3 failed attempts")
+                    })
+            })
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || !offline(&dir).is_empty()),
+        "snapshots declared offline"
+    );
+    // Each failure logged one rolled-back error; the pauses between them
+    // grow (200 ms, 400 ms, 800 ms ...).
+    let failures: Vec<chrono::DateTime<chrono::Utc>> = dir
+        .events()
+        .iter()
+        .filter(|e| {
+            e["type"] == "error"
+                && e["content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("Snapshot failed and was rolled back"))
+        })
+        .map(|e| e["timestamp"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(failures.len() >= 3, "{failures:?}");
+    let gaps: Vec<i64> = failures
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    assert!(gaps[0] >= 190 && gaps[1] >= 390, "backoff gaps {gaps:?}");
+    // Declared once, however long it stays broken.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(offline(&dir).len(), 1);
+    // A working renderer again: the next retry brings the files up to date.
+    std::fs::write(
+        dir.file("huddle.toml"),
+        format!("{FAST}retry_initial_ms = 200\nretry_max_ms = 800\n"),
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.file("communication.md"))
+                .is_ok_and(|t| t.contains("cannot be rendered yet"))
+        }),
+        "snapshots recover on their own"
+    );
 }

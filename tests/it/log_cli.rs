@@ -5,7 +5,10 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 
-use crate::common::{baseline_script, huddle_at, is_root, parse_lines, stderr, HuddleDir, Tmpfs};
+use crate::common::{
+    baseline_script, huddle_at, is_root, parse_lines, stderr, wait_output_within, HuddleDir,
+    OutputWithin, Tmpfs, COMMAND_LIMIT,
+};
 
 #[test]
 fn init_creates_files_and_keeps_existing_ones() {
@@ -77,7 +80,9 @@ fn content_from_stdin_keeps_newlines_and_markdown() {
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(wait_output_within(child, COMMAND_LIMIT, "huddle log -")
+        .status
+        .success());
     // One trailing newline (the one a shell pipe adds) is dropped.
     assert_eq!(dir.events()[0]["content"], text.strip_suffix('\n').unwrap());
 }
@@ -97,8 +102,7 @@ fn next_allocates_distinct_numbers_across_processes() {
                             .arg("--dir")
                             .arg(&path)
                             .args(["log", "next", &format!("w{w}"), "question", &format!("{i}")])
-                            .output()
-                            .unwrap();
+                            .output_within(COMMAND_LIMIT);
                         assert!(out.status.success(), "{}", stderr(&out));
                         String::from_utf8(out.stdout)
                             .unwrap()
@@ -144,8 +148,7 @@ fn sixteen_writers_and_the_shell_appender_lose_and_interleave_nothing() {
                     .arg(&path)
                     .args(["log", &format!("{}", i % 7), &format!("writer {w}"), "note"])
                     .arg(format!("w{w}-e{i}"))
-                    .output()
-                    .unwrap();
+                    .output_within(COMMAND_LIMIT);
                 assert!(out.status.success(), "{}", stderr(&out));
             }
         }));
@@ -293,7 +296,7 @@ fn bad_input_is_refused_and_writes_nothing() {
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = wait_output_within(child, COMMAND_LIMIT, "huddle log -");
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
         assert_eq!(dir.log_bytes(), before);
@@ -304,8 +307,7 @@ fn bad_input_is_refused_and_writes_nothing() {
         .command(&["log", "1"])
         .arg(std::ffi::OsStr::from_bytes(b"bad\xffactor"))
         .args(["question", "c"])
-        .output()
-        .unwrap();
+        .output_within(COMMAND_LIMIT);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(dir.log_bytes(), before);
 }
@@ -430,5 +432,48 @@ fn full_file_system_gives_a_clear_error_and_no_partial_line() {
         std::fs::read(dir.join("events.log")).unwrap(),
         before,
         "no partial line"
+    );
+}
+
+#[test]
+fn huddle_dir_names_the_directory_and_dir_overrides_it() {
+    let by_env = HuddleDir::new();
+    let by_flag = HuddleDir::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env_dir: &std::path::Path, with_flag: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(crate::common::huddle_exe());
+        command
+            .current_dir(elsewhere.path())
+            .env("HUDDLE_DIR", env_dir)
+            .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache());
+        if let Some(flag) = with_flag {
+            command.arg("--dir").arg(flag);
+        }
+        command.args(args).output_within(COMMAND_LIMIT)
+    };
+    let out = run(
+        &["log", "1", "Agent A", "note", "via HUDDLE_DIR"],
+        by_env.path(),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &["log", "1", "Agent A", "note", "via --dir"],
+        by_env.path(),
+        Some(by_flag.path()),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let contents = |dir: &HuddleDir| -> Vec<String> {
+        dir.events()
+            .iter()
+            .map(|e| e["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(contents(&by_env), ["via HUDDLE_DIR"]);
+    assert_eq!(contents(&by_flag), ["via --dir"]);
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing written in the current directory"
     );
 }

@@ -4,11 +4,14 @@
 mod alerts;
 mod common;
 mod daemon;
+mod daemon_hostile;
+mod foreign_lines;
 mod log_cli;
 mod log_store;
 mod pause;
 mod plugins;
 mod rendered;
+mod sandbox;
 mod snapshot;
 mod sync;
 mod terminal;

@@ -108,7 +108,7 @@ fn resume_and_check(dir: &Path, queued: &[String], _daemon: &Daemon) {
 }
 
 #[test]
-fn a_full_disk_pauses_the_daemon_until_resume() {
+fn a_snapshot_write_hitting_a_full_disk_pauses_the_daemon_until_resume() {
     if !is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
@@ -117,11 +117,18 @@ fn a_full_disk_pauses_the_daemon_until_resume() {
     let filler_path = fs.path.join("filler");
     let mut filler = std::fs::File::create(&filler_path).unwrap();
     while filler.write_all(&[0u8; 4096]).is_ok() {}
+    // Room for the event's line in events.log (at most two more pages),
+    // not for the snapshot that must then copy it into communication.md
+    // and its .bak.
+    let full = filler.metadata().unwrap().len();
+    filler.set_len(full - 3 * 4096).unwrap();
     drop(filler);
-    // Something to snapshot: the next snapshot write hits the full disk.
-    let _ = huddle_at(
-        &dir,
-        &["log", "4", "Agent A", "question", &"x".repeat(20_000)],
+    let big = "x".repeat(6_000);
+    let out = huddle_at(&dir, &["log", "4", "Agent A", "question", &big]);
+    assert!(
+        out.status.success(),
+        "the append itself fits and must succeed: {}",
+        stderr(&out)
     );
     let paused = wait_for(Duration::from_secs(10), || {
         status(&dir)["paused"]["reason"]
@@ -129,6 +136,14 @@ fn a_full_disk_pauses_the_daemon_until_resume() {
             .is_some_and(|r| r.contains("No space left on device"))
     });
     assert!(paused, "{}", status(&dir));
+    let reason = status(&dir)["paused"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("communication.md") || reason.contains("archive.md"),
+        "the snapshot write, not the append, hit the full disk: {reason}"
+    );
     let text = String::from_utf8_lossy(&huddle_at(&dir, &["status"]).stdout).into_owned();
     assert!(
         text.contains("PAUSED") && text.contains("huddle resume"),
@@ -141,6 +156,22 @@ fn a_full_disk_pauses_the_daemon_until_resume() {
     assert!(stderr(&out).contains("stays paused"), "{}", stderr(&out));
     std::fs::remove_file(&filler_path).unwrap();
     resume_and_check(&dir, &queued, &daemon);
+    // The big event reached the log once, and the snapshot once resumed.
+    let events = parse_lines(&std::fs::read(dir.join("events.log")).unwrap());
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["content"] == big.as_str())
+            .count(),
+        1
+    );
+    // Interaction 4 is older than the three queued ones (K = 3): archived.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.join("archive.md")).is_ok_and(|t| t.contains(&big))
+        }),
+        "the snapshot shows the event that hit the full disk"
+    );
 }
 
 #[test]
@@ -160,4 +191,52 @@ fn a_read_only_directory_pauses_the_daemon_until_resume() {
     assert!(paused, "{}", status(&dir));
     fs.remount_read_write();
     resume_and_check(&dir, &queued, &daemon);
+}
+
+#[test]
+fn a_permission_denied_snapshot_write_pauses_the_daemon_until_resume() {
+    if !is_root() {
+        eprintln!("skipped: chattr +i needs root");
+        return;
+    }
+    // On the disk, not a tmpfs: tmpfs has no immutable flag.
+    let dir = crate::common::HuddleDir::with_config(FAST);
+    let _daemon = crate::daemon::Daemon::start(&dir, "leader");
+    assert!(wait_for(Duration::from_secs(10), || crate::daemon::status(
+        &dir
+    )["leader"]
+        == "leader"));
+    dir.ok(&["log", "1", "Agent A", "question", "rendered before"]);
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.file("communication.md"))
+            .is_ok_and(|t| t.contains("rendered before"))
+    }));
+    // Even root may not replace an immutable file: the snapshot's rename
+    // over communication.md gets EPERM, as a permission problem would.
+    let chattr = |flag: &str| {
+        let out = Command::new("chattr")
+            .arg(flag)
+            .arg(dir.file("communication.md"))
+            .output()
+            .expect("run chattr");
+        assert!(out.status.success(), "chattr {flag}: {}", stderr(&out));
+    };
+    chattr("+i");
+    dir.ok(&["log", "2", "Agent A", "question", "blocked snapshot"]);
+    let paused = wait_for(Duration::from_secs(10), || {
+        crate::daemon::status(&dir)["paused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Operation not permitted"))
+    });
+    chattr("-i");
+    assert!(paused, "{}", crate::daemon::status(&dir));
+    let out = dir.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(dir.file("communication.md"))
+                .is_ok_and(|t| t.contains("blocked snapshot"))
+        }),
+        "the daemon resumed snapshots"
+    );
 }

@@ -517,3 +517,242 @@ fn plugins_check_names_the_world_or_the_reason() {
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
 }
+
+/// The offallowlist sink asked to POST to `url`: the host's verdict.
+fn offallowlist_to(allow: &[String], url: &str) -> Result<(), DeliveryError> {
+    host()
+        .deliver(
+            &sink(
+                &hostile_plugin("offallowlist").display().to_string(),
+                allow,
+                &[("url", url.to_string())],
+            ),
+            &[alert()],
+        )
+        .expect("contained")
+}
+
+#[test]
+fn allowlist_bypasses_are_refused_before_any_connection() {
+    let server = HttpRecorder::start();
+    let port = server.addr.port();
+    let allow = vec![format!("http://127.0.0.1:{port}/hook/")];
+    for bypass in [
+        format!("http://u:p@127.0.0.1:{port}/hook/x"),
+        format!("http://u@127.0.0.1:{port}/hook/x"),
+        format!("http://127.0.0.1:{port}/hook/..%2Fadmin"),
+        format!("http://127.0.0.1:{port}/hook/..%2fadmin"),
+        format!("http://127.0.0.1:{port}/hook/..%5Cadmin"),
+        format!("http://127.0.0.1:{port}/hook/../admin"),
+        format!("http://127.0.0.1:{port}/hook/%2e%2e/admin"),
+        format!("http://127.0.0.1:{port}/hook/.%2E/admin"),
+        format!("http://127.0.0.1:{port}/hook/./x"),
+        format!("http://127.0.0.1:{port}/hook\\..\\admin"),
+        format!("http://127.0.0.1:{port}/hook/x;param"),
+        format!("http://127.0.0.1:{port}/hook/x%3Bparam"),
+        format!("http://127.0.0.1:{port}/hook//x"),
+        format!("http://127.0.0.1:{port}/hook/x#fragment"),
+        format!("http://127.0.0.1:{port}/hook/.\t./admin"),
+        format!("http://127.0.0.1:{port}/hook/x%00"),
+        format!("http://127.0.0.1:{port}/hook/%252e%252e/admin"),
+        format!("http://127.0.0.1:{port}/hook/\u{ff0e}\u{ff0e}/admin"),
+        format!("http://127.0.0.1:{port}/hookx"),
+        format!("http://127.0.0.1:{port}/admin"),
+        format!("http://localhost:{port}/hook/x"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook/x"),
+        format!("http://127.0.0.1:{port}@127.0.0.1:{port}/hook/x"),
+        format!("https://127.0.0.1:{port}/hook/x"),
+    ] {
+        match offallowlist_to(&allow, &bypass) {
+            Err(DeliveryError::Permanent(message)) => {
+                assert!(message.contains("is not allowed"), "{bypass}: {message}")
+            }
+            other => panic!("{bypass}: {other:?}"),
+        }
+    }
+    assert_eq!(server.connections(), 0, "{:?}", server.requests());
+    // Equal spellings of the allowed prefix do reach the server.
+    for same in [
+        format!("http://127.0.0.1:{port}/hook/x"),
+        format!("HTTP://127.1:{port}/%68ook/x"),
+    ] {
+        assert_eq!(offallowlist_to(&allow, &same), Ok(()), "{same}");
+    }
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/hook/x", "/%68ook/x"]);
+}
+
+#[test]
+fn a_redirect_is_handed_to_the_sink_not_followed() {
+    let elsewhere = HttpRecorder::start();
+    let allowed = HttpRecorder::start();
+    allowed.set_status(307);
+    allowed.set_location(&elsewhere.url("/stolen"));
+    let allow = vec![allowed.url("/")];
+    // The raw sink sees the 307 itself...
+    assert_eq!(offallowlist_to(&allow, &allowed.url("/hook")), Ok(()));
+    // ...and the webhook counts it as a refusal, not a delivery.
+    let webhook = sink("webhook", &allow, &[("url", allowed.url("/hook"))]);
+    let verdict = host().deliver(&webhook, &[alert()]).unwrap();
+    assert!(
+        matches!(verdict, Err(DeliveryError::Permanent(ref m)) if m.contains("307")),
+        "{verdict:?}"
+    );
+    assert_eq!(allowed.requests().len(), 2);
+    assert_eq!(elsewhere.connections(), 0, "{:?}", elsewhere.requests());
+}
+
+#[test]
+fn a_huge_response_body_is_cut_at_the_limit() {
+    let server = HttpRecorder::start();
+    server.set_body_bytes(usize::MAX);
+    let mut grant = HttpGrant::new(Allowlist::parse(&[server.url("/")]).unwrap());
+    grant.timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let response = grant
+        .post(&server.url("/hook"), "text/plain", b"hi")
+        .expect("answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "read until the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status, 200);
+    assert!(response.truncated);
+    assert_eq!(
+        response.body.len() as u64,
+        huddle::plugin::HttpGrant::new(Allowlist::default()).max_response_bytes
+    );
+}
+
+#[test]
+fn waiting_on_a_silent_server_is_a_timeout_not_a_deadline() {
+    let server = HttpRecorder::start();
+    server.set_silent(true);
+    let mut spec = sink(
+        "webhook",
+        &[server.url("/")],
+        &[("url", server.url("/hook"))],
+    );
+    if let Some(grant) = &mut spec.http {
+        grant.timeout = Duration::from_millis(700);
+    }
+    spec.deadline = Duration::from_millis(200);
+    host().preload(&spec, Slot::AlertSink).unwrap();
+    let started = Instant::now();
+    let verdict = host().deliver(&spec, &[alert()]).expect("contained");
+    let took = started.elapsed();
+    match verdict {
+        Err(DeliveryError::Transient(message)) => {
+            assert!(message.to_lowercase().contains("timeout"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(server.connections(), 1);
+}
+
+#[test]
+fn one_call_makes_a_bounded_number_of_requests() {
+    let server = HttpRecorder::start();
+    let grant = HttpGrant::new(Allowlist::parse(&[server.url("/")]).unwrap());
+    let mut session = huddle::plugin::HttpSession::new(grant);
+    for _ in 0..huddle::plugin::MAX_REQUESTS_PER_CALL {
+        assert_eq!(
+            session
+                .post(&server.url("/hook"), "text/plain", b"x")
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let refused = session
+        .post(&server.url("/hook"), "text/plain", b"x")
+        .unwrap_err();
+    assert_eq!(refused, huddle::plugin::HttpError::TooManyRequests);
+    assert!(refused.to_string().contains("not allowed"), "{refused}");
+    assert_eq!(
+        server.requests().len() as u32,
+        huddle::plugin::MAX_REQUESTS_PER_CALL
+    );
+}
+
+#[test]
+fn hostile_sinks_are_contained_with_typed_errors() {
+    let server = HttpRecorder::start();
+    let allow = vec![server.url("/")];
+    let trigger = |content: &str| Alert {
+        event: event(3, "Agent A", "error", content),
+        count: 1,
+        source: "team".into(),
+    };
+    for (plugin, content) in [
+        ("sink-trap", "trap"),
+        ("sink-loop", "loop"),
+        ("sink-hang-configure", "anything"),
+    ] {
+        let mut spec = sink(
+            &hostile_plugin(plugin).display().to_string(),
+            &allow,
+            &[("url", server.url("/hook"))],
+        );
+        spec.deadline = Duration::from_millis(300);
+        host().preload(&spec, Slot::AlertSink).unwrap();
+        let started = Instant::now();
+        let err = host()
+            .deliver(&spec, &[trigger(content)])
+            .expect_err("contained");
+        assert!(
+            started.elapsed() < Duration::from_millis(1300),
+            "{plugin} took {:?}",
+            started.elapsed()
+        );
+        match plugin {
+            "sink-trap" => assert!(
+                matches!(err, PluginError::Trap { .. })
+                    && err.to_string().contains("hostile sink panicked on purpose"),
+                "{err}"
+            ),
+            _ => assert!(
+                matches!(err, PluginError::DeadlineExceeded { .. }),
+                "{plugin}: {err}"
+            ),
+        }
+        if plugin != "sink-hang-configure" {
+            // The same plugin, given an alert it does not choke on, delivers.
+            assert_eq!(host().deliver(&spec, &[trigger("fine")]).unwrap(), Ok(()));
+        }
+    }
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn webhook_escapes_slack_control_sequences() {
+    let server = HttpRecorder::start();
+    let slack = sink(
+        "webhook",
+        &[server.url("/")],
+        &[("url", server.url("/slack"))],
+    );
+    let hostile = Alert {
+        event: event(
+            3,
+            "<!here>",
+            "error",
+            "<!channel> fix at <https://evil.example|the docs> & ping <@U024BE7LH>",
+        ),
+        count: 1,
+        source: "team".into(),
+    };
+    assert_eq!(host().deliver(&slack, &[hostile]).unwrap(), Ok(()));
+    let body: serde_json::Value = serde_json::from_str(&server.requests()[0].body).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert_eq!(
+        text,
+        "huddle error in team from &lt;!here&gt;: &lt;!channel&gt; fix at \
+         &lt;https://evil.example|the docs&gt; &amp; ping &lt;@U024BE7LH&gt;"
+    );
+}

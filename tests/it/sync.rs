@@ -21,15 +21,35 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn huddle(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(huddle_exe())
+/// `git` that may fail: its output, for the caller to judge.
+fn git_output(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("git")
+}
+
+/// Where huddle keeps a clone's pause and spool: beside the clone, so the
+/// clone's `git status` shows only what sync and the test did.
+fn state_home(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    dir.with_file_name(format!(".{name}.state"))
+}
+
+fn huddle_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(huddle_exe());
+    command
         .arg("--dir")
         .arg(dir)
         .args(args)
-        .env("XDG_STATE_HOME", dir.join(".state-home"))
-        .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
-        .output()
-        .expect("huddle")
+        .env("XDG_STATE_HOME", state_home(dir))
+        .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache());
+    command
+}
+
+fn huddle(dir: &Path, args: &[&str]) -> std::process::Output {
+    huddle_command(dir, args).output().expect("huddle")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -52,30 +72,31 @@ fn clones(root: &Path, n: usize) -> (PathBuf, Vec<PathBuf>) {
             remote.to_str().unwrap(),
         ],
     );
-    let clones: Vec<PathBuf> = (0..n)
-        .map(|i| {
-            let clone = root.join(format!("clone{i}"));
-            git(
-                root,
-                &[
-                    "clone",
-                    "-q",
-                    remote.to_str().unwrap(),
-                    clone.to_str().unwrap(),
-                ],
-            );
-            git(
-                &clone,
-                &["config", "user.email", &format!("c{i}@example.com")],
-            );
-            git(&clone, &["config", "user.name", &format!("clone {i}")]);
-            git(&clone, &["checkout", "-q", "-B", "main"]);
-            ok(&clone, &["init"]);
-            std::fs::write(clone.join("huddle.toml"), QUICK).unwrap();
-            clone
-        })
-        .collect();
+    let clones = (0..n).map(|i| clone(root, &remote, i)).collect();
     (remote, clones)
+}
+
+/// Clone number `i` of `remote`, on `main`, initialised, with a git identity.
+fn clone(root: &Path, remote: &Path, i: usize) -> PathBuf {
+    let clone = root.join(format!("clone{i}"));
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    git(
+        &clone,
+        &["config", "user.email", &format!("c{i}@example.com")],
+    );
+    git(&clone, &["config", "user.name", &format!("clone {i}")]);
+    git(&clone, &["checkout", "-q", "-B", "main"]);
+    ok(&clone, &["init"]);
+    std::fs::write(clone.join("huddle.toml"), QUICK).unwrap();
+    clone
 }
 
 /// Every line of a clone's log, with how often it occurs.
@@ -92,6 +113,17 @@ fn lines(clone: &Path) -> HashMap<String, usize> {
         *counts.entry(line.to_string()).or_default() += 1;
     }
     counts
+}
+
+/// How many lines of a clone's log have exactly this content, duplicates included.
+fn count(lines: &HashMap<String, usize>, content: &str) -> usize {
+    lines
+        .iter()
+        .filter(|(line, _)| {
+            serde_json::from_str::<Value>(line).is_ok_and(|event| event["content"] == content)
+        })
+        .map(|(_, n)| n)
+        .sum()
 }
 
 #[test]
@@ -163,8 +195,19 @@ fn three_clones_converge_with_every_event_once() {
         &["pull", "-q", "--no-rebase", "--no-edit", "origin", "main"],
     );
     let merged = lines(&clones[0]);
-    assert!(merged.keys().any(|l| l.contains("pushed by another clone")));
+    assert_eq!(count(&merged, "pushed by another clone"), 1, "{merged:?}");
+    assert_eq!(
+        count(&merged, "before a manual pull"),
+        1,
+        "the local event survives the pull: {merged:?}"
+    );
     assert!(merged.values().all(|&n| n == 1));
+    // What the pull committed holds both events too (the driver's output).
+    let committed = git(&clones[0], &["show", "HEAD:events.log"]);
+    for content in ["pushed by another clone", "before a manual pull"] {
+        let copies = committed.lines().filter(|l| l.contains(content)).count();
+        assert_eq!(copies, 1, "{content} in the merge commit:\n{committed}");
+    }
 }
 
 #[test]
@@ -252,7 +295,7 @@ fn the_leader_syncs_on_its_own() {
         .arg("--dir")
         .arg(&clones[0])
         .args(["run", "--actor", "leader"])
-        .env("XDG_STATE_HOME", clones[0].join(".state-home"))
+        .env("XDG_STATE_HOME", state_home(&clones[0]))
         .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -271,13 +314,616 @@ fn the_leader_syncs_on_its_own() {
             .any(|l| l.contains("from the other clone"));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // And what the leader pushed reaches the other clone.
-    ok(&clones[1], &["sync"]);
-    let pushed = lines(&clones[1])
-        .keys()
-        .any(|l| l.contains("from the daemon's clone"));
+    // And what the leader pushes reaches the other clone. The leader appends
+    // what it pulled before it pushes, so the other clone syncs until the
+    // event comes (or the deadline passes).
+    let pushed = crate::common::wait_for(std::time::Duration::from_secs(15), || {
+        ok(&clones[1], &["sync"]);
+        count(&lines(&clones[1]), "from the daemon's clone") == 1
+    });
     let _ = daemon.kill();
     let _ = daemon.wait();
     assert!(arrived, "the leader did not pull the other clone's event");
     assert!(pushed, "the leader did not push its clone's event");
+}
+
+/// The commit a ref of the bare remote names.
+fn remote_ref(remote: &Path, name: &str) -> String {
+    git(remote, &["rev-parse", name]).trim().to_string()
+}
+
+/// The index as `git ls-files -s` shows it (mode, object, stage, path), minus the log.
+fn index_without_log(clone: &Path) -> Vec<String> {
+    git(clone, &["ls-files", "-s"])
+        .lines()
+        .filter(|l| !l.ends_with("\tevents.log"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Content and modification time of a file.
+fn snapshot(path: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    let bytes = std::fs::read(path).unwrap();
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    (bytes, modified)
+}
+
+/// `git status --porcelain`, one entry per line, sorted.
+fn status(clone: &Path) -> Vec<String> {
+    let mut entries: Vec<String> = git(clone, &["status", "--porcelain", "--untracked-files=all"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn sync_commits_only_events_log_and_leaves_staging_and_other_files_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    std::fs::write(a.join("code.txt"), "v1\n").unwrap();
+    git(a, &["add", "code.txt"]);
+    git(a, &["commit", "-qm", "code"]);
+    let before = git(a, &["rev-parse", "HEAD"]).trim().to_string();
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    // A person mid-work: a staged new file, an unstaged edit, an untracked file.
+    std::fs::write(a.join("code.txt"), "v2, not staged\n").unwrap();
+    std::fs::write(a.join("staged.txt"), "staged, not committed\n").unwrap();
+    git(a, &["add", "staged.txt"]);
+    std::fs::write(a.join("scratch.txt"), "untracked\n").unwrap();
+    let index_before = index_without_log(a);
+    let files = ["code.txt", "staged.txt", "scratch.txt", "huddle.toml"];
+    let files_before: Vec<_> = files.iter().map(|f| snapshot(&a.join(f))).collect();
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+
+    ok(a, &["sync"]);
+
+    assert_eq!(
+        git(a, &["diff", "--cached", "--name-only"]),
+        "staged.txt\n",
+        "what the person staged stays staged, and nothing else is"
+    );
+    assert_eq!(index_without_log(a), index_before);
+    for (file, before) in files.iter().zip(&files_before) {
+        assert_eq!(&snapshot(&a.join(file)), before, "{file} was touched");
+    }
+    // The log is committed and git sees the file as the branch has it; the
+    // derived files are ignored; the person's changes show as they were.
+    assert_eq!(
+        status(a),
+        [
+            " M code.txt",
+            "?? huddle.toml",
+            "?? scratch.txt",
+            "A  staged.txt"
+        ],
+    );
+    // Sync's commits change events.log only: from the person's commit to the
+    // branch, and nowhere in any history does the staged or untracked work appear.
+    assert_eq!(
+        git(a, &["diff", "--name-only", &before, "HEAD"]),
+        "events.log\n"
+    );
+    let touched: std::collections::BTreeSet<String> =
+        git(a, &["log", "--all", "--format=", "--name-only"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+    assert_eq!(
+        touched.into_iter().collect::<Vec<_>>(),
+        ["code.txt", "events.log"]
+    );
+    assert_eq!(git(&remote, &["show", "main:code.txt"]), "v1\n");
+    assert!(huddle_leftovers(&a.join(".git")).is_empty());
+    let mine = lines(a);
+    assert_eq!(count(&mine, "from a"), 1);
+    assert_eq!(count(&mine, "from b"), 1);
+    ok(b, &["sync"]);
+    let theirs = lines(b);
+    assert_eq!(count(&theirs, "from a"), 1);
+    assert_eq!(count(&theirs, "from b"), 1);
+}
+
+#[test]
+fn sync_leaves_local_edits_alone_when_the_remote_changed_other_files() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 1);
+    let a = &clones[0];
+    std::fs::write(a.join("shared.txt"), "v1\n").unwrap();
+    git(a, &["add", "shared.txt"]);
+    git(a, &["commit", "-qm", "shared"]);
+    ok(a, &["log", "1", "agent", "note", "first"]);
+    ok(a, &["sync"]);
+    // Another person clones, changes shared.txt and pushes it with git.
+    let b = &clone(root.path(), &remote, 1);
+    std::fs::write(b.join("shared.txt"), "v2 from b\n").unwrap();
+    git(b, &["commit", "-qam", "b's change"]);
+    git(b, &["push", "-q", "origin", "main"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    // Meanwhile a edits shared.txt without committing.
+    std::fs::write(a.join("shared.txt"), "a's edit in progress\n").unwrap();
+    let edit = snapshot(&a.join("shared.txt"));
+    let head = git(a, &["rev-parse", "HEAD"]).trim().to_string();
+    let index = index_without_log(a);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+
+    ok(a, &["sync"]);
+
+    assert_eq!(
+        snapshot(&a.join("shared.txt")),
+        edit,
+        "the edit was overwritten"
+    );
+    // The branch takes the events and nothing else (following the remote
+    // would change shared.txt under the person); the index is the person's.
+    assert_eq!(
+        git(a, &["diff", "--name-only", &head, "HEAD"]),
+        "events.log\n"
+    );
+    assert_eq!(index_without_log(a), index);
+    assert_eq!(status(a), [" M shared.txt", "?? huddle.toml"]);
+    // The events went both ways all the same, each once.
+    let mine = lines(a);
+    assert_eq!(count(&mine, "from b"), 1);
+    assert_eq!(count(&mine, "from a"), 1);
+    assert_eq!(git(&remote, &["show", "main:shared.txt"]), "v2 from b\n");
+    ok(b, &["sync"]);
+    let theirs = lines(b);
+    assert_eq!(count(&theirs, "from a"), 1);
+    assert_eq!(count(&theirs, "first"), 1);
+    assert_eq!(
+        std::fs::read_to_string(b.join("shared.txt")).unwrap(),
+        "v2 from b\n"
+    );
+    // The person's own pull, when they choose, is a fast-forward on a clean log.
+    git(a, &["checkout", "--", "shared.txt"]);
+    git(a, &["pull", "-q", "--ff-only", "origin", "main"]);
+    assert_eq!(
+        std::fs::read_to_string(a.join("shared.txt")).unwrap(),
+        "v2 from b\n"
+    );
+    let mine = lines(a);
+    assert_eq!(count(&mine, "from b"), 1);
+    assert_eq!(count(&mine, "from a"), 1);
+}
+
+#[test]
+fn sync_on_another_branch_or_a_detached_head_refuses_and_pushes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 1);
+    let a = &clones[0];
+    ok(a, &["log", "1", "agent", "note", "on main"]);
+    ok(a, &["sync"]);
+    git(a, &["switch", "-q", "-c", "feature"]);
+    std::fs::write(a.join("feature.txt"), "work in progress\n").unwrap();
+    git(a, &["add", "feature.txt"]);
+    git(a, &["commit", "-qm", "feature work"]);
+    ok(a, &["log", "1", "agent", "note", "while on feature"]);
+    let remote_refs = git(&remote, &["for-each-ref"]);
+    let local_refs = git(a, &["for-each-ref", "refs/heads"]);
+    let log = std::fs::read(a.join("events.log")).unwrap();
+
+    let out = huddle(a, &["sync"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    for needle in ["`main`", "`feature`", "git switch main", "sync.branch"] {
+        assert!(message.contains(needle), "{needle} missing from: {message}");
+    }
+    // Not retried: one refusal is one failure, short of the two that mean offline.
+    let status: Value = serde_json::from_str(&ok(a, &["status", "--json"])).unwrap();
+    assert_eq!(status["sync"]["offline"], false, "{status}");
+    assert_eq!(std::fs::read(a.join("events.log")).unwrap(), log);
+    git(a, &["checkout", "-q", "--detach"]);
+    let out = huddle(a, &["sync"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("detached") && message.contains("`main`"),
+        "{message}"
+    );
+
+    assert_eq!(
+        git(&remote, &["for-each-ref"]),
+        remote_refs,
+        "the remote moved"
+    );
+    assert_eq!(git(a, &["for-each-ref", "refs/heads"]), local_refs);
+    // The log gained nothing but huddle's own report that sync needs a person.
+    let now = std::fs::read(a.join("events.log")).unwrap();
+    assert!(now.starts_with(&log));
+    let reports = crate::common::parse_lines(&now[log.len()..]);
+    assert!(
+        reports.iter().all(|event| event["actor"] == "huddle"
+            && event["type"] == "error"
+            && event["content"]
+                .as_str()
+                .is_some_and(|text| text.contains("git switch main"))),
+        "{reports:?}"
+    );
+    // Back on the sync branch, the events go, and the feature's commit does not.
+    git(a, &["switch", "-q", "main"]);
+    ok(a, &["sync"]);
+    assert!(git(&remote, &["show", "main:events.log"]).contains("while on feature"));
+    assert!(
+        !git_output(&remote, &["cat-file", "-e", "main:feature.txt"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn sync_refuses_while_a_merge_rebase_cherry_pick_or_revert_is_under_way() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 1);
+    let a = &clones[0];
+    ok(a, &["log", "1", "agent", "note", "first"]);
+    ok(a, &["sync"]);
+    // Commits a sync would push, and a clean tree for the operations to start.
+    std::fs::write(a.join("code.txt"), "base\n").unwrap();
+    git(a, &["add", "code.txt"]);
+    git(a, &["commit", "-qm", "base"]);
+    git(a, &["switch", "-q", "-c", "other"]);
+    std::fs::write(a.join("code.txt"), "other\n").unwrap();
+    git(a, &["commit", "-qam", "other"]);
+    git(a, &["switch", "-q", "main"]);
+    std::fs::write(a.join("code.txt"), "main\n").unwrap();
+    git(a, &["commit", "-qam", "main"]);
+    let remote_refs = git(&remote, &["for-each-ref"]);
+    let local_refs = git(a, &["for-each-ref", "refs/heads"]);
+    // Each operation stops on the conflict in code.txt.
+    let operations: [(&str, &[&str], &[&str]); 4] = [
+        ("merge", &["merge", "-q", "other"], &["merge", "--abort"]),
+        ("rebase", &["rebase", "-q", "other"], &["rebase", "--abort"]),
+        (
+            "cherry-pick",
+            &["cherry-pick", "other"],
+            &["cherry-pick", "--abort"],
+        ),
+        (
+            "revert",
+            &["revert", "--no-edit", "main~1"],
+            &["revert", "--abort"],
+        ),
+    ];
+    for (operation, start, abort) in operations {
+        assert!(
+            !git_output(a, start).status.success(),
+            "{operation} should stop on the conflict"
+        );
+        let index = git(a, &["ls-files", "-s"]);
+
+        let out = huddle(a, &["sync"]);
+
+        assert_eq!(out.status.code(), Some(1), "{operation}");
+        let message = stderr(&out);
+        assert!(
+            message.contains(&format!("a git {operation} is in progress")),
+            "{operation}: {message}"
+        );
+        assert_eq!(git(&remote, &["for-each-ref"]), remote_refs, "{operation}");
+        assert_eq!(git(a, &["for-each-ref", "refs/heads"]), local_refs);
+        assert_eq!(git(a, &["ls-files", "-s"]), index, "{operation}: the index");
+        git(a, abort);
+    }
+    // With the operations over, the same sync pushes.
+    ok(a, &["sync"]);
+    assert_eq!(
+        remote_ref(&remote, "main"),
+        git(a, &["rev-parse", "main"]).trim()
+    );
+}
+
+#[test]
+fn a_conflict_outside_the_log_stops_the_sync_and_names_the_path() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 1);
+    let a = &clones[0];
+    std::fs::write(a.join("shared.txt"), "v1\n").unwrap();
+    git(a, &["add", "shared.txt"]);
+    git(a, &["commit", "-qm", "shared"]);
+    ok(a, &["sync"]);
+    let b = &clone(root.path(), &remote, 1);
+    std::fs::write(b.join("shared.txt"), "b's version\n").unwrap();
+    git(b, &["commit", "-qam", "b's change"]);
+    git(b, &["push", "-q", "origin", "main"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    std::fs::write(a.join("shared.txt"), "a's version\n").unwrap();
+    git(a, &["commit", "-qam", "a's change"]);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    let head = git(a, &["rev-parse", "HEAD"]);
+    let remote_head = remote_ref(&remote, "main");
+
+    let out = huddle(a, &["sync"]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(
+        message.contains("shared.txt") && message.contains("git pull"),
+        "{message}"
+    );
+    // The branch took a's events (so the person's pull runs on a clean
+    // log), nothing else; the remote has nothing new; shared.txt is a's.
+    assert_eq!(
+        git(a, &["diff", "--name-only", head.trim(), "HEAD"]),
+        "events.log\n"
+    );
+    assert_eq!(status(a), ["?? huddle.toml"]);
+    assert_eq!(remote_ref(&remote, "main"), remote_head);
+    assert_eq!(
+        std::fs::read_to_string(a.join("shared.txt")).unwrap(),
+        "a's version\n"
+    );
+    // Once the person has merged, the events go both ways, each once.
+    assert!(!git_output(
+        a,
+        &["pull", "-q", "--no-rebase", "--no-edit", "origin", "main"]
+    )
+    .status
+    .success());
+    assert_eq!(
+        git(a, &["diff", "--name-only", "--diff-filter=U"]),
+        "shared.txt\n",
+        "the pull stops on shared.txt alone: the driver merged the log"
+    );
+    std::fs::write(a.join("shared.txt"), "both\n").unwrap();
+    git(a, &["commit", "-qam", "resolved"]);
+    ok(a, &["sync"]);
+    ok(b, &["sync"]);
+    for clone in [a, b] {
+        let events = lines(clone);
+        assert_eq!(count(&events, "from a"), 1, "{}", clone.display());
+        assert_eq!(count(&events, "from b"), 1, "{}", clone.display());
+    }
+}
+
+/// Files huddle left in a git directory (a private index, say).
+fn huddle_leftovers(git_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(git_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("huddle"))
+        .collect()
+}
+
+/// That git gives the log the merge driver and ignores the derived files here.
+fn assert_registered(dir: &Path) {
+    assert_eq!(
+        git(dir, &["check-attr", "merge", "--", "events.log"]),
+        "events.log: merge: huddle-events\n"
+    );
+    git(dir, &["check-ignore", "-q", "communication.md"]);
+    git(dir, &["check-ignore", "-q", ".huddle/"]);
+}
+
+#[test]
+fn sync_works_in_a_linked_worktree() {
+    let root = tempfile::tempdir().unwrap();
+    let (_remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(b, &["log", "1", "agent", "note", "from b, first"]);
+    ok(b, &["sync"]);
+    ok(a, &["sync"]);
+    // main moves to a linked worktree; the main one works on another branch.
+    git(a, &["switch", "-q", "-c", "elsewhere"]);
+    let linked = root.path().join("linked");
+    git(
+        a,
+        &["worktree", "add", "-q", linked.to_str().unwrap(), "main"],
+    );
+    ok(&linked, &["init"]);
+    std::fs::write(linked.join("huddle.toml"), QUICK).unwrap();
+    ok(b, &["log", "1", "agent", "note", "from b, second"]);
+    ok(b, &["sync"]);
+    ok(
+        &linked,
+        &["log", "1", "agent", "note", "from the linked worktree"],
+    );
+
+    ok(&linked, &["sync"]);
+
+    let here = lines(&linked);
+    assert_eq!(count(&here, "from b, second"), 1);
+    assert_eq!(count(&here, "from the linked worktree"), 1);
+    ok(b, &["sync"]);
+    assert_eq!(count(&lines(b), "from the linked worktree"), 1);
+    assert!(
+        linked.join(".git").is_file(),
+        "a linked worktree's .git is a file"
+    );
+    assert_registered(&linked);
+    let private = PathBuf::from(git(&linked, &["rev-parse", "--absolute-git-dir"]).trim());
+    assert!(huddle_leftovers(&private).is_empty(), "{private:?}");
+    assert!(huddle_leftovers(&a.join(".git")).is_empty());
+    assert_eq!(git(&linked, &["status", "--porcelain"]), "?? huddle.toml\n");
+}
+
+#[test]
+fn sync_works_in_a_submodule() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 1);
+    let b = &clones[0];
+    ok(b, &["log", "1", "agent", "note", "from b, first"]);
+    ok(b, &["sync"]);
+    let superproject = root.path().join("super");
+    std::fs::create_dir(&superproject).unwrap();
+    git(&superproject, &["init", "-q", "-b", "main"]);
+    git(
+        &superproject,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "-b",
+            "main",
+            remote.to_str().unwrap(),
+            "team",
+        ],
+    );
+    let team = superproject.join("team");
+    git(&team, &["config", "user.email", "team@example.com"]);
+    git(&team, &["config", "user.name", "team"]);
+    git(&team, &["switch", "-q", "main"]);
+    ok(&team, &["init"]);
+    std::fs::write(team.join("huddle.toml"), QUICK).unwrap();
+    let super_index = git(&superproject, &["ls-files", "-s"]);
+    ok(b, &["log", "1", "agent", "note", "from b, second"]);
+    ok(b, &["sync"]);
+    ok(&team, &["log", "1", "agent", "note", "from the submodule"]);
+
+    ok(&team, &["sync"]);
+
+    let here = lines(&team);
+    assert_eq!(count(&here, "from b, second"), 1);
+    assert_eq!(count(&here, "from the submodule"), 1);
+    ok(b, &["sync"]);
+    assert_eq!(count(&lines(b), "from the submodule"), 1);
+    assert!(team.join(".git").is_file(), "a submodule's .git is a file");
+    assert_registered(&team);
+    let private = PathBuf::from(git(&team, &["rev-parse", "--absolute-git-dir"]).trim());
+    assert!(
+        private.starts_with(superproject.join(".git/modules")),
+        "{private:?}"
+    );
+    assert!(huddle_leftovers(&private).is_empty(), "{private:?}");
+    assert_eq!(git(&superproject, &["ls-files", "-s"]), super_index);
+}
+
+/// A `git` first on PATH that fails every read of one object: with an error
+/// the first time, by hanging past the sync's timeout the second, and lets
+/// everything through afterwards. Counts the reads in `counter`.
+fn git_that_fails_to_read(shim_dir: &Path, object: &str, counter: &Path) -> String {
+    let real = Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    std::fs::create_dir_all(shim_dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         for arg in \"$@\"; do\n\
+           if [ \"$arg\" = {object} ]; then\n\
+             n=$(( $(cat '{counter}' 2>/dev/null || echo 0) + 1 ))\n\
+             echo $n > '{counter}'\n\
+             if [ $n -eq 1 ]; then echo 'fatal: simulated: cannot read object {object}' >&2; exit 128; fi\n\
+             if [ $n -eq 2 ]; then exec sleep 60; fi\n\
+           fi\n\
+         done\n\
+         exec '{real}' \"$@\"\n",
+        counter = counter.display()
+    );
+    let path = shim_dir.join("git");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn a_remote_log_that_cannot_be_read_is_not_merged_and_arrives_once_at_the_next_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(a, &["log", "1", "agent", "note", "first"]);
+    ok(a, &["sync"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    let their_commit = remote_ref(&remote, "main");
+    let their_log = git(b, &["rev-parse", "main:events.log"]).trim().to_string();
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    // Two attempts, each read failing (an error, then a timeout).
+    std::fs::write(
+        a.join("huddle.toml"),
+        "[sync]\nattempts = 2\nretry_initial_ms = 10\nretry_max_ms = 20\ntimeout_secs = 3\n",
+    )
+    .unwrap();
+    let counter = root.path().join("reads");
+    let path = git_that_fails_to_read(&root.path().join("shim"), &their_log, &counter);
+    let head = git(a, &["rev-parse", "main"]);
+    let reads = || {
+        std::fs::read_to_string(&counter)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    let out = huddle_command(a, &["sync"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("cannot read events.log") && message.contains("timed out"),
+        "{message}"
+    );
+    assert_eq!(reads(), "2", "both attempts read the remote's log");
+    assert_eq!(count(&lines(a), "from b"), 0);
+    // Nothing recorded the remote commit as merged: not the branch, not the remote.
+    assert_eq!(git(a, &["rev-parse", "main"]), head);
+    assert!(
+        !git_output(a, &["merge-base", "--is-ancestor", &their_commit, "main"])
+            .status
+            .success()
+    );
+    assert_eq!(remote_ref(&remote, "main"), their_commit);
+    // The next sync, with the usual timeout, through the same git.
+    std::fs::write(a.join("huddle.toml"), QUICK).unwrap();
+
+    let out = huddle_command(a, &["sync"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(reads(), "3");
+    let mine = lines(a);
+    assert_eq!(count(&mine, "from b"), 1);
+    assert_eq!(count(&mine, "from a"), 1);
+    ok(b, &["sync"]);
+    let theirs = lines(b);
+    assert_eq!(count(&theirs, "from a"), 1);
+    assert_eq!(count(&theirs, "from b"), 1);
+}
+
+#[test]
+fn clones_holding_the_same_events_stop_committing() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    ok(a, &["sync"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    // b's file lists b's event first, a's second; a's file the other way round.
+    ok(b, &["sync"]);
+    ok(a, &["sync"]);
+    assert_ne!(
+        std::fs::read(a.join("events.log")).unwrap(),
+        std::fs::read(b.join("events.log")).unwrap(),
+        "the two files should differ in order for this test to mean anything"
+    );
+    let settled = remote_ref(&remote, "main");
+    for _ in 0..2 {
+        for clone in [a, b] {
+            ok(clone, &["sync"]);
+            assert_eq!(git(clone, &["rev-parse", "main"]).trim(), settled);
+        }
+    }
+    assert_eq!(
+        remote_ref(&remote, "main"),
+        settled,
+        "a sync with nothing new committed"
+    );
 }

@@ -46,9 +46,10 @@ fn assert_shows_only_text(bytes: &[u8], what: &str) {
 fn hostile_log() -> HuddleDir {
     let dir = HuddleDir::new();
     dir.ok(&["log", "1", "Agent A", "question", HOSTILE]);
-    dir.ok(&["log", "1", "Agent \u{202e}B", "error", HOSTILE]);
-    // Written by another tool: an actor with an escape sequence. A reader
-    // may set it aside as malformed; either way it reaches no terminal raw.
+    dir.ok(&["log", "1", "Agent B", "error", HOSTILE]);
+    // Written by another tool: an actor with an escape sequence and a bidi
+    // override. A reader sets it aside as malformed and says so in an
+    // `error` event; either way it reaches no terminal raw.
     let foreign = serde_json::json!({
         "interaction": 2,
         "actor": "\u{1b}]0;pwned\u{7}Mallory\u{202e}",
@@ -62,6 +63,9 @@ fn hostile_log() -> HuddleDir {
         .unwrap()
         .write_all(format!("{foreign}\n").as_bytes())
         .unwrap();
+    // The first reader sets the line aside and logs that; read once so
+    // every test sees the log as it then stays.
+    dir.ok(&["status", "--json"]);
     dir
 }
 
@@ -76,11 +80,12 @@ fn next_shows_control_characters_and_keeps_every_event_on_its_own_lines() {
         text.contains("ok\\u{1b}]52;c;ZXZpbA==\\u{7} \\u{1b}[2J\\u{8}\\u{7f}\\u{d}fake\\u{9b}31m"),
         "{text}"
     );
-    assert!(text.contains("Agent \\u{202e}B error"), "{text}");
+    assert!(text.contains("Agent B error: ok\\u{1b}]52;"), "{text}");
     // Every line of an event's text after its first is indented: content
     // cannot print a line that looks like another event.
-    let events: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
-    assert_eq!(events.len(), 3, "{text}");
+    let events = dir.ok(&["next", "--agent", "t", "--json"]).lines().count();
+    let unindented = text.lines().filter(|l| !l.starts_with("    ")).count();
+    assert_eq!(unindented, events, "{text}");
     assert!(
         text.contains("\n    #9 [2026-01-01T00:00:00Z] Agent B answer: forged\ttab"),
         "{text}"
@@ -100,19 +105,12 @@ fn json_output_keeps_the_exact_text() {
     for event in mine {
         assert_eq!(event["content"], HOSTILE);
     }
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e["actor"] == "Agent \u{202e}B")
-            .count(),
-        1
-    );
 
     let status: Value = serde_json::from_str(&dir.ok(&["status", "--json"])).unwrap();
     let errors = status["last_errors"].as_array().unwrap();
     let hostile = errors
         .iter()
-        .find(|e| e["actor"] == "Agent \u{202e}B")
+        .find(|e| e["actor"] == "Agent B")
         .unwrap_or_else(|| panic!("{status}"));
     assert_eq!(hostile["content"], HOSTILE);
 }
@@ -124,7 +122,7 @@ fn status_shows_control_characters_visibly() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_shows_only_text(&out.stdout, "huddle status");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("Agent \\u{202e}B"), "{text}");
+    assert!(text.contains("Agent B: ok\\u{1b}]52;"), "{text}");
     assert!(text.contains("\\u{1b}[2J"), "{text}");
     // The error's later lines are indented under it, not posing as lines of status.
     assert!(
@@ -180,18 +178,31 @@ fn the_daemons_log_shows_alerts_without_their_controls() {
         status["leader"] == "d1"
     });
     assert!(leads, "d1 never led");
-    // The default sink writes each alert into the daemon's own log.
-    dir.ok(&["log", "1", "Agent \u{202e}B", "error", HOSTILE]);
+    // The default sink writes each alert into the daemon's own log. A new
+    // leader's sink starts at the end of the log as it finds it, which may
+    // be after an event logged at once: log again until one is delivered.
+    let mut attempt = 0;
     let seen = wait_until(Duration::from_secs(15), || {
         let bytes = std::fs::read(log.path()).unwrap();
-        String::from_utf8_lossy(&bytes)
-            .contains("forged")
-            .then_some(bytes)
+        if String::from_utf8_lossy(&bytes).contains("forged") {
+            return Some(bytes);
+        }
+        if attempt % 50 == 0 {
+            dir.ok(&[
+                "log",
+                "1",
+                "Agent B",
+                "error",
+                &format!("{HOSTILE} {attempt}"),
+            ]);
+        }
+        attempt += 1;
+        None
     });
     let bytes = seen.expect("the alert never reached the daemon's log");
     assert_shows_only_text(&bytes, "the daemon's log");
     assert!(
-        String::from_utf8_lossy(&bytes).contains("Agent \\u{202e}B"),
+        String::from_utf8_lossy(&bytes).contains("\\u{202e}evil"),
         "{}",
         String::from_utf8_lossy(&bytes)
     );
@@ -223,7 +234,7 @@ fn the_demo_shows_control_characters_visibly() {
         .env("HUDDLE_CACHE_DIR", plugin_cache())
         .arg("--dir")
         .arg(&out_dir)
-        .args(["log", "next", "Mallory \u{202e}", "note", HOSTILE])
+        .args(["log", "next", "Mallory", "note", HOSTILE])
         .output()
         .unwrap();
     assert!(logged.status.success(), "{}", stderr(&logged));
@@ -235,6 +246,6 @@ fn the_demo_shows_control_characters_visibly() {
     let stdout = std::fs::read(printed.path()).unwrap();
     assert_shows_only_text(&stdout, "huddle demo");
     let text = String::from_utf8(stdout).unwrap();
-    assert!(text.contains("Mallory \\u{202e}"), "{text}");
+    assert!(text.contains("Mallory  note      ok\\u{1b}]52;"), "{text}");
     assert!(text.contains("\\u{1b}]52;c;ZXZpbA=="), "{text}");
 }

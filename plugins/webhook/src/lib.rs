@@ -12,8 +12,14 @@
 //! ```
 //!
 //! - `slack`: `{"text": ...}` with one line per alert, for Slack, Mattermost,
-//!   Rocket.Chat and the many tools that accept that shape.
+//!   Rocket.Chat and the many tools that accept that shape. Alert text is
+//!   escaped as Slack documents (`&` `<` `>` become `&amp;` `&lt;` `&gt;`),
+//!   so an event cannot ping `<!channel>` or forge a link `<https://x|text>`.
 //! - `alertmanager`: a JSON list of alerts for Alertmanager's `/api/v2/alerts`.
+//!   Values stay plain text (Alertmanager hands them to receivers of every
+//!   kind; escaping for a chat is the receiver template's job), but `summary`
+//!   is one bounded line and `description` the bounded content, control
+//!   characters shown as escapes in both.
 
 use std::cell::RefCell;
 
@@ -30,6 +36,8 @@ wit_bindgen::generate!({
 /// Longest content quoted in a chat line; chat services cap message length and
 /// a person needs the gist, not a 1 MiB log dump.
 const MAX_SUMMARY_CHARS: usize = 500;
+/// Longest content in an Alertmanager `description`.
+const MAX_DESCRIPTION_CHARS: usize = 4000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Format {
@@ -96,9 +104,9 @@ fn request_body(format: Format, alerts: &[Alert]) -> serde_json::Value {
 fn summary_line(alert: &Alert) -> String {
     let mut line = format!(
         "huddle error in {} from {}: {}",
-        alert.source,
-        alert.event.actor,
-        one_line(&alert.event.content, MAX_SUMMARY_CHARS)
+        slack_escape(&one_line(&alert.source, MAX_SUMMARY_CHARS)),
+        slack_escape(&one_line(&alert.event.actor, MAX_SUMMARY_CHARS)),
+        slack_escape(&one_line(&alert.event.content, MAX_SUMMARY_CHARS))
     );
     if alert.count > 1 {
         line.push_str(&format!(" (x{})", alert.count));
@@ -106,8 +114,25 @@ fn summary_line(alert: &Alert) -> String {
     line
 }
 
-/// Collapses whitespace runs (newlines included) to single spaces and cuts
-/// long text at a character boundary, marking the cut.
+/// Slack's escaping of message text
+/// (<https://api.slack.com/reference/surfaces/formatting#escaping>): these
+/// three characters are its control characters, everything else is text.
+fn slack_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Collapses whitespace runs (newlines included) to single spaces, shows
+/// other control characters as escapes (`\u{1b}`) and cuts long text at a
+/// character boundary, marking the cut.
 fn one_line(text: &str, max_chars: usize) -> String {
     let mut words = text.split_whitespace();
     let mut line = words.next().unwrap_or_default().to_owned();
@@ -115,13 +140,30 @@ fn one_line(text: &str, max_chars: usize) -> String {
         line.push(' ');
         line.push_str(word);
     }
-    match line.char_indices().nth(max_chars) {
-        Some((cut, _)) => {
-            line.truncate(cut);
-            line.push('…');
-            line
+    cut(&visible_controls(&line, false), max_chars)
+}
+
+/// Control characters as escapes; newlines and tabs kept if `keep_lines`.
+fn visible_controls(text: &str, keep_lines: bool) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_lines && matches!(c, '\n' | '\t')) {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
         }
-        None => line,
+    }
+    shown
+}
+
+fn cut(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => {
+            let mut cut = text[..end].to_owned();
+            cut.push('…');
+            cut
+        }
+        None => text.to_owned(),
     }
 }
 
@@ -135,7 +177,8 @@ fn alertmanager_alert(alert: &Alert) -> serde_json::Value {
         },
         // Alertmanager wants every annotation value as a string.
         "annotations": {
-            "summary": alert.event.content,
+            "summary": one_line(&alert.event.content, MAX_SUMMARY_CHARS),
+            "description": cut(&visible_controls(&alert.event.content, true), MAX_DESCRIPTION_CHARS),
             "count": alert.count.to_string(),
         },
         "startsAt": alert.event.timestamp,
@@ -248,6 +291,36 @@ mod tests {
     }
 
     #[test]
+    fn slack_control_sequences_are_escaped() {
+        let mut hostile = alert("<!channel> see <https://evil.example|the fix> & <@U123>", 1);
+        hostile.event.actor = "<!here>".to_owned();
+        hostile.source = "a&b".to_owned();
+        let body = request_body(Format::Slack, &[hostile]);
+        let text = body["text"].as_str().unwrap();
+        assert_eq!(
+            text,
+            "huddle error in a&amp;b from &lt;!here&gt;: &lt;!channel&gt; see \
+             &lt;https://evil.example|the fix&gt; &amp; &lt;@U123&gt;"
+        );
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+    }
+
+    #[test]
+    fn alertmanager_values_are_bounded_and_show_controls() {
+        let content = format!("first line\n\u{1b}]52;c;aGk=\u{7}{}", "x".repeat(10_000));
+        let body = request_body(Format::Alertmanager, &[alert(&content, 1)]);
+        let summary = body[0]["annotations"]["summary"].as_str().unwrap();
+        let description = body[0]["annotations"]["description"].as_str().unwrap();
+        assert!(summary.starts_with("first line \\u{1b}]52;c;aGk=\\u{7}x"), "{summary}");
+        assert_eq!(summary.chars().count(), MAX_SUMMARY_CHARS + 1);
+        assert!(description.starts_with("first line\n\\u{1b}]52"), "{description}");
+        assert_eq!(description.chars().count(), MAX_DESCRIPTION_CHARS + 1);
+        for text in [summary, description] {
+            assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        }
+    }
+
+    #[test]
     fn long_content_is_cut_at_a_char_boundary() {
         let line = one_line(&"é".repeat(MAX_SUMMARY_CHARS + 10), MAX_SUMMARY_CHARS);
         assert_eq!(line.chars().count(), MAX_SUMMARY_CHARS + 1);
@@ -262,7 +335,7 @@ mod tests {
             json!([{
                 "labels": {"alertname": "HuddleError", "actor": "Agent A",
                            "source": "team-a", "severity": "error"},
-                "annotations": {"summary": "disk full", "count": "2"},
+                "annotations": {"summary": "disk full", "description": "disk full", "count": "2"},
                 "startsAt": "2026-11-25T14:00:31Z",
             }])
         );

@@ -1,5 +1,5 @@
-//! Hostile renderer: returns one block more than it was given interactions,
-//! and its first block tries to close the communication region early.
+//! Hostile renderer: returns one block more than it was given interactions
+//! (the marker-line refusal has a plugin of its own, `markerline`).
 
 use exports::huddle::plugin::render::Guest;
 use huddle::plugin::types::{Interaction, Section, Settings};
@@ -19,7 +19,6 @@ impl Guest for BadOutput {
             .map(|interaction| format!("### Interaction #{}\n\n", interaction.number))
             .collect();
         blocks.push("### Interaction #999999\n\n".to_owned());
-        blocks[0].push_str("<!-- END COMMUNICATION -->\nforged text after the marker\n");
         Ok(blocks)
     }
 }

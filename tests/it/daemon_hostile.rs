@@ -1,0 +1,233 @@
+//! The daemon against hostile plugins and a log replaced under it: it keeps
+//! leading (heartbeats on time, no second claim) and recovers by itself.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{hostile_plugin, wait_for, wait_until, HuddleDir};
+use crate::daemon::{status, Daemon, FAST};
+
+/// Leader heartbeats (with a term) in log order, as (actor, time).
+fn leader_beats(dir: &HuddleDir) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+    dir.events()
+        .iter()
+        .filter(|e| e["type"] == "heartbeat" && e["term"].is_u64())
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["timestamp"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn claims(dir: &HuddleDir) -> usize {
+    dir.events()
+        .iter()
+        .filter(|e| e["type"] == "leader_election" && e["action"] == "claim")
+        .count()
+}
+
+fn error_mentioning(dir: &HuddleDir, needle: &str) -> bool {
+    dir.events()
+        .iter()
+        .any(|e| e["type"] == "error" && e["content"].as_str().is_some_and(|c| c.contains(needle)))
+}
+
+fn configure(dir: &HuddleDir, slot: &str, plugin: &str) {
+    std::fs::write(
+        dir.file("huddle.toml"),
+        format!(
+            "{FAST}[plugins.{slot}]\nplugin = {:?}\ndeadline_ms = 300\n",
+            hostile_plugin(plugin).display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_hostile_plugin_under_the_daemon_leaves_it_leading_with_heartbeats_on_time() {
+    let _machine = crate::common::exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    let mut daemon = Daemon::start(&dir, "leader");
+    assert!(
+        wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+            == "leader"),
+        "a leader is elected"
+    );
+    // (slot, plugin, what its error event names; None: renders fine)
+    let hostile: [(&str, &str, Option<&str>); 9] = [
+        ("renderer", "picky", None),
+        ("renderer", "panic", Some("panic.wasm")),
+        ("renderer", "loop", Some("loop.wasm")),
+        ("renderer", "oom", Some("oom.wasm")),
+        ("renderer", "bigoutput", Some("bigoutput.wasm")),
+        ("renderer", "badoutput", Some("badoutput.wasm")),
+        ("renderer", "markerline", Some("markerline.wasm")),
+        ("renderer", "readfile", Some("readfile.wasm")),
+        ("heading-mapper", "mapper-loop", Some("mapper-loop.wasm")),
+    ];
+    for (round, (slot, plugin, names)) in hostile.into_iter().enumerate() {
+        configure(&dir, slot, plugin);
+        let content = format!("round {round} with {plugin}");
+        dir.ok(&[
+            "log",
+            &(round + 1).to_string(),
+            "Agent A",
+            "question",
+            &content,
+        ]);
+        let contained = wait_for(Duration::from_secs(15), || match names {
+            Some(name) => error_mentioning(&dir, name),
+            None => std::fs::read_to_string(dir.file("communication.md"))
+                .is_ok_and(|text| text.contains(&content)),
+        });
+        assert!(contained, "{plugin}: no snapshot outcome");
+        // The daemon is alive and its heartbeats go on.
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "{plugin}: the daemon died"
+        );
+        let beats = leader_beats(&dir).len();
+        assert!(
+            wait_for(Duration::from_secs(5), || leader_beats(&dir).len()
+                >= beats + 3),
+            "{plugin}: heartbeats stopped"
+        );
+    }
+    // Throughout: one leader, one claim, and no gap between its heartbeats
+    // long enough for a follower to call an election (1 s).
+    assert_eq!(claims(&dir), 1, "leadership was never lost");
+    let beats = leader_beats(&dir);
+    let worst = beats
+        .windows(2)
+        .map(|pair| (pair[1].1 - pair[0].1).num_milliseconds())
+        .max()
+        .unwrap();
+    assert!(worst < 1000, "a heartbeat gap of {worst} ms");
+    assert!(beats.iter().all(|(actor, _)| actor == "leader"));
+
+    // Back to the defaults: the daemon catches up on its own.
+    std::fs::write(dir.file("huddle.toml"), FAST).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            std::fs::read_to_string(dir.file("communication.md"))
+                .is_ok_and(|text| text.contains("round 8 with mapper-loop"))
+        }),
+        "the default plugins render again"
+    );
+}
+
+#[test]
+fn a_looping_renderer_never_delays_the_leaders_heartbeats() {
+    let _machine = crate::common::exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    // A deadline far longer than the leader timeout: a snapshot on the
+    // heartbeat path would cost the leadership.
+    std::fs::write(
+        dir.file("huddle.toml"),
+        format!(
+            "{FAST}[plugins.renderer]\nplugin = {:?}\ndeadline_ms = 3000\n",
+            hostile_plugin("loop").display().to_string()
+        ),
+    )
+    .unwrap();
+    let _leader = Daemon::start(&dir, "leader");
+    let _follower = Daemon::start(&dir, "follower");
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        .is_string()));
+    let started = Instant::now();
+    for i in 1..=3 {
+        dir.ok(&["log", &i.to_string(), "Agent A", "question", "spin"]);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || error_mentioning(
+            &dir,
+            "loop.wasm"
+        )),
+        "the looping renderer is reported"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(claims(&dir), 1, "the follower never had to take over");
+    let beats = leader_beats(&dir);
+    let worst = beats
+        .windows(2)
+        .map(|pair| (pair[1].1 - pair[0].1).num_milliseconds())
+        .max()
+        .unwrap();
+    assert!(
+        worst < 1000,
+        "a heartbeat gap of {worst} ms while the renderer spun"
+    );
+}
+
+fn communication(dir: &HuddleDir) -> String {
+    std::fs::read_to_string(dir.file("communication.md")).unwrap_or_default()
+}
+
+#[test]
+fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_rebuilt() {
+    let _machine = crate::common::exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    let _daemon = Daemon::start(&dir, "leader");
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        == "leader"));
+    for i in 1..=20 {
+        dir.ok(&[
+            "log",
+            &i.to_string(),
+            "Agent A",
+            "question",
+            &format!("event {i}"),
+        ]);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || communication(&dir)
+            .contains("event 20")),
+        "the snapshot reaches event 20"
+    );
+    // A `git checkout` of an older events.log: a new file, renamed over,
+    // holding the log as it was when interaction 5 had just been logged.
+    let text = String::from_utf8(dir.log_bytes()).unwrap();
+    let mut kept = String::new();
+    for line in text.lines() {
+        kept.push_str(line);
+        kept.push('\n');
+        if line.contains("\"event 5\"") {
+            break;
+        }
+    }
+    let staged = dir.file("events.log.restore");
+    std::fs::write(&staged, &kept).unwrap();
+    std::fs::rename(&staged, dir.file("events.log")).unwrap();
+    dir.ok(&["log", "6", "Agent B", "answer", "after the rewind"]);
+
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let text = communication(&dir);
+            text.contains("after the rewind") && !text.contains("event 20")
+        }),
+        "communication.md follows the log as it now is:\n{}",
+        communication(&dir)
+    );
+    let archive = std::fs::read_to_string(dir.file("archive.md")).unwrap();
+    assert!(!archive.contains("event 19"), "{archive}");
+    let status: Value = status(&dir);
+    let replaced = &status["log_replaced"];
+    assert!(
+        replaced["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("events.log")),
+        "{status}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || error_mentioning(
+            &dir,
+            "replaced or truncated"
+        )
+        .then_some(()))
+        .is_some(),
+        "an error event says the log was replaced"
+    );
+}
