@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SinkStart;
 use crate::event::Event;
-use crate::log::{Cursor, FileLog, STATE_DIR};
+use crate::log::{Continuity, Cursor, FileLog, ReadMark, STATE_DIR};
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
 use crate::workspace::Workspace;
 
@@ -68,6 +68,10 @@ pub struct SinkRecord {
     /// The sink's `name`, else its plugin (`webhook`, `webhook#2`).
     pub sink: String,
     pub cursor: Cursor,
+    /// The id of the last event before `cursor`: where to pick up again in
+    /// a log that was replaced (a cursor is a byte offset of the old file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_id: Option<String>,
     pub delivered: u64,
     /// Alerts given up on: refused for good by the sink, or after
     /// [`CONTAINED_ATTEMPTS`] failed attempts.
@@ -246,7 +250,10 @@ pub fn run_delivery(
             match register(&dir, &log, &setups) {
                 Ok(cursors) => {
                     for setup in to_start {
-                        let cursor = cursors.get(&setup.id).copied().unwrap_or(Cursor::START);
+                        let cursor = cursors
+                            .get(&setup.id)
+                            .cloned()
+                            .unwrap_or((Cursor::START, None));
                         match start_worker(&dir, &host, &leading, &log, setup, &policy, cursor) {
                             Ok(worker) => {
                                 workers.insert(setup.id.clone(), worker);
@@ -287,7 +294,7 @@ fn start_worker(
     log: &FileLog,
     setup: &SinkSetup,
     policy: &DeliveryPolicy,
-    cursor: Cursor,
+    (cursor, after_id): (Cursor, Option<String>),
 ) -> std::io::Result<Worker> {
     let shared = Arc::new(Shared {
         id: setup.id.clone(),
@@ -299,7 +306,10 @@ fn start_worker(
         key: setup.id.clone(),
         pending: Vec::new(),
         pending_end: cursor,
+        pending_end_id: after_id.clone(),
         read_to: cursor,
+        read_to_id: after_id,
+        mark: ReadMark::unhashed(cursor),
         not_before: Instant::now(),
         failures: 0,
         contained_failures: 0,
@@ -328,7 +338,7 @@ fn register(
     dir: &Path,
     log: &FileLog,
     all: &[SinkSetup],
-) -> Result<HashMap<String, Cursor>, crate::log::StoreError> {
+) -> Result<HashMap<String, (Cursor, Option<String>)>, crate::log::StoreError> {
     let _guard = state_lock();
     let mut state = load_state(dir);
     let mut records = Vec::new();
@@ -375,7 +385,10 @@ fn register(
         );
         changed = true;
     }
-    let cursors = records.iter().map(|r| (r.sink.clone(), r.cursor)).collect();
+    let cursors = records
+        .iter()
+        .map(|r| (r.sink.clone(), (r.cursor, r.after_id.clone())))
+        .collect();
     if changed {
         if let Err(error) = save_state(dir, &AlertsState { sinks: records }) {
             tracing::error!(%error, "alerts: cannot save the delivery cursors");
@@ -399,10 +412,15 @@ fn forget(dir: &Path, id: &str) {
 
 struct Sink {
     key: String,
-    /// Alerts read but not yet delivered, with the cursor after the last one.
+    /// Alerts read but not yet delivered, with the cursor after the last one
+    /// (and the id of the event before that cursor).
     pending: Vec<Alert>,
     pending_end: Cursor,
+    pending_end_id: Option<String>,
     read_to: Cursor,
+    read_to_id: Option<String>,
+    /// What `read_to` has read, to notice a replaced log.
+    mark: ReadMark,
     not_before: Instant,
     /// Failed attempts in a row (for the backoff).
     failures: u32,
@@ -490,14 +508,31 @@ fn read_new(
     if sink.pending.len() >= MAX_BATCH {
         return Ok(());
     }
+    if let Continuity::Replaced(why) = log.continuity(&sink.mark)? {
+        let (restart, id) = position_after(log, sink.read_to_id.as_deref())?;
+        tracing::warn!(
+            sink = sink.key.as_str(),
+            %why,
+            offset = restart.offset,
+            "alerts: events.log was replaced; going on after the last event read, found again by id (else at the end)"
+        );
+        sink.read_to = restart;
+        sink.read_to_id = id.clone();
+        sink.pending_end = restart;
+        sink.pending_end_id = id;
+    }
     let mut fresh = Vec::new();
+    let mut last_id = sink.read_to_id.clone();
     let end = log.scan(sink.read_to, |record| {
+        last_id = record.event.id.clone();
         if record.event.is_error() {
             fresh.push(record.event);
         }
         Ok(())
     })?;
     sink.read_to = end;
+    sink.read_to_id = last_id;
+    sink.mark = log.mark(end)?;
     for event in fresh {
         let key = identity(&event);
         // Not sent yet: merge into the pending one.
@@ -520,7 +555,34 @@ fn read_new(
         }
     }
     sink.pending_end = end;
+    sink.pending_end_id = sink.read_to_id.clone();
     Ok(())
+}
+
+/// Where to go on in a replaced log: just after the event with `id`, or at
+/// the end when it is not there (the old log's history cannot be placed in
+/// the new one; alerts appended from now on are delivered).
+fn position_after(
+    log: &FileLog,
+    id: Option<&str>,
+) -> Result<(Cursor, Option<String>), crate::log::StoreError> {
+    let mut found = None;
+    let mut last = None;
+    let end = log.scan(Cursor::START, |record| {
+        let next = Cursor {
+            offset: record.offset + record.len + 1,
+            line: record.line + 1,
+        };
+        if id.is_some() && record.event.id.as_deref() == id {
+            found = Some(next);
+        }
+        last = record.event.id;
+        Ok(())
+    })?;
+    Ok(match found {
+        Some(cursor) => (cursor, id.map(str::to_string)),
+        None => (end, last),
+    })
 }
 
 /// What became of one delivery attempt.
@@ -634,6 +696,9 @@ fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, failed
     let unchanged = entry.cursor == cursor && delivered == 0 && failed == 0 && error.is_none();
     if unchanged {
         return;
+    }
+    if sink.pending.is_empty() {
+        entry.after_id = sink.pending_end_id.clone();
     }
     entry.cursor = cursor;
     entry.delivered += delivered;
