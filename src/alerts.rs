@@ -163,13 +163,37 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
-/// Delivers alerts while `leading` is set; stops when `stop` is set. Events
+/// Whether this process may do the leader's work, and until when.
+///
+/// The daemon grants it for a leader timeout after each heartbeat that
+/// lands (and while paused, when no daemon writes), and revokes it when it
+/// steps down. A leader stopped (SIGSTOP) past its lease does no leader work
+/// when it wakes, even before it has read the log and seen its successor:
+/// by then another daemon may have taken over.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderLease(Arc<Mutex<Option<Instant>>>);
+
+impl LeaderLease {
+    pub fn grant_until(&self, until: Instant) {
+        *lock(&self.0) = Some(until);
+    }
+
+    pub fn revoke(&self) {
+        *lock(&self.0) = None;
+    }
+
+    pub fn holds(&self) -> bool {
+        lock(&self.0).is_some_and(|until| Instant::now() < until)
+    }
+}
+
+/// Delivers alerts while `leading` holds; stops when `stop` is set. Events
 /// in `direct` go to every sink without passing through the log (used when
 /// the log cannot be written).
 pub fn run_delivery(
     dir: PathBuf,
     host: Arc<PluginHost>,
-    leading: Arc<AtomicBool>,
+    leading: LeaderLease,
     stop: Arc<AtomicBool>,
     direct: Arc<Mutex<Vec<Event>>>,
 ) {
@@ -181,7 +205,7 @@ pub fn run_delivery(
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         stopping.retain(|worker| !worker.thread.is_finished());
-        if !leading.load(Ordering::SeqCst) {
+        if !leading.holds() {
             // A follower keeps nothing: the next leader reads the cursors.
             for (_, worker) in workers.drain() {
                 worker.shared.stop.store(true, Ordering::SeqCst);
@@ -290,7 +314,7 @@ pub fn run_delivery(
 fn start_worker(
     dir: &Path,
     host: &Arc<PluginHost>,
-    leading: &Arc<AtomicBool>,
+    leading: &LeaderLease,
     log: &FileLog,
     setup: &SinkSetup,
     policy: &DeliveryPolicy,
@@ -433,7 +457,7 @@ struct Sink {
 fn run_sink(
     dir: PathBuf,
     host: Arc<PluginHost>,
-    leading: Arc<AtomicBool>,
+    leading: LeaderLease,
     shared: Arc<Shared>,
     log: FileLog,
     mut sink: Sink,
@@ -445,7 +469,7 @@ fn run_sink(
         .unwrap_or_else(|| dir.display().to_string());
     while !shared.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
-        if !leading.load(Ordering::SeqCst) {
+        if !leading.holds() {
             continue;
         }
         let (spec, policy) = lock(&shared.setup).clone();
@@ -464,7 +488,7 @@ fn run_sink(
             tracing::error!(sink = sink.key.as_str(), %error, "alerts: cannot read the log");
             continue;
         }
-        if shared.stop.load(Ordering::SeqCst) || !leading.load(Ordering::SeqCst) {
+        if shared.stop.load(Ordering::SeqCst) || !leading.holds() {
             return;
         }
         deliver(&dir, &host, &spec, &mut sink, &policy);

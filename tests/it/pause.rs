@@ -150,12 +150,17 @@ fn a_snapshot_write_hitting_a_full_disk_pauses_the_daemon_until_resume() {
         text.contains("PAUSED") && text.contains("huddle resume"),
         "{text}"
     );
+    // Now fill the disk to the last page: the log cannot take the queue.
+    let mut more = std::fs::File::create(fs.path.join("filler-2")).unwrap();
+    while more.write_all(&[0u8; 512]).is_ok() {}
+    drop(more);
     let queued = log_while_refused(&dir);
     // Still full: resume refuses and stays paused.
     let out = huddle_at(&dir, &["resume"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("stays paused"), "{}", stderr(&out));
     std::fs::remove_file(&filler_path).unwrap();
+    std::fs::remove_file(fs.path.join("filler-2")).unwrap();
     resume_and_check(&dir, &queued, &daemon);
     // The big event reached the log once, and the snapshot once resumed.
     let events = parse_lines(&std::fs::read(dir.join("events.log")).unwrap());
