@@ -3,7 +3,7 @@
 //! `HUDDLE_BENCH_EVENTS` sets the size of the large log (default 1,000,000).
 
 mod support;
-use support::{fill, ms};
+use support::{fill, ms, output, Mode};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,30 +13,30 @@ use huddle::config::LogConfig;
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
 
-const SAMPLES: usize = 100;
-const FAILOVERS: usize = 20;
 const CONFIG: &str =
     "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 150\npoll_ms = 50\n";
 
 fn main() {
+    let mode = Mode::from_args();
+    let samples = mode.size(100, 3);
+    let failover_rounds = mode.size(20, 2);
     let exe = env!("CARGO_BIN_EXE_huddle");
     let root = tempfile::tempdir().expect("temp dir");
-    let cache = root.path().join("cache");
+    let cache = mode.plugin_cache(root.path().join("cache"));
     let large: u64 = std::env::var("HUDDLE_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(mode.size(1_000_000, 300));
 
     let mut rows = Vec::new();
-    for events in [1_000u64, large] {
+    for events in [mode.size(1_000u64, 30), large] {
         let dir = root.path().join(format!("latency-{events}"));
         fill(&dir, events);
         std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
-        let mut leader = start(exe, &dir, "bench-leader", &cache);
+        let leader = start(exe, &dir, "bench-leader", &cache);
         wait_for_leader(exe, &dir, None);
-        let mut latencies = latency(&dir);
-        let _ = leader.kill();
-        let _ = leader.wait();
+        let mut latencies = latency(&dir, samples);
+        drop(leader);
         latencies.sort();
         rows.push((
             events,
@@ -48,32 +48,37 @@ fn main() {
     let dir = root.path().join("failover");
     huddle::workspace::init(&dir).expect("init");
     std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
-    let mut daemons: Vec<(String, Child)> = (0..3)
+    let mut daemons: Vec<(String, Daemon)> = (0..3)
         .map(|i| (format!("d{i}"), start(exe, &dir, &format!("d{i}"), &cache)))
         .collect();
     let mut leader = wait_for_leader(exe, &dir, None);
     let mut failovers = Vec::new();
-    for round in 0..FAILOVERS {
+    for round in 0..failover_rounds {
         let index = daemons
             .iter()
             .position(|(name, _)| *name == leader)
             .expect("leader is ours");
-        let (_, mut child) = daemons.remove(index);
+        let (_, leader_daemon) = daemons.remove(index);
         let old_term = current_term(&dir);
         let killed = chrono::Utc::now();
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(leader_daemon);
         let (successor, first_beat) = first_heartbeat_after(&dir, old_term);
-        failovers.push((first_beat - killed).to_std().unwrap_or_default());
+        assert!(
+            daemons.iter().any(|(name, _)| *name == successor),
+            "the new term's leader {successor} is not one of the surviving daemons"
+        );
+        // A new term that began before the kill is not a failover: the
+        // figure would be meaningless.
+        let failover = (first_beat - killed).to_std().unwrap_or_else(|_| {
+            panic!("{successor} began term > {old_term} before {leader} was killed")
+        });
+        failovers.push(failover);
         let name = format!("d{}", round + 3);
         daemons.push((name.clone(), start(exe, &dir, &name, &cache)));
         leader = successor;
         std::thread::sleep(Duration::from_millis(400));
     }
-    for (_, mut child) in daemons {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(daemons);
     failovers.sort();
 
     println!();
@@ -91,27 +96,29 @@ fn main() {
         );
     }
     println!(
-        "| failover: kill -9 leader -> new leader's heartbeat (x{FAILOVERS}) | {:>7.0} ms | {:>7.0} ms |",
+        "| failover: kill -9 leader -> new leader's heartbeat (x{failover_rounds}) | {:>7.0} ms | {:>7.0} ms |",
         ms(percentile(&failovers, 50)),
         ms(*failovers.last().expect("failovers"))
     );
     println!("  (leader_timeout_ms = 1000, heartbeat_ms = 200, jitter_ms = 150, poll_ms = 50)");
 }
 
-/// Appends SAMPLES events, one at a time, and times each until it shows in communication.md.
-fn latency(dir: &Path) -> Vec<Duration> {
+/// Appends `samples` events, one at a time, and times each until it shows
+/// in communication.md.
+fn latency(dir: &Path, samples: usize) -> Vec<Duration> {
     let log = FileLog::new(dir, LogConfig::default());
-    let communication = dir.join("communication.md");
-    // Warm-up: the first `next` builds the tail index (one scan of the log).
+    // Warm-up: the first `next` builds the tail index (one scan of the log),
+    // and the daemon snapshots it before the first probe.
+    let warm_up = format!("warm-up {}", std::process::id());
     log.append(NewEvent::new(
         InteractionRef::Next,
         "bench",
         "question",
-        "warm-up",
+        warm_up.clone(),
     ))
     .expect("append");
-    std::thread::sleep(Duration::from_millis(500));
-    (0..SAMPLES)
+    shown(dir, &warm_up, Instant::now());
+    (0..samples)
         .map(|i| {
             let marker = format!("latency probe {i} {}", std::process::id());
             let started = Instant::now();
@@ -122,22 +129,40 @@ fn latency(dir: &Path) -> Vec<Duration> {
                 marker.clone(),
             ))
             .expect("append");
-            loop {
-                if std::fs::read_to_string(&communication).is_ok_and(|t| t.contains(&marker)) {
-                    break started.elapsed();
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "snapshot never showed the event"
-                );
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            shown(dir, &marker, started)
         })
         .collect()
 }
 
-fn start(exe: &str, dir: &Path, name: &str, cache: &Path) -> Child {
-    Command::new(exe)
+/// Waits until communication.md shows `content`; the time since `started`.
+fn shown(dir: &Path, content: &str, started: Instant) -> Duration {
+    let communication = dir.join("communication.md");
+    let line = format!("\n - {content}\n");
+    loop {
+        if std::fs::read_to_string(&communication).is_ok_and(|t| t.contains(&line)) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the snapshot never showed {content:?}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A `huddle run`, killed (SIGKILL) and reaped when dropped, so a failed
+/// check leaves no daemon behind.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(exe: &str, dir: &Path, name: &str, cache: &Path) -> Daemon {
+    let child = Command::new(exe)
         .arg("--dir")
         .arg(dir)
         .args(["run", "--actor", name])
@@ -145,19 +170,20 @@ fn start(exe: &str, dir: &Path, name: &str, cache: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start huddle run")
+        .expect("start huddle run");
+    Daemon(child)
 }
 
 /// Waits for a leader (other than `not`) whose snapshot is up to date.
 fn wait_for_leader(exe: &str, dir: &Path, not: Option<&str>) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = Command::new(exe)
-            .arg("--dir")
-            .arg(dir)
-            .args(["status", "--json"])
-            .output()
-            .expect("status");
+        let out = output(
+            Command::new(exe)
+                .arg("--dir")
+                .arg(dir)
+                .args(["status", "--json"]),
+        );
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
         if let Some(leader) = status["leader"].as_str() {
             if Some(leader) != not && status["snapshot"]["bytes_behind"] == 0 {

@@ -3,7 +3,7 @@
 //! Run with `cargo bench --bench plugins`; prints a table of medians.
 
 mod support;
-use support::{median, ms, time};
+use support::{median, ms, output, time, Mode};
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -12,14 +12,16 @@ use huddle::event::{InteractionRef, NewEvent};
 use huddle::plugin::{Entry, Interaction, PluginHost, PluginSpec, Section, Slot};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, Value};
-
-const INTERACTIONS: usize = 3000;
-const RUNS: usize = 15;
+use sha2::{Digest, Sha256};
 
 fn main() {
-    let interactions = sample(INTERACTIONS);
-    let cache = tempfile::tempdir().expect("temp dir");
-    let host = PluginHost::with_cache_dir(cache.path().to_path_buf()).expect("plugin host");
+    let mode = Mode::from_args();
+    let interaction_count = mode.size(3000, 30);
+    let runs = mode.size(15, 2);
+    let interactions = sample(interaction_count);
+    let fresh_cache = tempfile::tempdir().expect("temp dir");
+    let cache = mode.plugin_cache(fresh_cache.path().to_path_buf());
+    let host = PluginHost::with_cache_dir(cache.clone()).expect("plugin host");
     let markdown = PluginSpec::builtin("markdown");
     host.preload(&markdown, Slot::Renderer)
         .expect("load markdown");
@@ -38,7 +40,7 @@ fn main() {
     let env = native_environment();
     let (mut wasm_stock, mut native_stock) = (Vec::new(), Vec::new());
     let (mut wasm_template, mut native_template) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let mut wasm_blocks = Vec::new();
         wasm_stock.push(time(|| {
             wasm_blocks = host
@@ -65,16 +67,18 @@ fn main() {
     let one = sample(1);
     let mut load_times = Vec::new();
     let mut call_times = Vec::new();
-    for _ in 0..RUNS {
-        let fresh = PluginHost::with_cache_dir(cache.path().to_path_buf()).expect("host");
+    for _ in 0..runs {
+        let fresh = PluginHost::with_cache_dir(cache.clone()).expect("host");
         load_times.push(time(|| {
             fresh.preload(&markdown, Slot::Renderer).expect("load")
         }));
+        let mut blocks = Vec::new();
         call_times.push(time(|| {
-            fresh
+            blocks = fresh
                 .render(&markdown, Section::Communication, &one)
                 .expect("render");
         }));
+        assert_eq!(blocks, render_format(&one), "the fresh host rendered wrong");
     }
     let load = median(&mut load_times);
     let call = median(&mut call_times);
@@ -82,26 +86,45 @@ fn main() {
     // `huddle plugins list` as a new process, cache warm.
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = env!("CARGO_BIN_EXE_huddle");
+    let markdown_sha256: String = Sha256::digest(include_bytes!("../plugins/dist/markdown.wasm"))
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let mut list_times = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
+        let mut out = None;
         list_times.push(time(|| {
-            let out = Command::new(exe)
-                .arg("--dir")
-                .arg(dir.path())
-                .args(["plugins", "list"])
-                .env("HUDDLE_CACHE_DIR", cache.path())
-                .output()
-                .expect("spawn");
-            assert!(out.status.success());
+            out = Some(output(
+                Command::new(exe)
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .args(["plugins", "list"])
+                    .env("HUDDLE_CACHE_DIR", &cache),
+            ));
         }));
+        let out = out.expect("plugins list ran");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "plugins list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let renderer = stdout
+            .lines()
+            .find(|line| line.starts_with("renderer "))
+            .unwrap_or_else(|| panic!("plugins list shows no renderer:\n{stdout}"));
+        assert!(
+            renderer.contains("markdown (built-in)") && renderer.ends_with(&markdown_sha256),
+            "plugins list shows the wrong renderer or hash: {renderer}"
+        );
     }
     let list = median(&mut list_times);
 
     println!();
-    println!("| plugin benchmark (median of {RUNS})                                   | time       | ratio |");
+    println!("| plugin benchmark (median of {runs})                                   | time       | ratio |");
     println!("|-------------------------------------------------------------------|------------|-------|");
     println!(
-        "| wasm markdown, stock templates, {INTERACTIONS} interactions, one call     | {:>7.2} ms | {:>4.2}x |",
+        "| wasm markdown, stock templates, {interaction_count} interactions, one call     | {:>7.2} ms | {:>4.2}x |",
         ms(wasm_stock),
         wasm_stock.as_secs_f64() / native_stock.as_secs_f64()
     );
@@ -110,7 +133,7 @@ fn main() {
         ms(native_stock)
     );
     println!(
-        "| wasm markdown, minijinja template, {INTERACTIONS} interactions, one call  | {:>7.2} ms | {:>4.2}x |",
+        "| wasm markdown, minijinja template, {interaction_count} interactions, one call  | {:>7.2} ms | {:>4.2}x |",
         ms(wasm_template),
         wasm_template.as_secs_f64() / native_template.as_secs_f64()
     );

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,27 +12,22 @@ use huddle::config::{Durability, LogConfig};
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
 use huddle::workspace::Workspace;
-use support::ms;
-
-const EVENTS: u64 = 10_000;
-const RUNS: usize = 5;
+use support::{events, ms, run, thousands, Mode};
 
 fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .status()
-        .expect("git");
-    assert!(status.success(), "git {args:?}");
+    run(Command::new("git").current_dir(dir).args(args));
 }
 
 fn main() {
+    let mode = Mode::from_args();
+    let new_events: u64 = mode.size(10_000, 30);
+    let runs = mode.size(5, 1);
     // The merge driver git runs is the huddle executable, not this bench.
     std::env::set_var("HUDDLE_EXE", env!("CARGO_BIN_EXE_huddle"));
     let mut push_times = Vec::new();
     let mut pull_times = Vec::new();
     let mut locks = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let root = tempfile::tempdir().expect("temp dir");
         let remote = root.path().join("remote.git");
         git(
@@ -77,7 +73,7 @@ fn main() {
                 ..LogConfig::default()
             },
         );
-        let events = (0..EVENTS)
+        let batch = (0..new_events)
             .map(|i| {
                 NewEvent::new(
                     InteractionRef::Number(i / 3 + 1),
@@ -87,7 +83,7 @@ fn main() {
                 )
             })
             .collect();
-        log.append_batch(events).expect("append");
+        let written = log.append_batch(batch).expect("append");
 
         let started = Instant::now();
         let pushed = huddle::sync::sync_once(&a).expect("push");
@@ -95,7 +91,19 @@ fn main() {
         let started = Instant::now();
         let pulled = huddle::sync::sync_once(&b).expect("pull");
         pull_times.push(started.elapsed());
-        assert_eq!(pulled.received as u64, EVENTS);
+        assert!(pushed.pushed, "clone a pushed nothing");
+        assert_eq!(pulled.received as u64, new_events);
+        // Each event written in a is now in b, exactly once.
+        let mut in_b: HashMap<String, usize> = HashMap::new();
+        for id in events(&clones[1]).into_iter().filter_map(|e| e.id) {
+            *in_b.entry(id).or_default() += 1;
+        }
+        let wrong = written
+            .iter()
+            .map(|e| e.id.as_ref().expect("huddle gives each event an id"))
+            .filter(|id| in_b.get(*id) != Some(&1))
+            .count();
+        assert_eq!(wrong, 0, "events of a missing from b or there twice");
         locks.push(pushed.lock_held.max(pulled.lock_held));
     }
     let median = |v: &mut Vec<Duration>| {
@@ -104,7 +112,7 @@ fn main() {
     };
     println!();
     println!(
-        "| git sync of {EVENTS} new events between two clones (median of {RUNS}) | time       |"
+        "| git sync of {new_events} new events between two clones (median of {runs}) | time       |"
     );
     println!("|--------------------------------------------------------------|------------|");
     println!(
@@ -112,7 +120,8 @@ fn main() {
         ms(median(&mut push_times))
     );
     println!(
-        "| clone b: commit + fetch + merge (append 10,000) + push       | {:>7.1} ms |",
+        "| clone b: commit + fetch + merge (append {}) + push       | {:>7.1} ms |",
+        thousands(new_events),
         ms(median(&mut pull_times))
     );
     println!(

@@ -49,6 +49,8 @@ components=(
     "tests/plugins hostile_mapper_loop mapper-loop"
     "tests/plugins hostile_picky picky"
     "tests/plugins hostile_markerline markerline"
+    "tests/plugins hostile_mapper_picky mapper-picky"
+    "tests/plugins hostile_peek peek"
     "tests/plugins hostile_sink_trap sink-trap"
     "tests/plugins hostile_sink_loop sink-loop"
     "tests/plugins hostile_sink_hang_configure sink-hang-configure"

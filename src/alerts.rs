@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SinkStart;
 use crate::event::Event;
-use crate::log::{Cursor, FileLog, STATE_DIR};
+use crate::log::{Continuity, Cursor, FileLog, ReadMark, STATE_DIR};
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
 use crate::workspace::Workspace;
 
@@ -68,6 +68,10 @@ pub struct SinkRecord {
     /// The sink's `name`, else its plugin (`webhook`, `webhook#2`).
     pub sink: String,
     pub cursor: Cursor,
+    /// The id of the last event before `cursor`: where to pick up again in
+    /// a log that was replaced (a cursor is a byte offset of the old file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_id: Option<String>,
     pub delivered: u64,
     /// Alerts given up on: refused for good by the sink, or after
     /// [`CONTAINED_ATTEMPTS`] failed attempts.
@@ -159,13 +163,37 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
-/// Delivers alerts while `leading` is set; stops when `stop` is set. Events
+/// Whether this process may do the leader's work, and until when.
+///
+/// The daemon grants it for a leader timeout after each heartbeat that
+/// lands (and while paused, when no daemon writes), and revokes it when it
+/// steps down. A leader stopped (SIGSTOP) past its lease does no leader work
+/// when it wakes, even before it has read the log and seen its successor:
+/// by then another daemon may have taken over.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderLease(Arc<Mutex<Option<Instant>>>);
+
+impl LeaderLease {
+    pub fn grant_until(&self, until: Instant) {
+        *lock(&self.0) = Some(until);
+    }
+
+    pub fn revoke(&self) {
+        *lock(&self.0) = None;
+    }
+
+    pub fn holds(&self) -> bool {
+        lock(&self.0).is_some_and(|until| Instant::now() < until)
+    }
+}
+
+/// Delivers alerts while `leading` holds; stops when `stop` is set. Events
 /// in `direct` go to every sink without passing through the log (used when
 /// the log cannot be written).
 pub fn run_delivery(
     dir: PathBuf,
     host: Arc<PluginHost>,
-    leading: Arc<AtomicBool>,
+    leading: LeaderLease,
     stop: Arc<AtomicBool>,
     direct: Arc<Mutex<Vec<Event>>>,
 ) {
@@ -177,7 +205,7 @@ pub fn run_delivery(
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         stopping.retain(|worker| !worker.thread.is_finished());
-        if !leading.load(Ordering::SeqCst) {
+        if !leading.holds() {
             // A follower keeps nothing: the next leader reads the cursors.
             for (_, worker) in workers.drain() {
                 worker.shared.stop.store(true, Ordering::SeqCst);
@@ -246,7 +274,10 @@ pub fn run_delivery(
             match register(&dir, &log, &setups) {
                 Ok(cursors) => {
                     for setup in to_start {
-                        let cursor = cursors.get(&setup.id).copied().unwrap_or(Cursor::START);
+                        let cursor = cursors
+                            .get(&setup.id)
+                            .cloned()
+                            .unwrap_or((Cursor::START, None));
                         match start_worker(&dir, &host, &leading, &log, setup, &policy, cursor) {
                             Ok(worker) => {
                                 workers.insert(setup.id.clone(), worker);
@@ -283,11 +314,11 @@ pub fn run_delivery(
 fn start_worker(
     dir: &Path,
     host: &Arc<PluginHost>,
-    leading: &Arc<AtomicBool>,
+    leading: &LeaderLease,
     log: &FileLog,
     setup: &SinkSetup,
     policy: &DeliveryPolicy,
-    cursor: Cursor,
+    (cursor, after_id): (Cursor, Option<String>),
 ) -> std::io::Result<Worker> {
     let shared = Arc::new(Shared {
         id: setup.id.clone(),
@@ -299,7 +330,10 @@ fn start_worker(
         key: setup.id.clone(),
         pending: Vec::new(),
         pending_end: cursor,
+        pending_end_id: after_id.clone(),
         read_to: cursor,
+        read_to_id: after_id,
+        mark: ReadMark::unhashed(cursor),
         not_before: Instant::now(),
         failures: 0,
         contained_failures: 0,
@@ -328,7 +362,7 @@ fn register(
     dir: &Path,
     log: &FileLog,
     all: &[SinkSetup],
-) -> Result<HashMap<String, Cursor>, crate::log::StoreError> {
+) -> Result<HashMap<String, (Cursor, Option<String>)>, crate::log::StoreError> {
     let _guard = state_lock();
     let mut state = load_state(dir);
     let mut records = Vec::new();
@@ -375,7 +409,10 @@ fn register(
         );
         changed = true;
     }
-    let cursors = records.iter().map(|r| (r.sink.clone(), r.cursor)).collect();
+    let cursors = records
+        .iter()
+        .map(|r| (r.sink.clone(), (r.cursor, r.after_id.clone())))
+        .collect();
     if changed {
         if let Err(error) = save_state(dir, &AlertsState { sinks: records }) {
             tracing::error!(%error, "alerts: cannot save the delivery cursors");
@@ -399,10 +436,15 @@ fn forget(dir: &Path, id: &str) {
 
 struct Sink {
     key: String,
-    /// Alerts read but not yet delivered, with the cursor after the last one.
+    /// Alerts read but not yet delivered, with the cursor after the last one
+    /// (and the id of the event before that cursor).
     pending: Vec<Alert>,
     pending_end: Cursor,
+    pending_end_id: Option<String>,
     read_to: Cursor,
+    read_to_id: Option<String>,
+    /// What `read_to` has read, to notice a replaced log.
+    mark: ReadMark,
     not_before: Instant,
     /// Failed attempts in a row (for the backoff).
     failures: u32,
@@ -415,7 +457,7 @@ struct Sink {
 fn run_sink(
     dir: PathBuf,
     host: Arc<PluginHost>,
-    leading: Arc<AtomicBool>,
+    leading: LeaderLease,
     shared: Arc<Shared>,
     log: FileLog,
     mut sink: Sink,
@@ -427,7 +469,7 @@ fn run_sink(
         .unwrap_or_else(|| dir.display().to_string());
     while !shared.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
-        if !leading.load(Ordering::SeqCst) {
+        if !leading.holds() {
             continue;
         }
         let (spec, policy) = lock(&shared.setup).clone();
@@ -446,7 +488,7 @@ fn run_sink(
             tracing::error!(sink = sink.key.as_str(), %error, "alerts: cannot read the log");
             continue;
         }
-        if shared.stop.load(Ordering::SeqCst) || !leading.load(Ordering::SeqCst) {
+        if shared.stop.load(Ordering::SeqCst) || !leading.holds() {
             return;
         }
         deliver(&dir, &host, &spec, &mut sink, &policy);
@@ -490,14 +532,31 @@ fn read_new(
     if sink.pending.len() >= MAX_BATCH {
         return Ok(());
     }
+    if let Continuity::Replaced(why) = log.continuity(&sink.mark)? {
+        let (restart, id) = position_after(log, sink.read_to_id.as_deref())?;
+        tracing::warn!(
+            sink = sink.key.as_str(),
+            %why,
+            offset = restart.offset,
+            "alerts: events.log was replaced; going on after the last event read, found again by id (else at the end)"
+        );
+        sink.read_to = restart;
+        sink.read_to_id = id.clone();
+        sink.pending_end = restart;
+        sink.pending_end_id = id;
+    }
     let mut fresh = Vec::new();
+    let mut last_id = sink.read_to_id.clone();
     let end = log.scan(sink.read_to, |record| {
+        last_id = record.event.id.clone();
         if record.event.is_error() {
             fresh.push(record.event);
         }
         Ok(())
     })?;
     sink.read_to = end;
+    sink.read_to_id = last_id;
+    sink.mark = log.mark(end)?;
     for event in fresh {
         let key = identity(&event);
         // Not sent yet: merge into the pending one.
@@ -520,7 +579,34 @@ fn read_new(
         }
     }
     sink.pending_end = end;
+    sink.pending_end_id = sink.read_to_id.clone();
     Ok(())
+}
+
+/// Where to go on in a replaced log: just after the event with `id`, or at
+/// the end when it is not there (the old log's history cannot be placed in
+/// the new one; alerts appended from now on are delivered).
+fn position_after(
+    log: &FileLog,
+    id: Option<&str>,
+) -> Result<(Cursor, Option<String>), crate::log::StoreError> {
+    let mut found = None;
+    let mut last = None;
+    let end = log.scan(Cursor::START, |record| {
+        let next = Cursor {
+            offset: record.offset + record.len + 1,
+            line: record.line + 1,
+        };
+        if id.is_some() && record.event.id.as_deref() == id {
+            found = Some(next);
+        }
+        last = record.event.id;
+        Ok(())
+    })?;
+    Ok(match found {
+        Some(cursor) => (cursor, id.map(str::to_string)),
+        None => (end, last),
+    })
 }
 
 /// What became of one delivery attempt.
@@ -634,6 +720,9 @@ fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, failed
     let unchanged = entry.cursor == cursor && delivered == 0 && failed == 0 && error.is_none();
     if unchanged {
         return;
+    }
+    if sink.pending.is_empty() {
+        entry.after_id = sink.pending_end_id.clone();
     }
     entry.cursor = cursor;
     entry.delivered += delivered;

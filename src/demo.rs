@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::event::{Event, InteractionRef, NewEvent};
 use crate::log::{Cursor, EventStore, FileLog};
+use crate::visible::{visible, visible_entry};
 use crate::workspace::{self, Workspace};
 
 /// Marks a directory as made by `huddle demo`, so a rerun may replace it.
@@ -56,7 +57,8 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
     let workspace = Workspace::open(out)?;
     let leader = wait_for_leader(&workspace, None)?;
     println!(
-        "two daemons started (logs in {name}/daemon-*.log); {leader} was elected leader",
+        "two daemons started (logs in {name}/daemon-*.log); {} was elected leader",
+        visible(&leader),
         name = out.display()
     );
 
@@ -65,7 +67,7 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
     converse(&exe, out, rounds)?;
     let elapsed = started.elapsed();
     wait_for_snapshot(&workspace)?;
-    println!("\ncommunication.md, kept fresh by {leader}:");
+    println!("\ncommunication.md, kept fresh by {}:", visible(&leader));
     print_region(out)?;
 
     let position = daemons
@@ -76,10 +78,11 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
     killed.kill().context("cannot kill the leader")?;
     let _ = killed.wait();
     let killed_at = Instant::now();
-    println!("\nkilled {leader} (SIGKILL) ...");
+    println!("\nkilled {} (SIGKILL) ...", visible(&leader));
     let successor = wait_for_leader(&workspace, Some(&leader))?;
     println!(
-        "{successor} took over after {:.1?} (leader timeout 1.5 s)",
+        "{} took over after {:.1?} (leader timeout 1.5 s)",
+        visible(&successor),
         killed_at.elapsed()
     );
 
@@ -93,13 +96,14 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
     wait_for_snapshot(&workspace)?;
     let text = std::fs::read_to_string(out.join(crate::snapshot::COMMUNICATION_FILE))?;
     println!(
-        "a new question (interaction #{}) {} communication.md under {successor}",
+        "a new question (interaction #{}) {} communication.md under {}",
         last.interaction,
         if text.contains(&format!("### Interaction #{}", last.interaction)) {
             "appeared in"
         } else {
             "is missing from"
-        }
+        },
+        visible(&successor)
     );
 
     for (_, child) in &mut daemons {
@@ -167,8 +171,9 @@ fn print_region(out: &Path) -> Result<()> {
         .split_once(crate::snapshot::BEGIN_MARKER)
         .and_then(|(_, rest)| rest.split_once(crate::snapshot::END_MARKER))
         .map_or("", |(region, _)| region);
+    // The region is neutralised markdown, but a hand-edited file may hold anything.
     for line in region.trim_matches('\n').lines() {
-        println!("  | {line}");
+        println!("  | {}", visible(line));
     }
     Ok(())
 }
@@ -221,7 +226,8 @@ fn summarise(out: &Path, elapsed: Duration) -> Result<()> {
         }
         println!("  interaction #{number}");
         for event in visible {
-            println!("    {:<8} {:<9} {}", event.actor, event.kind, event.content);
+            let entry = format!("{:<8} {:<9} {}", event.actor, event.kind, event.content);
+            println!("    {}", visible_entry(&entry, "      "));
         }
     }
     let ids: HashSet<_> = events.iter().filter_map(|e| e.id.as_ref()).collect();

@@ -6,7 +6,8 @@
 //! - [`config`]: the settings file huddle.toml,
 //! - [`workspace`]: creating a huddle directory,
 //! - [`snapshot`]: communication.md and archive.md,
-//! - [`demo`]: the README's first command.
+//! - [`demo`]: the README's first command,
+//! - [`visible`]: text from the log made safe for terminals.
 
 pub mod alerts;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod plugin;
 pub mod snapshot;
 pub mod status;
 pub mod sync;
+pub mod visible;
 pub mod workspace;
 
 pub use config::Config;

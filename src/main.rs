@@ -12,6 +12,7 @@ use huddle::config::ConfigError;
 use huddle::event::{InteractionRef, NewEvent, ValidationError};
 use huddle::log::EventStore;
 use huddle::plugin::{self, CheckError, PluginHost, Slot};
+use huddle::visible::{visible, visible_entry, VisibleWriter};
 use huddle::workspace::{self, Workspace};
 use huddle::{checkpoint, daemon, demo, snapshot, status, StoreError};
 
@@ -154,7 +155,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("huddle: {err:#}");
+            // Errors quote what they refused, and that may come from the log.
+            eprintln!("huddle: {}", visible(&format!("{err:#}")));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -166,7 +168,8 @@ fn init_tracing() {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Alerts and errors quote the log: shown, not obeyed, by a terminal.
+        .with_writer(|| VisibleWriter(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
@@ -199,10 +202,13 @@ fn run(cli: Cli) -> Result<()> {
             let report = workspace::init(&dir)
                 .with_context(|| format!("cannot initialise {}", dir.display()))?;
             for path in &report.created {
-                println!("created {}", path.display());
+                println!("created {}", visible(&path.display().to_string()));
             }
             for path in &report.kept {
-                println!("kept    {} (already there, left alone)", path.display());
+                println!(
+                    "kept    {} (already there, left alone)",
+                    visible(&path.display().to_string())
+                );
             }
             Ok(())
         }
@@ -225,7 +231,9 @@ fn run(cli: Cli) -> Result<()> {
             {
                 Ok(event) => println!("{}", event.interaction),
                 // Paused: the event is safe in the queue; that is not a failure.
-                Err(paused @ StoreError::Paused { .. }) => eprintln!("huddle: {paused}"),
+                Err(paused @ StoreError::Paused { .. }) => {
+                    eprintln!("huddle: {}", visible(&paused.to_string()))
+                }
                 Err(error) => return Err(error.into()),
             }
             Ok(())
@@ -305,7 +313,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = huddle::sync::sync(&workspace)?;
             println!(
                 "synced with {}: {} events received, {}",
-                workspace.config.sync.remote,
+                visible(&workspace.config.sync.remote),
                 report.received,
                 if report.pushed {
                     "pushed"
@@ -356,7 +364,11 @@ fn run(cli: Cli) -> Result<()> {
             PluginsCommand::Check { file } => {
                 let host = PluginHost::new()?;
                 let world = plugin::check_file(&host, &file)?;
-                println!("{} implements {}", file.display(), world.name());
+                println!(
+                    "{} implements {}",
+                    visible(&file.display().to_string()),
+                    world.name()
+                );
                 Ok(())
             }
         },
@@ -414,11 +426,11 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
                 if json {
                     writeln!(out, "{}", event.to_line())?;
                 } else {
-                    writeln!(
-                        out,
+                    let entry = format!(
                         "#{} [{}] {} {}: {}",
                         event.interaction, event.timestamp, event.actor, event.kind, event.content
-                    )?;
+                    );
+                    writeln!(out, "{}", visible_entry(&entry, "    "))?;
                 }
             }
             out.flush()?;
@@ -455,7 +467,12 @@ fn plugins_list(dir: &std::path::Path) -> Result<()> {
             Ok((_, sha)) => sha,
             Err(e) => format!("unreadable: {e}"),
         };
-        println!("{:<15} {:<40} {sha}", slot.name(), spec.source.describe());
+        println!(
+            "{:<15} {:<40} {}",
+            slot.name(),
+            visible(&spec.source.describe()),
+            visible(&sha)
+        );
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::election::{parse_time, Leadership};
 use crate::log::{Cursor, StoreError, LOG_FILE, STATE_DIR};
+use crate::visible::{visible, visible_entry};
 use crate::workspace::Workspace;
 
 pub const SNAPSHOT_STATE_FILE: &str = "snapshot.json";
@@ -175,19 +176,26 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     })
 }
 
+/// For people: every text that came from the log or a state file (names,
+/// errors, a remote server's answer) is shown with [`visible`], so a
+/// terminal shows an escape sequence instead of obeying it. `--json` prints
+/// the exact values.
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(pause) = &self.paused {
             writeln!(
                 f,
                 "PAUSED:   since {} by {}: {}\n          fix the cause, then run `huddle resume`",
-                pause.since, pause.by, pause.reason
+                visible(&pause.since),
+                visible(&pause.by),
+                visible_entry(&pause.reason, "          ")
             )?;
         }
         match (&self.leader, self.leader_heartbeat_age_secs) {
             (Some(leader), Some(age)) => writeln!(
                 f,
-                "leader:   {leader} (term {}), last heartbeat {age:.1}s ago",
+                "leader:   {} (term {}), last heartbeat {age:.1}s ago",
+                visible(leader),
                 self.term
             )?,
             _ => writeln!(f, "leader:   none (last term {})", self.term)?,
@@ -215,14 +223,14 @@ impl std::fmt::Display for Status {
             writeln!(
                 f,
                 "sync:     {} {}; last success {}; {} bytes not pushed yet{}",
-                sync.remote,
+                visible(&sync.remote),
                 if sync.offline { "OFFLINE" } else { "online" },
-                sync.last_success.as_deref().unwrap_or("never"),
+                visible(sync.last_success.as_deref().unwrap_or("never")),
                 sync.pending_bytes,
                 sync.last_error
                     .as_ref()
                     .filter(|_| sync.offline)
-                    .map(|e| format!(" ({e})"))
+                    .map(|e| format!(" ({})", visible_entry(e, "          ")))
                     .unwrap_or_default()
             )?;
         }
@@ -234,17 +242,24 @@ impl std::fmt::Display for Status {
             writeln!(
                 f,
                 "  {:<24} last {:<16} {age} ago",
-                actor.actor, actor.last_type
+                visible_entry(&actor.actor, "    "),
+                visible_entry(&actor.last_type, "    ")
             )?;
         }
         for sink in &self.alerts {
             write!(
                 f,
                 "alerts:   sink {}: {} delivered",
-                sink.sink, sink.delivered
+                visible(&sink.sink),
+                sink.delivered
             )?;
             match (&sink.last_error, &sink.last_error_at) {
-                (Some(error), Some(at)) => writeln!(f, "; last failure at {at}: {error}")?,
+                (Some(error), Some(at)) => writeln!(
+                    f,
+                    "; last failure at {}: {}",
+                    visible(at),
+                    visible_entry(error, "          ")
+                )?,
                 _ => writeln!(f)?,
             }
         }
@@ -253,11 +268,8 @@ impl std::fmt::Display for Status {
         } else {
             writeln!(f, "last errors:")?;
             for error in &self.last_errors {
-                writeln!(
-                    f,
-                    "  {} {}: {}",
-                    error.timestamp, error.actor, error.content
-                )?;
+                let entry = format!("{} {}: {}", error.timestamp, error.actor, error.content);
+                writeln!(f, "  {}", visible_entry(&entry, "    "))?;
             }
         }
         Ok(())

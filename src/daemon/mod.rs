@@ -107,8 +107,8 @@ struct Daemon {
     sync_interval: u64,
     log: FileLog,
     host: Arc<PluginHost>,
-    /// Tells the alert thread whether we lead.
-    leading_flag: Arc<AtomicBool>,
+    /// Tells the alert thread whether, and until when, we lead.
+    leader_lease: crate::alerts::LeaderLease,
     /// Alerts for the sinks that cannot go through the log (it may be unwritable).
     direct_alerts: Arc<std::sync::Mutex<Vec<Event>>>,
     /// Paused after a write error, until `huddle resume`.
@@ -175,7 +175,7 @@ impl Daemon {
             sync_interval: workspace.config.sync.interval_secs.max(1),
             log: workspace.log(),
             host,
-            leading_flag: Arc::new(AtomicBool::new(false)),
+            leader_lease: crate::alerts::LeaderLease::default(),
             direct_alerts: Arc::default(),
             paused: crate::pause::paused(dir).is_some(),
             next_sync: workspace.config.sync.enabled.then(Instant::now),
@@ -243,6 +243,17 @@ impl Daemon {
         }
     }
 
+    /// Lets the alert thread act as leader for one leader timeout more,
+    /// or stops it at once if we do not lead.
+    fn renew_lease(&self) {
+        if self.leading() {
+            self.leader_lease
+                .grant_until(Instant::now() + Duration::from_millis(self.config.leader_timeout_ms));
+        } else {
+            self.leader_lease.revoke();
+        }
+    }
+
     fn leading(&self) -> bool {
         self.my_term
             .is_some_and(|term| term == self.leadership.term)
@@ -274,8 +285,9 @@ impl Daemon {
             _ => {}
         }
         if self.paused {
-            // Keep following (status, alerts), write nothing.
-            self.leading_flag.store(self.leading(), Ordering::SeqCst);
+            // Keep following (status, alerts), write nothing. No daemon
+            // writes while paused, so no claim can replace us meanwhile.
+            self.renew_lease();
             return Ok(());
         }
         if self.my_term.is_some() && !self.leading() {
@@ -291,7 +303,9 @@ impl Daemon {
         } else if self.elect {
             self.maybe_campaign()?;
         }
-        self.leading_flag.store(self.leading(), Ordering::SeqCst);
+        if !self.leading() {
+            self.leader_lease.revoke();
+        }
         Ok(())
     }
 
@@ -302,6 +316,7 @@ impl Daemon {
         if Instant::now() >= self.next_heartbeat {
             if leader_heartbeat(&self.log, self.cursor, &self.me, term)? {
                 self.next_heartbeat = Instant::now() + self.heartbeat_every();
+                self.renew_lease();
             } else {
                 tracing::warn!(term, "replaced while we were away: stepping down");
                 self.my_term = None;
@@ -633,7 +648,7 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
         let (dir, host, leading, stop, direct) = (
             dir.to_path_buf(),
             daemon.host.clone(),
-            daemon.leading_flag.clone(),
+            daemon.leader_lease.clone(),
             stop_alerts.clone(),
             daemon.direct_alerts.clone(),
         );
@@ -695,7 +710,7 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
         daemon.resign();
     }
     daemon.snapshots.stop();
-    daemon.leading_flag.store(false, Ordering::SeqCst);
+    daemon.leader_lease.revoke();
     stop_alerts.store(true, Ordering::SeqCst);
     let _ = alerts.join();
     drop(watch);

@@ -30,8 +30,21 @@ pub const HASHED_BYTES: u64 = 4096;
 pub struct ReadMark {
     pub inode: u64,
     pub offset: u64,
-    /// sha256 (hex) of the `HASHED_BYTES` bytes before `offset`.
+    /// sha256 (hex) of the `HASHED_BYTES` bytes before `offset`; empty when
+    /// unknown (a position saved without a mark), and then only the length
+    /// is checked.
     pub tail_sha256: String,
+}
+
+impl ReadMark {
+    /// A mark for a position whose bytes were never hashed.
+    pub fn unhashed(cursor: Cursor) -> ReadMark {
+        ReadMark {
+            inode: 0,
+            offset: cursor.offset,
+            tail_sha256: String::new(),
+        }
+    }
 }
 
 /// Whether the log is still the file a reader read.
@@ -68,6 +81,10 @@ impl FileLog {
             Err(e) => return Err(read(e)),
         };
         let meta = file.metadata().map_err(read)?;
+        if meta.len() < cursor.offset {
+            // The file is already shorter: `continuity` says so next time.
+            return Ok(ReadMark::unhashed(cursor));
+        }
         Ok(ReadMark {
             inode: meta.ino(),
             offset: cursor.offset,
@@ -112,6 +129,9 @@ impl FileLog {
                 meta.len(),
                 mark.offset
             )));
+        }
+        if mark.tail_sha256.is_empty() {
+            return Ok(Continuity::Same);
         }
         let now = tail_sha256(&file, mark.offset).map_err(|source| StoreError::Io {
             action: "read",

@@ -82,12 +82,24 @@ impl StoreError {
     }
 }
 
-/// Disk full, read-only file system, permission denied, quota.
+/// Disk full, read-only file system, permission denied, quota — also when
+/// the OS error arrives wrapped (tempfile adds the path to the errors it
+/// returns, keeping only their kind and the original as the inner error).
 pub fn is_refusal(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
     matches!(
         error.raw_os_error(),
         Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
-    )
+    ) || matches!(
+        error.kind(),
+        ErrorKind::StorageFull
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::PermissionDenied
+            | ErrorKind::QuotaExceeded
+    ) || error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .is_some_and(is_refusal)
 }
 
 /// Result of `compare_and_append`.

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
 use super::cache::ArtifactCache;
@@ -131,6 +131,30 @@ impl v1::http::Host for HostState {
         }
     }
 }
+
+/// The clock a plugin sees: always the Unix epoch, never advancing.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The "random" bytes a plugin gets, over and over.
+const FIXED_RANDOM: [u8; 8] = [0x68, 0x75, 0x64, 0x64, 0x6c, 0x65, 0x2d, 0x31];
 
 /// A compiled plugin, pre-linked for its world.
 #[derive(Clone)]
@@ -307,10 +331,18 @@ impl PluginHost {
     fn store(&self, spec: &PluginSpec) -> (Store<HostState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let mut wasi = WasiCtx::builder();
+        // No clock and no randomness beyond what the host hands over: a
+        // plugin sees the epoch and a fixed byte cycle, so the same inputs
+        // give the same output on every call and every machine.
         wasi.stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(Deterministic::new(FIXED_RANDOM.to_vec()))
+            .insecure_random(Deterministic::new(FIXED_RANDOM.to_vec()))
+            .insecure_random_seed(0);
         let state = HostState {
             plugin: spec.name(),
             wasi: wasi.build(),

@@ -735,7 +735,7 @@ impl Snapshotter {
     }
 
     /// One interaction with its visible events read back from the log and
-    /// their content neutralised.
+    /// every field a renderer sees neutralised.
     fn interaction(
         &self,
         fetcher: &mut Fetcher,
@@ -745,11 +745,10 @@ impl Snapshotter {
         let mut entries = Vec::with_capacity(refs.len());
         for event_ref in refs {
             let mut event = fetcher.event(event_ref)?;
-            if let std::borrow::Cow::Owned(safe) = region::neutralise(&event.content) {
-                event.content = safe;
-            }
+            region::neutralise_event(&mut event);
+            let heading = &self.index.headings[event_ref.heading as usize];
             entries.push(Entry {
-                heading: self.index.headings[event_ref.heading as usize].clone(),
+                heading: region::neutralise_field(heading).into_owned(),
                 event,
             });
         }

@@ -1,53 +1,390 @@
-//! The marker region of communication.md, and the rule that keeps event
-//! content from forging structure.
+//! The marker region of communication.md, and the rules that keep what a
+//! writer of the log chose from forging structure in the rendered files.
 //!
-//! Neutralisation (host side, before the renderer sees the content): every
-//! content line whose first non-blank characters could be read as structure —
-//! `#` (a heading, e.g. `### Interaction #999`), `<!--` or `-->` (a marker or
-//! any HTML comment), `- [` (an archive entry line) — gets a backslash before
-//! that character. In markdown `\#` and `\<` show the character itself, so
-//! people read the same text, but no line of content can end the region or
-//! start an interaction.
+//! People and agents read communication.md and archive.md rendered as
+//! CommonMark (GitHub, editors), so the guarantee is about that parse: the
+//! headings are exactly the templates' (interactions, event headings), the
+//! markers stay top-level HTML comments, and no text of an event adds a block
+//! of its own or raw HTML. The host neutralises every field before a renderer
+//! sees it:
+//!
+//! - **Content** (many lines, inline markdown kept). Line breaks are
+//!   normalised to LF (a lone CR, CRLF, U+2028, U+2029 and NEL end a line for
+//!   some reader). Control and bidi characters are shown as `\u{…}` (see
+//!   [`crate::visible`]). A line whose first character (after blanks) could
+//!   open a block gets a backslash before that character, which markdown
+//!   shows as the character itself: ATX headings (`#`), setext underlines
+//!   (`===`, `---`), thematic breaks, list items (`- `, `* `, `+ `, `1. `,
+//!   `1) `), fenced code (three backticks or tildes), HTML blocks (`<` and a
+//!   letter, `/`, `!` or `?`), link reference and footnote definitions (`[x]:`,
+//!   `[^x]`), table delimiter rows and definition lists (`|`, `:`). A `>`
+//!   (block quote) is kept and the rest of the line is neutralised as a line
+//!   of its own, so quotes still work but hold nothing else. Anywhere in a
+//!   line, `<` before a letter, `/`, `!` or `?` is escaped (no raw HTML, which
+//!   a browser-based preview would obey: an unclosed `<style>` hides the rest).
+//!   Every other character is kept: emphasis, code spans and links render.
+//!   Since no line opens a block, nothing is left open at the end of an event
+//!   to swallow the next one.
+//! - **One-line fields** (actor, type, timestamp, id, heading): line breaks
+//!   and controls are shown as `\u{…}` (a field never breaks a line), the
+//!   first character is escaped by the rule above (a `>` too), and every
+//!   character with inline meaning is escaped (`\ ` `` ` `` `* [ ] < # ~ |`, `_`
+//!   at a word boundary, `&` before an entity name), so a heading shows
+//!   exactly its text.
 
 use std::borrow::Cow;
 
 use super::{BEGIN_MARKER, END_MARKER};
+use crate::event::Event;
+use crate::visible::{is_hidden, push_shown};
 
-const DANGEROUS_STARTS: [&str; 4] = ["#", "<!--", "-->", "- ["];
-
-pub(crate) fn neutralise(content: &str) -> Cow<'_, str> {
-    if !content.lines().any(is_dangerous) {
-        return Cow::Borrowed(content);
+/// Neutralises every field of `event` a renderer sees.
+pub(crate) fn neutralise_event(event: &mut Event) {
+    fn replace(field: &mut String, neutralise: fn(&str) -> Cow<'_, str>) {
+        if let Cow::Owned(safe) = neutralise(field) {
+            *field = safe;
+        }
     }
-    let mut out = String::with_capacity(content.len() + 8);
-    for (i, line) in content.split('\n').enumerate() {
+    replace(&mut event.content, neutralise);
+    replace(&mut event.actor, neutralise_field);
+    replace(&mut event.kind, neutralise_field);
+    replace(&mut event.timestamp, neutralise_field);
+    if let Some(id) = &mut event.id {
+        replace(id, neutralise_field);
+    }
+}
+
+/// Content: many lines; see the module comment.
+pub(crate) fn neutralise(content: &str) -> Cow<'_, str> {
+    if content_needs_work(content) {
+        Cow::Owned(neutralised_content(content))
+    } else {
+        Cow::Borrowed(content)
+    }
+}
+
+fn neutralised_content(content: &str) -> String {
+    let mut out = String::with_capacity(content.len() + 16);
+    for (i, line) in lines(content).enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        if is_dangerous(line) {
-            let indent = line.len() - line.trim_start().len();
-            out.push_str(&line[..indent]);
-            out.push('\\');
-            out.push_str(&line[indent..]);
-        } else {
-            out.push_str(line);
+        neutralise_line(line, &mut out);
+    }
+    out
+}
+
+/// A one-line field: see the module comment.
+pub(crate) fn neutralise_field(field: &str) -> Cow<'_, str> {
+    if field_needs_work(field) {
+        Cow::Owned(neutralised_field(field))
+    } else {
+        Cow::Borrowed(field)
+    }
+}
+
+fn neutralised_field(field: &str) -> String {
+    let mut out = String::with_capacity(field.len() + 8);
+    let text = push_blanks(field, &mut out);
+    let start = push_block_start(text, false, &mut out);
+    let mut previous = text[..start].chars().next_back();
+    let rest = &text[start..];
+    let mut chars = rest.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        let next = chars.peek().map(|(_, c)| *c);
+        match c {
+            c if is_hidden(c) || is_line_break(c) => push_shown(&mut out, c),
+            '\\' | '`' | '*' | '[' | ']' | '<' | '#' | '~' | '|' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '_' if !(previous.is_some_and(char::is_alphanumeric)
+                && next.is_some_and(char::is_alphanumeric)) =>
+            {
+                out.push_str("\\_");
+            }
+            '&' if starts_entity(&rest[at + 1..]) => out.push_str("\\&"),
+            c => out.push(c),
+        }
+        previous = Some(c);
+    }
+    out
+}
+
+/// Splits on every line ending some reader honours: LF, CRLF, a lone CR,
+/// NEL, U+2028 and U+2029.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.char_indices().find(|(_, c)| is_line_break(*c)) {
+            Some((at, c)) => {
+                let mut next = at + c.len_utf8();
+                if c == '\r' && text[next..].starts_with('\n') {
+                    next += 1;
+                }
+                rest = Some(&text[next..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
+fn is_line_break(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
+/// Leading characters that do not count as the start of a line's text:
+/// CommonMark's blanks (space, tab), and, for readers that are less strict,
+/// other Unicode spaces and invisible marks.
+fn is_blank(c: char) -> bool {
+    c == ' '
+        || c == '\t'
+        || (c.is_whitespace() && !c.is_control() && !is_line_break(c))
+        || matches!(c, '\u{feff}' | '\u{200b}' | '\u{2060}')
+}
+
+fn push_blanks<'a>(line: &'a str, out: &mut String) -> &'a str {
+    let text = line.trim_start_matches(is_blank);
+    out.push_str(&line[..line.len() - text.len()]);
+    text
+}
+
+/// Bytes that may need a closer look: controls other than newline and tab,
+/// DEL, non-ASCII, and `extra`.
+const fn closer_look(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b < 0x20 || b >= 0x7f;
+        b += 1;
+    }
+    table[b'\n' as usize] = false;
+    table[b'\t' as usize] = false;
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+const CONTENT_LOOK: [bool; 256] = closer_look(b"<");
+const FIELD_LOOK: [bool; 256] = closer_look(b"\\`*[]<#~|_&\n");
+
+/// Whether [`neutralise`] would change `content`: one pass over the bytes,
+/// without allocating (most content needs nothing).
+fn content_needs_work(content: &str) -> bool {
+    let bytes = content.as_bytes();
+    if bytes.iter().any(|b| CONTENT_LOOK[usize::from(*b)]) && content_has_special_chars(content) {
+        return true;
+    }
+    content.split('\n').any(|line| {
+        // A letter never opens a block: the common case, decided at once.
+        if line.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) {
+            return false;
+        }
+        let mut text = line.trim_start_matches(is_blank);
+        while let Some(inner) = text.strip_prefix('>') {
+            text = inner.trim_start_matches(is_blank);
+        }
+        block_start(text, true).is_some()
+    })
+}
+
+/// Controls, other line breaks, bidi characters, raw HTML.
+fn content_has_special_chars(content: &str) -> bool {
+    let bytes = content.as_bytes();
+    let mut non_ascii = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\n' | b'\t' => {}
+            0x00..=0x1f | 0x7f => return true,
+            b'<' if bytes
+                .get(at + 1)
+                .is_some_and(|n| opens_html(char::from(*n))) =>
+            {
+                return true
+            }
+            0x80.. => non_ascii = true,
+            _ => {}
         }
     }
-    Cow::Owned(out)
+    non_ascii && content.chars().any(|c| is_hidden(c) || is_line_break(c))
 }
 
-fn is_dangerous(line: &str) -> bool {
-    let trimmed = line.trim_start();
-    DANGEROUS_STARTS
-        .iter()
-        .any(|start| trimmed.starts_with(start))
+/// Whether [`neutralise_field`] would change `field`.
+fn field_needs_work(field: &str) -> bool {
+    let bytes = field.as_bytes();
+    let first_opens = |field: &str| {
+        !field
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphabetic)
+            && block_start(field.trim_start_matches(is_blank), false).is_some()
+    };
+    if !bytes.iter().any(|b| FIELD_LOOK[usize::from(*b)]) {
+        return first_opens(field);
+    }
+    let mut non_ascii = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            0x00..=0x1f | 0x7f => return true,
+            b'\\' | b'`' | b'*' | b'[' | b']' | b'<' | b'#' | b'~' | b'|' => return true,
+            // Between two ASCII letters or digits it is text; anything else
+            // (non-ASCII neighbours included) is left to the exact rule.
+            b'_' if !(at > 0
+                && bytes[at - 1].is_ascii_alphanumeric()
+                && bytes.get(at + 1).is_some_and(u8::is_ascii_alphanumeric)) =>
+            {
+                return true
+            }
+            b'&' if starts_entity(&field[at + 1..]) => return true,
+            0x80.. => non_ascii = true,
+            _ => {}
+        }
+    }
+    (non_ascii && field.chars().any(|c| is_hidden(c) || is_line_break(c))) || first_opens(field)
 }
 
-/// True if a rendered block contains a line that would end or restart the region.
+/// One line of content.
+fn neutralise_line(line: &str, out: &mut String) {
+    let mut text = push_blanks(line, out);
+    // A block quote is kept; what it holds is a line of its own.
+    while let Some(inner) = text.strip_prefix('>') {
+        out.push('>');
+        text = push_blanks(inner, out);
+    }
+    text = &text[push_block_start(text, true, out)..];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // Already escaped by the writer: keep the pair as it is, so the
+            // backslash is not read as one more escape before it.
+            '\\' => {
+                out.push('\\');
+                if let Some(&next) = chars.peek().filter(|n| n.is_ascii_punctuation()) {
+                    out.push(next);
+                    chars.next();
+                }
+            }
+            '<' if chars.peek().is_some_and(|n| opens_html(*n)) => out.push_str("\\<"),
+            c if is_hidden(c) => push_shown(out, c),
+            c => out.push(c),
+        }
+    }
+}
+
+/// How a line's text (blanks already taken off) could open a block.
+enum BlockStart {
+    /// By its first character: escape that.
+    First(char),
+    /// As an ordered list item: escape the `.` or `)` after this many digits.
+    AfterDigits(usize),
+}
+
+fn block_start(text: &str, content: bool) -> Option<BlockStart> {
+    let first = text.chars().next()?;
+    let after = &text[first.len_utf8()..];
+    // A list marker is followed by a blank or the line's end.
+    let gap = |rest: &str| rest.is_empty() || rest.starts_with([' ', '\t']);
+    let only = |c: char| text.chars().all(|x| x == c || x == ' ' || x == '\t');
+    let delimiter_row = || {
+        text.chars()
+            .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'))
+    };
+    let opens = match first {
+        '#' => true,
+        '`' | '~' => text.chars().take_while(|c| *c == first).count() >= 3,
+        '-' | '+' | '*' => gap(after) || only(first) || (first == '-' && delimiter_row()),
+        '_' | '=' => only(first),
+        '<' => after.chars().next().is_some_and(opens_html),
+        '[' => may_define_link(text),
+        // Table delimiter rows; a definition (pulldown-cmark's extension)
+        // needs no blank after its `:`.
+        '|' => delimiter_row(),
+        ':' => true,
+        '>' => !content,
+        '0'..='9' => {
+            let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+            let rest = &text[digits..];
+            return (rest.starts_with(['.', ')']) && gap(&rest[1..]))
+                .then_some(BlockStart::AfterDigits(digits));
+        }
+        _ => false,
+    };
+    opens.then_some(BlockStart::First(first))
+}
+
+/// Pushes the start of a line's text with the escape in place (`\#`,
+/// `1\.`) if it could open a block, and returns how many bytes of `text`
+/// that consumed (0 if none).
+fn push_block_start(text: &str, content: bool, out: &mut String) -> usize {
+    match block_start(text, content) {
+        None => 0,
+        Some(BlockStart::First(first)) => {
+            out.push('\\');
+            out.push(first);
+            first.len_utf8()
+        }
+        Some(BlockStart::AfterDigits(digits)) => {
+            out.push_str(&text[..digits]);
+            out.push('\\');
+            out.push_str(&text[digits..digits + 1]);
+            digits + 1
+        }
+    }
+}
+
+/// `<` followed by this starts raw HTML (blocks of types 1-7, inline tags,
+/// comments, processing instructions, declarations) or an autolink.
+fn opens_html(next: char) -> bool {
+    next.is_ascii_alphabetic() || matches!(next, '/' | '!' | '?')
+}
+
+/// Whether a line starting with `[` could be a link reference definition
+/// (`[label]: url`, which hides the line and captures links elsewhere) or a
+/// footnote definition (`[^1]: text`, which moves the text and may hold
+/// blocks). A label ends at the first unescaped `]`; if the line has none,
+/// the label may go on to the next line, so that counts as possible too.
+/// `[text](url)`, the common case, stays a link.
+fn may_define_link(text: &str) -> bool {
+    if text.starts_with("[^") {
+        return true;
+    }
+    let mut escaped = false;
+    for (at, c) in text.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ']' => return text[at + 1..].starts_with(':'),
+            // Not a valid label, but readers differ: take the safe side.
+            '[' => return true,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Whether `&` followed by `rest` is an entity or numeric character
+/// reference (`&amp;`, `&#35;`, `&#x23;`), which markdown would decode.
+fn starts_entity(rest: &str) -> bool {
+    let name = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'#')
+        .count();
+    name > 0 && rest[name..].starts_with(';')
+}
+
+/// True if a rendered block contains a line that would end or restart the
+/// region, for the region parser or for a CommonMark reader (which also ends
+/// a line at a lone CR).
 pub(crate) fn has_marker_line(block: &str) -> bool {
-    block
-        .lines()
-        .any(|line| line.trim() == BEGIN_MARKER || line.trim() == END_MARKER)
+    lines(block).any(|line| line.trim() == BEGIN_MARKER || line.trim() == END_MARKER)
 }
 
 /// communication.md with its region replaced by `region`; text outside the
@@ -73,6 +410,12 @@ fn push_region(out: &mut String, region: &str) {
     out.push_str(BEGIN_MARKER);
     out.push('\n');
     out.push_str(region);
+    // A template without a final newline must not glue the END marker to
+    // its last line: the marker would no longer be found, nor be a comment
+    // of its own for a markdown reader.
+    if !region.is_empty() && !region.ends_with('\n') {
+        out.push('\n');
+    }
     out.push_str(END_MARKER);
     out.push('\n');
 }
@@ -97,15 +440,489 @@ fn find_region(text: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulldown_cmark::{CodeBlockKind, Event as Md, Options, Parser, Tag, TagEnd};
 
     #[test]
-    fn neutralises_structure_and_keeps_plain_text() {
-        assert_eq!(neutralise("plain\ntext"), "plain\ntext");
+    fn plain_text_and_inline_markdown_stay_as_they_are() {
+        for text in [
+            "plain\ntext",
+            "**bold** at the start, *emphasis*, `code`, [a link](http://x) and ![img](y)",
+            "[link](url) first, [ref][x] too",
+            "1.5 litres, 2) later, -x, +1, *ok*, _ok_, `#` and \\# x",
+            "a < b, x <= y, <3, 5 > 4 & 'quotes'",
+            "  indented\tand\ttabs",
+            "ünïcödé → ✓ 👩\u{200d}💻",
+            "\\# already escaped \\<b>",
+            "--> -- ---x",
+            "> a quote\n> > nested",
+        ] {
+            assert_eq!(neutralise(text), text);
+        }
+    }
+
+    #[test]
+    fn every_block_start_is_escaped() {
+        let cases = [
+            ("### Interaction #999", "\\### Interaction #999"),
+            ("  #### B → A", "  \\#### B → A"),
+            ("\t# tab", "\t\\# tab"),
+            ("\u{a0}\u{feff}# spaces", "\u{a0}\u{feff}\\# spaces"),
+            ("Interaction #998\n===", "Interaction #998\n\\==="),
+            ("x\n---", "x\n\\---"),
+            ("- - -", "\\- - -"),
+            ("***", "\\***"),
+            ("___", "\\___"),
+            ("- # x", "\\- # x"),
+            ("* item", "\\* item"),
+            ("+ item", "\\+ item"),
+            ("-", "\\-"),
+            ("1. # x", "1\\. # x"),
+            ("12) x", "12\\) x"),
+            ("3.", "3\\."),
+            ("> # x", "> \\# x"),
+            (">> > ### x", ">> > \\### x"),
+            ("> - [x]", "> \\- [x]"),
+            ("```rust", "\\```rust"),
+            ("~~~", "\\~~~"),
+            ("<style>", "\\<style>"),
+            ("x\n\n<script>", "x\n\n\\<script>"),
+            ("<!-- END COMMUNICATION -->", "\\<!-- END COMMUNICATION -->"),
+            ("</div>", "\\</div>"),
+            ("<?php", "\\<?php"),
+            ("[x]: /url", "\\[x]: /url"),
+            ("[multi\nline]: /url", "\\[multi\nline]: /url"),
+            ("[^1]: # x", "\\[^1]: # x"),
+            ("|---|---|", "\\|---|---|"),
+            ("--|--", "\\--|--"),
+            (":-:|", "\\:-:|"),
+            (": definition", "\\: definition"),
+            (":x", "\\:x"),
+            (
+                "- [Agent B answer 2026-01-01T00:00:00Z]",
+                "\\- [Agent B answer 2026-01-01T00:00:00Z]",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(neutralise(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn raw_html_is_escaped_anywhere_in_a_line() {
         assert_eq!(
-            neutralise("ok\n<!-- END COMMUNICATION -->\n  ### Interaction #999\n- [x y z]\n-->"),
-            "ok\n\\<!-- END COMMUNICATION -->\n  \\### Interaction #999\n\\- [x y z]\n\\-->"
+            neutralise("x <style> y </div> <!-- c --> <?p <!D"),
+            "x \\<style> y \\</div> \\<!-- c --> \\<?p \\<!D"
         );
-        assert!(!has_marker_line(&neutralise("<!-- END COMMUNICATION -->")));
+        // A writer's own escape stays one: `\<b>` is literal, `\\<b>` is not.
+        assert_eq!(neutralise("\\<b> \\\\<b>"), "\\<b> \\\\\\<b>");
+    }
+
+    #[test]
+    fn line_breaks_are_normalised_and_controls_shown() {
+        assert_eq!(
+            neutralise("ok\r### Interaction #999"),
+            "ok\n\\### Interaction #999"
+        );
+        assert_eq!(
+            neutralise("a\r\nb\u{2028}# c\u{2029}d\u{85}e"),
+            "a\nb\n\\# c\nd\ne"
+        );
+        assert_eq!(
+            neutralise("\u{1b}[2J\u{7}\u{0}\u{b}# x \u{202e}"),
+            "\\u{1b}[2J\\u{7}\\u{0}\\u{b}# x \\u{202e}"
+        );
+    }
+
+    #[test]
+    fn fields_stay_one_line_and_show_their_text() {
+        let cases = [
+            ("Agent A", "Agent A"),
+            ("2026-11-25T14:00:31.123Z", "2026-11-25T14:00:31.123Z"),
+            ("A Follow-Up", "A Follow-Up"),
+            ("leader_election", "leader_election"),
+            ("x\n## Interaction #999", "x\\u{a}\\#\\# Interaction \\#999"),
+            ("a\rb\u{2028}c", "a\\u{d}b\\u{2028}c"),
+            ("> x", "\\> x"),
+            ("# x", "\\# x"),
+            ("- x", "\\- x"),
+            ("1. x", "1\\. x"),
+            ("<!--", "\\<!--"),
+            ("-->", "-->"),
+            ("```", "\\`\\`\\`"),
+            ("a]: /u \"t", "a\\]: /u \"t"),
+            (
+                "*b* _i_ ~s~ `c` \\ | &amp; & x",
+                "\\*b\\* \\_i\\_ \\~s\\~ \\`c\\` \\\\ \\| \\&amp; & x",
+            ),
+            ("foo ##", "foo \\#\\#"),
+        ];
+        for (field, expected) in cases {
+            assert_eq!(neutralise_field(field), expected, "{field:?}");
+        }
+    }
+
+    #[test]
+    fn marker_lines_are_found_at_any_line_break() {
+        assert!(has_marker_line(&format!("x\n  {END_MARKER}  \ny")));
+        assert!(has_marker_line(&format!("x\r{END_MARKER}")));
+        assert!(has_marker_line(&format!("x\u{2028}{BEGIN_MARKER}")));
+        assert!(!has_marker_line(&format!("x {END_MARKER}")));
+        assert!(!has_marker_line(&neutralise(&format!(
+            "a\r{END_MARKER}\n{BEGIN_MARKER}"
+        ))));
+    }
+
+    /// The stock templates (plugins/markdown/templates), written out here so
+    /// that thousands of cases run in milliseconds; tests/it/markdown.rs
+    /// checks the same with the real plugin and the binary.
+    fn render(number: u64, entries: &[(String, Event)], archive: bool) -> String {
+        let mut block = String::new();
+        if archive {
+            block.push_str(&format!("## Interaction #{number}\n"));
+            for (_, e) in entries {
+                block.push_str(&format!(
+                    "- [{} {} {}]\n{}\n",
+                    e.actor, e.kind, e.timestamp, e.content
+                ));
+            }
+        } else {
+            block.push_str(&format!("### Interaction #{number}\n"));
+            for (heading, e) in entries {
+                block.push_str(&format!("#### {heading}\n - {}\n", e.content));
+            }
+        }
+        block.push('\n');
+        block
+    }
+
+    /// What a CommonMark reader sees of a document's structure.
+    #[derive(Debug, Default)]
+    struct Shape {
+        /// `### text` for each heading, in order.
+        headings: Vec<String>,
+        /// Lines of HTML blocks at the top level.
+        top_level_html: Vec<String>,
+        /// Raw HTML anywhere else (inline, or a block inside a container).
+        other_html: usize,
+        /// The text of each top-level list item up to its first line break.
+        items: Vec<String>,
+        /// Lists inside other blocks, fenced code, tables, footnotes, definitions.
+        foreign_blocks: Vec<String>,
+    }
+
+    fn shape(text: &str, options: Options) -> Shape {
+        let mut shape = Shape::default();
+        let mut depth = 0usize;
+        let mut heading: Option<String> = None;
+        let mut item: Option<String> = None;
+        let mut html_at_top = false;
+        for event in Parser::new_ext(text, options) {
+            match event {
+                Md::Start(tag) => {
+                    match &tag {
+                        Tag::Heading { .. } => heading = Some(String::new()),
+                        Tag::Item if depth == 1 => item = Some(String::new()),
+                        Tag::HtmlBlock => html_at_top = depth == 0,
+                        Tag::List(_) if depth > 0 => shape.foreign_blocks.push(format!("{tag:?}")),
+                        Tag::CodeBlock(CodeBlockKind::Fenced(_))
+                        | Tag::Table(_)
+                        | Tag::FootnoteDefinition(_)
+                        | Tag::DefinitionList => shape.foreign_blocks.push(format!("{tag:?}")),
+                        _ => {}
+                    }
+                    depth += 1;
+                }
+                Md::End(tag) => {
+                    depth -= 1;
+                    if let (TagEnd::Heading(level), Some(text)) = (tag, heading.take()) {
+                        // Readers differ on a trailing tab; nobody sees it.
+                        let text = text.trim_matches(is_markdown_blank);
+                        shape
+                            .headings
+                            .push(format!("{} {text}", "#".repeat(level as usize)));
+                    }
+                    if matches!(tag, TagEnd::Paragraph | TagEnd::Item) {
+                        shape.items.extend(item.take());
+                    }
+                }
+                Md::Text(t) | Md::Code(t) => {
+                    for open in [&mut heading, &mut item].into_iter().flatten() {
+                        open.push_str(&t);
+                    }
+                }
+                Md::SoftBreak | Md::HardBreak => shape.items.extend(item.take()),
+                Md::Html(html) if html_at_top && depth == 1 => {
+                    shape.top_level_html.push(html.trim_end().to_string())
+                }
+                Md::Html(_) | Md::InlineHtml(_) => shape.other_html += 1,
+                _ => {}
+            }
+        }
+        shape
+    }
+
+    /// A small deterministic generator, so a failure can be replayed by seed.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Pieces of hostile text: every block construct, line ending and
+    /// control character the module comment lists.
+    const HOSTILE: &[&str] = &[
+        "# x",
+        "### Interaction #999",
+        "#### B → A",
+        "Interaction #998\n===",
+        "ok\n\nInteraction #998\n===",
+        "text\n---",
+        "***",
+        "- - -",
+        "___",
+        "- # x",
+        "* # x",
+        "+ # x",
+        "1. # x",
+        "1) # x",
+        "> # x",
+        "> ### x",
+        ">> > # x",
+        ">",
+        "```",
+        "~~~",
+        "````rust",
+        "    # indented",
+        "\t# tab",
+        " \t  # mixed",
+        "<style>",
+        "x\n\n<style>",
+        "<script>",
+        "<!--",
+        "-->",
+        "<!-- END COMMUNICATION -->",
+        "<!-- BEGIN COMMUNICATION -->",
+        "<div>",
+        "</div>",
+        "<?php",
+        "<!DOCTYPE html>",
+        "<![CDATA[",
+        "<a href=x>",
+        "[x]: /url",
+        "[^1]: # x",
+        "[x]:\n/url",
+        "[multi\nline]: /u",
+        "| a | b |\n|---|---|",
+        ":--|--:",
+        "--|--",
+        ": def",
+        "\r",
+        "\r\n",
+        "\u{2028}",
+        "\u{2029}",
+        "\u{85}",
+        "\u{b}",
+        "\u{c}",
+        "\u{1b}[2J",
+        "\u{1b}]52;c;eA==\u{7}",
+        "\u{9b}",
+        "\u{202e}",
+        "\u{2066}",
+        "\u{feff}# x",
+        "\u{a0}# x",
+        "\u{3000}# x",
+        "\\",
+        "\\\n",
+        "`",
+        "``",
+        "*",
+        "_",
+        "&amp;",
+        "&#35;",
+        "\\<b>",
+        "\\\\<b>",
+        "  ",
+        "\n",
+        "\n\n",
+        "x",
+        "plain text",
+        "**bold**",
+        "`code <b>`",
+        "[link](http://x)",
+        "ü →",
+        "=",
+        "-",
+        "1.",
+        "12)",
+        "9999999999.",
+        "$$",
+        "{#id}",
+        "- [Agent B answer 2026-01-01T00:00:00Z]",
+        "    ",
+        "\t",
+    ];
+
+    fn hostile(rng: &mut Rng) -> String {
+        let mut text = String::new();
+        for _ in 0..1 + rng.below(6) {
+            text.push_str(["", "\n", " ", "\r\n", "\n\n"][rng.below(5)]);
+            text.push_str(HOSTILE[rng.below(HOSTILE.len())]);
+        }
+        text
+    }
+
+    #[test]
+    fn generated_hostile_text_never_forges_the_rendered_structure() {
+        let notes_before = "# Notes\n\nours\n";
+        let notes_after = "\n## After\n";
+        for seed in 1..=3000u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let interactions: Vec<(u64, Vec<(String, Event)>)> = (1..=1 + rng.below(3) as u64)
+                .map(|number| {
+                    let entries = (0..1 + rng.below(3))
+                        .map(|_| {
+                            let mut event = Event::from_line(
+                                br#"{"interaction":1,"actor":"a","type":"t","content":"","timestamp":"2026-01-01T00:00:00Z"}"#,
+                            )
+                            .unwrap();
+                            event.content = hostile(&mut rng);
+                            event.actor = hostile(&mut rng);
+                            event.kind = hostile(&mut rng);
+                            event.timestamp = hostile(&mut rng);
+                            (hostile(&mut rng), event)
+                        })
+                        .collect();
+                    (number, entries)
+                })
+                .collect();
+            let mut region = String::new();
+            let mut archive = String::new();
+            let mut headings = vec!["# Notes".to_string()];
+            let mut archive_headings = Vec::new();
+            let mut entries = Vec::new();
+            for (number, raw) in &interactions {
+                let safe: Vec<(String, Event)> = raw
+                    .iter()
+                    .map(|(heading, event)| {
+                        let mut event = event.clone();
+                        neutralise_event(&mut event);
+                        (neutralise_field(heading).into_owned(), event)
+                    })
+                    .collect();
+                region.push_str(&render(*number, &safe, false));
+                archive.push_str(&render(*number, &safe, true));
+                headings.push(format!("### Interaction #{number}"));
+                archive_headings.push(format!("## Interaction #{number}"));
+                for (heading, event) in raw {
+                    headings.push(format!(
+                        "#### {}",
+                        one_line(heading).trim_matches(is_markdown_blank)
+                    ));
+                    entries.push(format!(
+                        "[{} {} {}]",
+                        one_line(&event.actor),
+                        one_line(&event.kind),
+                        one_line(&event.timestamp)
+                    ));
+                }
+            }
+            headings.push("## After".to_string());
+            let document = splice(
+                &format!("{notes_before}{BEGIN_MARKER}\n{END_MARKER}\n{notes_after}"),
+                &region,
+            );
+            for options in [Options::empty(), gfm()] {
+                let seen = shape(&document, options);
+                assert_eq!(seen.headings, headings, "seed {seed}: {document:?}");
+                assert_eq!(
+                    seen.top_level_html,
+                    [BEGIN_MARKER, END_MARKER],
+                    "seed {seed}: {document:?}"
+                );
+                assert_eq!(seen.other_html, 0, "seed {seed}: {document:?}");
+                assert_eq!(seen.items.len(), entries.len(), "seed {seed}: {document:?}");
+                assert!(
+                    seen.foreign_blocks.is_empty(),
+                    "seed {seed}: {seen:?} {document:?}"
+                );
+                let seen = shape(&archive, options);
+                assert_eq!(seen.headings, archive_headings, "seed {seed}: {archive:?}");
+                assert_eq!(seen.items, entries, "seed {seed}: {archive:?}");
+                assert_eq!(seen.other_html, 0, "seed {seed}: {archive:?}");
+                assert!(
+                    seen.foreign_blocks.is_empty(),
+                    "seed {seed}: {seen:?} {archive:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_checks_never_skip_a_change() {
+        let mut rng = Rng(7);
+        let mut texts: Vec<String> = HOSTILE.iter().map(|t| t.to_string()).collect();
+        texts.extend((0..20_000).map(|_| hostile(&mut rng)));
+        // Short strings over an alphabet of every character the rules look at.
+        let alphabet: Vec<char> = "ab1 _&;#.-)>:|*`~[]<=+^!/?\\\n\r\t\u{a0}é\u{2028}\u{1b}"
+            .chars()
+            .collect();
+        texts.extend((0..50_000).map(|_| {
+            (0..rng.below(8))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect::<String>()
+        }));
+        texts.extend(
+            [
+                "a_b",
+                "a_",
+                "_a",
+                "é_é",
+                "x&y",
+                "x&amp;",
+                "2026-01-01T00:00:00Z",
+                "01a2-b",
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            if !content_needs_work(text) {
+                assert_eq!(neutralised_content(text), *text, "{text:?}");
+            }
+            if !field_needs_work(text) {
+                assert_eq!(neutralised_field(text), *text, "{text:?}");
+            }
+        }
+    }
+
+    fn gfm() -> Options {
+        Options::ENABLE_TABLES
+            | Options::ENABLE_FOOTNOTES
+            | Options::ENABLE_STRIKETHROUGH
+            | Options::ENABLE_TASKLISTS
+            | Options::ENABLE_GFM
+            | Options::ENABLE_DEFINITION_LIST
+    }
+
+    /// What a reader sees of a one-line field: its text with every hidden
+    /// character and line break as a `\u{…}` escape.
+    fn one_line(field: &str) -> String {
+        let mut out = String::new();
+        for c in field.chars() {
+            if is_hidden(c) || is_line_break(c) {
+                push_shown(&mut out, c);
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn is_markdown_blank(c: char) -> bool {
+        c == ' ' || c == '\t'
     }
 
     #[test]
@@ -118,6 +935,16 @@ mod tests {
         assert_eq!(
             splice("no markers", "r\n"),
             format!("no markers\n{BEGIN_MARKER}\nr\n{END_MARKER}\n")
+        );
+        // A region without a final newline still ends with the marker on a line of its own.
+        let once = splice("notes\n", "no newline");
+        assert_eq!(
+            once,
+            format!("notes\n{BEGIN_MARKER}\nno newline\n{END_MARKER}\n")
+        );
+        assert_eq!(
+            splice(&once, "again\r"),
+            format!("notes\n{BEGIN_MARKER}\nagain\r\n{END_MARKER}\n")
         );
         // An END before any BEGIN is not a region.
         let reversed = format!("{END_MARKER}\n{BEGIN_MARKER}\n");

@@ -169,19 +169,36 @@ fn communication(dir: &HuddleDir) -> String {
 #[test]
 fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_rebuilt() {
     let _machine = crate::common::exclusive();
-    let dir = HuddleDir::with_config(FAST);
+    let server = crate::common::HttpRecorder::start();
+    let dir = HuddleDir::with_config(&format!(
+        "{FAST}[alerts]\nmin_interval_ms = 50\n[[alerts.sinks]]\nplugin = \"webhook\"\nurl = \"{}\"\nallow = [\"{}\"]\nfrom = \"start\"\n",
+        server.url("/hook"),
+        server.url("/")
+    ));
     let _daemon = Daemon::start(&dir, "leader");
     assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
         == "leader"));
+    let delivered = |needle: &str| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.body.contains(needle))
+            .count()
+    };
     for i in 1..=20 {
+        let kind = if i == 12 { "error" } else { "question" };
         dir.ok(&[
             "log",
             &i.to_string(),
             "Agent A",
-            "question",
+            kind,
             &format!("event {i}"),
         ]);
     }
+    assert!(
+        wait_for(Duration::from_secs(10), || delivered("event 12") == 1),
+        "the error before the rewind is delivered"
+    );
     assert!(
         wait_for(Duration::from_secs(10), || communication(&dir)
             .contains("event 20")),
@@ -202,6 +219,8 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
     std::fs::write(&staged, &kept).unwrap();
     std::fs::rename(&staged, dir.file("events.log")).unwrap();
     dir.ok(&["log", "6", "Agent B", "answer", "after the rewind"]);
+    dir.ok(&["log", "6", "Agent B", "error", "an error after the rewind"]);
+    dir.ok(&["log", "6", "Agent B", "error", "an error after the rewind"]);
 
     assert!(
         wait_for(Duration::from_secs(10), || {
@@ -230,4 +249,18 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
         .is_some(),
         "an error event says the log was replaced"
     );
+    // Alerts go on from the new log: the error logged after the rewind
+    // arrives, and the one delivered before is not sent again.
+    assert!(
+        wait_for(Duration::from_secs(10), || delivered(
+            "an error after the rewind"
+        ) == 1),
+        "alerts after the rewind are delivered: {:?}",
+        server
+            .requests()
+            .iter()
+            .map(|r| r.body.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(delivered("event 12"), 1);
 }

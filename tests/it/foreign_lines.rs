@@ -436,3 +436,68 @@ fn a_renderer_that_fails_on_everything_fails_the_snapshot_and_keeps_the_files() 
         "nothing is blamed on the events"
     );
 }
+
+#[test]
+fn events_a_mapper_heads_badly_or_miscounts_are_left_out_and_the_rest_renders() {
+    let dir = HuddleDir::with_config(&format!(
+        "[plugins.heading-mapper]\nplugin = {:?}\n",
+        hostile_plugin("mapper-picky").display().to_string()
+    ));
+    dir.ok(&["log", "1", "Agent A", "question", "kept one"]);
+    dir.ok(&[
+        "log",
+        "1",
+        "Agent B",
+        "answer",
+        "CTRL heading with an escape sequence",
+    ]);
+    dir.ok(&[
+        "log",
+        "2",
+        "Agent A",
+        "question",
+        "LONG heading of 300 bytes",
+    ]);
+    dir.ok(&["log", "2", "Agent B", "answer", "kept two"]);
+    dir.ok(&[
+        "log",
+        "3",
+        "Agent A",
+        "question",
+        "COUNT makes the answer one short",
+    ]);
+    dir.ok(&["log", "3", "Agent B", "answer", "kept three"]);
+    let out = dir.run(&["snapshot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let communication = read(&dir, "communication.md");
+    for kept in ["kept one", "kept two", "kept three"] {
+        assert!(communication.contains(kept), "{kept}:\n{communication}");
+    }
+    for left_out in ["CTRL", "LONG", "COUNT"] {
+        assert!(
+            !communication.contains(left_out),
+            "{left_out}:\n{communication}"
+        );
+    }
+    assert!(
+        !communication.contains('\u{1b}'),
+        "no escape sequence reached the file"
+    );
+    let reasons: Vec<String> = quarantined(&dir)
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("control character")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("300 bytes")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("headings for")),
+        "{reasons:#?}"
+    );
+}

@@ -11,6 +11,8 @@ mod log_cli;
 mod log_store;
 mod pause;
 mod plugins;
+mod rendered;
 mod sandbox;
 mod snapshot;
 mod sync;
+mod terminal;

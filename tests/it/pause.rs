@@ -117,13 +117,14 @@ fn a_snapshot_write_hitting_a_full_disk_pauses_the_daemon_until_resume() {
     let filler_path = fs.path.join("filler");
     let mut filler = std::fs::File::create(&filler_path).unwrap();
     while filler.write_all(&[0u8; 4096]).is_ok() {}
-    // Room for the event's line in events.log (at most two more pages),
-    // not for the snapshot that must then copy it into communication.md
-    // and its .bak.
+    // Room for the event's line in events.log (at most six pages) and
+    // then three pages more for the leader's heartbeats (some 80 of them),
+    // but not for the snapshot, whose new communication.md alone needs five
+    // pages for the event: the snapshot write is what hits the full disk.
     let full = filler.metadata().unwrap().len();
-    filler.set_len(full - 3 * 4096).unwrap();
+    filler.set_len(full - 9 * 4096).unwrap();
     drop(filler);
-    let big = "x".repeat(6_000);
+    let big = "x".repeat(20_000);
     let out = huddle_at(&dir, &["log", "4", "Agent A", "question", &big]);
     assert!(
         out.status.success(),
@@ -149,12 +150,17 @@ fn a_snapshot_write_hitting_a_full_disk_pauses_the_daemon_until_resume() {
         text.contains("PAUSED") && text.contains("huddle resume"),
         "{text}"
     );
+    // Now fill the disk to the last page: the log cannot take the queue.
+    let mut more = std::fs::File::create(fs.path.join("filler-2")).unwrap();
+    while more.write_all(&[0u8; 512]).is_ok() {}
+    drop(more);
     let queued = log_while_refused(&dir);
     // Still full: resume refuses and stays paused.
     let out = huddle_at(&dir, &["resume"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("stays paused"), "{}", stderr(&out));
     std::fs::remove_file(&filler_path).unwrap();
+    std::fs::remove_file(fs.path.join("filler-2")).unwrap();
     resume_and_check(&dir, &queued, &daemon);
     // The big event reached the log once, and the snapshot once resumed.
     let events = parse_lines(&std::fs::read(dir.join("events.log")).unwrap());

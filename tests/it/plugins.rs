@@ -453,14 +453,19 @@ fn a_plugin_named_in_huddle_toml_replaces_the_default_without_a_rebuild() {
     let listed = dir.ok(&["plugins", "list"]);
     assert!(listed.contains(&json.display().to_string()), "{listed}");
     assert!(listed.contains("headings (built-in)"), "{listed}");
-    let sha = huddle::plugin::read_plugin(&workspace.slot_spec(Slot::Renderer))
-        .unwrap()
-        .1;
+    // The sha256 of the file's bytes, computed here, not by huddle.
+    use sha2::Digest as _;
+    let sha = format!("{:x}", sha2::Sha256::digest(std::fs::read(&json).unwrap()));
     assert!(listed.contains(&sha), "{listed}");
+    let builtin_sha = format!(
+        "{:x}",
+        sha2::Sha256::digest(std::fs::read(repo_file("plugins/dist/headings.wasm")).unwrap())
+    );
+    assert!(listed.contains(&builtin_sha), "{listed}");
 }
 
 #[test]
-fn the_compiled_artifact_cache_is_used() {
+fn a_second_host_loads_the_compiled_artifact_instead_of_compiling() {
     let cache = tempfile::tempdir().unwrap();
     let first = PluginHost::with_cache_dir(cache.path().to_path_buf()).unwrap();
     first
@@ -470,17 +475,52 @@ fn the_compiled_artifact_cache_is_used() {
             &sample(),
         )
         .unwrap();
-    let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    let entries: Vec<std::path::PathBuf> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1, "one compiled artifact");
+    let markdown_artifact = entries[0].clone();
+
+    // Put another plugin's compiled artifact (an alert sink) under the
+    // markdown renderer's key: a host that uses the cache loads that one and
+    // finds the wrong world; a host that compiled afresh would render.
+    let other = tempfile::tempdir().unwrap();
+    PluginHost::with_cache_dir(other.path().to_path_buf())
+        .unwrap()
+        .preload(&PluginSpec::builtin("stderr"), Slot::AlertSink)
+        .unwrap();
+    let sink_artifact = std::fs::read_dir(other.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&sink_artifact, &markdown_artifact).unwrap();
     let second = PluginHost::with_cache_dir(cache.path().to_path_buf()).unwrap();
-    second
+    let err = second
+        .render(
+            &PluginSpec::builtin("markdown"),
+            Section::Archive,
+            &sample(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
+
+    // A damaged artifact is no artifact: the host compiles and replaces it.
+    std::fs::write(&markdown_artifact, b"not a compiled component").unwrap();
+    let third = PluginHost::with_cache_dir(cache.path().to_path_buf()).unwrap();
+    third
         .render(
             &PluginSpec::builtin("markdown"),
             Section::Archive,
             &sample(),
         )
         .unwrap();
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    assert_ne!(
+        std::fs::read(&markdown_artifact).unwrap(),
+        b"not a compiled component"
+    );
 }
 
 #[test]

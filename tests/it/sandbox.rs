@@ -126,3 +126,38 @@ fn memory_mb_in_huddle_toml_sets_the_cap_a_snapshot_enforces() {
         "{said}"
     );
 }
+
+#[test]
+fn a_plugin_sees_no_clock_and_no_randomness_beyond_its_inputs() {
+    let spec = PluginSpec::new(PluginSource::File(crate::common::hostile_plugin("peek")));
+    let interactions = vec![huddle::plugin::Interaction {
+        number: 1,
+        entries: vec![huddle::plugin::Entry {
+            heading: "h".into(),
+            event: one_event().remove(0),
+        }],
+    }];
+    let render = || {
+        host()
+            .render(&spec, huddle::plugin::Section::Communication, &interactions)
+            .unwrap()
+            .remove(0)
+    };
+    let first = render();
+    assert!(first.contains("wall=0 elapsed=0 "), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(render(), first, "the same inputs give the same output");
+    // And in another process, through the CLI.
+    let dir = crate::common::HuddleDir::with_config(&format!(
+        "[plugins.renderer]\nplugin = {:?}\n",
+        crate::common::hostile_plugin("peek").display().to_string()
+    ));
+    dir.ok(&["log", "1", "Agent A", "question", "q"]);
+    dir.ok(&["snapshot"]);
+    let seed = first.split("seed=").nth(1).unwrap().trim().to_string();
+    let communication = std::fs::read_to_string(dir.file("communication.md")).unwrap();
+    assert!(
+        communication.contains(&format!("wall=0 elapsed=0 seed={seed}")),
+        "{communication}"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use huddle::config::LogConfig;
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
-use huddle::snapshot::{snapshot_once, Snapshotter, BEGIN_MARKER, END_MARKER};
+use huddle::snapshot::{snapshot_once, ArchiveWrite, Snapshotter, BEGIN_MARKER, END_MARKER};
 
 use crate::common::{host, hostile_plugin, is_root, stderr, HuddleDir, Tmpfs};
 
@@ -371,6 +371,8 @@ impl Rng {
 #[test]
 fn incremental_equals_cold_on_random_logs() {
     const LOGS: u64 = 100;
+    // How often the incremental snapshotter took each shortcut, over all logs.
+    let (mut appended, mut archive_unchanged) = (0, 0);
     for seed in 1..=LOGS {
         let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
         let incremental = HuddleDir::new();
@@ -378,6 +380,7 @@ fn incremental_equals_cold_on_random_logs() {
         let k = rng.below(5) as usize;
         let mut snapshotter = Snapshotter::new(incremental.path());
         let mut top = 1u64;
+        let mut total = 0usize;
         let rounds = 2 + rng.below(5);
         for round in 0..rounds {
             let count = 1 + rng.below(12);
@@ -409,11 +412,26 @@ fn incremental_equals_cold_on_random_logs() {
                 })
                 .collect();
             log.append_batch(events).unwrap();
-            snapshotter.update(host(), Some(k)).unwrap();
+            total += count as usize;
+            let outcome = snapshotter.update(host(), Some(k)).unwrap();
+            // The incremental path ran: it read only this round's events.
+            assert_eq!(
+                outcome.new_events, count as usize,
+                "seed {seed}, round {round}: {outcome:?}"
+            );
+            match outcome.archive {
+                ArchiveWrite::Appended(_) => appended += 1,
+                ArchiveWrite::Unchanged => archive_unchanged += 1,
+                ArchiveWrite::Rewritten => {}
+            }
 
             let cold = HuddleDir::new();
             std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
-            snapshot_once(cold.path(), host(), Some(k), false).unwrap();
+            let cold_outcome = snapshot_once(cold.path(), host(), Some(k), false).unwrap();
+            assert_eq!(
+                cold_outcome.new_events, total,
+                "a cold run reads everything"
+            );
             for name in ["communication.md", "archive.md"] {
                 assert_eq!(
                     read(&incremental, name),
@@ -423,4 +441,136 @@ fn incremental_equals_cold_on_random_logs() {
             }
         }
     }
+    // The comparisons above covered appends to the archive and runs that
+    // left it alone, not only rewrites.
+    assert!(appended > 10, "only {appended} appends");
+    assert!(
+        archive_unchanged > 10,
+        "only {archive_unchanged} unchanged archives"
+    );
+}
+
+#[test]
+fn interactions_are_ordered_numerically_past_nine() {
+    let dir = HuddleDir::new();
+    for n in [10, 2, 11, 1, 9, 100, 12, 3, 4, 5, 6, 7, 8] {
+        dir.ok(&[
+            "log",
+            &n.to_string(),
+            "Agent A",
+            "question",
+            &format!("q{n}"),
+        ]);
+    }
+    dir.ok(&["snapshot", "-k", "3"]);
+    // As text, 100 would come before 11 and 10 before 2.
+    assert_eq!(
+        headings(region(&read(&dir, "communication.md")), "### Interaction #"),
+        [11, 12, 100]
+    );
+    assert_eq!(
+        headings(&read(&dir, "archive.md"), "## Interaction #"),
+        (1..=10).collect::<Vec<u64>>()
+    );
+}
+
+#[test]
+fn the_archive_is_appended_to_and_rewritten_only_when_an_archived_interaction_changes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = HuddleDir::new();
+    conversation(&dir, 5);
+    let archive_path = dir.file("archive.md");
+    let inode = || std::fs::metadata(&archive_path).unwrap().ino();
+    let cold = |dir: &HuddleDir| {
+        let other = HuddleDir::new();
+        std::fs::copy(dir.file("events.log"), other.file("events.log")).unwrap();
+        other.ok(&["snapshot", "-k", "2"]);
+        read(&other, "archive.md")
+    };
+    let mut snapshotter = Snapshotter::new(dir.path());
+    let first = snapshotter.update(host(), Some(2)).unwrap();
+    assert_eq!(first.archive, ArchiveWrite::Rewritten);
+    let (before, first_inode) = (read(&dir, "archive.md"), inode());
+
+    // Interaction 6 pushes 4 into the archive: one block at the end of the same file.
+    dir.ok(&["log", "6", "Agent A", "question", "six"]);
+    let second = snapshotter.update(host(), Some(2)).unwrap();
+    assert_eq!(second.archive, ArchiveWrite::Appended(1));
+    let after = read(&dir, "archive.md");
+    assert!(after.starts_with(&before), "{after}");
+    assert!(
+        after[before.len()..].starts_with("## Interaction #4\n"),
+        "{after}"
+    );
+    assert_eq!(inode(), first_inode, "appended in place, not replaced");
+    assert_eq!(after, cold(&dir));
+
+    // Nothing new for the archive: the file is left alone.
+    dir.ok(&["log", "6", "Agent B", "answer", "six too"]);
+    let third = snapshotter.update(host(), Some(2)).unwrap();
+    assert_eq!(third.archive, ArchiveWrite::Unchanged);
+    assert_eq!(read(&dir, "archive.md"), after);
+
+    // A late event for an archived interaction: the archive is rewritten.
+    dir.ok(&["log", "1", "Agent A", "followup", "late"]);
+    let fourth = snapshotter.update(host(), Some(2)).unwrap();
+    assert_eq!(fourth.archive, ArchiveWrite::Rewritten);
+    assert_ne!(inode(), first_inode, "rewritten by replacing the file");
+    assert_eq!(read(&dir, "archive.md"), cold(&dir));
+    assert!(read(&dir, "archive.md").contains("late"));
+}
+
+#[test]
+fn archive_template_replaces_the_archive_format_only() {
+    let dir = HuddleDir::with_config(concat!(
+        "[plugins.renderer.settings]\n",
+        "archive_template = '''\n",
+        "== {{ interaction.number }} ==\n",
+        "{% for entry in interaction.entries %}\n",
+        "* {{ entry.event.actor }} said ({{ entry.event.type }}): {{ entry.event.content }}\n",
+        "{% endfor %}\n",
+        "'''\n",
+    ));
+    conversation(&dir, 3);
+    // Fields reach a custom template neutralised too.
+    dir.ok(&["log", "1", "# Mallory", "note", "## forged\n- [x]"]);
+    dir.ok(&["snapshot", "-k", "1"]);
+    assert_eq!(
+        read(&dir, "archive.md"),
+        concat!(
+            "== 1 ==\n",
+            "* Agent A said (question): question 1\n",
+            "* Agent B said (answer): answer 1\n",
+            "* \\# Mallory said (note): \\## forged\n\\- [x]\n",
+            "== 2 ==\n",
+            "* Agent A said (question): question 2\n",
+            "* Agent B said (answer): answer 2\n",
+        )
+    );
+    // The communication template is still the stock one.
+    let communication = read(&dir, "communication.md");
+    assert!(
+        region(&communication).starts_with("### Interaction #3\n#### A → B\n - question 3\n"),
+        "{communication}"
+    );
+}
+
+#[test]
+fn a_template_without_a_final_newline_keeps_one_region() {
+    let dir = HuddleDir::with_config(
+        "[plugins.renderer.settings]\ncommunication_template = \"#{{ interaction.number }}\"\n",
+    );
+    conversation(&dir, 2);
+    for _ in 0..2 {
+        dir.ok(&["log", "next", "Agent A", "question", "more"]);
+        dir.ok(&["snapshot"]);
+    }
+    let text = read(&dir, "communication.md");
+    assert_eq!(text.matches(BEGIN_MARKER).count(), 1, "{text}");
+    assert_eq!(text.matches(END_MARKER).count(), 1, "{text}");
+    assert_eq!(
+        region(&text),
+        "#2#3#4\n",
+        "the END marker is a line of its own: {text}"
+    );
 }
