@@ -473,6 +473,13 @@ mod tests {
     }
 
     #[test]
+    fn a_number_in_a_field_of_another_tool_reads_back_exactly_after_writing() {
+        let line = br#"{"interaction":1,"actor":"a","type":"note","content":"c","timestamp":"t","n":555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555551}"#;
+        let event = Event::from_line(line).unwrap();
+        assert_eq!(Event::from_line(event.to_line().as_bytes()).unwrap(), event);
+    }
+
+    #[test]
     fn rejects_mistyped_fields() {
         for line in [
             &br#"{"interaction":"1","actor":"a","type":"t","content":"c","timestamp":"t"}"#[..],

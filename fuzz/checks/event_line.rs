@@ -26,9 +26,11 @@ pub fn check(data: &[u8]) {
 /// What `LogReader` must yield for `data`, computed line by line.
 fn check_reader(data: &[u8]) {
     let path = scratch_file(data);
-    let items: Vec<ScanItem> = LogReader::open(&path, Cursor::START)
+    let mut reader = LogReader::open(&path, Cursor::START)
         .expect("open the scratch log")
-        .with_max_content_bytes(MAX_CONTENT_BYTES)
+        .with_max_content_bytes(MAX_CONTENT_BYTES);
+    let items: Vec<ScanItem> = reader
+        .by_ref()
         .map(|item| item.expect("read the scratch log"))
         .collect();
 
@@ -81,12 +83,6 @@ fn check_reader(data: &[u8]) {
         assert_eq!(resumed, items[items.len() / 2..]);
     }
     // The cursor after the last item is just past the last complete line.
-    let mut reader = LogReader::open(&path, Cursor::START)
-        .expect("open the scratch log")
-        .with_max_content_bytes(MAX_CONTENT_BYTES);
-    for item in reader.by_ref() {
-        item.expect("read the scratch log");
-    }
     assert_eq!(
         reader.cursor(),
         Cursor {
@@ -99,7 +95,10 @@ fn check_reader(data: &[u8]) {
 /// The rules of `huddle log`, written out again, and the round trip.
 fn check_accepted(event: &Event) {
     assert!(event.interaction <= MAX_NUMBER, "{event:?}");
-    assert!(event.term.is_none_or(|term| term <= MAX_NUMBER), "{event:?}");
+    assert!(
+        event.term.is_none_or(|term| term <= MAX_NUMBER),
+        "{event:?}"
+    );
     assert!(
         event.actor.chars().any(|c| !c.is_whitespace()),
         "blank actor: {event:?}"
@@ -119,7 +118,10 @@ fn check_accepted(event: &Event) {
     );
     if let Some(id) = &event.id {
         assert!(!id.is_empty() && id.len() <= MAX_ID_BYTES, "{event:?}");
-        assert!(id.chars().all(is_visible), "invisible character in id: {event:?}");
+        assert!(
+            id.chars().all(is_visible),
+            "invisible character in id: {event:?}"
+        );
     }
 
     let line = event.to_line();
@@ -204,8 +206,9 @@ fn is_rfc3339(text: &[u8]) -> bool {
     }
     match rest {
         b"Z" | b"z" => true,
-        [sign, _, _, b':', _, _] if matches!(sign, b'+' | b'-') => {
-            number(rest, 1, 2).is_some_and(|h| h <= 23) && number(rest, 4, 2).is_some_and(|m| m <= 59)
+        [b'+' | b'-', _, _, b':', _, _] => {
+            number(rest, 1, 2).is_some_and(|h| h <= 23)
+                && number(rest, 4, 2).is_some_and(|m| m <= 59)
         }
         _ => false,
     }
@@ -220,7 +223,8 @@ fn scratch_file(data: &[u8]) -> PathBuf {
     SCRATCH.with(|file| {
         let mut file = file;
         file.set_len(0).expect("truncate the scratch file");
-        file.seek(SeekFrom::Start(0)).expect("rewind the scratch file");
+        file.seek(SeekFrom::Start(0))
+            .expect("rewind the scratch file");
         file.write_all(data).expect("write the scratch file");
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))

@@ -17,6 +17,33 @@
 
 mod region;
 
+/// The region rules as pure functions, public for the `region` fuzz target
+/// and the replay of its corpus in `cargo test` (`fuzz/checks/region.rs`).
+/// huddle itself applies them inside [`Snapshotter`].
+pub mod fuzz_support {
+    use crate::event::Event;
+
+    /// Neutralises every field of `event` a renderer sees.
+    pub fn neutralise_event(event: &mut Event) {
+        super::region::neutralise_event(event);
+    }
+
+    /// A heading from the heading mapper, as the renderer receives it.
+    pub fn neutralise_heading(heading: &str) -> String {
+        super::region::neutralise_field(heading).into_owned()
+    }
+
+    /// Whether the host refuses a rendered block for holding a marker line.
+    pub fn has_marker_line(block: &str) -> bool {
+        super::region::has_marker_line(block)
+    }
+
+    /// communication.md (`existing`) with its region replaced by `region`.
+    pub fn splice(existing: &str, region: &str) -> String {
+        super::region::splice(existing, region)
+    }
+}
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};

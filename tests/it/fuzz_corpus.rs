@@ -12,6 +12,8 @@ mod allowlist;
 mod event_line;
 #[path = "../../fuzz/checks/merge.rs"]
 mod merge;
+#[path = "../../fuzz/checks/region.rs"]
+mod region;
 
 /// Runs `check` on every file of the target's corpus; names every input
 /// that fails.
@@ -39,7 +41,10 @@ fn replay(target: &str, check: fn(&[u8])) {
         })
         .map(|path| path.display().to_string())
         .collect();
-    assert!(failed.is_empty(), "{target}: these inputs fail: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "{target}: these inputs fail: {failed:#?}"
+    );
 }
 
 #[test]
@@ -55,4 +60,9 @@ fn the_allowlist_corpus_grants_nothing_outside_an_entry_and_agrees_with_the_refe
 #[test]
 fn the_merge_corpus_merges_to_the_union_with_each_event_once_and_each_sides_order() {
     replay("merge", merge::check);
+}
+
+#[test]
+fn the_region_corpus_keeps_the_peoples_text_and_finds_exactly_the_interactions_again() {
+    replay("region", region::check);
 }
