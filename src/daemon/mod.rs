@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 
 use crate::config::DaemonConfig;
 use crate::event::{types, Event, InteractionRef, NewEvent};
@@ -125,6 +124,9 @@ struct Daemon {
     /// What `cursor` has read, to notice a replaced log.
     mark: ReadMark,
     leadership: Leadership,
+    /// When this daemon last saw the leader's signs of life change, on its
+    /// own monotonic clock (see `maybe_campaign`).
+    leader_seen: (u64, Instant),
     /// The term we lead, while we do.
     my_term: Option<u64>,
     next_heartbeat: Instant,
@@ -185,6 +187,7 @@ impl Daemon {
             cursor: Cursor::START,
             mark: ReadMark::default(),
             leadership: Leadership::default(),
+            leader_seen: (0, Instant::now()),
             my_term: None,
             next_heartbeat: Instant::now(),
             dirty: true,
@@ -206,6 +209,9 @@ impl Daemon {
         }
         let before = self.cursor;
         self.cursor = follow_log(&self.log, self.cursor, &mut self.leadership)?;
+        if self.leadership.signs_of_life != self.leader_seen.0 {
+            self.leader_seen = (self.leadership.signs_of_life, Instant::now());
+        }
         if self.cursor != before {
             self.dirty = true;
             self.mark = self.log.mark(self.cursor)?;
@@ -226,6 +232,7 @@ impl Daemon {
         self.cursor = Cursor::START;
         self.mark = ReadMark::default();
         self.leadership = Leadership::default();
+        self.leader_seen = (0, Instant::now());
         self.dirty = true;
         crate::status::record_log_replaced(&self.dir, &self.me, why);
         if was_leading {
@@ -422,10 +429,17 @@ impl Daemon {
     }
 
     fn maybe_campaign(&mut self) -> Result<()> {
+        // Silence is the time since this daemon saw the leader's last sign
+        // of life arrive, on its own monotonic clock, as leases do: the
+        // heartbeat's timestamp comes from the leader's wall clock, which
+        // may run ahead (a dead leader would look alive for as long) or
+        // behind (a live one would look dead), or jump (NTP, a resumed
+        // laptop). A leader already in the log when we start gets a full
+        // timeout from our start.
         let timeout = Duration::from_millis(self.config.leader_timeout_ms) + self.jitter;
-        let due = match self.leadership.silence(Utc::now()) {
+        let due = match self.leadership.leader {
             None => true,
-            Some(silent) => silent > timeout.as_secs_f64(),
+            Some(_) => self.leader_seen.1.elapsed() > timeout,
         };
         if !due {
             return Ok(());

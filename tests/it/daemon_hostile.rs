@@ -186,7 +186,11 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
             .count()
     };
     for i in 1..=20 {
-        let kind = if i == 12 { "error" } else { "question" };
+        let kind = if i == 3 || i == 12 {
+            "error"
+        } else {
+            "question"
+        };
         dir.ok(&[
             "log",
             &i.to_string(),
@@ -196,7 +200,8 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
         ]);
     }
     assert!(
-        wait_for(Duration::from_secs(10), || delivered("event 12") == 1),
+        wait_for(Duration::from_secs(10), || delivered("event 12") == 1
+            && delivered("event 3") == 1),
         "the error before the rewind is delivered"
     );
     assert!(
@@ -215,11 +220,21 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
             break;
         }
     }
+    // The restored file already holds an error no reader has seen: it
+    // arrives with the replacement itself, whenever the daemon notices.
+    let scratch = HuddleDir::new();
+    scratch.ok(&[
+        "log",
+        "5",
+        "Agent C",
+        "error",
+        "an error inside the restored file",
+    ]);
+    kept.push_str(&String::from_utf8(scratch.log_bytes()).unwrap());
     let staged = dir.file("events.log.restore");
     std::fs::write(&staged, &kept).unwrap();
     std::fs::rename(&staged, dir.file("events.log")).unwrap();
     dir.ok(&["log", "6", "Agent B", "answer", "after the rewind"]);
-    dir.ok(&["log", "6", "Agent B", "error", "an error after the rewind"]);
     dir.ok(&["log", "6", "Agent B", "error", "an error after the rewind"]);
 
     assert!(
@@ -261,6 +276,18 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
             .iter()
             .map(|r| r.body.clone())
             .collect::<Vec<_>>()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || delivered(
+            "an error inside the restored file"
+        ) == 1),
+        "the error that came with the restored file is delivered"
+    );
+    // "event 3" is in the restored file too: read before, not sent again.
+    assert_eq!(
+        delivered("event 3"),
+        1,
+        "an error read before is not sent again"
     );
     assert_eq!(delivered("event 12"), 1);
 }
