@@ -57,6 +57,7 @@ pub fn campaign(
         types::LEADER_ELECTION,
         format!("{me} claims leadership for term {term}"),
     )
+    .cut_to_fit()
     .with_term(term)
     .with_field(ACTION_FIELD, CLAIM);
     let conflicts = move |event: &Event| {
@@ -87,6 +88,7 @@ pub fn leader_heartbeat(
         types::HEARTBEAT,
         format!("leader {me} alive (term {term})"),
     )
+    .cut_to_fit()
     .with_term(term);
     let superseded = move |event: &Event| {
         event.kind == types::LEADER_ELECTION
@@ -243,7 +245,8 @@ impl Daemon {
                 format!(
                     "events.log was replaced or truncated under the daemon ({why}); communication.md, archive.md and the alert positions are rebuilt from the log as it is now"
                 ),
-            );
+            )
+            .cut_to_fit();
             if let Err(error) = self.log.append(report) {
                 tracing::error!(%error, "cannot log that events.log was replaced");
             }
@@ -419,7 +422,8 @@ impl Daemon {
                             "Snapshots are offline after {} failed attempts; retrying every {:?}: {error}",
                             self.retry.failures, pause
                         ),
-                    );
+                    )
+                    .cut_to_fit();
                     if let Err(e) = self.log.append(report) {
                         tracing::error!(error = %e, "cannot log that snapshots are offline");
                     }
@@ -463,7 +467,8 @@ impl Daemon {
                             "Leader {old} (term {old_term}) stopped sending heartbeats; {} elected for term {term}",
                             self.me
                         ),
-                    );
+                    )
+                    .cut_to_fit();
                     self.log.append(report)?;
                 }
                 self.my_term = Some(term);
@@ -513,6 +518,7 @@ impl Daemon {
             types::LEADER_ELECTION,
             format!("{} resigns leadership of term {term}", self.me),
         )
+        .cut_to_fit()
         .with_term(term)
         .with_field(ACTION_FIELD, RESIGN);
         match self.log.append(resign) {

@@ -395,6 +395,8 @@ impl FileLog {
                     LOG_FILE, self.config.lock_attempts
                 ),
             )
+            .cut_to_fit()
+            .fitted(self.config.max_content_bytes)
             .into_event(interaction),
         );
         match self.enqueue(&queued) {
@@ -483,6 +485,7 @@ impl FileLog {
                         types::ERROR,
                         report(line),
                     )
+                    .cut_to_fit()
                 })
                 .collect();
             self.append_batch(reports)?;
@@ -498,6 +501,10 @@ impl EventStore for FileLog {
     }
 
     fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
+        let events: Vec<NewEvent> = events
+            .into_iter()
+            .map(|event| event.fitted(self.config.max_content_bytes))
+            .collect();
         self.validate(&events)?;
         if let Some(pause) = crate::pause::paused(&self.dir) {
             // Paused: nothing goes to the log until `huddle resume`.
@@ -561,6 +568,7 @@ impl EventStore for FileLog {
         event: NewEvent,
         conflicts: &dyn Fn(&Event) -> bool,
     ) -> Result<CasOutcome, StoreError> {
+        let event = event.fitted(self.config.max_content_bytes);
         self.validate(std::slice::from_ref(&event))?;
         let locked = match self.lock()? {
             Ok(locked) => locked,

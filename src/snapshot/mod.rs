@@ -210,7 +210,8 @@ impl Snapshotter {
                 HOST_ACTOR,
                 types::ERROR,
                 format!("Snapshot failed and was rolled back (files left as they were): {error}"),
-            );
+            )
+            .cut_to_fit();
             // If the log is not writable either, the caller still gets the error.
             let _ = workspace.log().append(report);
         }

@@ -195,7 +195,8 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
                 "git sync is offline after {} failed attempts with {}; events stay in the local log and the next sync that succeeds pushes them: {error}",
                 state.failures, config.remote
             ),
-        );
+        )
+        .cut_to_fit();
         let _ = workspace.log().append(report);
     }
     save_state(&workspace.dir, &state);

@@ -2,6 +2,7 @@
 //! and with wasmtime inside that costs seconds each). A module per area.
 
 mod alerts;
+mod bad_input;
 mod common;
 mod daemon;
 mod daemon_hostile;
