@@ -93,7 +93,7 @@ pub fn load_state(dir: &Path) -> AlertsState {
 }
 
 fn save_state(dir: &Path, state: &AlertsState) -> std::io::Result<()> {
-    crate::files::write_atomic(
+    crate::files::write_state(
         &state_path(dir),
         &serde_json::to_vec_pretty(state).unwrap_or_default(),
     )
@@ -288,7 +288,9 @@ pub fn run_delivery(
                         }
                     }
                 }
-                Err(error) => tracing::error!(%error, "alerts: cannot read the log"),
+                Err(error) => {
+                    tracing::error!(%error, "alerts: cannot take up the sinks; trying again")
+                }
             }
         }
         if workers.is_empty() {
@@ -414,10 +416,16 @@ fn register(
         .iter()
         .map(|r| (r.sink.clone(), (r.cursor, r.after_id.clone())))
         .collect();
+    // A sink whose record could not be saved would deliver without ever
+    // saving its cursor: it is taken up at a later tick instead.
     if changed {
-        if let Err(error) = save_state(dir, &AlertsState { sinks: records }) {
-            tracing::error!(%error, "alerts: cannot save the delivery cursors");
-        }
+        save_state(dir, &AlertsState { sinks: records }).map_err(|source| {
+            crate::log::StoreError::Io {
+                action: "save the delivery cursors in",
+                path: state_path(dir),
+                source,
+            }
+        })?;
     }
     Ok(cursors)
 }

@@ -16,6 +16,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     commit(tmp, path)
 }
 
+/// Writes a state file (under `.huddle/`, the spool): like
+/// [`write_atomic`], creating its directory first, since whichever service
+/// saves first in a fresh directory must not find it missing.
+pub(crate) fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(parent(path))?;
+    write_atomic(path, bytes)
+}
+
 /// Replaces `path` with `bytes` unless it already holds exactly them.
 /// Returns whether the file was written.
 pub(crate) fn replace_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {

@@ -203,10 +203,9 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
 }
 
 fn save_state(dir: &Path, state: &SyncState) {
-    let _ = std::fs::create_dir_all(dir.join(STATE_DIR));
     if let Ok(bytes) = serde_json::to_vec_pretty(state) {
         let path = dir.join(STATE_DIR).join(SYNC_STATE_FILE);
-        if let Err(error) = crate::files::write_atomic(&path, &bytes) {
+        if let Err(error) = crate::files::write_state(&path, &bytes) {
             tracing::warn!(path = %path.display(), %error, "cannot record the sync state");
         }
     }
