@@ -170,7 +170,8 @@ impl Daemon {
                 tracing::warn!(%error, "plugin not loaded ahead (the call that needs it will report it)");
             }
         }
-        let snapshots = SnapshotWorker::start(dir, host.clone())?;
+        let leader_lease = crate::alerts::LeaderLease::default();
+        let snapshots = SnapshotWorker::start(dir, host.clone(), leader_lease.clone())?;
         Ok(Daemon {
             jitter: jitter(&options.actor, workspace.config.daemon.jitter_ms),
             me: options.actor,
@@ -179,7 +180,7 @@ impl Daemon {
             sync_interval: workspace.config.sync.interval_secs.max(1),
             log: workspace.log(),
             host,
-            leader_lease: crate::alerts::LeaderLease::default(),
+            leader_lease,
             direct_alerts: Arc::default(),
             paused: crate::pause::paused(dir).is_some(),
             next_sync: workspace.config.sync.enabled.then(Instant::now),
@@ -543,10 +544,16 @@ struct SnapshotWorker {
 }
 
 impl SnapshotWorker {
-    fn start(dir: &Path, host: Arc<PluginHost>) -> Result<SnapshotWorker> {
+    fn start(
+        dir: &Path,
+        host: Arc<PluginHost>,
+        lease: crate::alerts::LeaderLease,
+    ) -> Result<SnapshotWorker> {
         let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
         let (result_tx, result_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut snapshotter = Snapshotter::new(dir);
+        // A leader stopped mid-snapshot and replaced meanwhile must not
+        // write when it wakes: the files are written only under the lease.
+        let mut snapshotter = Snapshotter::new(dir).with_fence(Arc::new(move || lease.holds()));
         snapshotter.progress = false;
         let thread = std::thread::Builder::new()
             .name("huddle-snapshot".into())
@@ -556,6 +563,10 @@ impl SnapshotWorker {
                     let result = match snapshotter.update(&host, None) {
                         Ok(outcome) => {
                             tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
+                            Ok(())
+                        }
+                        Err(crate::snapshot::SnapshotError::Fenced) => {
+                            tracing::info!("snapshot not written: no longer the leader");
                             Ok(())
                         }
                         Err(error) => Err((error.to_string(), error.is_write_refused())),

@@ -61,6 +61,8 @@ pub enum SnapshotError {
     Plugin(#[from] PluginError),
     #[error("plugin {plugin}: invalid output: {message}")]
     InvalidOutput { plugin: String, message: String },
+    #[error("no longer allowed to write the snapshot (another daemon leads); nothing was written")]
+    Fenced,
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -174,7 +176,13 @@ pub struct Snapshotter {
     mark: ReadMark,
     /// Show a progress bar for long work (only drawn on a terminal).
     pub progress: bool,
+    /// Asked just before anything is written: false means this process may
+    /// no longer write the files (a leader replaced while a snapshot ran).
+    fence: Option<Fence>,
 }
+
+/// See [`Snapshotter::with_fence`].
+pub type Fence = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Snapshotter {
     pub fn new(dir: impl Into<PathBuf>) -> Snapshotter {
@@ -185,7 +193,16 @@ impl Snapshotter {
             isolated: Vec::new(),
             mark: ReadMark::default(),
             progress: false,
+            fence: None,
         }
+    }
+
+    /// Writes only while `fence` says so: a run that finds it false when
+    /// the files are rendered writes nothing and fails with
+    /// [`SnapshotError::Fenced`].
+    pub fn with_fence(mut self, fence: Fence) -> Snapshotter {
+        self.fence = Some(fence);
+        self
     }
 
     /// Brings both files up to date with the log; `k` overrides huddle.toml.
@@ -200,6 +217,10 @@ impl Snapshotter {
         let lock = self.lock()?;
         let result = self.try_update(&workspace, host, k);
         drop(lock);
+        if let Err(SnapshotError::Fenced) = &result {
+            // Nothing was written and nothing went wrong: not ours to write.
+            return result;
+        }
         if let Err(error) = &result {
             // What we hold in memory may be half-applied: start cold next time.
             self.index = Index::default();
@@ -335,6 +356,9 @@ impl Snapshotter {
             }
         };
 
+        if self.fence.as_ref().is_some_and(|may_write| !may_write()) {
+            return Err(SnapshotError::Fenced);
+        }
         // Now write: archive first, then communication.md (with its .bak).
         let archive = match pending_archive {
             PendingArchive::Unchanged => ArchiveWrite::Unchanged,
