@@ -3,6 +3,7 @@
 
 mod alerts;
 mod common;
+mod crash;
 mod daemon;
 mod daemon_hostile;
 mod foreign_lines;
