@@ -488,7 +488,20 @@ impl FileLog {
                     .cut_to_fit()
                 })
                 .collect();
-            self.append_batch(reports)?;
+            match self.append_batch(reports) {
+                Ok(_) => {}
+                // Queued (paused, the lock never came, the disk refused):
+                // the reports reach the log with the queue. Reading must go
+                // on: `huddle status` works while paused.
+                Err(
+                    queued @ (StoreError::Paused { .. }
+                    | StoreError::LockTimeout { .. }
+                    | StoreError::WriteRefusedQueued { .. }),
+                ) => {
+                    tracing::warn!(error = %queued, "quarantine reports queued");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(fresh)
     }

@@ -10,7 +10,9 @@
 //! A [`Snapshotter`] keeps an index (per interaction: the offset, length and
 //! heading of each visible event) and the blocks it rendered, so that after
 //! one more event only what changed is re-rendered, and archive.md is
-//! appended to rather than rewritten when that gives the same bytes. Memory
+//! extended with the new blocks rather than re-rendered when that gives the
+//! same bytes (a copy plus the blocks, renamed over it: never half a block
+//! after a crash). Memory
 //! holds the index, never the archive: the archive is rendered in batches
 //! straight into its file. A cold run and any sequence of incremental runs
 //! over the same log give byte-identical files.
@@ -215,7 +217,13 @@ impl Snapshotter {
     ) -> Result<Outcome, SnapshotError> {
         let workspace = Workspace::open(&self.dir)?;
         let lock = self.lock()?;
+        self.remove_abandoned_temps();
         let result = self.try_update(&workspace, host, k);
+        if result.is_err() {
+            // Under the lock: no other snapshot writer may see, or sweep,
+            // the restore's temp file.
+            self.restore_backup();
+        }
         drop(lock);
         if let Err(SnapshotError::Fenced) = &result {
             // Nothing was written and nothing went wrong: not ours to write.
@@ -225,7 +233,6 @@ impl Snapshotter {
             // What we hold in memory may be half-applied: start cold next time.
             self.index = Index::default();
             self.rendered = Rendered::default();
-            self.restore_backup();
             let report = NewEvent::new(
                 InteractionRef::Number(0),
                 HOST_ACTOR,
@@ -252,6 +259,17 @@ impl Snapshotter {
             .map_err(io_error("open", &path))?;
         fs4::FileExt::lock(&file).map_err(io_error("lock", &path))?;
         Ok(file)
+    }
+
+    /// A snapshot writer killed mid-write (kill -9, a crash) leaves its temp
+    /// file behind, as large as the archive; every writer of these files
+    /// holds the snapshot lock, so under it any such file is abandoned.
+    fn remove_abandoned_temps(&self) {
+        for name in [COMMUNICATION_FILE, BACKUP_FILE, ARCHIVE_FILE] {
+            if let Err(error) = files::remove_abandoned_temps(&self.dir.join(name)) {
+                tracing::warn!(%error, file = name, "cannot remove temp files left by a killed snapshot");
+            }
+        }
     }
 
     fn restore_backup(&self) {
@@ -363,7 +381,7 @@ impl Snapshotter {
         let archive = match pending_archive {
             PendingArchive::Unchanged => ArchiveWrite::Unchanged,
             PendingArchive::Append(text, count) => {
-                append_durably(&archive_path, text.as_bytes())?;
+                extend_atomically(&archive_path, text.as_bytes())?;
                 ArchiveWrite::Appended(count)
             }
             PendingArchive::Rewrite(tmp) => {
@@ -388,17 +406,19 @@ impl Snapshotter {
         // communication.md.bak is always a good snapshot: the one about to be
         // replaced, then (once the new one is in place) the new one.
         let communication_written = existing != communication;
+        let backup = workspace.dir.join(BACKUP_FILE);
         if communication_written {
-            let backup = workspace.dir.join(BACKUP_FILE);
             if is_good(&existing) {
                 files::replace_if_changed(&backup, existing.as_bytes())
                     .map_err(io_error("write", &backup))?;
             }
             files::replace_if_changed(&communication_path, communication.as_bytes())
                 .map_err(io_error("replace", &communication_path))?;
-            files::replace_if_changed(&backup, communication.as_bytes())
-                .map_err(io_error("write", &backup))?;
         }
+        // Also when communication.md is already current: a run killed
+        // between the two writes left the backup one snapshot behind.
+        files::replace_if_changed(&backup, communication.as_bytes())
+            .map_err(io_error("write", &backup))?;
 
         crate::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
         let isolated = self.isolated.len();
@@ -861,18 +881,25 @@ fn is_good(text: &str) -> bool {
     text.contains(BEGIN_MARKER) && text.contains(END_MARKER)
 }
 
-fn append_durably(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(io_error("open", path))?;
-    let before = file.metadata().map_err(io_error("read", path))?.len();
-    if let Err(e) = file.write_all(bytes).and_then(|_| file.sync_data()) {
-        let _ = file.set_len(before);
-        return Err(io_error("append to", path)(e));
+/// Replaces `path` with its contents followed by `bytes`, atomically: a copy
+/// extended and renamed over it. Appending in place would leave half a block
+/// in the archive when the writer is killed mid-write (a write that spans
+/// pages stops at a page boundary on SIGKILL). The copy is the kernel's
+/// (`copy_file_range`, a reflink on file systems that share extents), and
+/// nothing is re-rendered.
+fn extend_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let mut tmp = files::temp_beside(path).map_err(io_error("create a temp file for", path))?;
+    match File::open(path) {
+        Ok(mut old) => {
+            std::io::copy(&mut old, tmp.as_file_mut()).map_err(io_error("copy", path))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("read", path)(e)),
     }
-    Ok(())
+    tmp.as_file_mut()
+        .write_all(bytes)
+        .map_err(io_error("write", path))?;
+    files::commit(tmp, path).map_err(io_error("replace", path))
 }
 
 /// What identifies a plugin's behaviour: its code and its settings.

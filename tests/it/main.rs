@@ -4,6 +4,7 @@
 mod alerts;
 mod bad_input;
 mod common;
+mod crash;
 mod daemon;
 mod daemon_hostile;
 mod foreign_lines;
