@@ -11,8 +11,8 @@
 //! heading of each visible event) and the blocks it rendered, so that after
 //! one more event only what changed is re-rendered, and archive.md is
 //! extended with the new blocks rather than re-rendered when that gives the
-//! same bytes (a copy plus the blocks, renamed over it: never half a block
-//! after a crash). Memory
+//! same bytes (a copy plus the blocks, renamed over it, up to 16 MiB: never
+//! half a block after a crash; past that, appended in place). Memory
 //! holds the index, never the archive: the archive is rendered in batches
 //! straight into its file. A cold run and any sequence of incremental runs
 //! over the same log give byte-identical files.
@@ -381,7 +381,7 @@ impl Snapshotter {
         let archive = match pending_archive {
             PendingArchive::Unchanged => ArchiveWrite::Unchanged,
             PendingArchive::Append(text, count) => {
-                extend_atomically(&archive_path, text.as_bytes())?;
+                extend_archive(&archive_path, text.as_bytes())?;
                 ArchiveWrite::Appended(count)
             }
             PendingArchive::Rewrite(tmp) => {
@@ -881,13 +881,30 @@ fn is_good(text: &str) -> bool {
     text.contains(BEGIN_MARKER) && text.contains(END_MARKER)
 }
 
-/// Replaces `path` with its contents followed by `bytes`, atomically: a copy
-/// extended and renamed over it. Appending in place would leave half a block
-/// in the archive when the writer is killed mid-write (a write that spans
-/// pages stops at a page boundary on SIGKILL). The copy is the kernel's
-/// (`copy_file_range`, a reflink on file systems that share extents), and
-/// nothing is re-rendered.
-fn extend_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+/// Up to this size archive.md is extended by a copy renamed over it; past
+/// it, in place (see [`extend_archive`]).
+const ARCHIVE_COPY_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Adds the new blocks at the end of archive.md.
+///
+/// Up to [`ARCHIVE_COPY_LIMIT`], atomically: a copy extended and renamed
+/// over it, since appending in place leaves half a block behind when the
+/// writer is killed mid-write (a write that spans pages stops at a page
+/// boundary on SIGKILL). Past the limit a copy would cost a snapshot
+/// hundreds of milliseconds per moved interaction (a 1M-event archive is
+/// some 250 MB), so the blocks are appended in place with one write and an
+/// fdatasync: a kill inside that write, a window of microseconds, can leave
+/// a partial last block, which the next snapshot repairs (it finds the file
+/// not at the length it wrote and rewrites the archive).
+fn extend_archive(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let size = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io_error("read", path)(e)),
+    };
+    if size > ARCHIVE_COPY_LIMIT {
+        return append_in_place(path, bytes);
+    }
     let mut tmp = files::temp_beside(path).map_err(io_error("create a temp file for", path))?;
     match File::open(path) {
         Ok(mut old) => {
@@ -900,6 +917,19 @@ fn extend_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         .write_all(bytes)
         .map_err(io_error("write", path))?;
     files::commit(tmp, path).map_err(io_error("replace", path))
+}
+
+fn append_in_place(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    let before = file.metadata().map_err(io_error("read", path))?.len();
+    if let Err(e) = file.write_all(bytes).and_then(|_| file.sync_data()) {
+        let _ = file.set_len(before);
+        return Err(io_error("append to", path)(e));
+    }
+    Ok(())
 }
 
 /// What identifies a plugin's behaviour: its code and its settings.
