@@ -57,12 +57,16 @@ impl Rng {
     }
 }
 
-/// The seed of this run: `HUDDLE_CRASH_SEED`, else the clock. One per test
-/// binary, so every scenario of a run reports the same seed.
+/// The seed of this run: `HUDDLE_CRASH_SEED`, else (unset or empty) the
+/// clock. One per test binary, so every scenario of a run reports the same
+/// seed.
 fn run_seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(|| match std::env::var("HUDDLE_CRASH_SEED") {
-        Ok(text) => {
+    let given = std::env::var("HUDDLE_CRASH_SEED")
+        .ok()
+        .filter(|text| !text.trim().is_empty());
+    *SEED.get_or_init(|| match given {
+        Some(text) => {
             let text = text.trim();
             let parsed = match text.strip_prefix("0x") {
                 Some(hex) => u64::from_str_radix(hex, 16),
@@ -72,7 +76,7 @@ fn run_seed() -> u64 {
                 panic!("HUDDLE_CRASH_SEED={text:?} is not a decimal or 0x-hex u64: {e}")
             })
         }
-        Err(_) => {
+        None => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
@@ -1192,7 +1196,6 @@ fn a_daemon_killed_mid_snapshot_and_mid_alert_loses_no_alert_and_leaves_no_parti
             "{}: the first daemon never led with its sink in place",
             crash.at()
         );
-        // Typical: from spawn to the first snapshot of a new leader.
         let mut questions = 0usize;
         // A question opens a new interaction: a new snapshot, and one more
         // interaction moved into the archive. Some are large, so that the
@@ -1227,6 +1230,7 @@ fn a_daemon_killed_mid_snapshot_and_mid_alert_loses_no_alert_and_leaves_no_parti
             );
             tag
         };
+        // Typical: from spawn to the first snapshot of a new leader.
         let _ = daemon.kill();
         let _ = daemon.wait();
         let started = Instant::now();
