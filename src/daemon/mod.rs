@@ -559,6 +559,7 @@ impl SnapshotWorker {
             .name("huddle-snapshot".into())
             .spawn(move || {
                 for () in request_rx {
+                    tracing::debug!("snapshot started");
                     let started = Instant::now();
                     let result = match snapshotter.update(&host, None) {
                         Ok(outcome) => {
