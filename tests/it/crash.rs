@@ -2092,7 +2092,7 @@ fn temp_files_of_killed_snapshots_are_removed_by_the_next_one() {
 /// whole: a reader that has it open keeps the old version complete, never
 /// a file growing under it (which a kill mid-append would leave half-written).
 #[test]
-fn archive_md_is_extended_by_replacing_it_whole_never_in_place() {
+fn an_archive_md_under_16_mib_is_extended_by_replacing_it_whole_never_in_place() {
     use huddle::snapshot::{ArchiveWrite, Snapshotter};
     let dir = HuddleDir::new();
     append_conversation(dir.path(), 1..=10, 20);
