@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod daemon_hostile;
 mod foreign_lines;
+mod fuzz_corpus;
 mod log_cli;
 mod log_store;
 mod pause;
