@@ -63,9 +63,16 @@ fn check_safe(entries: &[String], requested: &str, url: &Url) {
         url.username().is_empty() && url.password().is_none(),
         "granted {requested:?} with credentials"
     );
-    assert!(url.fragment().is_none(), "granted {requested:?} with a fragment");
-    let path = server_path(url.path())
-        .unwrap_or_else(|| panic!("granted {requested:?}, whose path {} is ambiguous", url.path()));
+    assert!(
+        url.fragment().is_none(),
+        "granted {requested:?} with a fragment"
+    );
+    let path = server_path(url.path()).unwrap_or_else(|| {
+        panic!(
+            "granted {requested:?}, whose path {} is ambiguous",
+            url.path()
+        )
+    });
     let within = entries.iter().any(|entry| {
         let Ok(entry) = Url::parse(entry) else {
             return false;
@@ -76,7 +83,10 @@ fn check_safe(entries: &[String], requested: &str, url: &Url) {
             && entry.port_or_known_default() == url.port_or_known_default()
             && server_path(entry.path()).is_some_and(|prefix| path_within(&prefix, &path))
     });
-    assert!(within, "granted {requested:?} ({url}), outside every entry of {entries:?}");
+    assert!(
+        within,
+        "granted {requested:?} ({url}), outside every entry of {entries:?}"
+    );
 }
 
 /// A host as a resolver sees it: one trailing dot (the DNS root) is the same host.
@@ -125,7 +135,9 @@ fn decode(segment: &str) -> Option<String> {
             out.push(b);
         }
     }
-    out.is_ascii().then(|| String::from_utf8(out).ok()).flatten()
+    out.is_ascii()
+        .then(|| String::from_utf8(out).ok())
+        .flatten()
 }
 
 /// `prefix` grants `path`: a prefix ending in `/` grants what starts with
@@ -184,7 +196,10 @@ fn plain_url(url: &str) -> Option<Plain> {
         None => (rest, None),
     };
     if let Some(query) = query {
-        if !query.bytes().all(|b| is_unreserved(b) || b == b'=' || b == b'&') {
+        if !query
+            .bytes()
+            .all(|b| is_unreserved(b) || b == b'=' || b == b'&')
+        {
             return None;
         }
     }

@@ -99,7 +99,10 @@ fn check_reader(data: &[u8]) {
 /// The rules of `huddle log`, written out again, and the round trip.
 fn check_accepted(event: &Event) {
     assert!(event.interaction <= MAX_NUMBER, "{event:?}");
-    assert!(event.term.is_none_or(|term| term <= MAX_NUMBER), "{event:?}");
+    assert!(
+        event.term.is_none_or(|term| term <= MAX_NUMBER),
+        "{event:?}"
+    );
     assert!(
         event.actor.chars().any(|c| !c.is_whitespace()),
         "blank actor: {event:?}"
@@ -119,7 +122,10 @@ fn check_accepted(event: &Event) {
     );
     if let Some(id) = &event.id {
         assert!(!id.is_empty() && id.len() <= MAX_ID_BYTES, "{event:?}");
-        assert!(id.chars().all(is_visible), "invisible character in id: {event:?}");
+        assert!(
+            id.chars().all(is_visible),
+            "invisible character in id: {event:?}"
+        );
     }
 
     let line = event.to_line();
@@ -204,8 +210,9 @@ fn is_rfc3339(text: &[u8]) -> bool {
     }
     match rest {
         b"Z" | b"z" => true,
-        [sign, _, _, b':', _, _] if matches!(sign, b'+' | b'-') => {
-            number(rest, 1, 2).is_some_and(|h| h <= 23) && number(rest, 4, 2).is_some_and(|m| m <= 59)
+        [b'+' | b'-', _, _, b':', _, _] => {
+            number(rest, 1, 2).is_some_and(|h| h <= 23)
+                && number(rest, 4, 2).is_some_and(|m| m <= 59)
         }
         _ => false,
     }
@@ -220,7 +227,8 @@ fn scratch_file(data: &[u8]) -> PathBuf {
     SCRATCH.with(|file| {
         let mut file = file;
         file.set_len(0).expect("truncate the scratch file");
-        file.seek(SeekFrom::Start(0)).expect("rewind the scratch file");
+        file.seek(SeekFrom::Start(0))
+            .expect("rewind the scratch file");
         file.write_all(data).expect("write the scratch file");
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
