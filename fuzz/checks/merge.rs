@@ -33,7 +33,11 @@ pub fn check(data: &[u8]) {
     // read back from the file, each appended line is what was appended.
     let appended = &merged_lines[local_lines.len().min(merged_lines.len())..];
     assert_eq!(&merged_lines[..local_lines.len()], &local_lines[..]);
-    assert_eq!(appended, &fresh[..], "the appended lines do not read back as appended");
+    assert_eq!(
+        appended,
+        &fresh[..],
+        "the appended lines do not read back as appended"
+    );
 
     // The appended lines are the remote's, in the remote's order, each new
     // to the local log and each once.
@@ -48,8 +52,14 @@ pub fn check(data: &[u8]) {
     let mut appended_events = HashSet::new();
     for line in &fresh {
         let event = identity(line);
-        assert!(!local_events.contains(&event), "{event:?} was already local");
-        assert!(appended_events.insert(event.clone()), "{event:?} appended twice");
+        assert!(
+            !local_events.contains(&event),
+            "{event:?} was already local"
+        );
+        assert!(
+            appended_events.insert(event.clone()),
+            "{event:?} appended twice"
+        );
     }
 
     // Union: every event of either side is in the result.
@@ -61,7 +71,10 @@ pub fn check(data: &[u8]) {
         );
     }
     // Merging again adds nothing, and changes nothing.
-    assert!(lines_to_append(&merged, remote).is_empty(), "a second merge appends again");
+    assert!(
+        lines_to_append(&merged, remote).is_empty(),
+        "a second merge appends again"
+    );
     assert_eq!(merged_log(&merged, remote), merged);
 }
 

@@ -8,13 +8,44 @@ use serde::Deserialize;
 
 /// Event identity for merging: the id, or the whole line for lines without one.
 fn identity(line: &[u8]) -> Vec<u8> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        id: Option<String>,
-    }
-    match serde_json::from_slice::<IdOnly>(line) {
-        Ok(IdOnly { id: Some(id) }) => [b"id:".as_slice(), id.as_bytes()].concat(),
+    match serde_json::from_slice::<LastId>(line) {
+        Ok(LastId(Some(id))) => [b"id:".as_slice(), id.as_bytes()].concat(),
         _ => [b"line:".as_slice(), line].concat(),
+    }
+}
+
+/// The `id` of a JSON object line as the event parser reads it: the last
+/// `id` key counts (a line naming two ids is the event with the second),
+/// and an `id` that is not a string makes no id.
+struct LastId(Option<String>);
+
+impl<'de> Deserialize<'de> for LastId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<LastId, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = LastId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LastId, A::Error> {
+                let mut id = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "id" {
+                        id = match map.next_value::<serde_json::Value>()? {
+                            serde_json::Value::String(id) => Some(id),
+                            _ => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(LastId(id))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 

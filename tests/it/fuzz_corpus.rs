@@ -1,9 +1,7 @@
 //! The fuzz corpora, replayed on stable: every input the fuzzers kept
 //! (`fuzz/corpus/<target>/`, crashes they found included) goes through the
 //! same checks as under `cargo fuzz run <target>`, so CI keeps what fuzzing
-//! proved. (The merge-by-id target, `fuzz/fuzz_targets/merge.rs`, found a
-//! case its union check rejects; it joins this replay once the merge is
-//! fixed: see the notes of issue 10.)
+//! proved.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -12,6 +10,8 @@ use std::path::Path;
 mod allowlist;
 #[path = "../../fuzz/checks/event_line.rs"]
 mod event_line;
+#[path = "../../fuzz/checks/merge.rs"]
+mod merge;
 
 /// Runs `check` on every file of the target's corpus; names every input
 /// that fails.
@@ -55,4 +55,9 @@ fn the_event_line_corpus_parses_to_events_that_meet_every_rule_and_no_line_is_lo
 #[test]
 fn the_allowlist_corpus_grants_nothing_outside_an_entry_and_agrees_with_the_reference() {
     replay("allowlist", allowlist::check);
+}
+
+#[test]
+fn the_merge_corpus_merges_to_the_union_with_each_event_once_and_each_sides_order() {
+    replay("merge", merge::check);
 }
