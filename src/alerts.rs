@@ -30,7 +30,7 @@
 //!   counted and reported with the next one, or when the window closes.
 //! - **Rate limit.** At most one delivery per sink per `alerts.min_interval_ms`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,7 +93,7 @@ pub fn load_state(dir: &Path) -> AlertsState {
 }
 
 fn save_state(dir: &Path, state: &AlertsState) -> std::io::Result<()> {
-    crate::files::write_atomic(
+    crate::files::write_state(
         &state_path(dir),
         &serde_json::to_vec_pretty(state).unwrap_or_default(),
     )
@@ -288,7 +288,9 @@ pub fn run_delivery(
                         }
                     }
                 }
-                Err(error) => tracing::error!(%error, "alerts: cannot read the log"),
+                Err(error) => {
+                    tracing::error!(%error, "alerts: cannot take up the sinks; trying again")
+                }
             }
         }
         if workers.is_empty() {
@@ -334,6 +336,7 @@ fn start_worker(
         read_to: cursor,
         read_to_id: after_id,
         mark: ReadMark::unhashed(cursor),
+        read_errors: RecentlyRead::default(),
         not_before: Instant::now(),
         failures: 0,
         contained_failures: 0,
@@ -413,10 +416,16 @@ fn register(
         .iter()
         .map(|r| (r.sink.clone(), (r.cursor, r.after_id.clone())))
         .collect();
+    // A sink whose record could not be saved would deliver without ever
+    // saving its cursor: it is taken up at a later tick instead.
     if changed {
-        if let Err(error) = save_state(dir, &AlertsState { sinks: records }) {
-            tracing::error!(%error, "alerts: cannot save the delivery cursors");
-        }
+        save_state(dir, &AlertsState { sinks: records }).map_err(|source| {
+            crate::log::StoreError::Io {
+                action: "save the delivery cursors in",
+                path: state_path(dir),
+                source,
+            }
+        })?;
     }
     Ok(cursors)
 }
@@ -445,6 +454,9 @@ struct Sink {
     read_to_id: Option<String>,
     /// What `read_to` has read, to notice a replaced log.
     mark: ReadMark,
+    /// The error events read in this process, to skip when a replaced log
+    /// is read again from its start.
+    read_errors: RecentlyRead,
     not_before: Instant,
     /// Failed attempts in a row (for the backoff).
     failures: u32,
@@ -532,13 +544,23 @@ fn read_new(
     if sink.pending.len() >= MAX_BATCH {
         return Ok(());
     }
+    // After a replacement, the error events this sink already read are
+    // skipped while the new log is read again from its start.
+    let mut already_read: Option<HashSet<String>> = None;
     if let Continuity::Replaced(why) = log.continuity(&sink.mark)? {
-        let (restart, id) = position_after(log, sink.read_to_id.as_deref())?;
+        let (restart, id) = if sink.read_errors.is_empty() {
+            // Nothing read in this process (a restart): place the saved
+            // position by the id of the event before it, else the end.
+            position_after(log, sink.read_to_id.as_deref())?
+        } else {
+            already_read = Some(sink.read_errors.iter().cloned().collect());
+            (Cursor::START, None)
+        };
         tracing::warn!(
             sink = sink.key.as_str(),
             %why,
             offset = restart.offset,
-            "alerts: events.log was replaced; going on after the last event read, found again by id (else at the end)"
+            "alerts: events.log was replaced; reading it again, skipping the error events already read"
         );
         sink.read_to = restart;
         sink.read_to_id = id.clone();
@@ -550,6 +572,14 @@ fn read_new(
     let end = log.scan(sink.read_to, |record| {
         last_id = record.event.id.clone();
         if record.event.is_error() {
+            let key = read_key(&record.event);
+            if already_read
+                .as_ref()
+                .is_some_and(|read| read.contains(&key))
+            {
+                return Ok(());
+            }
+            sink.read_errors.push(key);
             fresh.push(record.event);
         }
         Ok(())
@@ -581,6 +611,43 @@ fn read_new(
     sink.pending_end = end;
     sink.pending_end_id = sink.read_to_id.clone();
     Ok(())
+}
+
+/// What identifies an error event a sink has read: its id, else its text.
+fn read_key(event: &Event) -> String {
+    match &event.id {
+        Some(id) => id.clone(),
+        None => format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            event.actor, event.kind, event.timestamp, event.content
+        ),
+    }
+}
+
+/// The most recent identities of error events a sink has read, bounded.
+#[derive(Default)]
+struct RecentlyRead {
+    keys: std::collections::VecDeque<String>,
+}
+
+/// Error events remembered per sink for reading a replaced log again.
+const REMEMBERED_ERRORS: usize = 100_000;
+
+impl RecentlyRead {
+    fn push(&mut self, key: String) {
+        if self.keys.len() == REMEMBERED_ERRORS {
+            self.keys.pop_front();
+        }
+        self.keys.push_back(key);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.keys.iter()
+    }
 }
 
 /// Where to go on in a replaced log: just after the event with `id`, or at

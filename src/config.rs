@@ -353,14 +353,126 @@ pub enum ConfigError {
     },
     #[error("{path} is not valid: {message}")]
     Invalid { path: String, message: String },
+    /// A mistyped `--dir` must not quietly start a new huddle elsewhere.
+    #[error(
+        "the huddle directory {path} {problem}: create one with `huddle init {path}`, \
+         or pass the right --dir"
+    )]
+    NoDirectory { path: String, problem: &'static str },
+}
+
+/// The smallest heartbeat period: every heartbeat is an event in the log,
+/// so a period of 0 would flood it.
+pub const MIN_HEARTBEAT_MS: u64 = 10;
+
+/// `key = value` must be at least `min`.
+fn at_least(key: &str, value: u64, min: u64, why: &str) -> Result<(), String> {
+    if value < min {
+        return Err(format!(
+            "{key} = {value} is out of range: it must be at least {min} ({why})"
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
+    /// Values the types allow but huddle cannot work with: a period of 0
+    /// (a busy loop, a flooded log), a limit of 0 (every call or event
+    /// refused), a leader timeout no longer than the heartbeat.
+    fn check_ranges(&self) -> Result<(), String> {
+        const PERIOD: &str = "0 would make it run in a busy loop";
+        const ATTEMPT: &str = "the first attempt counts";
+        let log = &self.log;
+        at_least("log.lock_attempts", log.lock_attempts.into(), 1, ATTEMPT)?;
+        at_least(
+            "log.max_content_bytes",
+            log.max_content_bytes as u64,
+            1,
+            "0 would refuse every event with content, and quarantine those in the log",
+        )?;
+        let daemon = &self.daemon;
+        at_least(
+            "daemon.heartbeat_ms",
+            daemon.heartbeat_ms,
+            MIN_HEARTBEAT_MS,
+            "every heartbeat is an event in the log",
+        )?;
+        if daemon.leader_timeout_ms <= daemon.heartbeat_ms {
+            return Err(format!(
+                "daemon.leader_timeout_ms = {} is out of range: it must be more than \
+                 daemon.heartbeat_ms = {}, or followers would depose a leader that is on time",
+                daemon.leader_timeout_ms, daemon.heartbeat_ms
+            ));
+        }
+        at_least("daemon.poll_ms", daemon.poll_ms, 1, PERIOD)?;
+        at_least(
+            "daemon.retry_initial_ms",
+            daemon.retry_initial_ms,
+            1,
+            PERIOD,
+        )?;
+        at_least(
+            "daemon.retry_attempts",
+            daemon.retry_attempts.into(),
+            1,
+            ATTEMPT,
+        )?;
+        let sync = &self.sync;
+        at_least("sync.interval_secs", sync.interval_secs, 1, PERIOD)?;
+        at_least("sync.attempts", sync.attempts.into(), 1, ATTEMPT)?;
+        at_least("sync.retry_initial_ms", sync.retry_initial_ms, 1, PERIOD)?;
+        at_least(
+            "sync.timeout_secs",
+            sync.timeout_secs,
+            1,
+            "0 would time out every git command",
+        )?;
+        let plugin_limits = [
+            (
+                "plugins.heading-mapper".to_string(),
+                &self.plugins.heading_mapper,
+            ),
+            ("plugins.renderer".to_string(), &self.plugins.renderer),
+        ]
+        .into_iter()
+        .map(|(key, slot)| (key, slot.deadline_ms, slot.memory_mb));
+        let sink_limits = self.alerts.sinks.iter().enumerate().map(|(i, sink)| {
+            (
+                format!("alerts.sinks[{i}]"),
+                sink.deadline_ms,
+                sink.memory_mb,
+            )
+        });
+        for (key, deadline_ms, memory_mb) in plugin_limits.chain(sink_limits) {
+            at_least(
+                &format!("{key}.deadline_ms"),
+                deadline_ms,
+                1,
+                "0 would stop every call at once",
+            )?;
+            at_least(
+                &format!("{key}.memory_mb"),
+                memory_mb,
+                1,
+                "0 would leave the plugin no memory at all",
+            )?;
+        }
+        for (i, sink) in self.alerts.sinks.iter().enumerate() {
+            at_least(
+                &format!("alerts.sinks[{i}].timeout_ms"),
+                sink.timeout_ms,
+                1,
+                "0 would time out every request",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Reads `huddle.toml` from `dir`; a missing file means every default.
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
         let path = dir.join(CONFIG_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => {
                 return Err(ConfigError::Read {
@@ -369,17 +481,22 @@ impl Config {
                 })
             }
         };
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: path.display().to_string(),
             message,
-        })
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            invalid(format!(
+                "it is not UTF-8 text (first bad byte at offset {})",
+                e.valid_up_to()
+            ))
+        })?;
+        Config::parse(text).map_err(invalid)
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        if config.log.lock_attempts == 0 {
-            return Err("log.lock_attempts must be at least 1".into());
-        }
+        config.check_ranges()?;
         for (slot, cfg) in [
             ("heading-mapper", &config.plugins.heading_mapper),
             ("renderer", &config.plugins.renderer),

@@ -148,7 +148,7 @@ impl Event {
     /// Parses one log line (without its newline), checking that the five
     /// required fields are present with the right JSON types.
     pub fn from_line(line: &[u8]) -> Result<Event, String> {
-        serde_json::from_slice::<Event>(line).map_err(|e| e.to_string())
+        serde_json::from_slice::<Event>(line).map_err(|error| explain_bad_line(line, &error))
     }
 
     /// Parses one log line and checks it against the rules of `huddle log`:
@@ -227,6 +227,8 @@ pub struct NewEvent {
     pub term: Option<u64>,
     /// Extra fields written as they are (huddle's own, e.g. an election `action`).
     pub extra: Map<String, Value>,
+    /// See [`NewEvent::cut_to_fit`].
+    fits_by_cutting: bool,
 }
 
 impl NewEvent {
@@ -243,7 +245,27 @@ impl NewEvent {
             content: content.into(),
             term: None,
             extra: Map::new(),
+            fits_by_cutting: false,
         }
+    }
+
+    /// For the events huddle writes about itself (reports, heartbeats,
+    /// election claims): content over `log.max_content_bytes` is cut to fit
+    /// (marked with "…") instead of refused. A report quotes what went wrong
+    /// (a plugin's message, a foreign line's reason) at whatever length; a
+    /// report refused for its length would be lost, and fail the work it
+    /// reports on.
+    pub fn cut_to_fit(mut self) -> NewEvent {
+        self.fits_by_cutting = true;
+        self
+    }
+
+    /// Applies [`NewEvent::cut_to_fit`], if asked for, against `max_content_bytes`.
+    pub fn fitted(mut self, max_content_bytes: usize) -> NewEvent {
+        if self.fits_by_cutting {
+            cut_content(&mut self.content, max_content_bytes);
+        }
+        self
     }
 
     pub fn with_field(mut self, name: &str, value: impl Into<Value>) -> NewEvent {
@@ -285,7 +307,75 @@ impl NewEvent {
     }
 }
 
-fn validate_number(field: &'static str, number: u64) -> Result<(), ValidationError> {
+/// Why a line is not an event, naming the field at fault where there is
+/// one: serde's own message says "invalid type: string, expected u64" but
+/// not which field. Runs on the error path only, so reading stays fast.
+fn explain_bad_line(line: &[u8], error: &serde_json::Error) -> String {
+    if let Err(bad) = std::str::from_utf8(line) {
+        return format!(
+            "not UTF-8 text (first bad byte at byte {} of the line)",
+            bad.valid_up_to()
+        );
+    }
+    let fields = match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(fields)) => fields,
+        Ok(other) => {
+            return format!(
+                "not an event: {}, where an event is a JSON object",
+                describe_json(&other)
+            )
+        }
+        Err(_) => return format!("not JSON: {error}"),
+    };
+    const NUMBER: &str = "a non-negative integer";
+    const TEXT: &str = "a string";
+    for (field, expected) in [
+        ("interaction", NUMBER),
+        ("actor", TEXT),
+        ("type", TEXT),
+        ("content", TEXT),
+        ("timestamp", TEXT),
+        ("id", TEXT),
+        ("term", NUMBER),
+    ] {
+        let optional = matches!(field, "id" | "term");
+        let fits = match fields.get(field) {
+            None => {
+                if optional {
+                    continue;
+                }
+                return format!(
+                    "invalid {field}: missing (an event needs interaction, actor, type, \
+                     content and timestamp)"
+                );
+            }
+            Some(Value::Null) => optional,
+            Some(Value::Number(n)) => expected == NUMBER && n.is_u64(),
+            Some(Value::String(_)) => expected == TEXT,
+            Some(_) => false,
+        };
+        if !fits {
+            let shown = describe_json(&fields[field]);
+            return format!("invalid {field}: must be {expected}, got {shown}");
+        }
+    }
+    error.to_string()
+}
+
+/// A JSON value as an error message shows it: its kind and a short quote.
+fn describe_json(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {}", shorten(&n.to_string())),
+        Value::String(text) => format!("the string {:?}", shorten(text)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// Interaction numbers and terms: at most [`MAX_NUMBER`].
+pub fn validate_number(field: &'static str, number: u64) -> Result<(), ValidationError> {
     if number > MAX_NUMBER {
         return Err(ValidationError::new(
             field,
@@ -360,6 +450,28 @@ pub fn is_invisible_control(c: char) -> bool {
                 | '\u{2060}'..='\u{2069}'
                 | '\u{FEFF}'
         )
+}
+
+/// Cuts `content` to at most `max_bytes`, at a character boundary, ending in
+/// "…" when it was cut and there is room for it.
+pub fn cut_content(content: &mut String, max_bytes: usize) {
+    const MARK: char = '…';
+    if content.len() <= max_bytes {
+        return;
+    }
+    let room = if max_bytes >= MARK.len_utf8() {
+        max_bytes - MARK.len_utf8()
+    } else {
+        max_bytes
+    };
+    let mut end = room;
+    while !content.is_char_boundary(end) {
+        end -= 1;
+    }
+    content.truncate(end);
+    if room < max_bytes {
+        content.push(MARK);
+    }
 }
 
 /// A value quoted in an error message, cut to a readable length.

@@ -16,6 +16,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     commit(tmp, path)
 }
 
+/// Writes a state file (under `.huddle/`, the spool): like
+/// [`write_atomic`], creating its directory first, since whichever service
+/// saves first in a fresh directory must not find it missing.
+pub(crate) fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(parent(path))?;
+    write_atomic(path, bytes)
+}
+
 /// Replaces `path` with `bytes` unless it already holds exactly them.
 /// Returns whether the file was written.
 pub(crate) fn replace_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
@@ -41,8 +49,45 @@ pub(crate) fn temp_beside(path: &Path) -> std::io::Result<NamedTempFile> {
     tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
+        .rand_bytes(TEMP_RANDOM_CHARS)
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
+}
+
+/// Random characters in a temp file's name (tempfile's default).
+const TEMP_RANDOM_CHARS: usize = 6;
+
+/// Removes the temp files [`temp_beside`] made for `path` whose writer died
+/// before committing them. Only for a caller holding the lock every writer
+/// of `path` holds: a live writer's temp file would go too. Returns how many
+/// were removed.
+pub(crate) fn remove_abandoned_temps(path: &Path) -> std::io::Result<usize> {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(0);
+    };
+    let prefix = format!(".{name}.");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(parent(path))? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(random) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        // Exactly the random part: `.communication.md.bak.XXXXXX.tmp` is
+        // not a temp file of communication.md.
+        if random.len() == TEMP_RANDOM_CHARS && random.chars().all(|c| c.is_ascii_alphanumeric()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// fsync the temp file, rename it over `path`, fsync the directory.
@@ -100,5 +145,36 @@ fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_temp_files_of_the_named_file_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("communication.md");
+        let abandoned = temp_beside(&target)
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        let names = [
+            "communication.md",
+            ".communication.md.bak.Ab12Cd.tmp",
+            ".communication.md.tmp",
+            ".communication.md.Ab12Cd.tmp.keep",
+            ".archive.md.Ab12Cd.tmp",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(remove_abandoned_temps(&target).unwrap(), 1);
+        assert!(!abandoned.exists());
+        for name in names {
+            assert!(dir.path().join(name).exists(), "{name} was removed");
+        }
     }
 }

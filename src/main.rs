@@ -40,37 +40,42 @@ enum Command {
     /// Append one event.
     Log {
         /// Interaction number, or `next` to allocate max + 1.
-        #[arg(allow_negative_numbers = true)]
+        #[arg(allow_negative_numbers = true, value_parser = Utf8Text)]
         interaction: String,
-        #[arg(allow_hyphen_values = true)]
+        #[arg(allow_hyphen_values = true, value_parser = Utf8Text)]
         actor: String,
         /// Event type: [a-z][a-z0-9_-]*.
-        #[arg(value_name = "TYPE")]
+        #[arg(value_name = "TYPE", value_parser = Utf8Text)]
         kind: String,
         /// Text of the event; `-` reads standard input (one trailing newline is dropped).
-        #[arg(allow_hyphen_values = true)]
+        #[arg(allow_hyphen_values = true, value_parser = Utf8Text)]
         content: String,
     },
     /// Regenerate communication.md and archive.md from the log, once.
     Snapshot {
         /// Interactions in communication.md (default: snapshot.k in huddle.toml, else 3).
-        #[arg(short, long)]
+        // Negative numbers are taken as values, so `-k -1` is refused as a
+        // bad value of -k rather than as an unknown flag `-1`.
+        #[arg(short, long, allow_negative_numbers = true)]
         k: Option<usize>,
     },
     /// The daemon: watch the log, elect a leader, heartbeat, keep snapshots fresh.
     Run {
         /// This daemon's name in the log (default: huddle-<host>-<pid>).
-        #[arg(long)]
+        #[arg(long, value_parser = Utf8Text)]
         actor: Option<String>,
         /// Follow the election but never become leader.
         #[arg(long)]
         no_elect: bool,
     },
     /// Announce that an agent is alive.
-    Heartbeat { actor: String },
+    Heartbeat {
+        #[arg(value_parser = Utf8Text)]
+        actor: String,
+    },
     /// Print the events of interactions after an agent's checkpoint.
     Next {
-        #[arg(long)]
+        #[arg(long, value_parser = Utf8Text)]
         agent: String,
         /// One JSON event per line.
         #[arg(long)]
@@ -81,8 +86,9 @@ enum Command {
     },
     /// Record that an agent handled every interaction up to N.
     Ack {
-        #[arg(long)]
+        #[arg(long, value_parser = Utf8Text)]
         agent: String,
+        #[arg(allow_negative_numbers = true)]
         interaction: u64,
     },
     /// Leader, term, heartbeat age, actors, last errors, event count, snapshot freshness.
@@ -134,6 +140,37 @@ enum Command {
     },
 }
 
+/// A text argument. clap's own check only says "invalid UTF-8 was detected
+/// in one or more arguments"; this one names the argument and the byte.
+#[derive(Clone)]
+struct Utf8Text;
+
+impl clap::builder::TypedValueParser for Utf8Text {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        use std::os::unix::ffi::OsStrExt;
+        std::str::from_utf8(value.as_bytes())
+            .map(str::to_string)
+            .map_err(|bad| {
+                let arg = arg.map_or_else(|| "an argument".to_string(), |arg| arg.to_string());
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidUtf8,
+                    format!(
+                        "{arg} is not valid UTF-8 (first bad byte at offset {})\n",
+                        bad.valid_up_to()
+                    ),
+                )
+                .with_cmd(cmd)
+            })
+    }
+}
+
 #[derive(Subcommand)]
 enum PluginsCommand {
     /// Each slot, the plugin it uses (built-in or path) and its sha256.
@@ -156,10 +193,28 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Errors quote what they refused, and that may come from the log.
-            eprintln!("huddle: {}", visible(&format!("{err:#}")));
+            eprintln!("huddle: {}", visible(&message(&err)));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The error and its causes, each said once: many errors quote their
+/// source in their own message (`cannot read X: No such file`), and
+/// printing the chain as it is would repeat it.
+fn message(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn init_tracing() {
@@ -182,9 +237,15 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 cause.downcast_ref::<StoreError>(),
                 Some(StoreError::Invalid(_))
             )
+            || cause.downcast_ref::<ConfigError>().is_some_and(is_bad_config)
+            // Transparent: the chain goes on past the config error it holds.
             || matches!(
-                cause.downcast_ref::<ConfigError>(),
-                Some(ConfigError::Invalid { .. })
+                cause.downcast_ref::<snapshot::SnapshotError>(),
+                Some(snapshot::SnapshotError::Config(config)) if is_bad_config(config)
+            )
+            || matches!(
+                cause.downcast_ref::<checkpoint::CheckpointError>(),
+                Some(checkpoint::CheckpointError::Damaged { .. })
             )
             || cause.is::<CheckError>()
     });
@@ -193,6 +254,14 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     } else {
         1
     }
+}
+
+/// A huddle.toml the user must fix, or a --dir that is not a huddle directory.
+fn is_bad_config(error: &ConfigError) -> bool {
+    matches!(
+        error,
+        ConfigError::Invalid { .. } | ConfigError::NoDirectory { .. }
+    )
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -277,12 +346,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Heartbeat { actor } => {
             let workspace = Workspace::open(&cli.dir)?;
-            workspace.log().append(NewEvent::new(
-                InteractionRef::Number(0),
-                actor,
-                huddle::event::types::HEARTBEAT,
-                "alive",
-            ))?;
+            workspace.log().append(
+                NewEvent::new(
+                    InteractionRef::Number(0),
+                    actor,
+                    huddle::event::types::HEARTBEAT,
+                    "alive",
+                )
+                .cut_to_fit(),
+            )?;
             Ok(())
         }
         Command::Next {
@@ -292,6 +364,8 @@ fn run(cli: Cli) -> Result<()> {
         } => next(&cli.dir, &agent, json, follow),
         Command::Ack { agent, interaction } => {
             checkpoint::validate_agent(&agent)?;
+            huddle::event::validate_number("interaction", interaction)?;
+            workspace::require_directory(&cli.dir)?;
             checkpoint::ack(&cli.dir, &agent, interaction).with_context(|| {
                 format!(
                     "cannot write {}",

@@ -81,7 +81,7 @@ pub fn record_snapshot(dir: &Path, log_offset: u64) {
     };
     let path = dir.join(STATE_DIR).join(SNAPSHOT_STATE_FILE);
     // Status only: a failure here costs nothing but an older "updated_at".
-    let _ = std::fs::write(path, serde_json::to_vec(&state).unwrap_or_default());
+    let _ = crate::files::write_state(&path, &serde_json::to_vec(&state).unwrap_or_default());
 }
 
 pub const LOG_REPLACED_FILE: &str = "log_replaced.json";
@@ -103,7 +103,7 @@ pub fn record_log_replaced(dir: &Path, by: &str, detail: &str) {
     };
     let path = dir.join(STATE_DIR).join(LOG_REPLACED_FILE);
     // Status only: the error event in the log says it too.
-    let _ = crate::files::write_atomic(&path, &serde_json::to_vec(&record).unwrap_or_default());
+    let _ = crate::files::write_state(&path, &serde_json::to_vec(&record).unwrap_or_default());
 }
 
 fn load_log_replaced(dir: &Path) -> Option<LogReplaced> {

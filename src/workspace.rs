@@ -57,6 +57,27 @@ pub fn init(dir: &Path) -> std::io::Result<InitReport> {
     Ok(report)
 }
 
+/// Refuses a huddle directory that does not exist or is not a directory,
+/// rather than creating files there: a mistyped `--dir` would otherwise
+/// start a second, empty huddle.
+pub fn require_directory(dir: &Path) -> Result<(), ConfigError> {
+    let problem = match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => "is not a directory",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    Err(ConfigError::NoDirectory {
+        path: dir.display().to_string(),
+        problem,
+    })
+}
+
 /// An existing huddle directory with its configuration loaded.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -67,6 +88,7 @@ pub struct Workspace {
 impl Workspace {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Workspace, ConfigError> {
         let dir = dir.into();
+        require_directory(&dir)?;
         let config = Config::load(&dir)?;
         Ok(Workspace { dir, config })
     }

@@ -30,8 +30,14 @@ pub struct Leadership {
     pub term: u64,
     /// Winner of `term`, unless it resigned.
     pub leader: Option<String>,
-    /// Time of the leader's last heartbeat in `term` (or of its claim).
+    /// Time of the leader's last heartbeat in `term` (or of its claim), as
+    /// the leader's own clock wrote it: for people to read. Whether the
+    /// leader is silent is judged by when a reader saw [`Leadership::signs_of_life`]
+    /// change, on its own monotonic clock.
     pub last_beat: Option<DateTime<Utc>>,
+    /// Counts the leader's signs of life (its winning claim, its
+    /// heartbeats): a reader notes when this number last changed.
+    pub signs_of_life: u64,
 }
 
 impl Leadership {
@@ -45,6 +51,7 @@ impl Leadership {
                 self.term = term;
                 self.leader = Some(event.actor.clone());
                 self.last_beat = parse_time(&event.timestamp);
+                self.signs_of_life += 1;
             }
             (types::LEADER_ELECTION, Some(term))
                 if action == Some(RESIGN) && term == self.term && from_leader =>
@@ -53,6 +60,7 @@ impl Leadership {
             }
             (types::HEARTBEAT, Some(term)) if term == self.term && from_leader => {
                 self.last_beat = parse_time(&event.timestamp).or(self.last_beat);
+                self.signs_of_life += 1;
             }
             _ => {}
         }

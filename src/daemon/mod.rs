@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 
 use crate::config::DaemonConfig;
 use crate::event::{types, Event, InteractionRef, NewEvent};
@@ -58,6 +57,7 @@ pub fn campaign(
         types::LEADER_ELECTION,
         format!("{me} claims leadership for term {term}"),
     )
+    .cut_to_fit()
     .with_term(term)
     .with_field(ACTION_FIELD, CLAIM);
     let conflicts = move |event: &Event| {
@@ -88,6 +88,7 @@ pub fn leader_heartbeat(
         types::HEARTBEAT,
         format!("leader {me} alive (term {term})"),
     )
+    .cut_to_fit()
     .with_term(term);
     let superseded = move |event: &Event| {
         event.kind == types::LEADER_ELECTION
@@ -125,6 +126,9 @@ struct Daemon {
     /// What `cursor` has read, to notice a replaced log.
     mark: ReadMark,
     leadership: Leadership,
+    /// When this daemon last saw the leader's signs of life change, on its
+    /// own monotonic clock (see `maybe_campaign`).
+    leader_seen: (u64, Instant),
     /// The term we lead, while we do.
     my_term: Option<u64>,
     next_heartbeat: Instant,
@@ -166,7 +170,8 @@ impl Daemon {
                 tracing::warn!(%error, "plugin not loaded ahead (the call that needs it will report it)");
             }
         }
-        let snapshots = SnapshotWorker::start(dir, host.clone())?;
+        let leader_lease = crate::alerts::LeaderLease::default();
+        let snapshots = SnapshotWorker::start(dir, host.clone(), leader_lease.clone())?;
         Ok(Daemon {
             jitter: jitter(&options.actor, workspace.config.daemon.jitter_ms),
             me: options.actor,
@@ -175,7 +180,7 @@ impl Daemon {
             sync_interval: workspace.config.sync.interval_secs.max(1),
             log: workspace.log(),
             host,
-            leader_lease: crate::alerts::LeaderLease::default(),
+            leader_lease,
             direct_alerts: Arc::default(),
             paused: crate::pause::paused(dir).is_some(),
             next_sync: workspace.config.sync.enabled.then(Instant::now),
@@ -185,6 +190,7 @@ impl Daemon {
             cursor: Cursor::START,
             mark: ReadMark::default(),
             leadership: Leadership::default(),
+            leader_seen: (0, Instant::now()),
             my_term: None,
             next_heartbeat: Instant::now(),
             dirty: true,
@@ -206,6 +212,9 @@ impl Daemon {
         }
         let before = self.cursor;
         self.cursor = follow_log(&self.log, self.cursor, &mut self.leadership)?;
+        if self.leadership.signs_of_life != self.leader_seen.0 {
+            self.leader_seen = (self.leadership.signs_of_life, Instant::now());
+        }
         if self.cursor != before {
             self.dirty = true;
             self.mark = self.log.mark(self.cursor)?;
@@ -226,6 +235,7 @@ impl Daemon {
         self.cursor = Cursor::START;
         self.mark = ReadMark::default();
         self.leadership = Leadership::default();
+        self.leader_seen = (0, Instant::now());
         self.dirty = true;
         crate::status::record_log_replaced(&self.dir, &self.me, why);
         if was_leading {
@@ -236,7 +246,8 @@ impl Daemon {
                 format!(
                     "events.log was replaced or truncated under the daemon ({why}); communication.md, archive.md and the alert positions are rebuilt from the log as it is now"
                 ),
-            );
+            )
+            .cut_to_fit();
             if let Err(error) = self.log.append(report) {
                 tracing::error!(%error, "cannot log that events.log was replaced");
             }
@@ -412,7 +423,8 @@ impl Daemon {
                             "Snapshots are offline after {} failed attempts; retrying every {:?}: {error}",
                             self.retry.failures, pause
                         ),
-                    );
+                    )
+                    .cut_to_fit();
                     if let Err(e) = self.log.append(report) {
                         tracing::error!(error = %e, "cannot log that snapshots are offline");
                     }
@@ -422,10 +434,17 @@ impl Daemon {
     }
 
     fn maybe_campaign(&mut self) -> Result<()> {
+        // Silence is the time since this daemon saw the leader's last sign
+        // of life arrive, on its own monotonic clock, as leases do: the
+        // heartbeat's timestamp comes from the leader's wall clock, which
+        // may run ahead (a dead leader would look alive for as long) or
+        // behind (a live one would look dead), or jump (NTP, a resumed
+        // laptop). A leader already in the log when we start gets a full
+        // timeout from our start.
         let timeout = Duration::from_millis(self.config.leader_timeout_ms) + self.jitter;
-        let due = match self.leadership.silence(Utc::now()) {
+        let due = match self.leadership.leader {
             None => true,
-            Some(silent) => silent > timeout.as_secs_f64(),
+            Some(_) => self.leader_seen.1.elapsed() > timeout,
         };
         if !due {
             return Ok(());
@@ -449,7 +468,8 @@ impl Daemon {
                             "Leader {old} (term {old_term}) stopped sending heartbeats; {} elected for term {term}",
                             self.me
                         ),
-                    );
+                    )
+                    .cut_to_fit();
                     self.log.append(report)?;
                 }
                 self.my_term = Some(term);
@@ -499,6 +519,7 @@ impl Daemon {
             types::LEADER_ELECTION,
             format!("{} resigns leadership of term {term}", self.me),
         )
+        .cut_to_fit()
         .with_term(term)
         .with_field(ACTION_FIELD, RESIGN);
         match self.log.append(resign) {
@@ -523,19 +544,30 @@ struct SnapshotWorker {
 }
 
 impl SnapshotWorker {
-    fn start(dir: &Path, host: Arc<PluginHost>) -> Result<SnapshotWorker> {
+    fn start(
+        dir: &Path,
+        host: Arc<PluginHost>,
+        lease: crate::alerts::LeaderLease,
+    ) -> Result<SnapshotWorker> {
         let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
         let (result_tx, result_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut snapshotter = Snapshotter::new(dir);
+        // A leader stopped mid-snapshot and replaced meanwhile must not
+        // write when it wakes: the files are written only under the lease.
+        let mut snapshotter = Snapshotter::new(dir).with_fence(Arc::new(move || lease.holds()));
         snapshotter.progress = false;
         let thread = std::thread::Builder::new()
             .name("huddle-snapshot".into())
             .spawn(move || {
                 for () in request_rx {
+                    tracing::debug!("snapshot started");
                     let started = Instant::now();
                     let result = match snapshotter.update(&host, None) {
                         Ok(outcome) => {
                             tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
+                            Ok(())
+                        }
+                        Err(crate::snapshot::SnapshotError::Fenced) => {
+                            tracing::info!("snapshot not written: no longer the leader");
                             Ok(())
                         }
                         Err(error) => Err((error.to_string(), error.is_write_refused())),

@@ -4,7 +4,8 @@
 //! Exactly once: before moving, the log's length is written to
 //! `.huddle/offline-flush`; after the move the queue is emptied and the note
 //! removed. If a crash falls in between, the next flush finds the note and
-//! skips queued events whose ids already appear after that length.
+//! skips queued events whose ids already appear after that length; the note
+//! keeps that first length through any number of interrupted flushes.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -75,12 +76,22 @@ pub(crate) fn take(path: &Path, state_dir: &Path, log: &File) -> std::io::Result
         "spool"
     };
     let note = state_dir.join(format!("{tag}-{name}{FLUSH_NOTE_SUFFIX}"));
-    if let Some(flushed_from) = read_note(&note) {
-        let already = ids_after(log, flushed_from)?;
-        events.retain(|e| e.id.as_ref().is_none_or(|id| !already.contains(id)));
+    match read_note(&note) {
+        // An earlier flush was interrupted. The note keeps the offset where
+        // the first interrupted flush began: rewriting it with today's
+        // length would forget the events that flush wrote, and the next
+        // interrupted flush would write them again.
+        Some(flushed_from) => {
+            let already = ids_after(log, flushed_from)?;
+            events.retain(|e| e.id.as_ref().is_none_or(|id| !already.contains(id)));
+        }
+        // No note, or one cut short by a crash while it was written (it is
+        // written before any event, so that flush wrote nothing).
+        None => {
+            std::fs::create_dir_all(state_dir)?;
+            std::fs::write(&note, log.metadata()?.len().to_string())?;
+        }
     }
-    std::fs::create_dir_all(state_dir)?;
-    std::fs::write(&note, log.metadata()?.len().to_string())?;
     Ok(Some(Pending { file, events, note }))
 }
 
@@ -114,4 +125,54 @@ fn ids_after(log: &File, offset: u64) -> std::io::Result<HashSet<String>> {
         }
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{InteractionRef, NewEvent};
+
+    fn queued(content: &str) -> Event {
+        NewEvent::new(InteractionRef::Number(1), "a", "note", content).into_event(1)
+    }
+
+    /// Appends `events` to the log as a flush would.
+    fn write(log: &Path, events: &[Event]) {
+        let mut file = OpenOptions::new().append(true).open(log).unwrap();
+        for event in events {
+            writeln!(file, "{}", event.to_line()).unwrap();
+        }
+    }
+
+    #[test]
+    fn flushes_interrupted_twice_write_nothing_a_third_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, queue, state) = (
+            dir.path().join("events.log"),
+            dir.path().join("events.offline.log"),
+            dir.path().join(".huddle"),
+        );
+        std::fs::write(&log, format!("{}\n", queued("already there").to_line())).unwrap();
+        let events = [queued("first"), queued("second")];
+        enqueue(&queue, &events).unwrap();
+        let open_log = || File::open(&log).unwrap();
+        // The first flush writes both events and dies before emptying the queue.
+        let first = take(&queue, &state, &open_log()).unwrap().unwrap();
+        assert_eq!(first.events.len(), 2);
+        write(&log, &first.events);
+        drop(first);
+        // The second finds them written and dies too, before writing anything.
+        let second = take(&queue, &state, &open_log()).unwrap().unwrap();
+        assert!(second.events.is_empty());
+        drop(second);
+        // The third must still know they are in the log.
+        let third = take(&queue, &state, &open_log()).unwrap().unwrap();
+        assert!(
+            third.events.is_empty(),
+            "events written by the first flush would be written again: {:?}",
+            third.events
+        );
+        third.done().unwrap();
+        assert!(take(&queue, &state, &open_log()).unwrap().is_none());
+    }
 }

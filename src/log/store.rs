@@ -395,6 +395,8 @@ impl FileLog {
                     LOG_FILE, self.config.lock_attempts
                 ),
             )
+            .cut_to_fit()
+            .fitted(self.config.max_content_bytes)
             .into_event(interaction),
         );
         match self.enqueue(&queued) {
@@ -483,9 +485,23 @@ impl FileLog {
                         types::ERROR,
                         report(line),
                     )
+                    .cut_to_fit()
                 })
                 .collect();
-            self.append_batch(reports)?;
+            match self.append_batch(reports) {
+                Ok(_) => {}
+                // Queued (paused, the lock never came, the disk refused):
+                // the reports reach the log with the queue. Reading must go
+                // on: `huddle status` works while paused.
+                Err(
+                    queued @ (StoreError::Paused { .. }
+                    | StoreError::LockTimeout { .. }
+                    | StoreError::WriteRefusedQueued { .. }),
+                ) => {
+                    tracing::warn!(error = %queued, "quarantine reports queued");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(fresh)
     }
@@ -498,6 +514,10 @@ impl EventStore for FileLog {
     }
 
     fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
+        let events: Vec<NewEvent> = events
+            .into_iter()
+            .map(|event| event.fitted(self.config.max_content_bytes))
+            .collect();
         self.validate(&events)?;
         if let Some(pause) = crate::pause::paused(&self.dir) {
             // Paused: nothing goes to the log until `huddle resume`.
@@ -561,6 +581,7 @@ impl EventStore for FileLog {
         event: NewEvent,
         conflicts: &dyn Fn(&Event) -> bool,
     ) -> Result<CasOutcome, StoreError> {
+        let event = event.fitted(self.config.max_content_bytes);
         self.validate(std::slice::from_ref(&event))?;
         let locked = match self.lock()? {
             Ok(locked) => locked,

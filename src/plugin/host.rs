@@ -17,7 +17,7 @@ use super::cache::ArtifactCache;
 use super::capabilities::HttpSession;
 use super::check::{world_of, World};
 use super::limits::Limiter;
-use super::{builtin_wasm, PluginError, PluginSource, PluginSpec};
+use super::{builtin_wasm, PluginError, PluginSource, PluginSpec, BUILTINS};
 use crate::event::Event;
 
 /// How often the epoch advances: the granularity of deadlines.
@@ -229,7 +229,7 @@ impl PluginHost {
             PluginSource::Builtin(_) => read_plugin(spec),
             PluginSource::File(path) => {
                 let wasm: Arc<[u8]> = std::fs::read(path)
-                    .map_err(|e| load_error(spec, e.to_string()))?
+                    .map_err(|e| file_error(spec, &e))?
                     .into();
                 Ok((wasm.clone(), self.file_sha256(path, &wasm)))
             }
@@ -588,13 +588,24 @@ fn settle<T>(
                     deadline: spec.deadline,
                 });
             }
+            // The trap itself, not the wasm backtrace of unnamed functions
+            // wrapped around it, nor the guest's hint about RUST_BACKTRACE
+            // (which cannot reach a plugin).
+            let what = match error.downcast_ref::<Trap>() {
+                Some(trap) => format!("wasm trap: {trap}"),
+                None => format!("{error:#}"),
+            };
             let said = String::from_utf8_lossy(&stderr.contents())
+                .lines()
+                .filter(|line| !line.starts_with("note: run with `RUST_BACKTRACE"))
+                .collect::<Vec<_>>()
+                .join("\n")
                 .trim()
                 .to_string();
             let message = if said.is_empty() {
-                format!("{error:#}")
+                what
             } else {
-                format!("{said} ({error:#})")
+                format!("{said} ({what})")
             };
             Err(PluginError::Trap { plugin, message })
         }
@@ -635,6 +646,21 @@ fn load_error(spec: &PluginSpec, message: String) -> PluginError {
     }
 }
 
+/// A plugin file that cannot be read. A name that is neither a file nor a
+/// built-in is most often a misspelt built-in: list them.
+fn file_error(spec: &PluginSpec, error: &std::io::Error) -> PluginError {
+    let mut message = error.to_string();
+    if error.kind() == std::io::ErrorKind::NotFound {
+        let builtins: Vec<&str> = BUILTINS.iter().map(|(name, _)| *name).collect();
+        message = format!(
+            "no such file, and {:?} is not a built-in plugin either (built-ins: {})",
+            spec.name(),
+            builtins.join(", ")
+        );
+    }
+    load_error(spec, message)
+}
+
 /// A plugin's bytes and their sha256 (hex), without an engine: enough for
 /// `huddle plugins list`.
 pub fn read_plugin(spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
@@ -645,7 +671,7 @@ pub fn read_plugin(spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError
             Ok((Arc::from(wasm), builtin_sha256(name, wasm)))
         }
         PluginSource::File(path) => {
-            let wasm = std::fs::read(path).map_err(|e| load_error(spec, e.to_string()))?;
+            let wasm = std::fs::read(path).map_err(|e| file_error(spec, &e))?;
             let sha = hex_sha256(&wasm);
             Ok((wasm.into(), sha))
         }

@@ -10,7 +10,9 @@
 //! A [`Snapshotter`] keeps an index (per interaction: the offset, length and
 //! heading of each visible event) and the blocks it rendered, so that after
 //! one more event only what changed is re-rendered, and archive.md is
-//! appended to rather than rewritten when that gives the same bytes. Memory
+//! extended with the new blocks rather than re-rendered when that gives the
+//! same bytes (a copy plus the blocks, renamed over it, up to 16 MiB: never
+//! half a block after a crash; past that, appended in place). Memory
 //! holds the index, never the archive: the archive is rendered in batches
 //! straight into its file. A cold run and any sequence of incremental runs
 //! over the same log give byte-identical files.
@@ -88,6 +90,8 @@ pub enum SnapshotError {
     Plugin(#[from] PluginError),
     #[error("plugin {plugin}: invalid output: {message}")]
     InvalidOutput { plugin: String, message: String },
+    #[error("no longer allowed to write the snapshot (another daemon leads); nothing was written")]
+    Fenced,
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -201,7 +205,13 @@ pub struct Snapshotter {
     mark: ReadMark,
     /// Show a progress bar for long work (only drawn on a terminal).
     pub progress: bool,
+    /// Asked just before anything is written: false means this process may
+    /// no longer write the files (a leader replaced while a snapshot ran).
+    fence: Option<Fence>,
 }
+
+/// See [`Snapshotter::with_fence`].
+pub type Fence = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Snapshotter {
     pub fn new(dir: impl Into<PathBuf>) -> Snapshotter {
@@ -212,7 +222,16 @@ impl Snapshotter {
             isolated: Vec::new(),
             mark: ReadMark::default(),
             progress: false,
+            fence: None,
         }
+    }
+
+    /// Writes only while `fence` says so: a run that finds it false when
+    /// the files are rendered writes nothing and fails with
+    /// [`SnapshotError::Fenced`].
+    pub fn with_fence(mut self, fence: Fence) -> Snapshotter {
+        self.fence = Some(fence);
+        self
     }
 
     /// Brings both files up to date with the log; `k` overrides huddle.toml.
@@ -225,19 +244,29 @@ impl Snapshotter {
     ) -> Result<Outcome, SnapshotError> {
         let workspace = Workspace::open(&self.dir)?;
         let lock = self.lock()?;
+        self.remove_abandoned_temps();
         let result = self.try_update(&workspace, host, k);
+        if result.is_err() {
+            // Under the lock: no other snapshot writer may see, or sweep,
+            // the restore's temp file.
+            self.restore_backup();
+        }
         drop(lock);
+        if let Err(SnapshotError::Fenced) = &result {
+            // Nothing was written and nothing went wrong: not ours to write.
+            return result;
+        }
         if let Err(error) = &result {
             // What we hold in memory may be half-applied: start cold next time.
             self.index = Index::default();
             self.rendered = Rendered::default();
-            self.restore_backup();
             let report = NewEvent::new(
                 InteractionRef::Number(0),
                 HOST_ACTOR,
                 types::ERROR,
                 format!("Snapshot failed and was rolled back (files left as they were): {error}"),
-            );
+            )
+            .cut_to_fit();
             // If the log is not writable either, the caller still gets the error.
             let _ = workspace.log().append(report);
         }
@@ -257,6 +286,17 @@ impl Snapshotter {
             .map_err(io_error("open", &path))?;
         fs4::FileExt::lock(&file).map_err(io_error("lock", &path))?;
         Ok(file)
+    }
+
+    /// A snapshot writer killed mid-write (kill -9, a crash) leaves its temp
+    /// file behind, as large as the archive; every writer of these files
+    /// holds the snapshot lock, so under it any such file is abandoned.
+    fn remove_abandoned_temps(&self) {
+        for name in [COMMUNICATION_FILE, BACKUP_FILE, ARCHIVE_FILE] {
+            if let Err(error) = files::remove_abandoned_temps(&self.dir.join(name)) {
+                tracing::warn!(%error, file = name, "cannot remove temp files left by a killed snapshot");
+            }
+        }
     }
 
     fn restore_backup(&self) {
@@ -361,11 +401,14 @@ impl Snapshotter {
             }
         };
 
+        if self.fence.as_ref().is_some_and(|may_write| !may_write()) {
+            return Err(SnapshotError::Fenced);
+        }
         // Now write: archive first, then communication.md (with its .bak).
         let archive = match pending_archive {
             PendingArchive::Unchanged => ArchiveWrite::Unchanged,
             PendingArchive::Append(text, count) => {
-                append_durably(&archive_path, text.as_bytes())?;
+                extend_archive(&archive_path, text.as_bytes())?;
                 ArchiveWrite::Appended(count)
             }
             PendingArchive::Rewrite(tmp) => {
@@ -390,17 +433,19 @@ impl Snapshotter {
         // communication.md.bak is always a good snapshot: the one about to be
         // replaced, then (once the new one is in place) the new one.
         let communication_written = existing != communication;
+        let backup = workspace.dir.join(BACKUP_FILE);
         if communication_written {
-            let backup = workspace.dir.join(BACKUP_FILE);
             if is_good(&existing) {
                 files::replace_if_changed(&backup, existing.as_bytes())
                     .map_err(io_error("write", &backup))?;
             }
             files::replace_if_changed(&communication_path, communication.as_bytes())
                 .map_err(io_error("replace", &communication_path))?;
-            files::replace_if_changed(&backup, communication.as_bytes())
-                .map_err(io_error("write", &backup))?;
         }
+        // Also when communication.md is already current: a run killed
+        // between the two writes left the backup one snapshot behind.
+        files::replace_if_changed(&backup, communication.as_bytes())
+            .map_err(io_error("write", &backup))?;
 
         crate::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
         let isolated = self.isolated.len();
@@ -863,10 +908,47 @@ fn is_good(text: &str) -> bool {
     text.contains(BEGIN_MARKER) && text.contains(END_MARKER)
 }
 
-fn append_durably(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+/// Up to this size archive.md is extended by a copy renamed over it; past
+/// it, in place (see [`extend_archive`]).
+const ARCHIVE_COPY_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Adds the new blocks at the end of archive.md.
+///
+/// Up to [`ARCHIVE_COPY_LIMIT`], atomically: a copy extended and renamed
+/// over it, since appending in place leaves half a block behind when the
+/// writer is killed mid-write (a write that spans pages stops at a page
+/// boundary on SIGKILL). Past the limit a copy would cost a snapshot
+/// hundreds of milliseconds per moved interaction (a 1M-event archive is
+/// some 250 MB), so the blocks are appended in place with one write and an
+/// fdatasync: a kill inside that write, a window of microseconds, can leave
+/// a partial last block, which the next snapshot repairs (it finds the file
+/// not at the length it wrote and rewrites the archive).
+fn extend_archive(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let size = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io_error("read", path)(e)),
+    };
+    if size > ARCHIVE_COPY_LIMIT {
+        return append_in_place(path, bytes);
+    }
+    let mut tmp = files::temp_beside(path).map_err(io_error("create a temp file for", path))?;
+    match File::open(path) {
+        Ok(mut old) => {
+            std::io::copy(&mut old, tmp.as_file_mut()).map_err(io_error("copy", path))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("read", path)(e)),
+    }
+    tmp.as_file_mut()
+        .write_all(bytes)
+        .map_err(io_error("write", path))?;
+    files::commit(tmp, path).map_err(io_error("replace", path))
+}
+
+fn append_in_place(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let mut file = OpenOptions::new()
         .append(true)
-        .create(true)
         .open(path)
         .map_err(io_error("open", path))?;
     let before = file.metadata().map_err(io_error("read", path))?.len();

@@ -195,17 +195,17 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
                 "git sync is offline after {} failed attempts with {}; events stay in the local log and the next sync that succeeds pushes them: {error}",
                 state.failures, config.remote
             ),
-        );
+        )
+        .cut_to_fit();
         let _ = workspace.log().append(report);
     }
     save_state(&workspace.dir, &state);
 }
 
 fn save_state(dir: &Path, state: &SyncState) {
-    let _ = std::fs::create_dir_all(dir.join(STATE_DIR));
     if let Ok(bytes) = serde_json::to_vec_pretty(state) {
         let path = dir.join(STATE_DIR).join(SYNC_STATE_FILE);
-        if let Err(error) = crate::files::write_atomic(&path, &bytes) {
+        if let Err(error) = crate::files::write_state(&path, &bytes) {
             tracing::warn!(path = %path.display(), %error, "cannot record the sync state");
         }
     }

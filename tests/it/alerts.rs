@@ -112,8 +112,9 @@ fn leader_is(dir: &HuddleDir, name: &str) {
     });
     assert!(
         ready,
-        "{name} never led with sinks {sinks:?}: {}",
-        dir.ok(&["status"])
+        "{name} never led with sinks {sinks:?}: {}\n{name}'s log:\n{}",
+        dir.ok(&["status"]),
+        daemon_log(dir, name)
     );
 }
 

@@ -186,7 +186,11 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
             .count()
     };
     for i in 1..=20 {
-        let kind = if i == 12 { "error" } else { "question" };
+        let kind = if i == 3 || i == 12 {
+            "error"
+        } else {
+            "question"
+        };
         dir.ok(&[
             "log",
             &i.to_string(),
@@ -196,7 +200,8 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
         ]);
     }
     assert!(
-        wait_for(Duration::from_secs(10), || delivered("event 12") == 1),
+        wait_for(Duration::from_secs(10), || delivered("event 12") == 1
+            && delivered("event 3") == 1),
         "the error before the rewind is delivered"
     );
     assert!(
@@ -215,11 +220,21 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
             break;
         }
     }
+    // The restored file already holds an error no reader has seen: it
+    // arrives with the replacement itself, whenever the daemon notices.
+    let scratch = HuddleDir::new();
+    scratch.ok(&[
+        "log",
+        "5",
+        "Agent C",
+        "error",
+        "an error inside the restored file",
+    ]);
+    kept.push_str(&String::from_utf8(scratch.log_bytes()).unwrap());
     let staged = dir.file("events.log.restore");
     std::fs::write(&staged, &kept).unwrap();
     std::fs::rename(&staged, dir.file("events.log")).unwrap();
     dir.ok(&["log", "6", "Agent B", "answer", "after the rewind"]);
-    dir.ok(&["log", "6", "Agent B", "error", "an error after the rewind"]);
     dir.ok(&["log", "6", "Agent B", "error", "an error after the rewind"]);
 
     assert!(
@@ -262,5 +277,110 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
             .map(|r| r.body.clone())
             .collect::<Vec<_>>()
     );
+    assert!(
+        wait_for(Duration::from_secs(10), || delivered(
+            "an error inside the restored file"
+        ) == 1),
+        "the error that came with the restored file is delivered"
+    );
+    // "event 3" is in the restored file too: read before, not sent again.
+    assert_eq!(
+        delivered("event 3"),
+        1,
+        "an error read before is not sent again"
+    );
     assert_eq!(delivered("event 12"), 1);
+}
+
+/// libfaketime (Debian's `faketime` package; scripts/test installs it),
+/// preloaded into huddle itself so that killing the child kills the daemon
+/// (the `faketime` wrapper would stay between them).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// A daemon whose wall clock is shifted by `offset` ("+1h", "-30s").
+fn start_skewed(dir: &HuddleDir, name: &str, offset: &str) -> std::process::Child {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
+    );
+    dir.command(&["run", "--actor", name])
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", offset)
+        // Only the wall clock is skewed, as NTP or a wrong clock would.
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start huddle run")
+}
+
+fn claims_by(dir: &HuddleDir) -> Vec<String> {
+    dir.events()
+        .iter()
+        .filter(|e| e["type"] == "leader_election" && e["action"] == "claim")
+        .map(|e| e["actor"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_leader_whose_clock_runs_an_hour_ahead_is_replaced_in_time_after_kill_9() {
+    let _machine = crate::common::exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    let mut ahead = start_skewed(&dir, "ahead", "+1h");
+    assert!(
+        wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+            == "ahead"),
+        "the skewed daemon leads"
+    );
+    let _follower = Daemon::start(&dir, "follower");
+    // The follower has seen the leader's heartbeats arrive.
+    let beats = leader_beats(&dir).len();
+    assert!(wait_for(Duration::from_secs(5), || leader_beats(&dir)
+        .len()
+        >= beats + 3));
+    let stamped = leader_beats(&dir).last().unwrap().1;
+    assert!(
+        stamped > chrono::Utc::now() + chrono::Duration::minutes(50),
+        "the leader's clock runs ahead: {stamped}"
+    );
+    ahead.kill().unwrap();
+    ahead.wait().unwrap();
+    let killed = Instant::now();
+    // Its heartbeats are stamped an hour ahead: judged by their timestamps
+    // it would look alive for an hour. Timeout 1 s + 2 heartbeats + jitter.
+    assert!(
+        wait_for(Duration::from_secs(5), || claims_by(&dir)
+            .contains(&"follower".to_string())),
+        "no failover: {:?}",
+        claims_by(&dir)
+    );
+    assert!(
+        killed.elapsed() < Duration::from_millis(1000 + 2 * 200 + 150 + 600),
+        "failover took {:?}",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn a_healthy_leader_whose_clock_is_behind_is_never_deposed() {
+    let _machine = crate::common::exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    let mut behind = start_skewed(&dir, "behind", "-30s");
+    assert!(wait_for(Duration::from_secs(10), || status(&dir)["leader"]
+        == "behind"));
+    let _follower = Daemon::start(&dir, "follower");
+    // Every heartbeat looks 30 s old to the follower's wall clock; judged by
+    // timestamps it would depose the leader at once, again and again.
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch_until {
+        assert_eq!(claims_by(&dir), ["behind"], "a healthy leader was deposed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stamped = leader_beats(&dir).last().unwrap().1;
+    assert!(
+        stamped < chrono::Utc::now() - chrono::Duration::seconds(20),
+        "the leader's clock is behind: {stamped}"
+    );
+    behind.kill().unwrap();
+    behind.wait().unwrap();
 }

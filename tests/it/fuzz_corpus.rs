@@ -26,9 +26,11 @@ fn replay(target: &str, check: fn(&[u8])) {
         .map(|entry| entry.expect("list the corpus").path())
         .collect();
     inputs.sort();
-    // A corpus that went missing must not pass as an empty one.
+    // A corpus that went missing must not pass as an empty one. (Each holds
+    // at least its hand-written seeds; the fuzzers' minimised corpora are
+    // added to the same folders.)
     assert!(
-        inputs.len() >= 20,
+        inputs.len() >= 10,
         "{} holds only {} inputs",
         dir.display(),
         inputs.len()

@@ -2,7 +2,9 @@
 //! and with wasmtime inside that costs seconds each). A module per area.
 
 mod alerts;
+mod bad_input;
 mod common;
+mod crash;
 mod daemon;
 mod daemon_hostile;
 mod foreign_lines;
