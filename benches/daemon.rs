@@ -198,7 +198,7 @@ fn wait_for_leader(exe: &str, dir: &Path, not: Option<&str>) -> String {
 fn current_term(dir: &Path) -> u64 {
     let mut term = 0;
     FileLog::new(dir, LogConfig::default())
-        .scan(huddle::Cursor::START, |r| {
+        .scan(huddle::Position::START, |r| {
             if r.event.kind == "leader_election" {
                 term = term.max(r.event.term.unwrap_or(0));
             }
@@ -214,7 +214,7 @@ fn first_heartbeat_after(dir: &Path, old_term: u64) -> (String, chrono::DateTime
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut found = None;
-        log.scan(huddle::Cursor::START, |r| {
+        log.scan(huddle::Position::START, |r| {
             let e = r.event;
             if found.is_none() && e.kind == "heartbeat" && e.term.is_some_and(|t| t > old_term) {
                 let at = chrono::DateTime::parse_from_rfc3339(&e.timestamp).expect("timestamp");

@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, Continuity, Position, ReadMark};
 use crate::config::SinkStart;
 use crate::event::Event;
-use crate::log::{Continuity, Cursor, FileLog, ReadMark, STATE_DIR};
+use crate::log::STATE_DIR;
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
 use crate::workspace::Workspace;
 
@@ -67,7 +68,7 @@ pub struct AlertsState {
 pub struct SinkRecord {
     /// The sink's `name`, else its plugin (`webhook`, `webhook#2`).
     pub sink: String,
-    pub cursor: Cursor,
+    pub cursor: Position,
     /// The id of the last event before `cursor`: where to pick up again in
     /// a log that was replaced (a cursor is a byte offset of the old file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,14 +271,14 @@ pub fn run_delivery(
             .filter(|s| !stopping.iter().any(|w| w.shared.id == s.id))
             .collect();
         if !to_start.is_empty() {
-            let log = workspace.log();
+            let log = workspace.backend();
             match register(&dir, &log, &setups) {
                 Ok(cursors) => {
                     for setup in to_start {
                         let cursor = cursors
                             .get(&setup.id)
                             .cloned()
-                            .unwrap_or((Cursor::START, None));
+                            .unwrap_or((Position::START, None));
                         match start_worker(&dir, &host, &leading, &log, setup, &policy, cursor) {
                             Ok(worker) => {
                                 workers.insert(setup.id.clone(), worker);
@@ -317,10 +318,10 @@ fn start_worker(
     dir: &Path,
     host: &Arc<PluginHost>,
     leading: &LeaderLease,
-    log: &FileLog,
+    log: &Arc<dyn Backend>,
     setup: &SinkSetup,
     policy: &DeliveryPolicy,
-    (cursor, after_id): (Cursor, Option<String>),
+    (cursor, after_id): (Position, Option<String>),
 ) -> std::io::Result<Worker> {
     let shared = Arc::new(Shared {
         id: setup.id.clone(),
@@ -363,9 +364,9 @@ fn start_worker(
 /// Records of sinks no longer configured are dropped.
 fn register(
     dir: &Path,
-    log: &FileLog,
+    log: &Arc<dyn Backend>,
     all: &[SinkSetup],
-) -> Result<HashMap<String, (Cursor, Option<String>)>, crate::log::StoreError> {
+) -> Result<HashMap<String, (Position, Option<String>)>, crate::log::StoreError> {
     let _guard = state_lock();
     let mut state = load_state(dir);
     let mut records = Vec::new();
@@ -388,10 +389,14 @@ fn register(
             }
             None => {
                 let cursor = match setup.from {
-                    SinkStart::Start => Cursor::START,
+                    SinkStart::Start => Position::START,
                     SinkStart::End => match end_of_log {
                         Some(end) => end,
-                        None => *end_of_log.insert(log.scan(Cursor::START, |_| Ok(()))?),
+                        None => *end_of_log.insert(crate::backend::scan(
+                            &**log,
+                            Position::START,
+                            |_| Ok(()),
+                        )?),
                     },
                 };
                 tracing::info!(sink = setup.id.as_str(), from = ?setup.from, offset = cursor.offset, "new alert sink");
@@ -448,9 +453,9 @@ struct Sink {
     /// Alerts read but not yet delivered, with the cursor after the last one
     /// (and the id of the event before that cursor).
     pending: Vec<Alert>,
-    pending_end: Cursor,
+    pending_end: Position,
     pending_end_id: Option<String>,
-    read_to: Cursor,
+    read_to: Position,
     read_to_id: Option<String>,
     /// What `read_to` has read, to notice a replaced log.
     mark: ReadMark,
@@ -471,7 +476,7 @@ fn run_sink(
     host: Arc<PluginHost>,
     leading: LeaderLease,
     shared: Arc<Shared>,
-    log: FileLog,
+    log: Arc<dyn Backend>,
     mut sink: Sink,
 ) {
     let source = dir
@@ -518,7 +523,7 @@ fn identity(event: &Event) -> (String, String, String) {
 /// Reads error events after the sink's read position into its pending list,
 /// merging duplicates.
 fn read_new(
-    log: &FileLog,
+    log: &Arc<dyn Backend>,
     sink: &mut Sink,
     source: &str,
     policy: &DeliveryPolicy,
@@ -554,7 +559,7 @@ fn read_new(
             position_after(log, sink.read_to_id.as_deref())?
         } else {
             already_read = Some(sink.read_errors.iter().cloned().collect());
-            (Cursor::START, None)
+            (Position::START, None)
         };
         tracing::warn!(
             sink = sink.key.as_str(),
@@ -569,7 +574,7 @@ fn read_new(
     }
     let mut fresh = Vec::new();
     let mut last_id = sink.read_to_id.clone();
-    let end = log.scan(sink.read_to, |record| {
+    let end = crate::backend::scan(&**log, sink.read_to, |record| {
         last_id = record.event.id.clone();
         if record.event.is_error() {
             let key = read_key(&record.event);
@@ -654,16 +659,13 @@ impl RecentlyRead {
 /// the end when it is not there (the old log's history cannot be placed in
 /// the new one; alerts appended from now on are delivered).
 fn position_after(
-    log: &FileLog,
+    log: &Arc<dyn Backend>,
     id: Option<&str>,
-) -> Result<(Cursor, Option<String>), crate::log::StoreError> {
+) -> Result<(Position, Option<String>), crate::log::StoreError> {
     let mut found = None;
     let mut last = None;
-    let end = log.scan(Cursor::START, |record| {
-        let next = Cursor {
-            offset: record.offset + record.len + 1,
-            line: record.line + 1,
-        };
+    let end = crate::backend::scan(&**log, Position::START, |record| {
+        let next = record.next;
         if id.is_some() && record.event.id.as_deref() == id {
             found = Some(next);
         }

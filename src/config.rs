@@ -361,6 +361,16 @@ pub enum ConfigError {
     NoDirectory { path: String, problem: &'static str },
 }
 
+impl ConfigError {
+    /// A huddle.toml the user must fix, or a directory that is not a huddle directory.
+    pub fn is_bad_config(&self) -> bool {
+        matches!(
+            self,
+            ConfigError::Invalid { .. } | ConfigError::NoDirectory { .. }
+        )
+    }
+}
+
 /// The smallest heartbeat period: every heartbeat is an event in the log,
 /// so a period of 0 would flood it.
 pub const MIN_HEARTBEAT_MS: u64 = 10;

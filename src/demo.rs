@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::backend::{Backend, EventStore, Position};
 use crate::event::{Event, InteractionRef, NewEvent};
-use crate::log::{Cursor, EventStore, FileLog};
 use crate::visible::{visible, visible_entry};
 use crate::workspace::{self, Workspace};
 
@@ -20,12 +20,24 @@ const ANSWERER: &str = "Agent B";
 /// How long an agent waits for the other before giving up.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Asks questions in new interactions and follows up on each answer.
     Asker,
     /// Answers every question it sees.
     Answerer,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Role, String> {
+        match text {
+            "asker" => Ok(Role::Asker),
+            "answerer" => Ok(Role::Answerer),
+            other => Err(format!("{other:?} is no role: asker or answerer")),
+        }
+    }
 }
 
 /// Daemon timings for the demo: fast, so a failover takes a second or two.
@@ -197,7 +209,7 @@ fn prepare(out: &Path) -> Result<()> {
 fn summarise(out: &Path, elapsed: Duration) -> Result<()> {
     let log = Workspace::open(out)?.log();
     let mut events = Vec::new();
-    log.scan(Cursor::START, |record| {
+    crate::backend::scan(&log, Position::START, |record| {
         events.push(record.event);
         Ok(())
     })?;
@@ -261,7 +273,7 @@ pub fn agent(dir: &Path, role: Role, rounds: u32) -> Result<()> {
     }
 }
 
-fn ask(log: &FileLog, rounds: u32) -> Result<()> {
+fn ask(log: &dyn Backend, rounds: u32) -> Result<()> {
     let mut watcher = Follower::new(log);
     for round in 1..=rounds {
         let question = log.append(NewEvent::new(
@@ -282,7 +294,7 @@ fn ask(log: &FileLog, rounds: u32) -> Result<()> {
     Ok(())
 }
 
-fn answer(log: &FileLog, rounds: u32) -> Result<()> {
+fn answer(log: &dyn Backend, rounds: u32) -> Result<()> {
     let mut watcher = Follower::new(log);
     for _ in 0..rounds {
         let question = watcher.wait_for(|e| e.kind == "question" && e.actor == ASKER)?;
@@ -301,16 +313,16 @@ fn answer(log: &FileLog, rounds: u32) -> Result<()> {
 
 /// Reads new events as they are appended.
 struct Follower<'a> {
-    log: &'a FileLog,
-    cursor: Cursor,
+    log: &'a dyn Backend,
+    cursor: Position,
     backlog: Vec<Event>,
 }
 
 impl<'a> Follower<'a> {
-    fn new(log: &'a FileLog) -> Follower<'a> {
+    fn new(log: &'a dyn Backend) -> Follower<'a> {
         Follower {
             log,
-            cursor: Cursor::START,
+            cursor: Position::START,
             backlog: Vec::new(),
         }
     }
@@ -327,7 +339,7 @@ impl<'a> Follower<'a> {
             }
             std::thread::sleep(Duration::from_millis(5));
             let backlog = &mut self.backlog;
-            self.cursor = self.log.scan(self.cursor, |record| {
+            self.cursor = crate::backend::scan(self.log, self.cursor, |record| {
                 backlog.push(record.event);
                 Ok(())
             })?;

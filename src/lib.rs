@@ -10,6 +10,7 @@
 //! - [`visible`]: text from the log made safe for terminals.
 
 pub mod alerts;
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
@@ -19,12 +20,16 @@ mod files;
 pub mod log;
 pub mod pause;
 pub mod plugin;
+pub mod position;
+pub mod services;
 pub mod snapshot;
+pub mod state;
 pub mod status;
 pub mod sync;
 pub mod visible;
 pub mod workspace;
 
+pub use backend::{Backend, EventStore, Position};
 pub use config::Config;
 pub use event::{Event, InteractionRef, NewEvent, ValidationError};
-pub use log::{Cursor, EventStore, FileLog, StoreError};
+pub use log::{FileLog, StoreError};

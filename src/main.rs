@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use huddle::config::ConfigError;
-use huddle::event::{InteractionRef, NewEvent, ValidationError};
-use huddle::log::EventStore;
+use huddle::event::{InteractionRef, ValidationError};
+use huddle::log::Backend;
 use huddle::plugin::{self, CheckError, PluginHost, Slot};
+use huddle::services::{election, inbox, post, resume};
 use huddle::visible::{visible, visible_entry, VisibleWriter};
 use huddle::workspace::{self, Workspace};
 use huddle::{checkpoint, daemon, demo, snapshot, status, StoreError};
@@ -248,6 +249,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 Some(checkpoint::CheckpointError::Damaged { .. })
             )
             || cause.is::<CheckError>()
+            || cause
+                .downcast_ref::<inbox::InboxError>()
+                .is_some_and(inbox::InboxError::is_bad_input)
     });
     if bad_input {
         2
@@ -258,10 +262,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// A huddle.toml the user must fix, or a --dir that is not a huddle directory.
 fn is_bad_config(error: &ConfigError) -> bool {
-    matches!(
-        error,
-        ConfigError::Invalid { .. } | ConfigError::NoDirectory { .. }
-    )
+    error.is_bad_config()
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -294,10 +295,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 content
             };
-            match workspace
-                .log()
-                .append(NewEvent::new(interaction, actor, kind, content))
-            {
+            match post::post(&*workspace.backend(), interaction, actor, kind, content) {
                 Ok(event) => println!("{}", event.interaction),
                 // Paused: the event is safe in the queue; that is not a failure.
                 Err(paused @ StoreError::Paused { .. }) => {
@@ -309,7 +307,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Snapshot { k } => {
             let host = PluginHost::new()?;
-            let outcome = snapshot::snapshot_once(&cli.dir, &host, k, true)?;
+            let progress: std::sync::Arc<dyn snapshot::Progress> =
+                std::sync::Arc::new(ReadingBar(indicatif::ProgressBar::hidden()));
+            let outcome = snapshot::snapshot_once(&cli.dir, &host, k, Some(progress))?;
             let recent: Vec<String> = outcome.recent.iter().map(|n| format!("#{n}")).collect();
             println!(
                 "communication.md: {} ({}); archive.md: {} interactions ({})",
@@ -345,16 +345,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Heartbeat { actor } => {
-            let workspace = Workspace::open(&cli.dir)?;
-            workspace.log().append(
-                NewEvent::new(
-                    InteractionRef::Number(0),
-                    actor,
-                    huddle::event::types::HEARTBEAT,
-                    "alive",
-                )
-                .cut_to_fit(),
-            )?;
+            post::heartbeat(&*Workspace::open(&cli.dir)?.backend(), actor)?;
             Ok(())
         }
         Command::Next {
@@ -363,15 +354,8 @@ fn run(cli: Cli) -> Result<()> {
             follow,
         } => next(&cli.dir, &agent, json, follow),
         Command::Ack { agent, interaction } => {
-            checkpoint::validate_agent(&agent)?;
-            huddle::event::validate_number("interaction", interaction)?;
-            workspace::require_directory(&cli.dir)?;
-            checkpoint::ack(&cli.dir, &agent, interaction).with_context(|| {
-                format!(
-                    "cannot write {}",
-                    checkpoint::path(&cli.dir, &agent).display()
-                )
-            })
+            inbox::ack(&cli.dir, &agent, interaction)?;
+            Ok(())
         }
         Command::Status { json } => {
             let status = status::status(&Workspace::open(&cli.dir)?)?;
@@ -403,33 +387,22 @@ fn run(cli: Cli) -> Result<()> {
             theirs,
         } => huddle::sync::merge_driver(&ours, &theirs).context("merge driver"),
         Command::Resume => {
-            let workspace = Workspace::open(&cli.dir)?;
-            let Some(pause) = huddle::pause::paused(&cli.dir) else {
-                println!("huddle is not paused");
-                return Ok(());
-            };
-            // Only once the queue is in the log is the cause fixed.
-            let moved = workspace.log().flush_queues().with_context(|| {
-                format!(
-                    "still cannot write (paused since {} because: {}); huddle stays paused",
-                    pause.since, pause.reason
-                )
-            })?;
-            huddle::pause::clear(&cli.dir).context("cannot lift the pause")?;
-            println!("resumed: {moved} queued events written to events.log; the daemon carries on");
+            match resume::resume(&Workspace::open(&cli.dir)?)? {
+                resume::Resumed::NotPaused => println!("huddle is not paused"),
+                resume::Resumed::Resumed { moved } => println!(
+                    "resumed: {moved} queued events written to events.log; the daemon carries on"
+                ),
+            }
             Ok(())
         }
         Command::Campaign { actor, term } => {
-            let log = Workspace::open(&cli.dir)?.log();
-            let mut leadership = daemon::election::Leadership::default();
-            let cursor = daemon::follow_log(&log, huddle::Cursor::START, &mut leadership)?;
-            if term.is_some_and(|wanted| wanted != leadership.term + 1) {
-                println!("lost (term {} is already claimed)", leadership.term);
-                return Ok(());
-            }
-            match daemon::campaign(&log, cursor, &leadership, &actor)? {
-                Some(term) => println!("won term {term}"),
-                None => println!("lost"),
+            let log = Workspace::open(&cli.dir)?.backend();
+            match election::campaign_once(&*log, &actor, term)? {
+                election::Round::Won(term) => println!("won term {term}"),
+                election::Round::TermTaken { claimed } => {
+                    println!("lost (term {claimed} is already claimed)")
+                }
+                election::Round::Lost => println!("lost"),
             }
             Ok(())
         }
@@ -468,55 +441,69 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
     use std::io::Write as _;
     checkpoint::validate_agent(agent)?;
     let workspace = Workspace::open(dir)?;
-    let after = checkpoint::read(dir, agent)?;
-    let host = PluginHost::new()?;
-    let mapper = workspace.slot_spec(Slot::HeadingMapper);
     let log = workspace.log();
-    let mut cursor = huddle::Cursor::START;
-    let stdout = std::io::stdout();
-    // --follow is pushed by file-system events, not a polling loop.
-    let mut changes = if follow {
-        Some(daemon::watcher::watch(dir).context("cannot watch the huddle directory")?)
+    let mapper = inbox::LazyMapper::new(workspace.slot_spec(Slot::HeadingMapper));
+    // --follow is pushed by the backend's subscription, not a polling loop;
+    // subscribed before the first read, so no append falls in between.
+    let mut news = if follow {
+        Some(
+            log.subscribe()
+                .context("cannot watch the huddle directory")?,
+        )
     } else {
         None
     };
+    let mut unread = inbox::unread(dir, &log, &mapper, agent, None)?;
+    let stdout = std::io::stdout();
     loop {
-        let mut fresh = Vec::new();
-        cursor = log.scan(cursor, |record| {
-            if after.is_none_or(|done| record.event.interaction > done) {
-                fresh.push(record.event);
+        let mut out = stdout.lock();
+        for event in &unread.events {
+            if json {
+                writeln!(out, "{}", event.to_line())?;
+            } else {
+                let entry = format!(
+                    "#{} [{}] {} {}: {}",
+                    event.interaction, event.timestamp, event.actor, event.kind, event.content
+                );
+                writeln!(out, "{}", visible_entry(&entry, "    "))?;
             }
-            Ok(())
-        })?;
-        if !fresh.is_empty() {
-            // An event the mapper cannot handle is shown: only the mapper's
-            // own "hide" leaves an event out.
-            let headings = host.headings_isolating(&mapper, &fresh)?;
-            let mut out = stdout.lock();
-            for (event, heading) in fresh.iter().zip(headings) {
-                if heading == huddle::plugin::Heading::Hidden {
-                    continue;
-                }
-                if json {
-                    writeln!(out, "{}", event.to_line())?;
-                } else {
-                    let entry = format!(
-                        "#{} [{}] {} {}: {}",
-                        event.interaction, event.timestamp, event.actor, event.kind, event.content
-                    );
-                    writeln!(out, "{}", visible_entry(&entry, "    "))?;
-                }
-            }
-            out.flush()?;
         }
-        let Some((_watch, rx)) = changes.as_mut() else {
+        out.flush()?;
+        drop(out);
+        let Some(news) = news.as_mut() else {
             return Ok(());
         };
-        if rx.blocking_recv().is_none() {
+        if news.blocking_recv().is_none() {
             return Ok(());
         }
         // A burst of appends: read them in one go.
-        while rx.try_recv().is_ok() {}
+        news.drain();
+        unread = inbox::read_unread(&log, &mapper, unread.resume, unread.after, None)?;
+    }
+}
+
+/// The bar `huddle snapshot` draws while it reads a long log (only on a terminal).
+struct ReadingBar(indicatif::ProgressBar);
+
+impl snapshot::Progress for ReadingBar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+        self.0.set_style(
+            indicatif::ProgressStyle::with_template(
+                "reading events.log {bar:40} {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        self.0
+            .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+
+    fn advance(&self, units: u64) {
+        self.0.inc(units);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
     }
 }
 

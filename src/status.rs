@@ -1,14 +1,17 @@
 //! `huddle status`: who leads, who is alive, what went wrong, how fresh the
 //! snapshot is. The JSON form is stable: fields are only ever added.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::election::{parse_time, Leadership};
-use crate::log::{Cursor, StoreError, LOG_FILE, STATE_DIR};
+use crate::backend::{Backend, Continuity, Position, ReadMark};
+use crate::event::Event;
+use crate::log::{StoreError, LOG_FILE, STATE_DIR};
+use crate::services::election::{parse_time, Leadership};
+use crate::state::StateDir;
 use crate::visible::{visible, visible_entry};
 use crate::workspace::Workspace;
 
@@ -51,7 +54,7 @@ pub struct ActorStatus {
     pub last_event_age_secs: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorSummary {
     pub actor: String,
     pub content: String,
@@ -111,32 +114,84 @@ fn load_log_replaced(dir: &Path) -> Option<LogReplaced> {
     serde_json::from_slice(&bytes).ok()
 }
 
+const STATUS_MODEL: &str = "status-model.json";
+
+/// What `huddle status` derives from the events, kept up to date by reading
+/// only what was appended since it was last kept (`.huddle/status-model.json`,
+/// a cache: rebuilt from the whole log when missing, or when the log it was
+/// built from is gone).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StatusModel {
+    mark: ReadMark,
+    read_to: Position,
+    leadership: Leadership,
+    /// Each actor's last event: its type and timestamp.
+    actors: BTreeMap<String, (String, String)>,
+    /// The last errors, oldest first.
+    errors: VecDeque<ErrorSummary>,
+    events: u64,
+}
+
+impl StatusModel {
+    fn load(state: &StateDir, backend: &dyn Backend) -> Result<StatusModel, StoreError> {
+        Ok(match state.load::<StatusModel>(STATUS_MODEL) {
+            Some(model) if backend.continuity(&model.mark)? == Continuity::Same => model,
+            _ => StatusModel::default(),
+        })
+    }
+
+    fn observe(&mut self, event: Event) {
+        self.events += 1;
+        self.leadership.observe(&event);
+        if event.is_error() {
+            self.errors.push_back(ErrorSummary {
+                actor: event.actor.clone(),
+                content: event.content.clone(),
+                timestamp: event.timestamp.clone(),
+            });
+            if self.errors.len() > LAST_ERRORS {
+                self.errors.pop_front();
+            }
+        }
+        self.actors
+            .insert(event.actor, (event.kind, event.timestamp));
+    }
+
+    /// Reads what was appended since, and keeps the model if it moved.
+    fn catch_up(&mut self, state: &StateDir, backend: &dyn Backend) -> Result<(), StoreError> {
+        let read_to = crate::backend::scan(backend, self.read_to, |stored| {
+            self.observe(stored.event);
+            Ok(())
+        })?;
+        if read_to != self.read_to {
+            self.read_to = read_to;
+            self.mark = backend.mark(read_to)?;
+            // A cache: failing to keep it costs the next call a longer read.
+            if let Err(error) = state.save_cache(STATUS_MODEL, self) {
+                tracing::debug!(%error, "status model not kept");
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     let now = Utc::now();
     let age = |timestamp: &str| {
         parse_time(timestamp).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
     };
-    let mut leadership = Leadership::default();
-    let mut actors: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut errors = Vec::new();
-    let mut events = 0u64;
-    workspace.log().scan(Cursor::START, |record| {
-        let event = record.event;
-        events += 1;
-        leadership.observe(&event);
-        if event.is_error() {
-            errors.push(ErrorSummary {
-                actor: event.actor.clone(),
-                content: event.content.clone(),
-                timestamp: event.timestamp.clone(),
-            });
-            if errors.len() > LAST_ERRORS {
-                errors.remove(0);
-            }
-        }
-        actors.insert(event.actor, (event.kind, event.timestamp));
-        Ok(())
-    })?;
+    let backend = workspace.log();
+    let state = StateDir::of(&workspace.dir);
+    let mut model = StatusModel::load(&state, &backend)?;
+    model.catch_up(&state, &backend)?;
+    let StatusModel {
+        leadership,
+        actors,
+        errors,
+        events,
+        ..
+    } = model;
+    let errors: Vec<ErrorSummary> = errors.into();
     let log_len = std::fs::metadata(workspace.dir.join(LOG_FILE))
         .map(|m| m.len())
         .unwrap_or(0);

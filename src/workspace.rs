@@ -93,6 +93,12 @@ impl Workspace {
         Ok(Workspace { dir, config })
     }
 
+    /// The log, behind the storage seam: what the services read and write.
+    pub fn backend(&self) -> std::sync::Arc<dyn crate::backend::Backend> {
+        std::sync::Arc::new(self.log())
+    }
+
+    /// The file log itself, for what only it has (git sync, its queue).
     pub fn log(&self) -> FileLog {
         FileLog::new(&self.dir, self.config.log.clone())
     }

@@ -113,7 +113,7 @@ pub fn run(command: &mut Command) {
 pub fn events(dir: &Path) -> Vec<Event> {
     let mut events = Vec::new();
     FileLog::new(dir, LogConfig::default())
-        .scan(huddle::Cursor::START, |record| {
+        .scan(huddle::Position::START, |record| {
             events.push(record.event);
             Ok(())
         })

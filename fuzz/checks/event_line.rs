@@ -10,7 +10,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use huddle::event::{Event, MAX_ACTOR_BYTES, MAX_ID_BYTES, MAX_NUMBER, MAX_TYPE_BYTES};
-use huddle::log::{Cursor, LogReader, ScanItem};
+use huddle::log::{LogReader, Position, ScanItem};
 
 /// Small enough that inputs of a few hundred bytes reach the content limit.
 const MAX_CONTENT_BYTES: usize = 64;
@@ -26,7 +26,7 @@ pub fn check(data: &[u8]) {
 /// What `LogReader` must yield for `data`, computed line by line.
 fn check_reader(data: &[u8]) {
     let path = scratch_file(data);
-    let mut reader = LogReader::open(&path, Cursor::START)
+    let mut reader = LogReader::open(&path, Position::START)
         .expect("open the scratch log")
         .with_max_content_bytes(MAX_CONTENT_BYTES);
     let items: Vec<ScanItem> = reader
@@ -75,7 +75,7 @@ fn check_reader(data: &[u8]) {
             ScanItem::Event(record) => (record.line, record.offset),
             ScanItem::Malformed(malformed) => (malformed.line, malformed.offset),
         };
-        let resumed: Vec<ScanItem> = LogReader::open(&path, Cursor { offset, line })
+        let resumed: Vec<ScanItem> = LogReader::open(&path, Position { offset, line })
             .expect("open the scratch log")
             .with_max_content_bytes(MAX_CONTENT_BYTES)
             .map(|item| item.expect("read the scratch log"))
@@ -85,7 +85,7 @@ fn check_reader(data: &[u8]) {
     // The cursor after the last item is just past the last complete line.
     assert_eq!(
         reader.cursor(),
-        Cursor {
+        Position {
             offset,
             line: number
         }

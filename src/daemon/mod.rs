@@ -2,8 +2,7 @@
 //! the election; the leader alone appends heartbeats and keeps the snapshot
 //! fresh. See [`election`] for the protocol.
 
-pub mod election;
-pub mod watcher;
+pub use crate::log::watcher;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::backend::{Backend, Continuity, EventStore, Position, ReadMark};
 use crate::config::DaemonConfig;
 use crate::event::{types, Event, InteractionRef, NewEvent};
-use crate::log::{CasOutcome, Continuity, Cursor, EventStore, FileLog, ReadMark, StoreError};
+use crate::log::StoreError;
 use crate::plugin::{PluginHost, Slot};
+pub use crate::services::election;
 use crate::snapshot::Snapshotter;
 use crate::workspace::Workspace;
-use election::{Leadership, ACTION_FIELD, CLAIM, RESIGN};
+use election::{campaign, follow_log, leader_heartbeat, Leadership, ACTION_FIELD, RESIGN};
 
 /// How a daemon takes part.
 #[derive(Debug, Clone)]
@@ -29,84 +30,12 @@ pub struct DaemonOptions {
     pub elect: bool,
 }
 
-/// Reads the events appended since `cursor` into `leadership`.
-pub fn follow_log(
-    log: &FileLog,
-    cursor: Cursor,
-    leadership: &mut Leadership,
-) -> Result<Cursor, StoreError> {
-    log.scan(cursor, |record| {
-        leadership.observe(&record.event);
-        Ok(())
-    })
-}
-
-/// One campaign: claims term N+1 unless, since `cursor`, someone else claimed
-/// it or the current leader showed a sign of life. Returns the term won.
-pub fn campaign(
-    log: &FileLog,
-    cursor: Cursor,
-    leadership: &Leadership,
-    me: &str,
-) -> Result<Option<u64>, StoreError> {
-    let term = leadership.term + 1;
-    let current = leadership.clone();
-    let claim = NewEvent::new(
-        InteractionRef::Number(0),
-        me,
-        types::LEADER_ELECTION,
-        format!("{me} claims leadership for term {term}"),
-    )
-    .cut_to_fit()
-    .with_term(term)
-    .with_field(ACTION_FIELD, CLAIM);
-    let conflicts = move |event: &Event| {
-        let claim_at_or_above =
-            event.kind == types::LEADER_ELECTION && event.term.is_some_and(|t| t >= term);
-        let leader_alive = event.kind == types::HEARTBEAT
-            && event.term == Some(current.term)
-            && current.leader.as_deref() == Some(event.actor.as_str());
-        claim_at_or_above || leader_alive
-    };
-    match log.compare_and_append(cursor, claim, &conflicts)? {
-        CasOutcome::Appended(_) => Ok(Some(term)),
-        CasOutcome::Conflict(_) => Ok(None),
-    }
-}
-
-/// Appends a heartbeat for `term` unless a higher term was claimed since
-/// `cursor` (fencing). Returns false if the leader has been replaced.
-pub fn leader_heartbeat(
-    log: &FileLog,
-    cursor: Cursor,
-    me: &str,
-    term: u64,
-) -> Result<bool, StoreError> {
-    let beat = NewEvent::new(
-        InteractionRef::Number(0),
-        me,
-        types::HEARTBEAT,
-        format!("leader {me} alive (term {term})"),
-    )
-    .cut_to_fit()
-    .with_term(term);
-    let superseded = move |event: &Event| {
-        event.kind == types::LEADER_ELECTION
-            && event.term.is_some_and(|t| t > term)
-            && event.extra.get(ACTION_FIELD).and_then(|v| v.as_str()) == Some(CLAIM)
-    };
-    Ok(matches!(
-        log.compare_and_append(cursor, beat, &superseded)?,
-        CasOutcome::Appended(_)
-    ))
-}
-
 struct Daemon {
     me: String,
     elect: bool,
     config: DaemonConfig,
     sync_interval: u64,
-    log: FileLog,
+    log: Arc<dyn Backend>,
     host: Arc<PluginHost>,
     /// Tells the alert thread whether, and until when, we lead.
     leader_lease: crate::alerts::LeaderLease,
@@ -122,7 +51,7 @@ struct Daemon {
     /// Snapshots run on their own thread, so a slow or looping plugin never
     /// holds up heartbeats.
     snapshots: SnapshotWorker,
-    cursor: Cursor,
+    cursor: Position,
     /// What `cursor` has read, to notice a replaced log.
     mark: ReadMark,
     leadership: Leadership,
@@ -178,7 +107,7 @@ impl Daemon {
             elect: options.elect,
             config: workspace.config.daemon.clone(),
             sync_interval: workspace.config.sync.interval_secs.max(1),
-            log: workspace.log(),
+            log: workspace.backend(),
             host,
             leader_lease,
             direct_alerts: Arc::default(),
@@ -187,7 +116,7 @@ impl Daemon {
             syncing: Arc::default(),
             dir: dir.to_path_buf(),
             snapshots,
-            cursor: Cursor::START,
+            cursor: Position::START,
             mark: ReadMark::default(),
             leadership: Leadership::default(),
             leader_seen: (0, Instant::now()),
@@ -211,7 +140,7 @@ impl Daemon {
             self.rebuild_after_replacement(&why);
         }
         let before = self.cursor;
-        self.cursor = follow_log(&self.log, self.cursor, &mut self.leadership)?;
+        self.cursor = follow_log(&*self.log, self.cursor, &mut self.leadership)?;
         if self.leadership.signs_of_life != self.leader_seen.0 {
             self.leader_seen = (self.leadership.signs_of_life, Instant::now());
         }
@@ -232,7 +161,7 @@ impl Daemon {
             "events.log was replaced: rebuilding from the log as it is now"
         );
         let was_leading = self.leading();
-        self.cursor = Cursor::START;
+        self.cursor = Position::START;
         self.mark = ReadMark::default();
         self.leadership = Leadership::default();
         self.leader_seen = (0, Instant::now());
@@ -325,7 +254,7 @@ impl Daemon {
             return Ok(());
         };
         if Instant::now() >= self.next_heartbeat {
-            if leader_heartbeat(&self.log, self.cursor, &self.me, term)? {
+            if leader_heartbeat(&*self.log, self.cursor, &self.me, term)? {
                 self.next_heartbeat = Instant::now() + self.heartbeat_every();
                 self.renew_lease();
             } else {
@@ -454,7 +383,7 @@ impl Daemon {
             .leader
             .clone()
             .map(|leader| (leader, self.leadership.term));
-        if let Some(term) = campaign(&self.log, self.cursor, &self.leadership, &self.me)? {
+        if let Some(term) = campaign(&*self.log, self.cursor, &self.leadership, &self.me)? {
             self.read_log()?;
             if self.leadership.is_leader(&self.me) && self.leadership.term == term {
                 tracing::info!(term, "elected leader");
@@ -554,7 +483,7 @@ impl SnapshotWorker {
         // A leader stopped mid-snapshot and replaced meanwhile must not
         // write when it wakes: the files are written only under the lease.
         let mut snapshotter = Snapshotter::new(dir).with_fence(Arc::new(move || lease.holds()));
-        snapshotter.progress = false;
+        snapshotter.progress = None;
         let thread = std::thread::Builder::new()
             .name("huddle-snapshot".into())
             .spawn(move || {

@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Cursor, FileLog, StoreError};
+use super::{FileLog, Position, StoreError};
 
 /// Bytes before the mark that must still be the same.
 pub const HASHED_BYTES: u64 = 4096;
@@ -38,7 +38,7 @@ pub struct ReadMark {
 
 impl ReadMark {
     /// A mark for a position whose bytes were never hashed.
-    pub fn unhashed(cursor: Cursor) -> ReadMark {
+    pub fn unhashed(cursor: Position) -> ReadMark {
         ReadMark {
             inode: 0,
             offset: cursor.offset,
@@ -66,7 +66,7 @@ fn tail_sha256(file: &File, offset: u64) -> std::io::Result<String> {
 
 impl FileLog {
     /// The mark of the log as it is now, read up to `cursor`.
-    pub fn mark(&self, cursor: Cursor) -> Result<ReadMark, StoreError> {
+    pub fn mark(&self, cursor: Position) -> Result<ReadMark, StoreError> {
         let read = |source| StoreError::Io {
             action: "read",
             path: self.path().to_path_buf(),

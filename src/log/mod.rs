@@ -19,40 +19,22 @@
 //! `events.error.log`, once each.
 
 mod continuity;
+mod fetch;
 mod offline;
 mod quarantine;
 mod reader;
 mod store;
 mod tail;
+pub mod watcher;
 
+pub use crate::backend::{append_unless, Backend, CasOutcome, EventStore};
 pub use continuity::{Continuity, ReadMark};
 pub use quarantine::QUARANTINE_FILE;
-pub use reader::{Cursor, LogReader, Malformed, Record, ScanItem};
-pub use store::{is_refusal, CasOutcome, FileLog, LogLock, StoreError};
+pub use reader::{LogReader, Malformed, Position, Record, ScanItem};
+pub use store::{is_refusal, FileLog, LogLock, StoreError};
 
 /// File names inside a huddle directory (SPEC.md, "Files in a huddle directory").
 pub const LOG_FILE: &str = "events.log";
 pub const OFFLINE_FILE: &str = "events.offline.log";
 /// huddle's private state (indexes and cursors); safe to delete.
 pub const STATE_DIR: &str = ".huddle";
-
-use crate::event::{Event, NewEvent};
-
-/// What any log backend offers. The file log is the embedded default; a
-/// networked backend (NATS JetStream) slots in behind the same calls.
-pub trait EventStore {
-    /// Appends one event and returns it as written (with id, time and number).
-    fn append(&self, event: NewEvent) -> Result<Event, StoreError>;
-    /// Appends events in order, all or none, under one lock and one sync.
-    fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError>;
-    /// Streams complete events from `cursor`, in log order.
-    fn read_from(&self, cursor: Cursor) -> Result<LogReader, StoreError>;
-    /// The election primitive: under the lock, looks at every event after
-    /// `cursor`; if none of them `conflicts`, appends `event`.
-    fn compare_and_append(
-        &self,
-        cursor: Cursor,
-        event: NewEvent,
-        conflicts: &dyn Fn(&Event) -> bool,
-    ) -> Result<CasOutcome, StoreError>;
-}

@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::reader::{Cursor, LogReader, ScanItem};
+use super::reader::{LogReader, Position, ScanItem};
 use crate::event::Event;
 
 /// The note of a flush in progress, one per queue (the queue's name + this).
 const FLUSH_NOTE_SUFFIX: &str = ".flushing";
-/// Extra field on a queued event whose interaction is still to be allocated.
-pub(crate) const ALLOCATE_FIELD: &str = "huddle_allocate_interaction";
+pub(crate) use crate::backend::{without_allocation_marks, ALLOCATE_FIELD};
 
 /// Appends events to the queue durably.
 pub(crate) fn enqueue(path: &Path, events: &[Event]) -> std::io::Result<()> {
@@ -115,7 +114,7 @@ fn read_note(note: &Path) -> Option<u64> {
 }
 
 fn ids_after(log: &File, offset: u64) -> std::io::Result<HashSet<String>> {
-    let reader = LogReader::from_file(log.try_clone()?, Cursor { offset, line: 0 })?;
+    let reader = LogReader::from_file(log.try_clone()?, Position { offset, line: 0 })?;
     let mut ids = HashSet::new();
     for item in reader {
         if let ScanItem::Event(record) = item? {

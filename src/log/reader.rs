@@ -4,26 +4,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use crate::event::{Event, DEFAULT_MAX_CONTENT_BYTES};
-
-/// A position in the log: the byte offset of the next line and its 1-based number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub offset: u64,
-    pub line: u64,
-}
-
-impl Cursor {
-    pub const START: Cursor = Cursor { offset: 0, line: 1 };
-}
-
-impl Default for Cursor {
-    fn default() -> Self {
-        Cursor::START
-    }
-}
+pub use crate::position::Position;
 
 /// A well-formed event and where it sits.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,20 +37,20 @@ pub enum ScanItem {
 /// that the next writer will seal.
 pub struct LogReader {
     input: BufReader<File>,
-    next: Cursor,
+    next: Position,
     buf: Vec<u8>,
     max_content_bytes: usize,
 }
 
 impl LogReader {
     /// Opens `path` at `cursor`.
-    pub fn open(path: &Path, cursor: Cursor) -> std::io::Result<LogReader> {
+    pub fn open(path: &Path, cursor: Position) -> std::io::Result<LogReader> {
         LogReader::from_file(File::open(path)?, cursor)
     }
 
     /// Reads `file` from `cursor`. The file's position is moved, and so is
     /// that of every handle cloned from it.
-    pub(crate) fn from_file(mut file: File, cursor: Cursor) -> std::io::Result<LogReader> {
+    pub(crate) fn from_file(mut file: File, cursor: Position) -> std::io::Result<LogReader> {
         file.seek(SeekFrom::Start(cursor.offset))?;
         Ok(LogReader {
             input: BufReader::with_capacity(256 * 1024, file),
@@ -86,7 +68,7 @@ impl LogReader {
     }
 
     /// Where the next complete line starts: resume reading from here.
-    pub fn cursor(&self) -> Cursor {
+    pub fn cursor(&self) -> Position {
         self.next
     }
 
@@ -114,7 +96,7 @@ impl Iterator for LogReader {
                 Ok(true) => {}
             }
             let here = self.next;
-            self.next = Cursor {
+            self.next = Position {
                 offset: here.offset + self.buf.len() as u64 + 1,
                 line: here.line + 1,
             };

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use super::reader::{Cursor, LogReader, Malformed, Record, ScanItem};
-use super::{offline, quarantine, tail, EventStore, LOG_FILE, OFFLINE_FILE, STATE_DIR};
+use super::reader::{LogReader, Malformed, Position, Record, ScanItem};
+use super::{offline, quarantine, tail, LOG_FILE, OFFLINE_FILE, STATE_DIR};
+use super::{Continuity, ReadMark};
+use crate::backend::{Backend, Conditional, EventStore, Fetch, Stored, Subscription};
 use crate::config::{Durability, LogConfig};
 use crate::event::{
     types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR, MAX_NUMBER,
 };
+use std::ops::ControlFlow;
 
 /// Why an operation on the log failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,14 +103,6 @@ pub fn is_refusal(error: &std::io::Error) -> bool {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<std::io::Error>())
         .is_some_and(is_refusal)
-}
-
-/// Result of `compare_and_append`.
-#[derive(Debug)]
-pub enum CasOutcome {
-    Appended(Event),
-    /// Not appended: these events after the cursor conflicted.
-    Conflict(Vec<Event>),
 }
 
 /// The append-only JSONL log of one huddle directory.
@@ -210,32 +205,19 @@ impl FileLog {
         })
     }
 
-    /// Everything an append does once the lock is held (see the module docs).
-    /// Returns the events as written.
-    fn append_locked(
-        &self,
-        locked: &LockedLog,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.flush_offline(locked)?;
-        let mut next_number = None;
-        let mut written = Vec::with_capacity(events.len());
-        for event in events {
-            let number = match event.interaction {
-                InteractionRef::Number(n) => n,
-                InteractionRef::Next => self.allocate(locked, &mut next_number)?,
-            };
-            written.push(event.into_event(number));
-        }
-        self.write_lines(locked, &written)?;
-        Ok(written)
+    /// Everything an append does once the lock is held (see the module
+    /// docs). Returns how many queued events went in first.
+    fn write_locked(&self, locked: &LockedLog, events: &[Event]) -> Result<usize, StoreError> {
+        let flushed = self.flush_offline(locked)?;
+        self.write_lines(locked, &offline::without_allocation_marks(events))?;
+        Ok(flushed)
     }
 
     /// max + 1, computed once per lock and then counted up.
     fn allocate(&self, locked: &LockedLog, next: &mut Option<u64>) -> Result<u64, StoreError> {
         let number = match *next {
             Some(n) => n,
-            None => tail::max_interaction(
+            None => tail::max_interaction_locked(
                 &locked.file,
                 &self.state_dir(),
                 self.config.max_content_bytes,
@@ -359,30 +341,10 @@ impl FileLog {
         }
     }
 
-    /// Stamps events for a queue (numbers still to allocate are marked).
-    fn stamp_for_queue(events: &[NewEvent]) -> Vec<Event> {
-        events
-            .iter()
-            .map(|event| {
-                let number = match event.interaction {
-                    InteractionRef::Number(n) => n,
-                    InteractionRef::Next => 0,
-                };
-                let mut stamped = event.clone().into_event(number);
-                if event.interaction == InteractionRef::Next {
-                    stamped
-                        .extra
-                        .insert(offline::ALLOCATE_FIELD.into(), true.into());
-                }
-                stamped
-            })
-            .collect()
-    }
-
     /// Keeps events that could not be appended, plus an `error` event saying
     /// why, in the offline queue.
-    fn enqueue_after_lock_failure(&self, events: &[NewEvent], waited: Duration) -> StoreError {
-        let mut queued = FileLog::stamp_for_queue(events);
+    fn enqueue_after_lock_failure(&self, events: &[Event], waited: Duration) -> StoreError {
+        let mut queued = events.to_vec();
         let actor = events.first().map_or(HOST_ACTOR, |e| e.actor.as_str());
         let interaction = queued.first().map_or(0, |e| e.interaction);
         queued.push(
@@ -415,11 +377,12 @@ impl FileLog {
         }
     }
 
-    fn validate(&self, events: &[NewEvent]) -> Result<(), StoreError> {
-        for event in events {
-            event.validate(self.config.max_content_bytes)?;
-        }
-        Ok(())
+    /// The log's lines from `cursor`, events and malformed lines alike, as
+    /// they are (nothing is set aside).
+    pub fn read_from(&self, cursor: Position) -> Result<LogReader, StoreError> {
+        LogReader::open(&self.path, cursor)
+            .map(|reader| reader.with_max_content_bytes(self.config.max_content_bytes))
+            .map_err(StoreError::io("read", &self.path))
     }
 
     /// Streams the log from `cursor`, sets malformed lines aside in
@@ -428,15 +391,13 @@ impl FileLog {
     /// cursor to resume from.
     pub fn scan(
         &self,
-        cursor: Cursor,
+        cursor: Position,
         mut visit: impl FnMut(Record) -> Result<(), StoreError>,
-    ) -> Result<Cursor, StoreError> {
-        let mut reader = match self.read_from(cursor) {
-            Ok(reader) => reader,
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(cursor)
-            }
-            Err(e) => return Err(e),
+    ) -> Result<Position, StoreError> {
+        let mut reader = match LogReader::open(&self.path, cursor) {
+            Ok(reader) => reader.with_max_content_bytes(self.config.max_content_bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cursor),
+            Err(e) => return Err(StoreError::io("read", &self.path)(e)),
         };
         let mut malformed = Vec::new();
         for item in reader.by_ref() {
@@ -507,22 +468,25 @@ impl FileLog {
     }
 }
 
-impl EventStore for FileLog {
-    fn append(&self, event: NewEvent) -> Result<Event, StoreError> {
-        let mut written = self.append_batch(vec![event])?;
-        Ok(written.remove(0))
-    }
-
-    fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
-        let events: Vec<NewEvent> = events
-            .into_iter()
-            .map(|event| event.fitted(self.config.max_content_bytes))
-            .collect();
-        self.validate(&events)?;
+impl FileLog {
+    /// The write both appends share (see the module docs): nothing while
+    /// paused, a bounded wait for the lock (in both cases the events wait in
+    /// the queue), then under the lock `check` (a compare-and-append's
+    /// condition: an answer stops the write), the queue's events and these,
+    /// and the sync outside the lock. Returns the answer, or how many lines
+    /// went in with the file's length after them.
+    fn write_guarded(
+        &self,
+        events: &[Event],
+        check: impl FnOnce(&LockedLog) -> Result<Option<Conditional>, StoreError>,
+    ) -> Result<Result<(u64, u64), Conditional>, StoreError> {
+        for event in events {
+            event.check(self.config.max_content_bytes)?;
+        }
         if let Some(pause) = crate::pause::paused(&self.dir) {
             // Paused: nothing goes to the log until `huddle resume`.
             let queue = self
-                .enqueue(&FileLog::stamp_for_queue(&events))
+                .enqueue(events)
                 .map_err(StoreError::io("queue the event in", &self.offline_path()))?;
             return Err(StoreError::Paused {
                 reason: pause.reason,
@@ -531,19 +495,26 @@ impl EventStore for FileLog {
         }
         let attempt = self.lock().and_then(|lock| match lock {
             Ok(locked) => {
-                let written = self.append_locked(&locked, events.clone())?;
-                Ok((locked, written))
+                if let Some(answer) = check(&locked)? {
+                    return Ok(Err(answer));
+                }
+                let torn = ends_torn(&locked.file, &self.path)?;
+                let flushed = self.write_locked(&locked, events)?;
+                let lines = u64::from(torn) + flushed as u64 + events.len() as u64;
+                Ok(Ok((locked, lines)))
             }
-            Err(waited) => Err(self.enqueue_after_lock_failure(&events, waited)),
+            Err(waited) => Err(self.enqueue_after_lock_failure(events, waited)),
         });
-        let (locked, written) = match attempt {
+        let (locked, lines) = match attempt {
+            Ok(Ok(written)) => written,
+            Ok(Err(answer)) => return Ok(Err(answer)),
             Err(StoreError::Io {
                 source,
                 path,
                 action,
             }) if is_refusal(&source) => {
                 // Nothing reached the log: keep the events where they can wait.
-                return match self.enqueue(&FileLog::stamp_for_queue(&events)) {
+                return match self.enqueue(events) {
                     Ok(queue) => Err(StoreError::WriteRefusedQueued {
                         path,
                         source,
@@ -556,8 +527,13 @@ impl EventStore for FileLog {
                     }),
                 };
             }
-            other => other?,
+            Err(error) => return Err(error),
         };
+        let len = locked
+            .file
+            .metadata()
+            .map_err(StoreError::io("read", &self.path))?
+            .len();
         // Unlock before the sync: concurrent writers then share one flush
         // instead of each waiting behind the other's.
         let file = locked
@@ -566,55 +542,150 @@ impl EventStore for FileLog {
             .map_err(StoreError::io("sync", &self.path))?;
         drop(locked);
         self.sync(&file)?;
-        Ok(written)
+        Ok(Ok((lines, len)))
+    }
+}
+
+impl Backend for FileLog {
+    fn max_content_bytes(&self) -> usize {
+        self.config.max_content_bytes
     }
 
-    fn read_from(&self, cursor: Cursor) -> Result<LogReader, StoreError> {
-        LogReader::open(&self.path, cursor)
-            .map(|reader| reader.with_max_content_bytes(self.config.max_content_bytes))
+    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.write_guarded(events, |_| Ok(None)).map(drop)
+    }
+
+    fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
+        // The condition, under the lock: no complete line after `head` (an
+        // unterminated fragment there is a dead writer's, sealed by this
+        // write, and no entry). Malformed lines found are set aside after
+        // the lock is released: setting aside appends reports.
+        let mut malformed = Vec::new();
+        let written = self.write_guarded(events, |locked| {
+            let mut reader = LogReader::from_file(
+                locked
+                    .file
+                    .try_clone()
+                    .map_err(StoreError::io("read", &self.path))?,
+                head,
+            )
+            .map_err(StoreError::io("read", &self.path))?
+            .with_max_content_bytes(self.config.max_content_bytes);
+            let mut moved = Vec::new();
+            for item in reader.by_ref() {
+                match item.map_err(StoreError::io("read", &self.path))? {
+                    ScanItem::Event(record) => moved.push(stored(record)),
+                    ScanItem::Malformed(line) => malformed.push(line),
+                }
+            }
+            let end = reader.cursor();
+            Ok((end != head).then_some(Conditional::Moved {
+                events: moved,
+                head: end,
+            }))
+        })?;
+        self.quarantine(&malformed)?;
+        Ok(match written {
+            Err(moved) => moved,
+            Ok((lines, len)) => Conditional::Appended {
+                head: Position {
+                    offset: len,
+                    line: head.line + lines,
+                },
+            },
+        })
+    }
+
+    fn read(
+        &self,
+        from: Position,
+        visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<Position, StoreError> {
+        let mut reader = match LogReader::open(&self.path, from) {
+            Ok(reader) => reader.with_max_content_bytes(self.config.max_content_bytes),
+            // No log yet: nothing to read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(from),
+            Err(e) => return Err(StoreError::io("read", &self.path)(e)),
+        };
+        let mut malformed = Vec::new();
+        let end = loop {
+            let here = reader.cursor();
+            let Some(item) = reader.next() else {
+                break reader.cursor();
+            };
+            match item.map_err(StoreError::io("read", &self.path))? {
+                ScanItem::Event(record) => {
+                    if visit(stored(record))?.is_break() {
+                        break here;
+                    }
+                }
+                ScanItem::Malformed(line) => malformed.push(line),
+            }
+        };
+        self.quarantine(&malformed)?;
+        Ok(end)
+    }
+
+    fn head(&self) -> Result<Position, StoreError> {
+        self.highest_interaction().map(|(head, _)| head)
+    }
+
+    fn remaining(&self, from: Position) -> Result<u64, StoreError> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) => Ok(meta.len().saturating_sub(from.offset)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StoreError::io("read", &self.path)(e)),
+        }
+    }
+
+    fn set_aside(
+        &self,
+        entries: &[Malformed],
+        report: &dyn Fn(&Malformed) -> String,
+    ) -> Result<Vec<Malformed>, StoreError> {
+        FileLog::set_aside(self, entries, report)
+    }
+
+    fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {
+        tail::highest_interaction(&self.path, &self.state_dir(), self.config.max_content_bytes)
             .map_err(StoreError::io("read", &self.path))
     }
 
-    fn compare_and_append(
-        &self,
-        cursor: Cursor,
-        event: NewEvent,
-        conflicts: &dyn Fn(&Event) -> bool,
-    ) -> Result<CasOutcome, StoreError> {
-        let event = event.fitted(self.config.max_content_bytes);
-        self.validate(std::slice::from_ref(&event))?;
-        let locked = match self.lock()? {
-            Ok(locked) => locked,
-            Err(waited) => return Err(self.enqueue_after_lock_failure(&[event], waited)),
-        };
-        let reader = LogReader::from_file(
-            locked
-                .file
-                .try_clone()
-                .map_err(StoreError::io("read", &self.path))?,
-            cursor,
-        )
-        .map_err(StoreError::io("read", &self.path))?
-        .with_max_content_bytes(self.config.max_content_bytes);
-        let mut conflicting = Vec::new();
-        for item in reader {
-            if let ScanItem::Event(record) = item.map_err(StoreError::io("read", &self.path))? {
-                if conflicts(&record.event) {
-                    conflicting.push(record.event);
-                }
-            }
-        }
-        if !conflicting.is_empty() {
-            return Ok(CasOutcome::Conflict(conflicting));
-        }
-        let mut written = self.append_locked(&locked, vec![event])?;
-        let file = locked
-            .file
-            .try_clone()
-            .map_err(StoreError::io("sync", &self.path))?;
-        drop(locked);
-        self.sync(&file)?;
-        Ok(CasOutcome::Appended(written.remove(0)))
+    fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {
+        Ok(Box::new(
+            super::fetch::FileFetch::open(&self.path, self.config.max_content_bytes)
+                .map_err(StoreError::io("open", &self.path))?,
+        ))
+    }
+
+    fn subscribe(&self) -> Result<Subscription, StoreError> {
+        super::watcher::subscribe(&self.dir).map_err(|error| StoreError::Io {
+            action: "watch",
+            path: self.dir.clone(),
+            source: std::io::Error::other(error),
+        })
+    }
+
+    fn mark(&self, at: Position) -> Result<ReadMark, StoreError> {
+        FileLog::mark(self, at)
+    }
+
+    fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError> {
+        FileLog::continuity(self, mark)
+    }
+}
+
+fn stored(record: Record) -> Stored {
+    Stored {
+        at: Position {
+            offset: record.offset,
+            line: record.line,
+        },
+        next: Position {
+            offset: record.offset + record.len + 1,
+            line: record.line + 1,
+        },
+        event: record.event,
     }
 }
 
@@ -668,6 +739,18 @@ fn append_sealed(file: &File, path: &Path, body: &[u8]) -> Result<(), StoreError
         });
     }
     Ok(())
+}
+
+/// Whether the file ends in an unterminated line (a writer died mid-line).
+fn ends_torn(file: &File, path: &Path) -> Result<bool, StoreError> {
+    let len = file.metadata().map_err(StoreError::io("read", path))?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)
+        .map_err(StoreError::io("read", path))?;
+    Ok(last[0] != b'\n')
 }
 
 /// Polls for the lock until `timeout`. flock has no timed wait, and a blocked

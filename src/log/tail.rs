@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, MAX_NUMBER};
+use crate::position::Position;
 
 const INDEX_FILE: &str = "tail.json";
 /// How many bytes before the indexed offset must match.
@@ -23,6 +24,10 @@ const FINGERPRINT_BYTES: u64 = 64;
 struct TailIndex {
     inode: u64,
     offset: u64,
+    /// The number of the line at `offset` (0 in indexes of versions that
+    /// did not count lines: those are rebuilt).
+    #[serde(default)]
+    line: u64,
     fingerprint: Vec<u8>,
     max_interaction: Option<u64>,
 }
@@ -38,13 +43,37 @@ fn fingerprint(file: &File, offset: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The highest interaction number among the complete lines of `file` (which
-/// the caller has locked), using and refreshing the index in `state_dir`.
-pub(crate) fn max_interaction(
+/// The highest interaction number among the complete lines of the log at
+/// `path`, and the position after them, using and refreshing the index in
+/// `state_dir`. No lock is needed: a compare-and-append at that position
+/// fails if anything was appended since.
+pub(crate) fn highest_interaction(
+    path: &Path,
+    state_dir: &Path,
+    max_content_bytes: usize,
+) -> std::io::Result<(Position, Option<u64>)> {
+    match File::open(path) {
+        Ok(file) => highest_in(&file, state_dir, max_content_bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Position::START, None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The highest interaction number among the complete lines of `file`, which
+/// the caller has locked (to number queued events as they are written).
+pub(crate) fn max_interaction_locked(
     file: &File,
     state_dir: &Path,
     max_content_bytes: usize,
 ) -> std::io::Result<Option<u64>> {
+    highest_in(file, state_dir, max_content_bytes).map(|(_, max)| max)
+}
+
+fn highest_in(
+    file: &File,
+    state_dir: &Path,
+    max_content_bytes: usize,
+) -> std::io::Result<(Position, Option<u64>)> {
     let meta = file.metadata()?;
     let len = meta.len();
     let cached = std::fs::read(index_path(state_dir))
@@ -52,17 +81,24 @@ pub(crate) fn max_interaction(
         .and_then(|bytes| serde_json::from_slice::<TailIndex>(&bytes).ok())
         .filter(|index| {
             index.inode == meta.ino()
+                && index.line > 0
                 // Written by a version that counted numbers it now refuses.
                 && index.max_interaction.is_none_or(|max| max <= MAX_NUMBER)
                 && index.offset <= len
                 && fingerprint(file, index.offset).is_ok_and(|fp| fp == index.fingerprint)
         })
-        .unwrap_or_default();
+        .unwrap_or(TailIndex {
+            line: 1,
+            ..TailIndex::default()
+        });
 
     let mut reader = BufReader::new(file);
     reader.seek(SeekFrom::Start(cached.offset))?;
     let mut max = cached.max_interaction;
-    let mut offset = cached.offset;
+    let mut at = Position {
+        offset: cached.offset,
+        line: cached.line,
+    };
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -70,7 +106,10 @@ pub(crate) fn max_interaction(
         if read == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        offset += read as u64;
+        at = Position {
+            offset: at.offset + read as u64,
+            line: at.line + 1,
+        };
         // Malformed lines have no number (the reader quarantines them):
         // the same rules as the reader's, or a foreign line holding
         // 2^64 - 1 would make every later `next` hand out the same number.
@@ -81,15 +120,18 @@ pub(crate) fn max_interaction(
         }
     }
 
-    let index = TailIndex {
-        inode: meta.ino(),
-        offset,
-        fingerprint: fingerprint(file, offset)?,
-        max_interaction: max,
-    };
-    // The index is only a cache: failing to save it costs a rescan next time.
-    let _ = save(state_dir, &index);
-    Ok(max)
+    if at.offset != cached.offset || cached.inode != meta.ino() {
+        let index = TailIndex {
+            inode: meta.ino(),
+            offset: at.offset,
+            line: at.line,
+            fingerprint: fingerprint(file, at.offset)?,
+            max_interaction: max,
+        };
+        // The index is only a cache: failing to save it costs a rescan next time.
+        let _ = save(state_dir, &index);
+    }
+    Ok((at, max))
 }
 
 fn save(state_dir: &Path, index: &TailIndex) -> std::io::Result<()> {

@@ -48,22 +48,22 @@ pub mod fuzz_support {
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
+use crate::backend::{
+    Backend, Continuity, EventStore, Fetch, Malformed, Position, ReadMark, StoreError,
+};
 use crate::config::ConfigError;
 use crate::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
 use crate::files;
-use crate::log::{
-    Continuity, Cursor, EventStore, Malformed, ReadMark, StoreError, LOG_FILE, STATE_DIR,
-};
+use crate::log::{LOG_FILE, STATE_DIR};
 use crate::plugin::{
     self, Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, Rendered as Blocks,
     Section, Slot,
 };
 use crate::workspace::Workspace;
+use std::sync::Arc;
 
 /// The region between these two lines of communication.md belongs to huddle;
 /// everything outside it belongs to people and is kept byte for byte.
@@ -144,18 +144,28 @@ pub enum ArchiveWrite {
     Rewritten,
 }
 
-/// Where one visible event is, and its heading.
+/// Where one visible event is, and its heading. Kept small: the index
+/// holds one per visible event of the log.
 #[derive(Debug, Clone, Copy)]
 struct EventRef {
+    /// The `offset` of the event's position (the fetch needs no line number).
     offset: u64,
-    len: u32,
     heading: u32,
+}
+
+impl EventRef {
+    fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            line: 0,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Index {
     mapper_key: String,
-    cursor: Cursor,
+    cursor: Position,
     /// Visible events per interaction, in log order.
     interactions: BTreeMap<u64, Vec<EventRef>>,
     headings: Vec<String>,
@@ -203,12 +213,24 @@ pub struct Snapshotter {
     isolated: Vec<IsolatedEvent>,
     /// What the index has read of the log, to notice a replaced log.
     mark: ReadMark,
-    /// Show a progress bar for long work (only drawn on a terminal).
-    pub progress: bool,
+    /// Told how far a long read has gone (the CLI draws a bar).
+    pub progress: Option<Arc<dyn Progress>>,
     /// Asked just before anything is written: false means this process may
     /// no longer write the files (a leader replaced while a snapshot ran).
     fence: Option<Fence>,
 }
+
+/// Reports on a long read of the log, in the backend's units (bytes of the
+/// file log), from a snapshot thread.
+pub trait Progress: Send + Sync {
+    /// A read of `total` units starts; called only when it is long.
+    fn start(&self, total: u64);
+    fn advance(&self, units: u64);
+    fn finish(&self);
+}
+
+/// Below this much to read, no progress is reported.
+const PROGRESS_ABOVE: u64 = 32 * 1024 * 1024;
 
 /// See [`Snapshotter::with_fence`].
 pub type Fence = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
@@ -221,7 +243,7 @@ impl Snapshotter {
             rendered: Rendered::default(),
             isolated: Vec::new(),
             mark: ReadMark::default(),
-            progress: false,
+            progress: None,
             fence: None,
         }
     }
@@ -268,7 +290,7 @@ impl Snapshotter {
             )
             .cut_to_fit();
             // If the log is not writable either, the caller still gets the error.
-            let _ = workspace.log().append(report);
+            let _ = workspace.backend().append(report);
         }
         result
     }
@@ -337,7 +359,7 @@ impl Snapshotter {
         }
 
         self.isolated.clear();
-        let log = workspace.log();
+        let log = workspace.backend();
         if let Continuity::Replaced(why) = log.continuity(&self.mark)? {
             // Every offset in the index points into the old file: start cold.
             tracing::warn!(%why, "events.log was replaced: rebuilding the snapshot from scratch");
@@ -358,11 +380,10 @@ impl Snapshotter {
         let split = keys.len().saturating_sub(k);
         let (archived, recent) = keys.split_at(split);
 
-        let log_path = workspace.dir.join(LOG_FILE);
-        let mut fetcher = Fetcher::open(&log_path)?;
+        let mut fetcher = log.fetcher()?;
 
         // Render everything first: a failure here leaves both files untouched.
-        let region = self.render_region(host, &renderer, &mut fetcher, recent)?;
+        let region = self.render_region(host, &renderer, &mut *fetcher, recent)?;
         let communication_path = workspace.dir.join(COMMUNICATION_FILE);
         let existing = match std::fs::read_to_string(&communication_path) {
             Ok(text) => text,
@@ -378,7 +399,7 @@ impl Snapshotter {
             ArchivePlan::Append(ref from) => {
                 let mut text = String::new();
                 let isolated =
-                    self.render_archive(host, &renderer, &mut fetcher, from, &mut |block| {
+                    self.render_archive(host, &renderer, &mut *fetcher, from, &mut |block| {
                         text.push_str(block);
                         Ok(())
                     })?;
@@ -390,7 +411,7 @@ impl Snapshotter {
                     .map_err(io_error("create a temp file for", &archive_path))?;
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
                 let isolated =
-                    self.render_archive(host, &renderer, &mut fetcher, archived, &mut |block| {
+                    self.render_archive(host, &renderer, &mut *fetcher, archived, &mut |block| {
                         out.write_all(block.as_bytes())
                             .map_err(io_error("write", &archive_path))
                     })?;
@@ -449,7 +470,7 @@ impl Snapshotter {
 
         crate::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
         let isolated = self.isolated.len();
-        self.report_isolated(workspace, &mut fetcher)?;
+        self.report_isolated(&*log, &mut *fetcher)?;
         Ok(Outcome {
             recent: recent.to_vec(),
             archived: archived.len(),
@@ -468,21 +489,13 @@ impl Snapshotter {
         host: &PluginHost,
         mapper: &PluginSpec,
     ) -> Result<usize, SnapshotError> {
-        let log = workspace.log();
-        let log_len = std::fs::metadata(log.path()).map(|m| m.len()).unwrap_or(0);
-        let unread = log_len.saturating_sub(self.index.cursor.offset);
-        let bar = if self.progress && unread > 32 * 1024 * 1024 {
-            let bar = ProgressBar::with_draw_target(Some(unread), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "reading events.log {bar:40} {bytes}/{total_bytes} ({eta})",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            Some(bar)
-        } else {
-            None
-        };
+        let log = workspace.backend();
+        let unread = log.remaining(self.index.cursor)?;
+        let bar = self
+            .progress
+            .clone()
+            .filter(|_| unread > PROGRESS_ABOVE)
+            .inspect(|bar| bar.start(unread));
         // This thread parses the log while a worker asks the mapper for
         // headings, batch by batch (results come back in order: one worker).
         let mut count = 0usize;
@@ -504,18 +517,18 @@ impl Snapshotter {
             let mut places = Vec::with_capacity(MAPPER_BATCH);
             let mut events = Vec::with_capacity(MAPPER_BATCH);
             let start = self.index.cursor;
-            scanned = log.scan(start, |record| {
+            scanned = crate::backend::scan(&*log, start, |record| {
                 places.push(Place {
-                    line: record.line,
-                    offset: record.offset,
-                    len: record.len,
+                    line: record.at.line,
+                    offset: record.at.offset,
+                    len: record.next.offset - record.at.offset,
                     interaction: record.event.interaction,
                 });
                 events.push(record.event);
                 if events.len() == MAPPER_BATCH {
                     count += events.len();
                     if let Some(bar) = &bar {
-                        bar.inc(places.iter().map(|p| p.len + 1).sum());
+                        bar.advance(places.iter().map(|p| p.len).sum());
                     }
                     let job = (std::mem::take(&mut places), std::mem::take(&mut events));
                     // A closed channel means the worker stopped; its result says why.
@@ -540,7 +553,7 @@ impl Snapshotter {
             return Err(error);
         }
         if let Some(bar) = bar {
-            bar.finish_and_clear();
+            bar.finish();
         }
         self.index.cursor = cursor;
         Ok(count)
@@ -571,7 +584,6 @@ impl Snapshotter {
                         line: Some(place.line),
                         at: EventRef {
                             offset: place.offset,
-                            len: u32::try_from(place.len).unwrap_or(u32::MAX),
                             heading: 0,
                         },
                         interaction: place.interaction,
@@ -592,7 +604,6 @@ impl Snapshotter {
                 .or_default()
                 .push(EventRef {
                     offset: place.offset,
-                    len: u32::try_from(place.len).unwrap_or(u32::MAX),
                     heading,
                 });
         }
@@ -604,7 +615,7 @@ impl Snapshotter {
         &mut self,
         host: &PluginHost,
         renderer: &PluginSpec,
-        fetcher: &mut Fetcher,
+        fetcher: &mut dyn Fetch,
         recent: &[u64],
     ) -> Result<String, SnapshotError> {
         let stale: Vec<u64> = recent
@@ -676,7 +687,7 @@ impl Snapshotter {
         &self,
         host: &PluginHost,
         renderer: &PluginSpec,
-        fetcher: &mut Fetcher,
+        fetcher: &mut dyn Fetch,
         numbers: &[u64],
         sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
     ) -> Result<Vec<ArchiveIsolation>, SnapshotError> {
@@ -776,15 +787,15 @@ impl Snapshotter {
     /// event for each newly left out.
     fn report_isolated(
         &mut self,
-        workspace: &Workspace,
-        fetcher: &mut Fetcher,
+        log: &dyn Backend,
+        fetcher: &mut dyn Fetch,
     ) -> Result<(), SnapshotError> {
         if self.isolated.is_empty() {
             return Ok(());
         }
         let mut lines = Vec::with_capacity(self.isolated.len());
         for isolated in std::mem::take(&mut self.isolated) {
-            let raw = fetcher.raw(&isolated.at)?;
+            let (_, raw) = fetcher.fetch(isolated.at.position())?;
             lines.push(Malformed {
                 line: isolated.line.unwrap_or(0),
                 offset: isolated.at.offset,
@@ -795,7 +806,7 @@ impl Snapshotter {
                 raw,
             });
         }
-        workspace.log().set_aside(&lines, |line| {
+        log.set_aside(&lines, &|line| {
             format!(
                 "An event a plugin cannot handle was left out of the snapshot (byte offset {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
                 line.offset,
@@ -810,13 +821,13 @@ impl Snapshotter {
     /// every field a renderer sees neutralised.
     fn interaction(
         &self,
-        fetcher: &mut Fetcher,
+        fetcher: &mut dyn Fetch,
         number: u64,
     ) -> Result<Interaction, SnapshotError> {
         let refs = &self.index.interactions[&number];
         let mut entries = Vec::with_capacity(refs.len());
         for event_ref in refs {
-            let mut event = fetcher.event(event_ref)?;
+            let (mut event, _) = fetcher.fetch(event_ref.position())?;
             region::neutralise_event(&mut event);
             let heading = &self.index.headings[event_ref.heading as usize];
             entries.push(Entry {
@@ -965,69 +976,12 @@ fn plugin_key(spec: &PluginSpec) -> Result<String, SnapshotError> {
     Ok(format!("{sha}:{:?}", spec.settings))
 }
 
-/// Reads events back by offset; sequential reads (the common case) are
-/// served from one buffer without seeking.
-struct Fetcher {
-    path: PathBuf,
-    reader: BufReader<File>,
-    position: u64,
-    line: Vec<u8>,
-}
-
-impl Fetcher {
-    fn open(path: &Path) -> Result<Fetcher, SnapshotError> {
-        let file = File::open(path).map_err(io_error("open", path))?;
-        Ok(Fetcher {
-            path: path.to_path_buf(),
-            reader: BufReader::with_capacity(256 * 1024, file),
-            position: 0,
-            line: Vec::new(),
-        })
-    }
-
-    /// The bytes of the line at `at`, as they are in the log.
-    fn raw(&mut self, at: &EventRef) -> Result<Vec<u8>, SnapshotError> {
-        self.read_line(at)?;
-        Ok(self.line.clone())
-    }
-
-    fn read_line(&mut self, at: &EventRef) -> Result<(), SnapshotError> {
-        if at.offset != self.position {
-            let delta = at.offset as i64 - self.position as i64;
-            self.reader
-                .seek_relative(delta)
-                .map_err(io_error("read", &self.path))?;
-        }
-        self.line.resize(at.len as usize, 0);
-        self.reader
-            .read_exact(&mut self.line)
-            .map_err(io_error("read", &self.path))?;
-        self.position = at.offset + u64::from(at.len);
-        Ok(())
-    }
-
-    fn event(&mut self, at: &EventRef) -> Result<Event, SnapshotError> {
-        self.read_line(at)?;
-        Event::from_line(&self.line).map_err(|reason| SnapshotError::Io {
-            action: "re-read",
-            path: self.path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "the event at byte {} changed since it was indexed: {reason}",
-                    at.offset
-                ),
-            ),
-        })
-    }
-}
-
 /// `huddle snapshot`: a cold run over the whole log.
 pub fn snapshot_once(
     dir: &Path,
     host: &PluginHost,
     k: Option<usize>,
-    progress: bool,
+    progress: Option<Arc<dyn Progress>>,
 ) -> Result<Outcome, SnapshotError> {
     let mut snapshotter = Snapshotter::new(dir);
     snapshotter.progress = progress;

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use huddle::config::{Durability, LogConfig};
 use huddle::event::{InteractionRef, NewEvent};
-use huddle::log::{CasOutcome, Cursor, EventStore, FileLog, ScanItem};
+use huddle::log::{CasOutcome, EventStore, FileLog, Position, ScanItem};
 
 use crate::common::HuddleDir;
 
@@ -28,7 +28,7 @@ fn append_raw(dir: &HuddleDir, bytes: &[u8]) {
 
 fn scan_all(log: &FileLog) -> Vec<huddle::log::Record> {
     let mut records = Vec::new();
-    log.scan(Cursor::START, |r| {
+    log.scan(Position::START, |r| {
         records.push(r);
         Ok(())
     })
@@ -44,14 +44,14 @@ fn batch_is_written_in_order_and_read_back_from_a_cursor() {
         .append_batch((0..10).map(|i| note(1, &format!("a{i}"))).collect())
         .unwrap();
     assert_eq!(first.len(), 10);
-    let mut reader = log.read_from(Cursor::START).unwrap();
+    let mut reader = log.read_from(Position::START).unwrap();
     let items: Vec<_> = reader.by_ref().map(|i| i.unwrap()).collect();
     assert_eq!(items.len(), 10);
     let middle = match &items[4] {
         ScanItem::Event(record) => {
             assert_eq!(record.line, 5);
             assert_eq!(record.event.content, "a4");
-            Cursor {
+            Position {
                 offset: record.offset,
                 line: record.line,
             }
@@ -185,7 +185,7 @@ fn compare_and_append_refuses_when_a_conflicting_event_is_newer_than_the_cursor(
     let dir = HuddleDir::new();
     let log = store(&dir);
     log.append(note(1, "before")).unwrap();
-    let mut reader = log.read_from(Cursor::START).unwrap();
+    let mut reader = log.read_from(Position::START).unwrap();
     reader.by_ref().for_each(drop);
     let seen_up_to = reader.cursor();
     let claim = |term| {
@@ -199,18 +199,12 @@ fn compare_and_append_refuses_when_a_conflicting_event_is_newer_than_the_cursor(
     };
     let is_claim_for_1 = |e: &huddle::Event| e.kind == "leader_election" && e.term == Some(1);
 
-    match log
-        .compare_and_append(seen_up_to, claim(1), &is_claim_for_1)
-        .unwrap()
-    {
+    match huddle::log::append_unless(&log, seen_up_to, claim(1), &is_claim_for_1).unwrap() {
         CasOutcome::Appended(event) => assert_eq!(event.term, Some(1)),
         other => panic!("{other:?}"),
     }
     log.append(note(1, "unrelated")).unwrap();
-    match log
-        .compare_and_append(seen_up_to, claim(1), &is_claim_for_1)
-        .unwrap()
-    {
+    match huddle::log::append_unless(&log, seen_up_to, claim(1), &is_claim_for_1).unwrap() {
         CasOutcome::Conflict(events) => assert_eq!(events.len(), 1),
         other => panic!("{other:?}"),
     }

@@ -4,6 +4,7 @@
 mod alerts;
 mod bad_input;
 mod common;
+mod conformance;
 mod crash;
 mod daemon;
 mod daemon_hostile;

@@ -324,7 +324,7 @@ fn a_full_disk_leaves_both_files_untouched() {
         })
         .collect();
     log.append_batch(events).unwrap();
-    snapshot_once(&path, host(), Some(3), false).unwrap();
+    snapshot_once(&path, host(), Some(3), None).unwrap();
     let communication = std::fs::read(path.join("communication.md")).unwrap();
     let archive = std::fs::read(path.join("archive.md")).unwrap();
     log.append(NewEvent::new(
@@ -336,7 +336,7 @@ fn a_full_disk_leaves_both_files_untouched() {
     .unwrap();
     let mut filler = std::fs::File::create(fs.path.join("filler")).unwrap();
     while filler.write_all(&[0u8; 4096]).is_ok() {}
-    let err = snapshot_once(&path, host(), Some(3), false).unwrap_err();
+    let err = snapshot_once(&path, host(), Some(3), None).unwrap_err();
     assert!(err.to_string().contains("No space left on device"), "{err}");
     assert_eq!(
         std::fs::read(path.join("communication.md")).unwrap(),
@@ -427,7 +427,7 @@ fn incremental_equals_cold_on_random_logs() {
 
             let cold = HuddleDir::new();
             std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
-            let cold_outcome = snapshot_once(cold.path(), host(), Some(k), false).unwrap();
+            let cold_outcome = snapshot_once(cold.path(), host(), Some(k), None).unwrap();
             assert_eq!(
                 cold_outcome.new_events, total,
                 "a cold run reads everything"

@@ -13,7 +13,8 @@ use std::time::Duration;
 use notify::{Event, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::log::LOG_FILE;
+use super::LOG_FILE;
+use crate::backend::Subscription;
 
 /// Keeps the watch alive while held.
 pub struct ActiveWatcher {
@@ -65,4 +66,11 @@ pub fn watch(dir: &Path) -> notify::Result<(ActiveWatcher, UnboundedReceiver<()>
         }
     };
     Ok((watcher, rx))
+}
+
+/// The file log's subscription: its watcher.
+pub(crate) fn subscribe(dir: &Path) -> notify::Result<Subscription> {
+    let (watcher, receiver) = watch(dir)?;
+    let kind = watcher.kind;
+    Ok(Subscription::new(receiver, Box::new(watcher), kind))
 }

@@ -17,14 +17,15 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{types, Event};
+use crate::backend::{append_unless, Backend, CasOutcome, Position, StoreError};
+use crate::event::{types, Event, InteractionRef, NewEvent};
 
 pub const ACTION_FIELD: &str = "action";
 pub const CLAIM: &str = "claim";
 pub const RESIGN: &str = "resign";
 
 /// Who leads, as far as the events read so far say.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Leadership {
     /// The highest term claimed.
     pub term: u64,
@@ -78,6 +79,109 @@ impl Leadership {
     }
 }
 
+/// Reads the events appended since `cursor` into `leadership`.
+pub fn follow_log(
+    log: &dyn Backend,
+    cursor: Position,
+    leadership: &mut Leadership,
+) -> Result<Position, StoreError> {
+    crate::backend::scan(log, cursor, |record| {
+        leadership.observe(&record.event);
+        Ok(())
+    })
+}
+
+/// One campaign: claims term N+1 unless, since `cursor`, someone else claimed
+/// it or the current leader showed a sign of life. Returns the term won.
+pub fn campaign(
+    log: &dyn Backend,
+    cursor: Position,
+    leadership: &Leadership,
+    me: &str,
+) -> Result<Option<u64>, StoreError> {
+    let term = leadership.term + 1;
+    let current = leadership.clone();
+    let claim = NewEvent::new(
+        InteractionRef::Number(0),
+        me,
+        types::LEADER_ELECTION,
+        format!("{me} claims leadership for term {term}"),
+    )
+    .cut_to_fit()
+    .with_term(term)
+    .with_field(ACTION_FIELD, CLAIM);
+    let conflicts = move |event: &Event| {
+        let claim_at_or_above =
+            event.kind == types::LEADER_ELECTION && event.term.is_some_and(|t| t >= term);
+        let leader_alive = event.kind == types::HEARTBEAT
+            && event.term == Some(current.term)
+            && current.leader.as_deref() == Some(event.actor.as_str());
+        claim_at_or_above || leader_alive
+    };
+    match append_unless(log, cursor, claim, &conflicts)? {
+        CasOutcome::Appended(_) => Ok(Some(term)),
+        CasOutcome::Conflict(_) => Ok(None),
+    }
+}
+
+/// Appends a heartbeat for `term` unless a higher term was claimed since
+/// `cursor` (fencing). Returns false if the leader has been replaced.
+pub fn leader_heartbeat(
+    log: &dyn Backend,
+    cursor: Position,
+    me: &str,
+    term: u64,
+) -> Result<bool, StoreError> {
+    let beat = NewEvent::new(
+        InteractionRef::Number(0),
+        me,
+        types::HEARTBEAT,
+        format!("leader {me} alive (term {term})"),
+    )
+    .cut_to_fit()
+    .with_term(term);
+    let superseded = move |event: &Event| {
+        event.kind == types::LEADER_ELECTION
+            && event.term.is_some_and(|t| t > term)
+            && event.extra.get(ACTION_FIELD).and_then(|v| v.as_str()) == Some(CLAIM)
+    };
+    Ok(matches!(
+        append_unless(log, cursor, beat, &superseded)?,
+        CasOutcome::Appended(_)
+    ))
+}
+
+/// What one campaign round came to (`huddle campaign`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Round {
+    Won(u64),
+    /// Lost: `wanted` was asked for and `claimed` is the highest term already claimed.
+    TermTaken {
+        claimed: u64,
+    },
+    Lost,
+}
+
+/// One election round from the whole log: claims the next term (or exactly
+/// `wanted`, which must be the next one).
+pub fn campaign_once(
+    log: &dyn Backend,
+    me: &str,
+    wanted: Option<u64>,
+) -> Result<Round, StoreError> {
+    let mut leadership = Leadership::default();
+    let cursor = follow_log(log, Position::START, &mut leadership)?;
+    if wanted.is_some_and(|wanted| wanted != leadership.term + 1) {
+        return Ok(Round::TermTaken {
+            claimed: leadership.term,
+        });
+    }
+    Ok(match campaign(log, cursor, &leadership, me)? {
+        Some(term) => Round::Won(term),
+        None => Round::Lost,
+    })
+}
+
 pub fn parse_time(timestamp: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(timestamp)
         .ok()
@@ -87,7 +191,6 @@ pub fn parse_time(timestamp: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{InteractionRef, NewEvent};
 
     fn claim(actor: &str, term: u64) -> Event {
         NewEvent::new(
