@@ -1,5 +1,8 @@
 //! Git sync benchmark: 10,000 new events from one clone to another through a
-//! bare remote. Prints wall time and how long the log lock was held.
+//! bare remote. Prints wall time and how long the log lock was held. Then a
+//! 1,000,000-event log: a sync that brings in one new event, and a fresh
+//! clone pulling all of it, each as a `huddle sync` process, with the peak
+//! RSS of huddle itself and of the whole command (huddle and its git).
 
 mod support;
 
@@ -12,7 +15,7 @@ use huddle::config::{Durability, LogConfig};
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
 use huddle::workspace::Workspace;
-use support::{events, ms, run, thousands, Mode};
+use support::{events, fill, median, ms, run, thousands, Mode};
 
 fn git(dir: &Path, args: &[&str]) {
     run(Command::new("git").current_dir(dir).args(args));
@@ -24,6 +27,7 @@ fn main() {
     let runs = mode.size(5, 1);
     // The merge driver git runs is the huddle executable, not this bench.
     std::env::set_var("HUDDLE_EXE", env!("CARGO_BIN_EXE_huddle"));
+    large(mode);
     let mut push_times = Vec::new();
     let mut pull_times = Vec::new();
     let mut locks = Vec::new();
@@ -106,10 +110,6 @@ fn main() {
         assert_eq!(wrong, 0, "events of a missing from b or there twice");
         locks.push(pushed.lock_held.max(pulled.lock_held));
     }
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
     println!();
     println!(
         "| git sync of {new_events} new events between two clones (median of {runs}) | time       |"
@@ -127,5 +127,147 @@ fn main() {
     println!(
         "| longest time the log lock was held in one sync               | {:>7.1} ms |",
         ms(median(&mut locks))
+    );
+}
+
+/// A clone of `remote` at `path`, on `main`, with a git identity.
+fn clone_of(root: &Path, remote: &Path, name: &str) -> std::path::PathBuf {
+    let clone = root.join(name);
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    git(&clone, &["config", "user.email", "bench@example.com"]);
+    git(&clone, &["config", "user.name", "bench"]);
+    git(&clone, &["checkout", "-q", "-B", "main"]);
+    clone
+}
+
+/// What one `huddle sync` process cost.
+struct Cost {
+    time: Duration,
+    /// Peak RSS of the huddle process itself (VmHWM, read until it exits).
+    huddle_kb: u64,
+    /// Peak RSS of the largest process of the command, git's included.
+    all_kb: u64,
+}
+
+/// Runs `huddle sync` in `dir` and measures it.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also gives its rusage"
+)]
+fn measured_sync(dir: &Path) -> Cost {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_huddle"))
+        .arg("--dir")
+        .arg(dir)
+        .arg("sync")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run huddle sync");
+    let pid = child.id() as libc::pid_t;
+    let mut huddle_kb = 0;
+    let (status, all_kb) = loop {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                huddle_kb = huddle_kb.max(kb);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: plain libc calls on our own child, with valid out-pointers.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if done == pid {
+            break (status, usage.ru_maxrss as u64);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "huddle sync in {} failed",
+        dir.display()
+    );
+    Cost {
+        time: started.elapsed(),
+        huddle_kb,
+        all_kb,
+    }
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// The 1M-event log: one new event, then a fresh clone pulling everything.
+fn large(mode: Mode) {
+    let size: u64 = mode.size(1_000_000, 2_000);
+    let runs = mode.size(3, 1);
+    let root = tempfile::tempdir().expect("temp dir");
+    let remote = root.path().join("remote.git");
+    git(
+        root.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            remote.to_str().unwrap(),
+        ],
+    );
+    let a = clone_of(root.path(), &remote, "a");
+    let b = clone_of(root.path(), &remote, "b");
+    fill(&a, size);
+    huddle::workspace::init(&b).expect("init b");
+    huddle::sync::sync_once(&Workspace::open(&a).expect("a")).expect("first sync a");
+    huddle::sync::sync_once(&Workspace::open(&b).expect("b")).expect("first sync b");
+    let mut one = Vec::new();
+    for i in 0..runs {
+        let log = FileLog::new(&a, LogConfig::default());
+        log.append(NewEvent::new(
+            InteractionRef::Number(1),
+            "bench",
+            "note",
+            format!("one new event, run {i}"),
+        ))
+        .expect("append");
+        huddle::sync::sync_once(&Workspace::open(&a).expect("a")).expect("push one");
+        one.push(measured_sync(&b));
+        let in_b = events(&b);
+        assert_eq!(in_b.len() as u64, size + i + 1, "b lacks the new event");
+    }
+    // A fresh clone with an empty log pulls every event.
+    let c = clone_of(root.path(), &remote, "c");
+    huddle::workspace::init(&c).expect("init c");
+    let pull = measured_sync(&c);
+    assert_eq!(events(&c).len() as u64, size + runs, "c lacks events");
+
+    one.sort_by_key(|cost| cost.time);
+    let typical = &one[one.len() / 2];
+    let events = thousands(size);
+    println!();
+    println!("| git sync on a {events}-event log | time | huddle peak RSS | largest process peak RSS (git included) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| brings in one new event (median of {runs}) | {:.1} ms | {:.1} MB | {:.1} MB |",
+        ms(typical.time),
+        mb(typical.huddle_kb),
+        mb(typical.all_kb)
+    );
+    println!(
+        "| fresh clone pulls {events} new events | {:.1} ms | {:.1} MB | {:.1} MB |",
+        ms(pull.time),
+        mb(pull.huddle_kb),
+        mb(pull.all_kb)
     );
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::recover::{Places, SyncRun, PRIVATE_INDEX_PREFIX, TOKEN_VARIABLE};
 use super::SyncError;
 use crate::config::SyncConfig;
 use crate::log::LOG_FILE;
@@ -40,6 +41,8 @@ const LOG_MODE: &str = "100644";
 pub(super) struct Failed {
     pub(super) command: String,
     pub(super) message: String,
+    /// It ran past the timeout and was killed: its locks may be left.
+    pub(super) timed_out: bool,
 }
 
 impl From<Failed> for SyncError {
@@ -142,6 +145,19 @@ pub(super) struct Repo {
     /// events.log relative to `top`.
     log_path: String,
     timeout: Duration,
+    /// The sync under way (its lock, journal and token), when this is one.
+    run: Option<SyncRun>,
+    /// The lock files of the person's repository sync's commands take.
+    locks: Option<Locks>,
+}
+
+/// Lock files git takes in the person's repository for sync's commands.
+pub(super) struct Locks {
+    index: PathBuf,
+    head: PathBuf,
+    branch: PathBuf,
+    tracking: PathBuf,
+    config: PathBuf,
 }
 
 /// A private index in the git directory (git accepts an empty file as an
@@ -163,6 +179,8 @@ impl Repo {
             dir_path: String::new(),
             log_path: String::new(),
             timeout,
+            run: None,
+            locks: None,
         };
         let not_a_repository = || SyncError::NotARepository {
             dir: dir.display().to_string(),
@@ -193,7 +211,84 @@ impl Repo {
             dir_path,
             log_path,
             timeout,
+            run: None,
+            locks: None,
         })
+    }
+
+    /// Starts a sync: takes the repository's sync lock and recovers from a
+    /// sync that died (see `recover`).
+    pub(super) fn start_sync(&mut self, config: &SyncConfig) -> Result<(), SyncError> {
+        let names = [
+            "index.lock".to_string(),
+            "HEAD.lock".to_string(),
+            format!("refs/heads/{}.lock", config.branch),
+            format!("refs/remotes/{}/{}.lock", config.remote, config.branch),
+            "config.lock".to_string(),
+            "huddle-sync.index".to_string(),
+        ];
+        let mut args = vec![
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-dir",
+            "--git-common-dir",
+        ];
+        for name in &names {
+            args.extend(["--git-path", name]);
+        }
+        let out = self.git(&args)?;
+        let canonical = |path: &str| {
+            let path = PathBuf::from(path);
+            path.canonicalize().unwrap_or(path)
+        };
+        let paths: Vec<PathBuf> = out.lines().map(canonical).collect();
+        let [git_dir, common_dir, index, head, branch, tracking, config_lock, private] =
+            <[PathBuf; 8]>::try_from(paths).map_err(|paths| SyncError::Git {
+                command: args.join(" "),
+                message: format!("expected 8 paths, got {paths:?}"),
+            })?;
+        let places = Places {
+            common_dir,
+            git_dir,
+            private_dir: private.parent().unwrap_or(&self.top).to_path_buf(),
+            top: self.top.clone(),
+        };
+        self.locks = Some(Locks {
+            index,
+            head,
+            branch,
+            tracking,
+            config: config_lock,
+        });
+        self.run = Some(SyncRun::begin(&places, self.timeout)?);
+        Ok(())
+    }
+
+    /// Whether this sync found the journal of one that died.
+    pub(super) fn recovered(&self) -> bool {
+        self.run.as_ref().is_some_and(|run| run.recovered)
+    }
+
+    /// Runs a git command that may take the person's `locks`, recording it
+    /// in the sync's journal first, so that if this sync dies the next one
+    /// knows which locks the command could have left.
+    fn git_taking(
+        &self,
+        locks: impl Fn(&Locks) -> Vec<&Path>,
+        args: &[&str],
+    ) -> Result<String, Failed> {
+        let (Some(run), Some(all)) = (&self.run, &self.locks) else {
+            return self.git(args);
+        };
+        run.starting(&args.join(" "), &locks(all))
+            .map_err(|error| Failed {
+                command: args.join(" "),
+                message: error.to_string(),
+                timed_out: false,
+            })?;
+        let result = self.git(args);
+        run.finished(result.as_ref().is_err_and(|failed| failed.timed_out));
+        result
     }
 
     /// Runs git in the work tree, with prompts off and a timeout. `Err` only
@@ -208,10 +303,14 @@ impl Repo {
         let failed = |message: String| Failed {
             command: shown.clone(),
             message,
+            timed_out: false,
         };
         let mut command = Command::new("git");
+        // No automatic gc or maintenance: it would run detached, outlive the
+        // sync, and hold locks a later sync must not take for stale.
         command
             .current_dir(&self.top)
+            .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
@@ -224,6 +323,9 @@ impl Repo {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(run) = &self.run {
+            command.env(TOKEN_VARIABLE, &run.token);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -246,7 +348,10 @@ impl Repo {
                 // SAFETY: signals the git process we started; the waiting
                 // thread has not reaped it, since it has not finished.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                return Err(failed(format!("timed out after {:?}", self.timeout)));
+                return Err(Failed {
+                    timed_out: true,
+                    ..failed(format!("timed out after {:?}", self.timeout))
+                });
             }
         };
         Ok(Ran {
@@ -277,6 +382,7 @@ impl Repo {
             Err(Failed {
                 command: args.join(" "),
                 message: ran.stderr,
+                timed_out: false,
             })
         }
     }
@@ -428,7 +534,7 @@ impl Repo {
             // Only a changed value is written: the config is the person's file too.
             let current = self.git(&["config", "--get", key]).unwrap_or_default();
             if current.trim_end_matches('\n') != value {
-                self.git(&["config", key, value])?;
+                self.git_taking(|locks| vec![&locks.config], &["config", key, value])?;
             }
         }
         let [attributes, exclude] =
@@ -446,10 +552,27 @@ impl Repo {
         ensure_lines(&exclude, &exclude_lines(&self.dir_path)).map_err(|e| written(&exclude, e))
     }
 
+    /// Pushes `commit` to the remote's `branch` (git updates the
+    /// remote-tracking branch on success).
+    pub(super) fn push(&self, remote: &str, commit: &str, branch: &str) -> Result<String, Failed> {
+        self.git_taking(
+            |locks| vec![&locks.tracking],
+            &[
+                "push",
+                "-q",
+                remote,
+                &format!("{commit}:refs/heads/{branch}"),
+            ],
+        )
+    }
+
     /// Fetches the remote branch; its commit, or `None` if it has no such branch.
     pub(super) fn fetch(&self, remote: &str, branch: &str) -> Result<Option<String>, SyncError> {
         let tracking = format!("refs/remotes/{remote}/{branch}");
-        match self.git(&["fetch", "-q", remote, &format!("+{branch}:{tracking}")]) {
+        match self.git_taking(
+            |locks| vec![&locks.tracking],
+            &["fetch", "-q", remote, &format!("+{branch}:{tracking}")],
+        ) {
             Ok(_) => self.resolve(&tracking),
             Err(failed) if failed.message.contains("couldn't find remote ref") => Ok(None),
             Err(failed) => Err(self.remote_error(remote, failed.message)),
@@ -538,7 +661,7 @@ impl Repo {
         let place = self.git_paths(&["huddle-sync.index"])?.remove(0);
         let dir = place.parent().unwrap_or(&self.top);
         tempfile::Builder::new()
-            .prefix("huddle-sync.")
+            .prefix(PRIVATE_INDEX_PREFIX)
             .suffix(".index")
             .tempfile_in(dir)
             .map(TempIndex)
@@ -691,7 +814,10 @@ impl Branch<'_> {
             new,
             old.unwrap_or(""),
         ];
-        if let Err(failed) = self.repo.git(&args) {
+        if let Err(failed) = self
+            .repo
+            .git_taking(|locks| vec![&locks.branch, &locks.head], &args)
+        {
             return if self.repo.resolve(self.reference)?.as_deref() != old {
                 Ok(false)
             } else {
@@ -700,6 +826,23 @@ impl Branch<'_> {
         }
         self.follow_index(new);
         Ok(true)
+    }
+
+    /// [`Branch::follow_index`] if the index entry for the log is not the
+    /// log of `commit`: a sync killed between moving the branch and the
+    /// entry left it behind.
+    pub(super) fn follow_index_if_behind(&self, commit: &str) -> Result<(), SyncError> {
+        let repo = self.repo;
+        let blob = |spec: String| -> Result<Option<String>, SyncError> {
+            let ran = repo.run(&["rev-parse", "--verify", "-q", &spec], &[], None)?;
+            Ok((ran.code == Some(0))
+                .then(|| String::from_utf8_lossy(&ran.stdout).trim().to_string()))
+        };
+        let committed = blob(format!("{commit}:{}", repo.log_path))?;
+        if committed.is_some() && blob(format!(":{}", repo.log_path))? != committed {
+            self.follow_index(commit);
+        }
+        Ok(())
     }
 
     /// Points the person's index entry for the log at the log of `commit`
@@ -713,12 +856,15 @@ impl Branch<'_> {
         let result = repo
             .name(&["rev-parse", "--verify", "-q", &spec])
             .and_then(|blob| {
-                repo.git(&[
-                    "update-index",
-                    "--add",
-                    "--cacheinfo",
-                    &format!("{LOG_MODE},{blob},{}", repo.log_path),
-                ])
+                repo.git_taking(
+                    |locks| vec![&locks.index],
+                    &[
+                        "update-index",
+                        "--add",
+                        "--cacheinfo",
+                        &format!("{LOG_MODE},{blob},{}", repo.log_path),
+                    ],
+                )
                 .map_err(SyncError::from)
             });
         if let Err(error) = result {

@@ -56,6 +56,7 @@
 
 mod git;
 mod merge;
+mod recover;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -134,6 +135,11 @@ pub enum SyncError {
         url: String,
         message: String,
     },
+    #[error(
+        "another huddle sync has been running in {top} for {waited:?} (syncs of one repository \
+         take turns); try again when it is done"
+    )]
+    Busy { top: String, waited: Duration },
     #[error("`git {command}` failed: {message}")]
     Git { command: String, message: String },
     #[error(transparent)]
@@ -292,14 +298,25 @@ enum Round {
 /// One sync (see the module docs), without retries.
 pub fn sync_once(workspace: &Workspace) -> Result<SyncReport, SyncError> {
     let config = &workspace.config.sync;
-    let repo = Repo::open(&workspace.dir, Duration::from_secs(config.timeout_secs))?;
+    let mut repo = Repo::open(&workspace.dir, Duration::from_secs(config.timeout_secs))?;
     repo.check_config(config)?;
+    repo.start_sync(config)?;
     repo.check_checkout(&config.branch)?;
     repo.register()?;
     let log = workspace.log();
     let mut report = SyncReport::default();
     for _ in 0..ROUNDS {
         if let Round::Done = round(&repo, &log, config, &mut report)? {
+            if repo.recovered() {
+                let reference = format!("refs/heads/{}", config.branch);
+                if let Some(tip) = repo.resolve(&reference)? {
+                    Branch {
+                        repo: &repo,
+                        reference: &reference,
+                    }
+                    .follow_index_if_behind(&tip)?;
+                }
+            }
             return Ok(report);
         }
     }
@@ -455,12 +472,7 @@ fn round(
     let Some(commit) = publish else {
         return Ok(Round::Done);
     };
-    match repo.git(&[
-        "push",
-        "-q",
-        &config.remote,
-        &format!("{commit}:refs/heads/{}", config.branch),
-    ]) {
+    match repo.push(&config.remote, &commit, &config.branch) {
         Ok(_) => {
             report.pushed = true;
             Ok(Round::Done)

@@ -1789,12 +1789,11 @@ fn a_killed_sync_is_finished_by_the_next_one_and_every_clone_gets_every_event_on
 }
 
 /// A crash of the whole command — `huddle sync` and the git it runs, as
-/// when a session or machine dies — can leave git's lock files behind
-/// (`.git/index.lock`, `.git/huddle-merge-index.lock`); git then refuses
-/// every later `git add` and `read-tree`, so every later sync fails until a
-/// person deletes them.
+/// when a session or machine dies — can leave git's lock files behind (the
+/// private index's, `index.lock`, `HEAD.lock`, ref locks, `config.lock`);
+/// git then refuses every later command that needs them. The next sync
+/// removes those the killed one provably left and finishes the job.
 #[test]
-#[ignore = "fails until src/sync.rs recovers from git lock files left by a killed git (issue 10, crash tests)"]
 fn a_sync_killed_with_its_git_commands_is_finished_by_the_next_one() {
     scenario("sync_with_git", 20, |crash| {
         sync_kills(crash, KillWhat::SyncAndGit)
@@ -1895,13 +1894,12 @@ fn kill_one_sync(
     let before = length(&log);
     let mut log_grows = || length(&log) > before;
     let git_dir = clones[victim].path.join(".git");
-    let mut git_holds_a_lock = || {
-        ["index.lock", "huddle-merge-index.lock"]
-            .iter()
-            .any(|lock| git_dir.join(lock).exists())
-    };
-    let when = if group && crash.rng.percent(50) {
-        When::Once("killed while git held a lock", &mut git_holds_a_lock)
+    // Each lock file git takes for the sync, in turn: the kill lands while
+    // git holds that one (when the sync takes it at all).
+    let (what_held, lock) = SYNC_LOCKS[crash.rng.range(0, SYNC_LOCKS.len() as u64 - 1) as usize];
+    let mut git_holds_the_lock = || holds_lock(&git_dir, lock);
+    let when = if group && crash.rng.percent(60) {
+        When::Once(what_held, &mut git_holds_the_lock)
     } else if to_merge && crash.rng.percent(40) {
         When::Once("killed as the merge grew the log", &mut log_grows)
     } else {
@@ -1922,6 +1920,40 @@ fn kill_one_sync(
         );
     }
     check_clone(crash, clones, victim, logged, false);
+}
+
+/// The lock files a sync's git commands take in the clone's git directory,
+/// with the note a kill while one is held counts under.
+const SYNC_LOCKS: &[(&str, &str)] = &[
+    ("killed while git held index.lock", "index.lock"),
+    ("killed while git held HEAD.lock", "HEAD.lock"),
+    (
+        "killed while git held the branch's ref lock",
+        "refs/heads/main.lock",
+    ),
+    (
+        "killed while git held the remote-tracking ref lock",
+        "refs/remotes/origin/main.lock",
+    ),
+    ("killed while git held config.lock", "config.lock"),
+    (
+        "killed while git held the private index's lock",
+        "huddle-sync.*.index.lock",
+    ),
+];
+
+/// Whether `lock` (a path in `git_dir`; `*` matches within the name) exists.
+fn holds_lock(git_dir: &Path, lock: &str) -> bool {
+    match lock.split_once('*') {
+        None => git_dir.join(lock).exists(),
+        Some((prefix, suffix)) => std::fs::read_dir(git_dir).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(prefix) && name.ends_with(suffix)
+            })
+        }),
+    }
 }
 
 /// Logs one to three events in clone `i`, large and small.

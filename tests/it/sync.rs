@@ -927,3 +927,257 @@ fn clones_holding_the_same_events_stop_committing() {
         "a sync with nothing new committed"
     );
 }
+
+/// A `git` first on PATH that, inside a sync (the sync's token in its
+/// environment), stops dead holding `lock` when it runs `subcommand`: it
+/// creates the lock as git does and sleeps until killed, the state a
+/// `kill -9` of huddle and its git at that moment leaves. Other runs, and
+/// the test's own git, go through.
+fn git_that_stops_holding(shim_dir: &Path, subcommand: &str, lock: &str) -> String {
+    let real = Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    std::fs::create_dir_all(shim_dir).unwrap();
+    // The person's index is the one without GIT_INDEX_FILE; the private
+    // index's lock is beside GIT_INDEX_FILE.
+    let lock_path = if lock == "<private>" {
+        "\"$GIT_INDEX_FILE.lock\"".to_string()
+    } else {
+        format!("\"$('{real}' rev-parse --path-format=absolute --git-path '{lock}')\"")
+    };
+    let wanted = if lock == "<private>" {
+        "[ -n \"$GIT_INDEX_FILE\" ]"
+    } else if lock == "index.lock" {
+        "[ -z \"$GIT_INDEX_FILE\" ]"
+    } else {
+        "true"
+    };
+    let script = format!(
+        "#!/bin/sh\n\
+         if [ -n \"$HUDDLE_SYNC_RUN\" ] && {wanted}; then\n\
+           for arg in \"$@\"; do\n\
+             if [ \"$arg\" = {subcommand} ]; then\n\
+               : > {lock_path}\n\
+               exec sleep 60\n\
+             fi\n\
+           done\n\
+         fi\n\
+         exec '{real}' \"$@\"\n"
+    );
+    let path = shim_dir.join("git");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Runs `huddle sync` in `clone` through the PATH `path`, and kills it and
+/// every process it started (its process group) once `lock` exists.
+fn kill_sync_once_it_holds(clone: &Path, path: &str, lock: &Path) {
+    use std::os::unix::process::CommandExt;
+    let mut child = huddle_command(clone, &["sync"])
+        .env("PATH", path)
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = crate::common::wait_for(std::time::Duration::from_secs(20), || lock.exists());
+    // SAFETY: signals the process group of the child this test spawned.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(held, "the sync never took {}", lock.display());
+}
+
+fn git_path(clone: &Path, name: &str) -> PathBuf {
+    PathBuf::from(
+        git(
+            clone,
+            &["rev-parse", "--path-format=absolute", "--git-path", name],
+        )
+        .trim(),
+    )
+}
+
+/// A sync (remote ahead, local events to commit: it fetches, moves the
+/// branch and the index entry, commits on a private index, pushes) killed
+/// with its git while git holds each lock in turn: the next sync removes
+/// the lock and finishes the job, every event once on both sides.
+#[test]
+fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() {
+    let cases = [
+        ("fetch", "refs/remotes/origin/main.lock"),
+        ("update-ref", "refs/heads/main.lock"),
+        ("update-ref", "HEAD.lock"),
+        ("update-index", "index.lock"),
+        ("read-tree", "<private>"),
+        ("push", "refs/remotes/origin/main.lock"),
+    ];
+    for (subcommand, lock) in cases {
+        let root = tempfile::tempdir().unwrap();
+        let (_remote, clones) = clones(root.path(), 2);
+        let (a, b) = (&clones[0], &clones[1]);
+        ok(a, &["log", "1", "agent", "note", "first"]);
+        ok(a, &["sync"]);
+        ok(b, &["log", "1", "agent", "note", "from b"]);
+        ok(b, &["sync"]);
+        ok(a, &["log", "1", "agent", "note", "from a"]);
+        let path = git_that_stops_holding(&root.path().join("shim"), subcommand, lock);
+        let lock_file = if lock == "<private>" {
+            // Whichever private index the killed sync made: found by name.
+            PathBuf::new()
+        } else {
+            git_path(a, lock)
+        };
+        if lock == "<private>" {
+            let git_dir = git_path(a, "");
+            let private_lock = || {
+                std::fs::read_dir(&git_dir).unwrap().any(|entry| {
+                    let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                    name.starts_with("huddle-sync.") && name.ends_with(".index.lock")
+                })
+            };
+            use std::os::unix::process::CommandExt;
+            let mut child = huddle_command(a, &["sync"])
+                .env("PATH", &path)
+                .process_group(0)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let held = crate::common::wait_for(std::time::Duration::from_secs(20), private_lock);
+            // SAFETY: signals the process group of the child this test spawned.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            child.wait().unwrap();
+            assert!(held, "the sync never took a private index's lock");
+            assert!(private_lock());
+        } else {
+            kill_sync_once_it_holds(a, &path, &lock_file);
+            assert!(lock_file.exists(), "{subcommand}: {lock}");
+        }
+
+        let out = huddle(a, &["sync"]);
+
+        assert!(
+            out.status.success(),
+            "{subcommand} killed holding {lock}: {}",
+            stderr(&out)
+        );
+        if lock != "<private>" {
+            assert!(!lock_file.exists(), "{subcommand}: {lock} is still there");
+        }
+        assert!(
+            huddle_leftovers(&git_path(a, "")).is_empty(),
+            "{subcommand}: {lock}: {:?}",
+            huddle_leftovers(&git_path(a, ""))
+        );
+        ok(b, &["sync"]);
+        for clone in [a, b] {
+            let events = lines(clone);
+            for content in ["first", "from a", "from b"] {
+                assert_eq!(
+                    count(&events, content),
+                    1,
+                    "{subcommand}: {lock}: {content}"
+                );
+            }
+        }
+        // The branch holds the log and the person's git works again.
+        assert_eq!(
+            git(a, &["show", "main:events.log"]).as_bytes(),
+            std::fs::read(a.join("events.log")).unwrap()
+        );
+        let refresh = git_output(a, &["update-index", "--refresh"]);
+        assert!(
+            refresh.status.success(),
+            "{subcommand}: {lock}: {}{}",
+            String::from_utf8_lossy(&refresh.stdout),
+            stderr(&refresh)
+        );
+        assert_eq!(git(a, &["status", "--porcelain"]), "?? huddle.toml\n");
+    }
+}
+
+/// Locks sync may not take for stale stay: one that was there before the
+/// killed command started (someone else's), and one the killed command
+/// could have left while a git process works in the repository.
+#[test]
+fn a_lock_the_killed_sync_did_not_leave_or_a_live_git_may_hold_stays() {
+    let root = tempfile::tempdir().unwrap();
+    let (_remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(a, &["log", "1", "agent", "note", "first"]);
+    ok(a, &["sync"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    let branch_lock = git_path(a, "refs/heads/main.lock");
+    let tracking_lock = git_path(a, "refs/remotes/origin/main.lock");
+
+    // Someone's branch lock from before; the sync dies in its fetch.
+    std::fs::write(&branch_lock, "").unwrap();
+    let two_seconds_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&branch_lock)
+        .unwrap()
+        .set_modified(two_seconds_ago)
+        .unwrap();
+    let path = git_that_stops_holding(
+        &root.path().join("shim"),
+        "fetch",
+        "refs/remotes/origin/main.lock",
+    );
+    kill_sync_once_it_holds(a, &path, &tracking_lock);
+
+    let out = huddle(a, &["sync"]);
+
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refs/heads/main.lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(branch_lock.exists(), "someone else's lock was removed");
+    assert!(!tracking_lock.exists(), "the killed fetch's lock stays");
+    std::fs::remove_file(&branch_lock).unwrap();
+
+    // The sync dies holding the branch's lock while a git process runs here.
+    let path = git_that_stops_holding(
+        &root.path().join("shim2"),
+        "update-ref",
+        "refs/heads/main.lock",
+    );
+    kill_sync_once_it_holds(a, &path, &branch_lock);
+    let mut live_git = Command::new("git")
+        .current_dir(a)
+        .args(["hash-object", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let out = huddle(a, &["sync"]);
+
+    assert!(!out.status.success());
+    assert!(branch_lock.exists(), "a lock removed while git ran here");
+    drop(live_git.stdin.take());
+    live_git.wait().unwrap();
+
+    ok(a, &["sync"]);
+
+    assert!(!branch_lock.exists());
+    ok(b, &["sync"]);
+    for clone in [a, b] {
+        let events = lines(clone);
+        for content in ["first", "from a", "from b"] {
+            assert_eq!(count(&events, content), 1, "{content}");
+        }
+    }
+}
