@@ -173,10 +173,18 @@ pub fn merged_log(local: &[u8], remote: &[u8]) -> Vec<u8> {
 
 /// `huddle merge-driver %O %A %B`: writes into A every event of A, then the
 /// events of B that A lacks. Never conflicts.
+/// Replaces A whole (temp file, rename), so a driver stopped midway leaves
+/// A as git gave it, never half-written.
 pub fn merge_driver(ours: &Path, theirs: &Path) -> std::io::Result<()> {
-    let mine = std::fs::read(ours)?;
-    let other = std::fs::read(theirs)?;
-    std::fs::write(ours, merged_log(&mine, &other))
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let mine = read(ours)?;
+    let other = read(theirs)?;
+    crate::files::write_atomic(ours, &merged_log(&mine, &other))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", ours.display())))
 }
 
 #[cfg(test)]
