@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{append_unless, Backend, CasOutcome, Conditional, EventStore, Position, Stored};
-use crate::event::{Event, InteractionRef, NewEvent};
+use crate::model::event::{Event, InteractionRef, NewEvent};
 
 /// How long a check waits for news from a subscription.
 const NEWS_DEADLINE: Duration = Duration::from_secs(10);

@@ -15,8 +15,10 @@ use super::{
     Backend, Conditional, Continuity, EventStore, Fetch, Malformed, Position, ReadMark, Stored,
     Subscription,
 };
-use crate::event::{types, Event, InteractionRef, NewEvent, DEFAULT_MAX_CONTENT_BYTES, HOST_ACTOR};
-use crate::log::StoreError;
+use crate::backend::file::StoreError;
+use crate::model::event::{
+    types, Event, InteractionRef, NewEvent, DEFAULT_MAX_CONTENT_BYTES, HOST_ACTOR,
+};
 
 #[derive(Default)]
 struct Inner {

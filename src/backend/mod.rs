@@ -16,17 +16,21 @@
 //! Everything else is built on these, the same for every backend: numbering
 //! `next` ([`EventStore`], a highest-number hint plus compare-and-append),
 //! the election's claims and fenced heartbeats ([`append_unless`]). The file
-//! log ([`crate::log::FileLog`]) and the in-memory log ([`memory::MemoryLog`])
+//! log ([`crate::backend::file::FileLog`]) and the in-memory log ([`memory::MemoryLog`])
 //! implement it; [`conformance`] is the suite every backend must pass.
 
 pub mod conformance;
+pub mod file;
+pub(crate) mod files;
 pub mod memory;
+pub mod pause;
+pub mod state;
 
 use std::ops::ControlFlow;
 
-use crate::event::{Event, InteractionRef, NewEvent, ValidationError, MAX_NUMBER};
-pub use crate::log::{Continuity, Malformed, ReadMark, StoreError};
-pub use crate::position::Position;
+pub use crate::backend::file::{Continuity, Malformed, ReadMark, StoreError};
+use crate::model::event::{Event, InteractionRef, NewEvent, ValidationError, MAX_NUMBER};
+pub use crate::model::position::Position;
 
 /// An event read back from a backend, with where it sits.
 #[derive(Debug, Clone, PartialEq)]

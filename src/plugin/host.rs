@@ -18,7 +18,7 @@ use super::capabilities::HttpSession;
 use super::check::{world_of, World};
 use super::limits::Limiter;
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec, BUILTINS};
-use crate::event::Event;
+use crate::model::event::Event;
 
 /// How often the epoch advances: the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);

@@ -19,7 +19,7 @@
 
 use super::host::{Entry, Interaction, MAX_HEADING_BYTES, MAX_OUTPUT_BYTES};
 use super::{PluginError, PluginHost, PluginSpec, Section};
-use crate::event::Event;
+use crate::model::event::Event;
 
 /// Failing calls one isolation may make before it blames the plugin.
 pub const FAILED_CALL_BUDGET: usize = 32;
@@ -154,7 +154,7 @@ pub(crate) fn heading_problem(heading: &str) -> Option<String> {
     }
     if let Some(c) = heading
         .chars()
-        .find(|c| crate::event::is_invisible_control(*c))
+        .find(|c| crate::model::event::is_invisible_control(*c))
     {
         return Some(format!("the heading contains the control character {c:?}"));
     }

@@ -18,7 +18,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::backend::{append_unless, Backend, CasOutcome, Position, StoreError};
-use crate::event::{types, Event, InteractionRef, NewEvent};
+use crate::model::event::{types, Event, InteractionRef, NewEvent};
 
 pub const ACTION_FIELD: &str = "action";
 pub const CLAIM: &str = "claim";

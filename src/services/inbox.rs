@@ -19,11 +19,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::state::StateDir;
 use crate::backend::{Backend, Continuity, Position, ReadMark, StoreError};
-use crate::checkpoint::{self, CheckpointError};
-use crate::event::{Event, ValidationError};
+use crate::model::event::{Event, ValidationError};
 use crate::plugin::{Heading, PluginError, PluginHost, PluginSpec};
-use crate::state::StateDir;
+use crate::services::checkpoint::{self, CheckpointError};
 
 const INDEX_HEADER: &str = "interactions.json";
 const INDEX_RECORDS: &str = "interactions.idx";
@@ -43,7 +43,7 @@ pub enum InboxError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(transparent)]
-    Directory(#[from] crate::config::ConfigError),
+    Directory(#[from] crate::model::config::ConfigError),
     #[error("cannot write {path}: {source}")]
     Ack {
         path: String,
@@ -232,8 +232,8 @@ fn keep_visible(
 /// Records that `agent` handled every interaction up to `interaction`.
 pub fn ack(dir: &Path, agent: &str, interaction: u64) -> Result<u64, InboxError> {
     checkpoint::validate_agent(agent)?;
-    crate::event::validate_number("interaction", interaction)?;
-    crate::workspace::require_directory(dir)?;
+    crate::model::event::validate_number("interaction", interaction)?;
+    crate::services::workspace::require_directory(dir)?;
     checkpoint::ack(dir, agent, interaction).map_err(|source| InboxError::Ack {
         path: checkpoint::path(dir, agent).display().to_string(),
         source,

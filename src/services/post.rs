@@ -2,7 +2,7 @@
 //! the same names.
 
 use crate::backend::{Backend, EventStore, StoreError};
-use crate::event::{types, Event, InteractionRef, NewEvent};
+use crate::model::event::{types, Event, InteractionRef, NewEvent};
 
 /// Appends one event and returns it as written (number, id, time). A paused
 /// huddle answers [`StoreError::Paused`]: the event waits in the queue.

@@ -1,7 +1,7 @@
 //! `huddle resume`: lift a pause once the log takes writes again.
 
 use crate::backend::StoreError;
-use crate::workspace::Workspace;
+use crate::services::workspace::Workspace;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resumed {
@@ -27,7 +27,7 @@ pub enum ResumeError {
 /// Writes the queued events, then lifts the pause: only once the queue is
 /// in the log is the cause fixed.
 pub fn resume(workspace: &Workspace) -> Result<Resumed, ResumeError> {
-    let Some(pause) = crate::pause::paused(&workspace.dir) else {
+    let Some(pause) = crate::backend::pause::paused(&workspace.dir) else {
         return Ok(Resumed::NotPaused);
     };
     let moved = workspace
@@ -38,6 +38,6 @@ pub fn resume(workspace: &Workspace) -> Result<Resumed, ResumeError> {
             reason: pause.reason.clone(),
             source,
         })?;
-    crate::pause::clear(&workspace.dir).map_err(ResumeError::Lift)?;
+    crate::backend::pause::clear(&workspace.dir).map_err(ResumeError::Lift)?;
     Ok(Resumed::Resumed { moved })
 }

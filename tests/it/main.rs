@@ -10,6 +10,7 @@ mod daemon;
 mod daemon_hostile;
 mod foreign_lines;
 mod fuzz_corpus;
+mod layers;
 mod log_cli;
 mod log_store;
 mod pause;

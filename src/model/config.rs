@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::event::DEFAULT_MAX_CONTENT_BYTES;
+use crate::model::event::DEFAULT_MAX_CONTENT_BYTES;
 
 pub const CONFIG_FILE: &str = "huddle.toml";
 
@@ -204,17 +204,6 @@ pub struct AlertsConfig {
     /// At most one delivery per sink this often.
     pub min_interval_ms: u64,
     pub sinks: Vec<SinkConfig>,
-}
-
-impl AlertsConfig {
-    pub fn policy(&self, daemon: &DaemonConfig) -> crate::alerts::DeliveryPolicy {
-        crate::alerts::DeliveryPolicy {
-            dedupe_window: Duration::from_secs(self.dedupe_window_secs),
-            min_interval: Duration::from_millis(self.min_interval_ms),
-            retry_initial: Duration::from_millis(daemon.retry_initial_ms),
-            retry_max: Duration::from_millis(daemon.retry_max_ms),
-        }
-    }
 }
 
 impl AlertsConfig {

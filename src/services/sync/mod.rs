@@ -63,10 +63,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SyncConfig;
-use crate::event::{types, InteractionRef, NewEvent};
-use crate::log::{EventStore, FileLog, StoreError, LOG_FILE, STATE_DIR};
-use crate::workspace::Workspace;
+use crate::backend::file::{EventStore, FileLog, StoreError, LOG_FILE, STATE_DIR};
+use crate::model::config::SyncConfig;
+use crate::model::event::{types, InteractionRef, NewEvent};
+use crate::services::workspace::Workspace;
 use git::{Branch, Repo};
 pub use merge::{lines_to_append, log_lines, merge_driver, merged_log, with_lines_appended};
 
@@ -195,7 +195,7 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
         state.offline = true;
         let report = NewEvent::new(
             InteractionRef::Number(0),
-            crate::event::HOST_ACTOR,
+            crate::model::event::HOST_ACTOR,
             types::ERROR,
             format!(
                 "git sync is offline after {} failed attempts with {}; events stay in the local log and the next sync that succeeds pushes them: {error}",
@@ -211,7 +211,7 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
 fn save_state(dir: &Path, state: &SyncState) {
     if let Ok(bytes) = serde_json::to_vec_pretty(state) {
         let path = dir.join(STATE_DIR).join(SYNC_STATE_FILE);
-        if let Err(error) = crate::files::write_state(&path, &bytes) {
+        if let Err(error) = crate::backend::files::write_state(&path, &bytes) {
             tracing::warn!(path = %path.display(), %error, "cannot record the sync state");
         }
     }
@@ -227,7 +227,7 @@ pub fn record_success(workspace: &Workspace) {
         );
     }
     state.remote = workspace.config.sync.remote.clone();
-    state.last_success = Some(crate::event::now_rfc3339());
+    state.last_success = Some(crate::model::event::now_rfc3339());
     state.offline = false;
     state.failures = 0;
     state.pushed_log_bytes = std::fs::metadata(workspace.dir.join(LOG_FILE)).map_or(0, |m| m.len());
@@ -278,7 +278,7 @@ pub fn sync(workspace: &Workspace) -> Result<SyncReport, SyncError> {
                 if error.needs_a_person() || attempt >= config.attempts {
                     return Err(error);
                 }
-                std::thread::sleep(crate::config::backoff(
+                std::thread::sleep(crate::model::config::backoff(
                     Duration::from_millis(config.retry_initial_ms),
                     Duration::from_millis(config.retry_max_ms),
                     attempt,

@@ -50,10 +50,10 @@ pub fn pause(dir: &Path, by: &str, reason: &str) -> std::io::Result<Pause> {
     std::fs::create_dir_all(&spool)?;
     let pause = Pause {
         reason: reason.to_string(),
-        since: crate::event::now_rfc3339(),
+        since: crate::model::event::now_rfc3339(),
         by: by.to_string(),
     };
-    crate::files::write_atomic(
+    crate::backend::files::write_atomic(
         &spool.join(PAUSE_FILE),
         &serde_json::to_vec_pretty(&pause).unwrap_or_default(),
     )?;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::backend::{Backend, EventStore, Position};
-use crate::event::{Event, InteractionRef, NewEvent};
-use crate::visible::{visible, visible_entry};
-use crate::workspace::{self, Workspace};
+use crate::model::event::{Event, InteractionRef, NewEvent};
+use crate::model::visible::{visible, visible_entry};
+use crate::services::workspace::{self, Workspace};
 
 /// Marks a directory as made by `huddle demo`, so a rerun may replace it.
 const DEMO_MARK: &str = ".huddle-demo";
@@ -48,7 +48,7 @@ const DEMO_CONFIG: &str =
 /// kills the leader half-way, and prints what happened.
 pub fn run(out: &Path, rounds: u32) -> Result<()> {
     prepare(out)?;
-    std::fs::write(out.join(crate::config::CONFIG_FILE), DEMO_CONFIG)?;
+    std::fs::write(out.join(crate::model::config::CONFIG_FILE), DEMO_CONFIG)?;
     let exe = std::env::current_exe().context("cannot find the huddle executable")?;
     println!("demo directory: {}", out.display());
 
@@ -106,7 +106,7 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
         "Is the new leader keeping the snapshot fresh?",
     ))?;
     wait_for_snapshot(&workspace)?;
-    let text = std::fs::read_to_string(out.join(crate::snapshot::COMMUNICATION_FILE))?;
+    let text = std::fs::read_to_string(out.join(crate::services::snapshot::COMMUNICATION_FILE))?;
     println!(
         "a new question (interaction #{}) {} communication.md under {}",
         last.interaction,
@@ -155,7 +155,7 @@ fn converse(exe: &Path, out: &Path, rounds: u32) -> Result<()> {
 fn wait_for_leader(workspace: &Workspace, not: Option<&str>) -> Result<String> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let status = crate::status::status(workspace)?;
+        let status = crate::services::status::status(workspace)?;
         if let Some(leader) = status.leader.filter(|l| Some(l.as_str()) != not) {
             return Ok(leader);
         }
@@ -168,7 +168,11 @@ fn wait_for_leader(workspace: &Workspace, not: Option<&str>) -> Result<String> {
 
 fn wait_for_snapshot(workspace: &Workspace) -> Result<()> {
     let deadline = Instant::now() + PATIENCE;
-    while crate::status::status(workspace)?.snapshot.bytes_behind > 0 {
+    while crate::services::status::status(workspace)?
+        .snapshot
+        .bytes_behind
+        > 0
+    {
         if Instant::now() > deadline {
             bail!("the snapshot did not catch up within {PATIENCE:?}");
         }
@@ -178,10 +182,10 @@ fn wait_for_snapshot(workspace: &Workspace) -> Result<()> {
 }
 
 fn print_region(out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(out.join(crate::snapshot::COMMUNICATION_FILE))?;
+    let text = std::fs::read_to_string(out.join(crate::services::snapshot::COMMUNICATION_FILE))?;
     let region = text
-        .split_once(crate::snapshot::BEGIN_MARKER)
-        .and_then(|(_, rest)| rest.split_once(crate::snapshot::END_MARKER))
+        .split_once(crate::services::snapshot::BEGIN_MARKER)
+        .and_then(|(_, rest)| rest.split_once(crate::services::snapshot::END_MARKER))
         .map_or("", |(region, _)| region);
     // The region is neutralised markdown, but a hand-edited file may hold anything.
     for line in region.trim_matches('\n').lines() {
@@ -229,8 +233,8 @@ fn summarise(out: &Path, elapsed: Duration) -> Result<()> {
         let visible: Vec<&&Event> = list
             .iter()
             .filter(|e| {
-                e.kind != crate::event::types::HEARTBEAT
-                    && e.kind != crate::event::types::LEADER_ELECTION
+                e.kind != crate::model::event::types::HEARTBEAT
+                    && e.kind != crate::model::event::types::LEADER_ELECTION
             })
             .collect();
         if visible.is_empty() {
@@ -245,11 +249,11 @@ fn summarise(out: &Path, elapsed: Duration) -> Result<()> {
     let ids: HashSet<_> = events.iter().filter_map(|e| e.id.as_ref()).collect();
     let elections = events
         .iter()
-        .filter(|e| e.kind == crate::event::types::LEADER_ELECTION)
+        .filter(|e| e.kind == crate::model::event::types::LEADER_ELECTION)
         .count();
     let heartbeats = events
         .iter()
-        .filter(|e| e.kind == crate::event::types::HEARTBEAT)
+        .filter(|e| e.kind == crate::model::event::types::HEARTBEAT)
         .count();
     println!(
         "\n{} events in {} interactions ({} heartbeats, {} election events), {} unique ids; \

@@ -2,7 +2,7 @@
 //! the election; the leader alone appends heartbeats and keeps the snapshot
 //! fresh. See [`election`] for the protocol.
 
-pub use crate::log::watcher;
+pub use crate::backend::file::watcher;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::backend::file::StoreError;
 use crate::backend::{Backend, Continuity, EventStore, Position, ReadMark};
-use crate::config::DaemonConfig;
-use crate::event::{types, Event, InteractionRef, NewEvent};
-use crate::log::StoreError;
+use crate::model::config::DaemonConfig;
+use crate::model::event::{types, Event, InteractionRef, NewEvent};
 use crate::plugin::{PluginHost, Slot};
 pub use crate::services::election;
-use crate::snapshot::Snapshotter;
-use crate::workspace::Workspace;
+use crate::services::snapshot::Snapshotter;
+use crate::services::workspace::Workspace;
 use election::{campaign, follow_log, leader_heartbeat, Leadership, ACTION_FIELD, RESIGN};
 
 /// How a daemon takes part.
@@ -38,7 +38,7 @@ struct Daemon {
     log: Arc<dyn Backend>,
     host: Arc<PluginHost>,
     /// Tells the alert thread whether, and until when, we lead.
-    leader_lease: crate::alerts::LeaderLease,
+    leader_lease: crate::services::alerts::LeaderLease,
     /// Alerts for the sinks that cannot go through the log (it may be unwritable).
     direct_alerts: Arc<std::sync::Mutex<Vec<Event>>>,
     /// Paused after a write error, until `huddle resume`.
@@ -99,7 +99,7 @@ impl Daemon {
                 tracing::warn!(%error, "plugin not loaded ahead (the call that needs it will report it)");
             }
         }
-        let leader_lease = crate::alerts::LeaderLease::default();
+        let leader_lease = crate::services::alerts::LeaderLease::default();
         let snapshots = SnapshotWorker::start(dir, host.clone(), leader_lease.clone())?;
         Ok(Daemon {
             jitter: jitter(&options.actor, workspace.config.daemon.jitter_ms),
@@ -111,7 +111,7 @@ impl Daemon {
             host,
             leader_lease,
             direct_alerts: Arc::default(),
-            paused: crate::pause::paused(dir).is_some(),
+            paused: crate::backend::pause::paused(dir).is_some(),
             next_sync: workspace.config.sync.enabled.then(Instant::now),
             syncing: Arc::default(),
             dir: dir.to_path_buf(),
@@ -166,7 +166,7 @@ impl Daemon {
         self.leadership = Leadership::default();
         self.leader_seen = (0, Instant::now());
         self.dirty = true;
-        crate::status::record_log_replaced(&self.dir, &self.me, why);
+        crate::services::status::record_log_replaced(&self.dir, &self.me, why);
         if was_leading {
             let report = NewEvent::new(
                 InteractionRef::Number(0),
@@ -203,7 +203,7 @@ impl Daemon {
     /// One round: read, then act according to our role.
     fn step(&mut self) -> Result<()> {
         self.read_log()?;
-        let paused = crate::pause::paused(&self.dir);
+        let paused = crate::backend::pause::paused(&self.dir);
         match (self.paused, &paused) {
             (false, Some(pause)) => {
                 tracing::error!(
@@ -286,11 +286,11 @@ impl Daemon {
         let (dir, busy) = (self.dir.clone(), self.syncing.clone());
         std::thread::spawn(move || {
             match Workspace::open(&dir) {
-                Ok(workspace) => match crate::sync::sync_once(&workspace) {
-                    Ok(_) => crate::sync::record_success(&workspace),
+                Ok(workspace) => match crate::services::sync::sync_once(&workspace) {
+                    Ok(_) => crate::services::sync::record_success(&workspace),
                     Err(error) => {
                         tracing::warn!(%error, "git sync failed");
-                        crate::sync::record_failure(&workspace, &error.to_string());
+                        crate::services::sync::record_failure(&workspace, &error.to_string());
                     }
                 },
                 Err(error) => tracing::error!(%error, "git sync: cannot read huddle.toml"),
@@ -334,7 +334,7 @@ impl Daemon {
             Err((error, false)) => {
                 self.dirty = true;
                 self.retry.failures += 1;
-                let pause = crate::config::backoff(
+                let pause = crate::model::config::backoff(
                     Duration::from_millis(self.config.retry_initial_ms),
                     Duration::from_millis(self.config.retry_max_ms),
                     self.retry.failures,
@@ -423,7 +423,7 @@ impl Daemon {
         }
         self.paused = true;
         tracing::error!(reason, "write error: pausing until `huddle resume`");
-        if let Err(error) = crate::pause::pause(&self.dir, &self.me, reason) {
+        if let Err(error) = crate::backend::pause::pause(&self.dir, &self.me, reason) {
             tracing::error!(%error, "cannot record the pause");
         }
         let alert = NewEvent::new(
@@ -476,7 +476,7 @@ impl SnapshotWorker {
     fn start(
         dir: &Path,
         host: Arc<PluginHost>,
-        lease: crate::alerts::LeaderLease,
+        lease: crate::services::alerts::LeaderLease,
     ) -> Result<SnapshotWorker> {
         let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
         let (result_tx, result_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -495,7 +495,7 @@ impl SnapshotWorker {
                             tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
                             Ok(())
                         }
-                        Err(crate::snapshot::SnapshotError::Fenced) => {
+                        Err(crate::services::snapshot::SnapshotError::Fenced) => {
                             tracing::info!("snapshot not written: no longer the leader");
                             Ok(())
                         }
@@ -586,7 +586,7 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
     let mut daemon = Daemon::new(dir, options)?;
     if daemon.next_sync.is_some() {
         let workspace = Workspace::open(dir)?;
-        match crate::sync::check_remote(dir, &workspace.config.sync) {
+        match crate::services::sync::check_remote(dir, &workspace.config.sync) {
             Ok(()) => tracing::info!(
                 remote = workspace.config.sync.remote.as_str(),
                 "git remote answers"
@@ -615,7 +615,7 @@ async fn run_async(dir: &Path, options: DaemonOptions) -> Result<()> {
         );
         std::thread::Builder::new()
             .name("huddle-alerts".into())
-            .spawn(move || crate::alerts::run_delivery(dir, host, leading, stop, direct))
+            .spawn(move || crate::services::alerts::run_delivery(dir, host, leading, stop, direct))
             .context("cannot start the alert thread")?
     };
     let mut interrupt = signal(SignalKind::interrupt())?;

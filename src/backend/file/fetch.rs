@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::StoreError;
 use crate::backend::Fetch;
-use crate::event::Event;
-use crate::position::Position;
+use crate::model::event::Event;
+use crate::model::position::Position;
 
 /// Sequential fetches (the common case) are served from one buffer without
 /// seeking.

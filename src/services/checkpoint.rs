@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::event::{ValidationError, MAX_NUMBER};
+use crate::model::event::{ValidationError, MAX_NUMBER};
 
 /// A checkpoint is one number and a newline; anything longer was not
 /// written by huddle, and is not read whole.
@@ -106,5 +106,5 @@ pub fn read(dir: &Path, agent: &str) -> Result<Option<u64>, CheckpointError> {
 /// Records that `agent` handled everything up to `interaction` (temp file,
 /// fsync, rename, fsync the directory).
 pub fn ack(dir: &Path, agent: &str, interaction: u64) -> std::io::Result<()> {
-    crate::files::write_atomic(&path(dir, agent), format!("{interaction}\n").as_bytes())
+    crate::backend::files::write_atomic(&path(dir, agent), format!("{interaction}\n").as_bytes())
 }

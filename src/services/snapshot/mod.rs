@@ -23,7 +23,7 @@ mod region;
 /// and the replay of its corpus in `cargo test` (`fuzz/checks/region.rs`).
 /// huddle itself applies them inside [`Snapshotter`].
 pub mod fuzz_support {
-    use crate::event::Event;
+    use crate::model::event::Event;
 
     /// Neutralises every field of `event` a renderer sees.
     pub fn neutralise_event(event: &mut Event) {
@@ -51,18 +51,18 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::backend::file::{LOG_FILE, STATE_DIR};
+use crate::backend::files;
 use crate::backend::{
     Backend, Continuity, EventStore, Fetch, Malformed, Position, ReadMark, StoreError,
 };
-use crate::config::ConfigError;
-use crate::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
-use crate::files;
-use crate::log::{LOG_FILE, STATE_DIR};
+use crate::model::config::ConfigError;
+use crate::model::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
 use crate::plugin::{
     self, Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, Rendered as Blocks,
     Section, Slot,
 };
-use crate::workspace::Workspace;
+use crate::services::workspace::Workspace;
 use std::sync::Arc;
 
 /// The region between these two lines of communication.md belongs to huddle;
@@ -104,7 +104,7 @@ impl SnapshotError {
     /// The disk refused a write (full, read-only, permission denied).
     pub fn is_write_refused(&self) -> bool {
         match self {
-            SnapshotError::Io { source, .. } => crate::log::is_refusal(source),
+            SnapshotError::Io { source, .. } => crate::backend::file::is_refusal(source),
             SnapshotError::Log(store) => store.is_write_refused(),
             _ => false,
         }
@@ -468,7 +468,7 @@ impl Snapshotter {
         files::replace_if_changed(&backup, communication.as_bytes())
             .map_err(io_error("write", &backup))?;
 
-        crate::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
+        crate::services::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
         let isolated = self.isolated.len();
         self.report_isolated(&*log, &mut *fetcher)?;
         Ok(Outcome {
@@ -810,7 +810,7 @@ impl Snapshotter {
             format!(
                 "An event a plugin cannot handle was left out of the snapshot (byte offset {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
                 line.offset,
-                crate::log::QUARANTINE_FILE,
+                crate::backend::file::QUARANTINE_FILE,
                 line.reason
             )
         })?;

@@ -183,7 +183,7 @@ pub fn merge_driver(ours: &Path, theirs: &Path) -> std::io::Result<()> {
     };
     let mine = read(ours)?;
     let other = read(theirs)?;
-    crate::files::write_atomic(ours, &merged_log(&mine, &other))
+    crate::backend::files::write_atomic(ours, &merged_log(&mine, &other))
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", ours.display())))
 }
 

@@ -48,7 +48,7 @@ impl StateDir {
     /// Saves a record, atomically and durably.
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-        crate::files::write_state(&self.file(name), &bytes)
+        crate::backend::files::write_state(&self.file(name), &bytes)
     }
 
     /// Saves a cache: atomically (a reader sees the old file or the new

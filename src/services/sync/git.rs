@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::recover::{Places, SyncRun, PRIVATE_INDEX_PREFIX, TOKEN_VARIABLE};
 use super::SyncError;
-use crate::config::SyncConfig;
-use crate::log::LOG_FILE;
+use crate::backend::file::LOG_FILE;
+use crate::model::config::SyncConfig;
 
 const DRIVER: &str = "huddle-events";
 /// Files in the huddle directory that are derived per clone and never
@@ -127,7 +127,7 @@ fn ensure_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    crate::files::write_atomic(path, &text)
+    crate::backend::files::write_atomic(path, &text)
 }
 
 /// What a git command printed and how it exited.

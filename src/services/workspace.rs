@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use crate::config::{
+use crate::backend::file::{FileLog, LOG_FILE};
+use crate::model::config::{
     settings_pairs, Config, ConfigError, SlotConfig, CONFIG_FILE, DEFAULT_CONFIG_TOML,
     DEFAULT_HEADING_MAPPER, DEFAULT_RENDERER,
 };
-use crate::log::{FileLog, LOG_FILE};
 use crate::plugin::{Allowlist, HttpGrant, PluginSource, PluginSpec, Slot};
-use crate::snapshot::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
+use crate::services::snapshot::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
 
 /// What `init` did with each file.
 #[derive(Debug, Default)]
@@ -137,12 +137,14 @@ impl Workspace {
                 let mut grant = HttpGrant::new(allow);
                 grant.timeout = Duration::from_millis(sink.timeout_ms);
                 grant.proxy = match &sink.proxy {
-                    Some(proxy) => Some(crate::config::parse_proxy(proxy).map_err(|message| {
-                        ConfigError::Invalid {
-                            path: self.dir.join(CONFIG_FILE).display().to_string(),
-                            message: format!("alerts.sinks[{i}].proxy: {message}"),
-                        }
-                    })?),
+                    Some(proxy) => {
+                        Some(crate::model::config::parse_proxy(proxy).map_err(|message| {
+                            ConfigError::Invalid {
+                                path: self.dir.join(CONFIG_FILE).display().to_string(),
+                                message: format!("alerts.sinks[{i}].proxy: {message}"),
+                            }
+                        })?)
+                    }
                     None => None,
                 };
                 Ok(PluginSpec {

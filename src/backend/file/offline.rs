@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::reader::{LogReader, Position, ScanItem};
-use crate::event::Event;
+use crate::model::event::Event;
 
 /// The note of a flush in progress, one per queue (the queue's name + this).
 const FLUSH_NOTE_SUFFIX: &str = ".flushing";
@@ -129,7 +129,7 @@ fn ids_after(log: &File, offset: u64) -> std::io::Result<HashSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{InteractionRef, NewEvent};
+    use crate::model::event::{InteractionRef, NewEvent};
 
     fn queued(content: &str) -> Event {
         NewEvent::new(InteractionRef::Number(1), "a", "note", content).into_event(1)

@@ -11,8 +11,8 @@ use super::reader::{LogReader, Malformed, Position, Record, ScanItem};
 use super::{offline, quarantine, tail, LOG_FILE, OFFLINE_FILE, STATE_DIR};
 use super::{Continuity, ReadMark};
 use crate::backend::{Backend, Conditional, EventStore, Fetch, Stored, Subscription};
-use crate::config::{Durability, LogConfig};
-use crate::event::{
+use crate::model::config::{Durability, LogConfig};
+use crate::model::event::{
     types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR, MAX_NUMBER,
 };
 use std::ops::ControlFlow;
@@ -266,7 +266,7 @@ impl FileLog {
         let mut moved = self.flush_queue(locked, &self.offline_path())?;
         moved += self.flush_queue(
             locked,
-            &crate::pause::spool_dir(&self.dir).join(crate::pause::SPOOL_QUEUE),
+            &crate::backend::pause::spool_dir(&self.dir).join(crate::backend::pause::SPOOL_QUEUE),
         )?;
         Ok(moved)
     }
@@ -332,9 +332,9 @@ impl FileLog {
         match offline::enqueue(&local, events) {
             Ok(()) => Ok(local),
             Err(_) => {
-                let spool = crate::pause::spool_dir(&self.dir);
+                let spool = crate::backend::pause::spool_dir(&self.dir);
                 std::fs::create_dir_all(&spool)?;
-                let queue = spool.join(crate::pause::SPOOL_QUEUE);
+                let queue = spool.join(crate::backend::pause::SPOOL_QUEUE);
                 offline::enqueue(&queue, events)?;
                 Ok(queue)
             }
@@ -483,7 +483,7 @@ impl FileLog {
         for event in events {
             event.check(self.config.max_content_bytes)?;
         }
-        if let Some(pause) = crate::pause::paused(&self.dir) {
+        if let Some(pause) = crate::backend::pause::paused(&self.dir) {
             // Paused: nothing goes to the log until `huddle resume`.
             let queue = self
                 .enqueue(events)

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::file::STATE_DIR;
 use crate::backend::{Backend, Continuity, Position, ReadMark};
-use crate::config::SinkStart;
-use crate::event::Event;
-use crate::log::STATE_DIR;
+use crate::model::config::SinkStart;
+use crate::model::event::Event;
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
-use crate::workspace::Workspace;
+use crate::services::workspace::Workspace;
 
 pub const ALERTS_STATE_FILE: &str = "alerts.json";
 /// Alerts per delivery call.
@@ -94,7 +94,7 @@ pub fn load_state(dir: &Path) -> AlertsState {
 }
 
 fn save_state(dir: &Path, state: &AlertsState) -> std::io::Result<()> {
-    crate::files::write_state(
+    crate::backend::files::write_state(
         &state_path(dir),
         &serde_json::to_vec_pretty(state).unwrap_or_default(),
     )
@@ -121,6 +121,18 @@ pub struct DeliveryPolicy {
     pub retry_max: Duration,
 }
 
+impl DeliveryPolicy {
+    pub fn from_config(config: &crate::model::config::Config) -> DeliveryPolicy {
+        let (alerts, daemon) = (&config.alerts, &config.daemon);
+        DeliveryPolicy {
+            dedupe_window: Duration::from_secs(alerts.dedupe_window_secs),
+            min_interval: Duration::from_millis(alerts.min_interval_ms),
+            retry_initial: Duration::from_millis(daemon.retry_initial_ms),
+            retry_max: Duration::from_millis(daemon.retry_max_ms),
+        }
+    }
+}
+
 /// One configured sink: what it is known by, where a new one starts, and
 /// how to run it.
 #[derive(Debug, Clone)]
@@ -133,7 +145,7 @@ pub struct SinkSetup {
 /// Every sink of huddle.toml, in order.
 pub fn configured_sinks(
     workspace: &Workspace,
-) -> Result<Vec<SinkSetup>, crate::config::ConfigError> {
+) -> Result<Vec<SinkSetup>, crate::model::config::ConfigError> {
     let specs = workspace.sink_specs()?;
     let alerts = &workspace.config.alerts;
     Ok(alerts
@@ -232,7 +244,7 @@ pub fn run_delivery(
             }
         };
         last_problem.clear();
-        let policy = workspace.config.alerts.policy(&workspace.config.daemon);
+        let policy = DeliveryPolicy::from_config(&workspace.config);
         workers.retain(|id, worker| {
             let ended = worker.thread.is_finished();
             if ended {
@@ -366,7 +378,7 @@ fn register(
     dir: &Path,
     log: &Arc<dyn Backend>,
     all: &[SinkSetup],
-) -> Result<HashMap<String, (Position, Option<String>)>, crate::log::StoreError> {
+) -> Result<HashMap<String, (Position, Option<String>)>, crate::backend::file::StoreError> {
     let _guard = state_lock();
     let mut state = load_state(dir);
     let mut records = Vec::new();
@@ -425,7 +437,7 @@ fn register(
     // saving its cursor: it is taken up at a later tick instead.
     if changed {
         save_state(dir, &AlertsState { sinks: records }).map_err(|source| {
-            crate::log::StoreError::Io {
+            crate::backend::file::StoreError::Io {
                 action: "save the delivery cursors in",
                 path: state_path(dir),
                 source,
@@ -527,7 +539,7 @@ fn read_new(
     sink: &mut Sink,
     source: &str,
     policy: &DeliveryPolicy,
-) -> Result<(), crate::log::StoreError> {
+) -> Result<(), crate::backend::file::StoreError> {
     let now = Instant::now();
     // Windows that closed: report what they held back.
     let closed: Vec<_> = sink
@@ -661,7 +673,7 @@ impl RecentlyRead {
 fn position_after(
     log: &Arc<dyn Backend>,
     id: Option<&str>,
-) -> Result<(Position, Option<String>), crate::log::StoreError> {
+) -> Result<(Position, Option<String>), crate::backend::file::StoreError> {
     let mut found = None;
     let mut last = None;
     let end = crate::backend::scan(&**log, Position::START, |record| {
@@ -728,8 +740,11 @@ fn deliver(
         Outcome::Retry(reason) => {
             let reason = bounded(&reason);
             sink.failures += 1;
-            let pause =
-                crate::config::backoff(policy.retry_initial, policy.retry_max, sink.failures);
+            let pause = crate::model::config::backoff(
+                policy.retry_initial,
+                policy.retry_max,
+                sink.failures,
+            );
             sink.not_before = Instant::now() + pause;
             tracing::warn!(sink = sink.key.as_str(), %reason, retry_in = ?pause, "alert delivery failed");
             record(dir, sink, Some(reason), 0, 0);
@@ -798,7 +813,7 @@ fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, failed
     entry.failed += failed;
     if let Some(error) = error {
         entry.last_error = Some(error);
-        entry.last_error_at = Some(crate::event::now_rfc3339());
+        entry.last_error_at = Some(crate::model::event::now_rfc3339());
     }
     if let Err(error) = save_state(dir, &state) {
         tracing::error!(%error, "alerts: cannot save the delivery cursor");

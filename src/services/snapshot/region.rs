@@ -11,7 +11,7 @@
 //! - **Content** (many lines, inline markdown kept). Line breaks are
 //!   normalised to LF (a lone CR, CRLF, U+2028, U+2029 and NEL end a line for
 //!   some reader). Control and bidi characters are shown as `\u{…}` (see
-//!   [`crate::visible`]). A line whose first character (after blanks) could
+//!   [`crate::model::visible`]). A line whose first character (after blanks) could
 //!   open a block gets a backslash before that character, which markdown
 //!   shows as the character itself: ATX headings (`#`), setext underlines
 //!   (`===`, `---`), thematic breaks, list items (`- `, `* `, `+ `, `1. `,
@@ -35,8 +35,8 @@
 use std::borrow::Cow;
 
 use super::{BEGIN_MARKER, END_MARKER};
-use crate::event::Event;
-use crate::visible::{is_hidden, push_shown};
+use crate::model::event::Event;
+use crate::model::visible::{is_hidden, push_shown};
 
 /// Neutralises every field of `event` a renderer sees.
 pub(crate) fn neutralise_event(event: &mut Event) {

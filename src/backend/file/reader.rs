@@ -4,8 +4,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::event::{Event, DEFAULT_MAX_CONTENT_BYTES};
-pub use crate::position::Position;
+use crate::model::event::{Event, DEFAULT_MAX_CONTENT_BYTES};
+pub use crate::model::position::Position;
 
 /// A well-formed event and where it sits.
 #[derive(Debug, Clone, PartialEq)]

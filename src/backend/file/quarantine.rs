@@ -59,7 +59,7 @@ pub(crate) fn quarantine(dir: &Path, lines: &[Malformed]) -> std::io::Result<Vec
             reason: line.reason.clone(),
             raw: String::from_utf8_lossy(&line.raw).into_owned(),
             raw_sha256: digest,
-            quarantined_at: crate::event::now_rfc3339(),
+            quarantined_at: crate::model::event::now_rfc3339(),
         };
         text.push_str(&serde_json::to_string(&entry).unwrap_or_default());
         text.push('\n');

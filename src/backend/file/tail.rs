@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, MAX_NUMBER};
-use crate::position::Position;
+use crate::model::event::{Event, MAX_NUMBER};
+use crate::model::position::Position;
 
 const INDEX_FILE: &str = "tail.json";
 /// How many bytes before the indexed offset must match.

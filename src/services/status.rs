@@ -7,13 +7,13 @@ use std::path::Path;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::file::{StoreError, LOG_FILE, STATE_DIR};
+use crate::backend::state::StateDir;
 use crate::backend::{Backend, Continuity, Position, ReadMark};
-use crate::event::Event;
-use crate::log::{StoreError, LOG_FILE, STATE_DIR};
+use crate::model::event::Event;
+use crate::model::visible::{visible, visible_entry};
 use crate::services::election::{parse_time, Leadership};
-use crate::state::StateDir;
-use crate::visible::{visible, visible_entry};
-use crate::workspace::Workspace;
+use crate::services::workspace::Workspace;
 
 pub const SNAPSHOT_STATE_FILE: &str = "snapshot.json";
 const LAST_ERRORS: usize = 5;
@@ -29,9 +29,9 @@ pub struct Status {
     pub events: u64,
     pub snapshot: SnapshotStatus,
     /// Alert sinks: cursor, alerts delivered, the last failure.
-    pub alerts: Vec<crate::alerts::SinkRecord>,
+    pub alerts: Vec<crate::services::alerts::SinkRecord>,
     /// Set while huddle is paused after a write error (until `huddle resume`).
-    pub paused: Option<crate::pause::Pause>,
+    pub paused: Option<crate::backend::pause::Pause>,
     /// Git sync: last success, offline or not, bytes of the log not yet pushed.
     pub sync: Option<SyncStatus>,
     /// The last time a daemon found events.log replaced or truncated.
@@ -80,11 +80,12 @@ pub struct SnapshotState {
 pub fn record_snapshot(dir: &Path, log_offset: u64) {
     let state = SnapshotState {
         log_offset,
-        updated_at: crate::event::now_rfc3339(),
+        updated_at: crate::model::event::now_rfc3339(),
     };
     let path = dir.join(STATE_DIR).join(SNAPSHOT_STATE_FILE);
     // Status only: a failure here costs nothing but an older "updated_at".
-    let _ = crate::files::write_state(&path, &serde_json::to_vec(&state).unwrap_or_default());
+    let _ =
+        crate::backend::files::write_state(&path, &serde_json::to_vec(&state).unwrap_or_default());
 }
 
 pub const LOG_REPLACED_FILE: &str = "log_replaced.json";
@@ -100,13 +101,14 @@ pub struct LogReplaced {
 /// Records that `by` found the log replaced (for `huddle status`).
 pub fn record_log_replaced(dir: &Path, by: &str, detail: &str) {
     let record = LogReplaced {
-        detected_at: crate::event::now_rfc3339(),
+        detected_at: crate::model::event::now_rfc3339(),
         by: by.to_string(),
         detail: detail.to_string(),
     };
     let path = dir.join(STATE_DIR).join(LOG_REPLACED_FILE);
     // Status only: the error event in the log says it too.
-    let _ = crate::files::write_state(&path, &serde_json::to_vec(&record).unwrap_or_default());
+    let _ =
+        crate::backend::files::write_state(&path, &serde_json::to_vec(&record).unwrap_or_default());
 }
 
 fn load_log_replaced(dir: &Path) -> Option<LogReplaced> {
@@ -218,10 +220,10 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
             bytes_behind: log_len.saturating_sub(state.as_ref().map_or(0, |s| s.log_offset)),
             updated_at: state.map(|s| s.updated_at),
         },
-        alerts: crate::alerts::load_state(&workspace.dir).sinks,
-        paused: crate::pause::paused(&workspace.dir),
+        alerts: crate::services::alerts::load_state(&workspace.dir).sinks,
+        paused: crate::backend::pause::paused(&workspace.dir),
         log_replaced: load_log_replaced(&workspace.dir),
-        sync: crate::sync::load_state(&workspace.dir).map(|state| SyncStatus {
+        sync: crate::services::sync::load_state(&workspace.dir).map(|state| SyncStatus {
             remote: state.remote,
             last_success: state.last_success,
             offline: state.offline,
