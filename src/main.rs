@@ -441,7 +441,7 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
     use std::io::Write as _;
     checkpoint::validate_agent(agent)?;
     let workspace = Workspace::open(dir)?;
-    let log = workspace.log();
+    let log = workspace.backend();
     let mapper = inbox::LazyMapper::new(workspace.slot_spec(Slot::HeadingMapper));
     // --follow is pushed by the backend's subscription, not a polling loop;
     // subscribed before the first read, so no append falls in between.
@@ -453,7 +453,7 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
     } else {
         None
     };
-    let mut unread = inbox::unread(dir, &log, &mapper, agent, None)?;
+    let mut unread = inbox::unread(dir, &*log, &mapper, agent, None)?;
     let stdout = std::io::stdout();
     loop {
         let mut out = stdout.lock();
@@ -478,7 +478,7 @@ fn next(dir: &std::path::Path, agent: &str, json: bool, follow: bool) -> Result<
         }
         // A burst of appends: read them in one go.
         news.drain();
-        unread = inbox::read_unread(&log, &mapper, unread.resume, unread.after, None)?;
+        unread = inbox::read_unread(&*log, &mapper, unread.resume, unread.after, None)?;
     }
 }
 

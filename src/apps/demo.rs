@@ -98,7 +98,7 @@ pub fn run(out: &Path, rounds: u32) -> Result<()> {
         killed_at.elapsed()
     );
 
-    let log = workspace.log();
+    let log = workspace.backend();
     let last = log.append(NewEvent::new(
         InteractionRef::Next,
         ASKER,
@@ -270,7 +270,7 @@ fn summarise(out: &Path, elapsed: Duration) -> Result<()> {
 
 /// One demo agent: converses until it has done `rounds` rounds.
 pub fn agent(dir: &Path, role: Role, rounds: u32) -> Result<()> {
-    let log = Workspace::open(dir)?.log();
+    let log = Workspace::open(dir)?.backend();
     match role {
         Role::Asker => ask(&log, rounds),
         Role::Answerer => answer(&log, rounds),

@@ -12,13 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::{
-    Backend, Conditional, Continuity, EventStore, Fetch, Malformed, Position, ReadMark, Stored,
-    Subscription,
+    Backend, Conditional, Continuity, Fetch, Malformed, Position, ReadMark, Stored, Subscription,
 };
 use crate::backend::file::StoreError;
-use crate::model::event::{
-    types, Event, InteractionRef, NewEvent, DEFAULT_MAX_CONTENT_BYTES, HOST_ACTOR,
-};
+use crate::model::event::{Event, DEFAULT_MAX_CONTENT_BYTES};
 
 #[derive(Default)]
 struct Inner {
@@ -136,23 +133,31 @@ impl Backend for MemoryLog {
         })
     }
 
-    fn read(
+    fn read_entries(
         &self,
         from: Position,
         visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<Position, StoreError> {
+    ) -> Result<(Position, Vec<Malformed>), StoreError> {
         let mut seq = from.entries_before();
+        let mut fresh = Vec::new();
         loop {
             // Not held while visiting: a visitor may append.
             let entry = {
                 let mut inner = self.lock();
                 let Some(entry) = inner.entries.get(seq as usize).cloned() else {
-                    return Ok(Position::sequence(seq));
+                    return Ok((Position::sequence(seq), fresh));
                 };
                 match self.parse(&entry) {
                     Ok(event) => event,
-                    Err(_) => {
-                        inner.quarantined.insert(seq);
+                    Err(reason) => {
+                        if inner.quarantined.insert(seq) {
+                            fresh.push(Malformed {
+                                line: seq + 1,
+                                offset: seq,
+                                reason,
+                                raw: entry,
+                            });
+                        }
                         seq += 1;
                         continue;
                     }
@@ -164,7 +169,7 @@ impl Backend for MemoryLog {
                 next: Position::sequence(seq + 1),
             };
             if visit(stored)?.is_break() {
-                return Ok(Position::sequence(seq));
+                return Ok((Position::sequence(seq), fresh));
             }
             seq += 1;
         }
@@ -179,33 +184,20 @@ impl Backend for MemoryLog {
         Ok(len.saturating_sub(from.entries_before()))
     }
 
-    fn set_aside(
-        &self,
-        entries: &[Malformed],
-        report: &dyn Fn(&Malformed) -> String,
-    ) -> Result<Vec<Malformed>, StoreError> {
-        let fresh: Vec<Malformed> = {
-            let mut inner = self.lock();
-            entries
-                .iter()
-                .filter(|entry| inner.quarantined.insert(entry.offset))
-                .cloned()
-                .collect()
-        };
-        let reports = fresh
+    fn set_aside(&self, entries: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
+        let mut inner = self.lock();
+        Ok(entries
             .iter()
-            .map(|entry| {
-                NewEvent::new(
-                    InteractionRef::Number(0),
-                    HOST_ACTOR,
-                    types::ERROR,
-                    report(entry),
-                )
-                .cut_to_fit()
-            })
-            .collect();
-        EventStore::append_batch(self, reports)?;
-        Ok(fresh)
+            .filter(|entry| inner.quarantined.insert(entry.offset))
+            .cloned()
+            .collect())
+    }
+
+    fn quarantine_report(&self, entry: &Malformed) -> String {
+        format!(
+            "Set aside malformed entry {} of the in-memory log: {}",
+            entry.offset, entry.reason
+        )
     }
 
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {

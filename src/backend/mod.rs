@@ -23,7 +23,9 @@ pub mod conformance;
 pub mod file;
 pub(crate) mod files;
 pub mod memory;
+mod offline;
 pub mod pause;
+pub mod queue;
 pub mod state;
 
 use std::ops::ControlFlow;
@@ -123,14 +125,30 @@ pub trait Backend: Send + Sync {
     fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError>;
 
     /// Visits the events from `from`, in order, until the end or until
-    /// `visit` breaks. Malformed entries are set aside once each and
-    /// skipped. Returns where to resume: after the last entry visited (or
-    /// skipped), or at the entry `visit` broke on.
+    /// `visit` breaks; malformed entries are skipped and set aside (see
+    /// [`Backend::set_aside`]). Returns where to resume — after the last
+    /// entry read, or at the entry `visit` broke on — and the entries newly
+    /// set aside, for [`Backend::read`] to report.
+    fn read_entries(
+        &self,
+        from: Position,
+        visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(Position, Vec<Malformed>), StoreError>;
+
+    /// [`Backend::read_entries`], with one `error` event appended for each
+    /// entry newly set aside (through `self`, so a paused huddle queues them).
     fn read(
         &self,
         from: Position,
         visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<Position, StoreError>;
+    ) -> Result<Position, StoreError> {
+        let (end, fresh) = self.read_entries(from, visit)?;
+        report_set_aside(self, &fresh, &|entry| self.quarantine_report(entry))?;
+        Ok(end)
+    }
+
+    /// The text of the `error` event for a malformed entry set aside on read.
+    fn quarantine_report(&self, entry: &Malformed) -> String;
 
     /// Where the next entry will start, as far as is known now.
     fn head(&self) -> Result<Position, StoreError>;
@@ -140,14 +158,11 @@ pub trait Backend: Send + Sync {
     /// and for how far behind a reader is.
     fn remaining(&self, from: Position) -> Result<u64, StoreError>;
 
-    /// Records `entries` (events a plugin cannot handle) in the backend's
-    /// quarantine, those not recorded yet, with one `error` event worded by
-    /// `report` for each. Returns the newly recorded ones.
-    fn set_aside(
-        &self,
-        entries: &[Malformed],
-        report: &dyn Fn(&Malformed) -> String,
-    ) -> Result<Vec<Malformed>, StoreError>;
+    /// Records `entries` (malformed entries, events a plugin cannot handle)
+    /// in the backend's quarantine, once each however often it is asked.
+    /// Returns the newly recorded ones; reporting them is the caller's
+    /// ([`set_aside_reported`]).
+    fn set_aside(&self, entries: &[Malformed]) -> Result<Vec<Malformed>, StoreError>;
 
     /// The highest interaction number among the events before the returned
     /// position (no number when there are none). A backend may keep a hint
@@ -166,6 +181,56 @@ pub trait Backend: Send + Sync {
 
     /// Whether the log still holds what was read up to `mark`.
     fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError>;
+}
+
+/// Sets `entries` aside in `backend`'s quarantine and appends one `error`
+/// event, worded by `report`, for each newly set aside. Returns those.
+pub fn set_aside_reported(
+    backend: &(impl Backend + ?Sized),
+    entries: &[Malformed],
+    report: &dyn Fn(&Malformed) -> String,
+) -> Result<Vec<Malformed>, StoreError> {
+    let fresh = backend.set_aside(entries)?;
+    report_set_aside(backend, &fresh, report)?;
+    Ok(fresh)
+}
+
+/// Appends one `error` event for each entry set aside.
+fn report_set_aside(
+    backend: &(impl Backend + ?Sized),
+    fresh: &[Malformed],
+    report: &dyn Fn(&Malformed) -> String,
+) -> Result<(), StoreError> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let reports = fresh
+        .iter()
+        .map(|entry| {
+            NewEvent::new(
+                InteractionRef::Number(0),
+                crate::model::event::HOST_ACTOR,
+                crate::model::event::types::ERROR,
+                report(entry),
+            )
+            .cut_to_fit()
+        })
+        .collect();
+    match backend.append_batch(reports) {
+        Ok(_) => Ok(()),
+        // Queued (paused, the lock never came, the disk refused): the
+        // reports reach the log with the queue. Reading must go on:
+        // `huddle status` works while paused.
+        Err(
+            queued @ (StoreError::Paused { .. }
+            | StoreError::LockTimeout { .. }
+            | StoreError::WriteRefusedQueued { .. }),
+        ) => {
+            tracing::warn!(error = %queued, "reports of entries set aside are queued");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Reads every event from `from` to the end. Returns where to resume.
@@ -245,41 +310,47 @@ impl<B: Backend + ?Sized> EventStore for B {
             .iter()
             .map(|event| event.interaction == InteractionRef::Next)
             .collect();
-        let mut written: Vec<Event> = events.into_iter().map(|e| stamp(e, 0)).collect();
-        if !wanted.contains(&true) {
-            self.append_events(&written)?;
-            return Ok(written);
+        let written: Vec<Event> = events.into_iter().map(|e| stamp(e, 0)).collect();
+        append_numbered(self, written, &wanted)
+    }
+}
+
+/// Appends `events` in order, all or none, those `wanted` numbered `next`:
+/// the highest interaction number so far plus one, appended only if nobody
+/// appended since that number was read; otherwise their numbers are counted
+/// in and the append is tried again.
+pub(crate) fn append_numbered(
+    backend: &(impl Backend + ?Sized),
+    mut written: Vec<Event>,
+    wanted: &[bool],
+) -> Result<Vec<Event>, StoreError> {
+    if !wanted.contains(&true) {
+        backend.append_events(&written)?;
+        return Ok(written);
+    }
+    let (mut head, mut highest) = backend.highest_interaction()?;
+    loop {
+        let mut last = highest;
+        for (event, next) in written.iter_mut().zip(wanted) {
+            if *next {
+                event.interaction = allocate(last)?;
+                last = Some(event.interaction);
+                event.extra.insert(ALLOCATE_FIELD.into(), true.into());
+            }
         }
-        // `next`: max + 1, appended only if nobody appended since max was
-        // read; otherwise count their numbers in and try again.
-        let (mut head, mut highest) = self.highest_interaction()?;
-        loop {
-            let mut last = highest;
-            for (event, next) in written.iter_mut().zip(&wanted) {
-                if *next {
-                    event.interaction = allocate(last)?;
-                    last = Some(event.interaction);
-                }
+        match backend.append_if_head(head, &written)? {
+            Conditional::Appended { .. } => {
+                return Ok(without_allocation_marks(&written).into_owned())
             }
-            for (event, next) in written.iter_mut().zip(&wanted) {
-                if *next {
-                    event.extra.insert(ALLOCATE_FIELD.into(), true.into());
-                }
-            }
-            match self.append_if_head(head, &written)? {
-                Conditional::Appended { .. } => {
-                    return Ok(without_allocation_marks(&written).into_owned())
-                }
-                Conditional::Moved {
-                    events,
-                    head: moved,
-                } => {
-                    highest = events
-                        .iter()
-                        .map(|stored| stored.event.interaction)
-                        .fold(highest, |max, n| Some(max.map_or(n, |m| m.max(n))));
-                    head = moved;
-                }
+            Conditional::Moved {
+                events,
+                head: moved,
+            } => {
+                highest = events
+                    .iter()
+                    .map(|stored| stored.event.interaction)
+                    .fold(highest, |max, n| Some(max.map_or(n, |m| m.max(n))));
+                head = moved;
             }
         }
     }
@@ -326,4 +397,64 @@ fn allocate(highest: Option<u64>) -> Result<u64, StoreError> {
         )));
     }
     Ok(number)
+}
+
+/// A shared backend is a backend: `Workspace::backend()` hands out an
+/// `Arc<dyn Backend>`, and services take any `&impl Backend`.
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn max_content_bytes(&self) -> usize {
+        (**self).max_content_bytes()
+    }
+
+    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        (**self).append_events(events)
+    }
+
+    fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
+        (**self).append_if_head(head, events)
+    }
+
+    fn read_entries(
+        &self,
+        from: Position,
+        visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(Position, Vec<Malformed>), StoreError> {
+        (**self).read_entries(from, visit)
+    }
+
+    fn quarantine_report(&self, entry: &Malformed) -> String {
+        (**self).quarantine_report(entry)
+    }
+
+    fn head(&self) -> Result<Position, StoreError> {
+        (**self).head()
+    }
+
+    fn remaining(&self, from: Position) -> Result<u64, StoreError> {
+        (**self).remaining(from)
+    }
+
+    fn set_aside(&self, entries: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
+        (**self).set_aside(entries)
+    }
+
+    fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {
+        (**self).highest_interaction()
+    }
+
+    fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {
+        (**self).fetcher()
+    }
+
+    fn subscribe(&self) -> Result<Subscription, StoreError> {
+        (**self).subscribe()
+    }
+
+    fn mark(&self, at: Position) -> Result<ReadMark, StoreError> {
+        (**self).mark(at)
+    }
+
+    fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError> {
+        (**self).continuity(mark)
+    }
 }

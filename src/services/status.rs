@@ -182,10 +182,10 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     let age = |timestamp: &str| {
         parse_time(timestamp).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
     };
-    let backend = workspace.log();
+    let backend = workspace.backend();
     let state = StateDir::of(&workspace.dir);
-    let mut model = StatusModel::load(&state, &backend)?;
-    model.catch_up(&state, &backend)?;
+    let mut model = StatusModel::load(&state, &*backend)?;
+    model.catch_up(&state, &*backend)?;
     let StatusModel {
         leadership,
         actors,

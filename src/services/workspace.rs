@@ -95,7 +95,12 @@ impl Workspace {
 
     /// The log, behind the storage seam: what the services read and write.
     pub fn backend(&self) -> std::sync::Arc<dyn crate::backend::Backend> {
-        std::sync::Arc::new(self.log())
+        std::sync::Arc::new(self.queued_log())
+    }
+
+    /// The log behind its pause and offline queue (what [`Workspace::backend`] gives).
+    pub fn queued_log(&self) -> crate::backend::queue::Queued<FileLog> {
+        crate::backend::queue::Queued::new(self.log(), &self.dir)
     }
 
     /// The file log itself, for what only it has (git sync, its queue).

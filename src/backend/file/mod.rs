@@ -20,7 +20,6 @@
 
 mod continuity;
 mod fetch;
-mod offline;
 mod quarantine;
 mod reader;
 mod store;

@@ -8,13 +8,11 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use super::reader::{LogReader, Malformed, Position, Record, ScanItem};
-use super::{offline, quarantine, tail, LOG_FILE, OFFLINE_FILE, STATE_DIR};
+use super::{quarantine, tail, LOG_FILE, STATE_DIR};
 use super::{Continuity, ReadMark};
-use crate::backend::{Backend, Conditional, EventStore, Fetch, Stored, Subscription};
+use crate::backend::{Backend, Conditional, Fetch, Stored, Subscription};
 use crate::model::config::{Durability, LogConfig};
-use crate::model::event::{
-    types, Event, InteractionRef, NewEvent, ValidationError, HOST_ACTOR, MAX_NUMBER,
-};
+use crate::model::event::{Event, ValidationError};
 use std::ops::ControlFlow;
 
 /// Why an operation on the log failed.
@@ -23,7 +21,16 @@ pub enum StoreError {
     /// Bad input; nothing was written.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// The lock stayed taken through every attempt.
+    /// The lock stayed taken through every attempt; nothing was written
+    /// (a [`crate::backend::queue::Queued`] log keeps the events in its
+    /// queue and answers `LockTimeout`).
+    #[error("could not lock {path} after {attempts} attempts over {waited:.1?}")]
+    Busy {
+        path: PathBuf,
+        attempts: u32,
+        waited: Duration,
+    },
+    /// The lock stayed taken through every attempt; the events were queued.
     #[error(
         "could not lock {path} after {attempts} attempts over {waited:.1?}; \
          the event was kept in {queue} and will be written by the next successful append"
@@ -151,10 +158,6 @@ impl FileLog {
         self.dir.join(STATE_DIR)
     }
 
-    fn offline_path(&self) -> PathBuf {
-        self.dir.join(OFFLINE_FILE)
-    }
-
     fn open(&self) -> Result<File, StoreError> {
         OpenOptions::new()
             .read(true)
@@ -205,40 +208,6 @@ impl FileLog {
         })
     }
 
-    /// Everything an append does once the lock is held (see the module
-    /// docs). Returns how many queued events went in first.
-    fn write_locked(&self, locked: &LockedLog, events: &[Event]) -> Result<usize, StoreError> {
-        let flushed = self.flush_offline(locked)?;
-        self.write_lines(locked, &offline::without_allocation_marks(events))?;
-        Ok(flushed)
-    }
-
-    /// max + 1, computed once per lock and then counted up.
-    fn allocate(&self, locked: &LockedLog, next: &mut Option<u64>) -> Result<u64, StoreError> {
-        let number = match *next {
-            Some(n) => n,
-            None => tail::max_interaction_locked(
-                &locked.file,
-                &self.state_dir(),
-                self.config.max_content_bytes,
-            )
-            .map_err(StoreError::io("read", &self.path))?
-            .map_or(1, |max| max + 1),
-        };
-        // Numbers are never reused: past the largest exact JSON integer
-        // there is no next one to hand out.
-        if number > MAX_NUMBER {
-            return Err(StoreError::Invalid(ValidationError::new(
-                "interaction",
-                format!(
-                    "`next` has no number left: the log already holds interaction {MAX_NUMBER} (2^53 - 1), the largest allowed"
-                ),
-            )));
-        }
-        *next = Some(number + 1);
-        Ok(number)
-    }
-
     /// One write of every line, after sealing a torn tail. On failure the file
     /// is truncated back so no partial line remains.
     fn write_lines(&self, locked: &LockedLog, events: &[Event]) -> Result<(), StoreError> {
@@ -258,43 +227,6 @@ impl FileLog {
                 .map_err(StoreError::io("fdatasync", &self.path)),
             Durability::None => Ok(()),
         }
-    }
-
-    /// Moves queued events (the directory's queue, then the spool's) into
-    /// the log before anything newer is written.
-    fn flush_offline(&self, locked: &LockedLog) -> Result<usize, StoreError> {
-        let mut moved = self.flush_queue(locked, &self.offline_path())?;
-        moved += self.flush_queue(
-            locked,
-            &crate::backend::pause::spool_dir(&self.dir).join(crate::backend::pause::SPOOL_QUEUE),
-        )?;
-        Ok(moved)
-    }
-
-    fn flush_queue(&self, locked: &LockedLog, queue: &Path) -> Result<usize, StoreError> {
-        let queue = queue.to_path_buf();
-        let Some(pending) = offline::take(&queue, &self.state_dir(), &locked.file)
-            .map_err(StoreError::io("read", &queue))?
-        else {
-            return Ok(0);
-        };
-        let mut next_number = None;
-        let mut events = Vec::with_capacity(pending.events.len());
-        for mut event in pending.events.iter().cloned() {
-            if offline::needs_allocation(&event) {
-                event.interaction = self.allocate(locked, &mut next_number)?;
-                event.extra.remove(offline::ALLOCATE_FIELD);
-            }
-            events.push(event);
-        }
-        self.write_lines(locked, &events)?;
-        // The queue may be emptied only once its events are durable here.
-        locked
-            .file
-            .sync_data()
-            .map_err(StoreError::io("fdatasync", &self.path))?;
-        pending.done().map_err(StoreError::io("empty", &queue))?;
-        Ok(events.len())
     }
 
     /// Runs `work` with the log locked: for git sync, which must commit a
@@ -319,64 +251,6 @@ impl FileLog {
         work(&LogLock { log: self, locked })
     }
 
-    /// Writes every queued event into the log (for `huddle resume`), ignoring
-    /// a pause. Returns how many were moved.
-    pub fn flush_queues(&self) -> Result<usize, StoreError> {
-        self.with_lock(|lock| self.flush_offline(&lock.locked))
-    }
-
-    /// Keeps events in a queue: the directory's if it takes them, else the
-    /// spool outside the directory. Returns the queue used.
-    fn enqueue(&self, events: &[Event]) -> std::io::Result<PathBuf> {
-        let local = self.offline_path();
-        match offline::enqueue(&local, events) {
-            Ok(()) => Ok(local),
-            Err(_) => {
-                let spool = crate::backend::pause::spool_dir(&self.dir);
-                std::fs::create_dir_all(&spool)?;
-                let queue = spool.join(crate::backend::pause::SPOOL_QUEUE);
-                offline::enqueue(&queue, events)?;
-                Ok(queue)
-            }
-        }
-    }
-
-    /// Keeps events that could not be appended, plus an `error` event saying
-    /// why, in the offline queue.
-    fn enqueue_after_lock_failure(&self, events: &[Event], waited: Duration) -> StoreError {
-        let mut queued = events.to_vec();
-        let actor = events.first().map_or(HOST_ACTOR, |e| e.actor.as_str());
-        let interaction = queued.first().map_or(0, |e| e.interaction);
-        queued.push(
-            NewEvent::new(
-                InteractionRef::Number(interaction),
-                actor,
-                types::ERROR,
-                format!(
-                    "Failed to acquire lock on {} after {} attempts over {waited:.1?}",
-                    LOG_FILE, self.config.lock_attempts
-                ),
-            )
-            .cut_to_fit()
-            .fitted(self.config.max_content_bytes)
-            .into_event(interaction),
-        );
-        match self.enqueue(&queued) {
-            Ok(queue) => StoreError::LockTimeout {
-                path: self.path.clone(),
-                attempts: self.config.lock_attempts,
-                waited,
-                queue,
-            },
-            Err(source) => StoreError::LockTimeoutNotQueued {
-                path: self.path.clone(),
-                attempts: self.config.lock_attempts,
-                queue: self.offline_path(),
-                source,
-            },
-        }
-    }
-
     /// The log's lines from `cursor`, events and malformed lines alike, as
     /// they are (nothing is set aside).
     pub fn read_from(&self, cursor: Position) -> Result<LogReader, StoreError> {
@@ -387,94 +261,31 @@ impl FileLog {
 
     /// Streams the log from `cursor`, sets malformed lines aside in
     /// `events.error.log` (once each, with an `error` event for each newly
-    /// quarantined line) and hands every good record to `visit`. Returns the
-    /// cursor to resume from.
+    /// quarantined line, appended to this log directly) and hands every
+    /// good record to `visit`. Returns the cursor to resume from.
     pub fn scan(
         &self,
         cursor: Position,
         mut visit: impl FnMut(Record) -> Result<(), StoreError>,
     ) -> Result<Position, StoreError> {
-        let mut reader = match LogReader::open(&self.path, cursor) {
-            Ok(reader) => reader.with_max_content_bytes(self.config.max_content_bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cursor),
-            Err(e) => return Err(StoreError::io("read", &self.path)(e)),
-        };
-        let mut malformed = Vec::new();
-        for item in reader.by_ref() {
-            match item.map_err(StoreError::io("read", &self.path))? {
-                ScanItem::Event(record) => visit(record)?,
-                ScanItem::Malformed(line) => malformed.push(line),
-            }
-        }
-        self.quarantine(&malformed)?;
-        Ok(reader.cursor())
-    }
-
-    /// Quarantines lines not quarantined before and logs one `error` event per
-    /// newly quarantined line. Returns the newly quarantined lines.
-    pub fn quarantine(&self, lines: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
-        self.set_aside(lines, |line| {
-            format!(
-                "Quarantined malformed line {} of {LOG_FILE} (byte offset {}) into {}: {}",
-                line.line,
-                line.offset,
-                quarantine::QUARANTINE_FILE,
-                line.reason
-            )
+        Backend::read(self, cursor, &mut |stored| {
+            visit(Record {
+                line: stored.at.line,
+                offset: stored.at.offset,
+                len: stored.next.offset - stored.at.offset - 1,
+                event: stored.event,
+            })
+            .map(|()| ControlFlow::Continue(()))
         })
-    }
-
-    /// Records lines in `events.error.log` that are not recorded there yet,
-    /// and logs one `error` event, worded by `report`, per newly recorded
-    /// line. Returns the newly recorded lines.
-    pub fn set_aside(
-        &self,
-        lines: &[Malformed],
-        report: impl Fn(&Malformed) -> String,
-    ) -> Result<Vec<Malformed>, StoreError> {
-        let fresh = quarantine::quarantine(&self.dir, lines).map_err(StoreError::io(
-            "write",
-            &self.dir.join(quarantine::QUARANTINE_FILE),
-        ))?;
-        if !fresh.is_empty() {
-            let reports = fresh
-                .iter()
-                .map(|line| {
-                    NewEvent::new(
-                        InteractionRef::Number(0),
-                        HOST_ACTOR,
-                        types::ERROR,
-                        report(line),
-                    )
-                    .cut_to_fit()
-                })
-                .collect();
-            match self.append_batch(reports) {
-                Ok(_) => {}
-                // Queued (paused, the lock never came, the disk refused):
-                // the reports reach the log with the queue. Reading must go
-                // on: `huddle status` works while paused.
-                Err(
-                    queued @ (StoreError::Paused { .. }
-                    | StoreError::LockTimeout { .. }
-                    | StoreError::WriteRefusedQueued { .. }),
-                ) => {
-                    tracing::warn!(error = %queued, "quarantine reports queued");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(fresh)
     }
 }
 
 impl FileLog {
-    /// The write both appends share (see the module docs): nothing while
-    /// paused, a bounded wait for the lock (in both cases the events wait in
-    /// the queue), then under the lock `check` (a compare-and-append's
-    /// condition: an answer stops the write), the queue's events and these,
-    /// and the sync outside the lock. Returns the answer, or how many lines
-    /// went in with the file's length after them.
+    /// The write both appends share (see the module docs): a bounded wait
+    /// for the lock, then under the lock `check` (a compare-and-append's
+    /// condition: an answer stops the write), the write, and the sync
+    /// outside the lock. Returns the answer, or how many lines went in with
+    /// the file's length after them.
     fn write_guarded(
         &self,
         events: &[Event],
@@ -483,52 +294,22 @@ impl FileLog {
         for event in events {
             event.check(self.config.max_content_bytes)?;
         }
-        if let Some(pause) = crate::backend::pause::paused(&self.dir) {
-            // Paused: nothing goes to the log until `huddle resume`.
-            let queue = self
-                .enqueue(events)
-                .map_err(StoreError::io("queue the event in", &self.offline_path()))?;
-            return Err(StoreError::Paused {
-                reason: pause.reason,
-                queue,
-            });
-        }
-        let attempt = self.lock().and_then(|lock| match lock {
-            Ok(locked) => {
-                if let Some(answer) = check(&locked)? {
-                    return Ok(Err(answer));
-                }
-                let torn = ends_torn(&locked.file, &self.path)?;
-                let flushed = self.write_locked(&locked, events)?;
-                let lines = u64::from(torn) + flushed as u64 + events.len() as u64;
-                Ok(Ok((locked, lines)))
+        let locked = match self.lock()? {
+            Ok(locked) => locked,
+            Err(waited) => {
+                return Err(StoreError::Busy {
+                    path: self.path.clone(),
+                    attempts: self.config.lock_attempts,
+                    waited,
+                })
             }
-            Err(waited) => Err(self.enqueue_after_lock_failure(events, waited)),
-        });
-        let (locked, lines) = match attempt {
-            Ok(Ok(written)) => written,
-            Ok(Err(answer)) => return Ok(Err(answer)),
-            Err(StoreError::Io {
-                source,
-                path,
-                action,
-            }) if is_refusal(&source) => {
-                // Nothing reached the log: keep the events where they can wait.
-                return match self.enqueue(events) {
-                    Ok(queue) => Err(StoreError::WriteRefusedQueued {
-                        path,
-                        source,
-                        queue,
-                    }),
-                    Err(_) => Err(StoreError::Io {
-                        action,
-                        path,
-                        source,
-                    }),
-                };
-            }
-            Err(error) => return Err(error),
         };
+        if let Some(answer) = check(&locked)? {
+            return Ok(Err(answer));
+        }
+        let torn = ends_torn(&locked.file, &self.path)?;
+        self.write_lines(&locked, &crate::backend::without_allocation_marks(events))?;
+        let lines = u64::from(torn) + events.len() as u64;
         let len = locked
             .file
             .metadata()
@@ -558,9 +339,7 @@ impl Backend for FileLog {
     fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
         // The condition, under the lock: no complete line after `head` (an
         // unterminated fragment there is a dead writer's, sealed by this
-        // write, and no entry). Malformed lines found are set aside after
-        // the lock is released: setting aside appends reports.
-        let mut malformed = Vec::new();
+        // write, and no entry). Malformed lines are left to readers to set aside.
         let written = self.write_guarded(events, |locked| {
             let mut reader = LogReader::from_file(
                 locked
@@ -575,7 +354,7 @@ impl Backend for FileLog {
             for item in reader.by_ref() {
                 match item.map_err(StoreError::io("read", &self.path))? {
                     ScanItem::Event(record) => moved.push(stored(record)),
-                    ScanItem::Malformed(line) => malformed.push(line),
+                    ScanItem::Malformed(_) => {}
                 }
             }
             let end = reader.cursor();
@@ -584,7 +363,6 @@ impl Backend for FileLog {
                 head: end,
             }))
         })?;
-        self.quarantine(&malformed)?;
         Ok(match written {
             Err(moved) => moved,
             Ok((lines, len)) => Conditional::Appended {
@@ -596,15 +374,15 @@ impl Backend for FileLog {
         })
     }
 
-    fn read(
+    fn read_entries(
         &self,
         from: Position,
         visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<Position, StoreError> {
+    ) -> Result<(Position, Vec<Malformed>), StoreError> {
         let mut reader = match LogReader::open(&self.path, from) {
             Ok(reader) => reader.with_max_content_bytes(self.config.max_content_bytes),
             // No log yet: nothing to read.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(from),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((from, Vec::new())),
             Err(e) => return Err(StoreError::io("read", &self.path)(e)),
         };
         let mut malformed = Vec::new();
@@ -622,8 +400,18 @@ impl Backend for FileLog {
                 ScanItem::Malformed(line) => malformed.push(line),
             }
         };
-        self.quarantine(&malformed)?;
-        Ok(end)
+        let fresh = self.set_aside(&malformed)?;
+        Ok((end, fresh))
+    }
+
+    fn quarantine_report(&self, line: &Malformed) -> String {
+        format!(
+            "Quarantined malformed line {} of {LOG_FILE} (byte offset {}) into {}: {}",
+            line.line,
+            line.offset,
+            quarantine::QUARANTINE_FILE,
+            line.reason
+        )
     }
 
     fn head(&self) -> Result<Position, StoreError> {
@@ -638,12 +426,11 @@ impl Backend for FileLog {
         }
     }
 
-    fn set_aside(
-        &self,
-        entries: &[Malformed],
-        report: &dyn Fn(&Malformed) -> String,
-    ) -> Result<Vec<Malformed>, StoreError> {
-        FileLog::set_aside(self, entries, report)
+    fn set_aside(&self, entries: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
+        quarantine::quarantine(&self.dir, entries).map_err(StoreError::io(
+            "write",
+            &self.dir.join(quarantine::QUARANTINE_FILE),
+        ))
     }
 
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {

@@ -59,16 +59,6 @@ pub(crate) fn highest_interaction(
     }
 }
 
-/// The highest interaction number among the complete lines of `file`, which
-/// the caller has locked (to number queued events as they are written).
-pub(crate) fn max_interaction_locked(
-    file: &File,
-    state_dir: &Path,
-    max_content_bytes: usize,
-) -> std::io::Result<Option<u64>> {
-    highest_in(file, state_dir, max_content_bytes).map(|(_, max)| max)
-}
-
 fn highest_in(
     file: &File,
     state_dir: &Path,

@@ -806,7 +806,7 @@ impl Snapshotter {
                 raw,
             });
         }
-        log.set_aside(&lines, &|line| {
+        crate::backend::set_aside_reported(log, &lines, &|line: &Malformed| {
             format!(
                 "An event a plugin cannot handle was left out of the snapshot (byte offset {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
                 line.offset,

@@ -203,7 +203,7 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
             ),
         )
         .cut_to_fit();
-        let _ = workspace.log().append(report);
+        let _ = workspace.backend().append(report);
     }
     save_state(&workspace.dir, &state);
 }

@@ -1,11 +1,6 @@
-//! `events.offline.log`: events that could not be appended yet. They are
-//! moved into the log, in order, by the next append that gets the lock.
-//!
-//! Exactly once: before moving, the log's length is written to
-//! `.huddle/offline-flush`; after the move the queue is emptied and the note
-//! removed. If a crash falls in between, the next flush finds the note and
-//! skips queued events whose ids already appear after that length; the note
-//! keeps that first length through any number of interrupted flushes.
+//! The offline queue's files (`events.offline.log`, the spool's): events
+//! that could not be appended yet, and the note of a flush in progress. See
+//! [`crate::backend::queue`] for how they are used.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -14,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::reader::{LogReader, Position, ScanItem};
+use super::{Backend, Position};
 use crate::model::event::Event;
 
 /// The note of a flush in progress, one per queue (the queue's name + this).
 const FLUSH_NOTE_SUFFIX: &str = ".flushing";
-pub(crate) use crate::backend::{without_allocation_marks, ALLOCATE_FIELD};
+pub(crate) use crate::backend::ALLOCATE_FIELD;
 
 /// Appends events to the queue durably.
 pub(crate) fn enqueue(path: &Path, events: &[Event]) -> std::io::Result<()> {
@@ -44,8 +39,13 @@ pub(crate) struct Pending {
     note: PathBuf,
 }
 
-/// Takes the queue if it has anything in it. `log` is the locked log file.
-pub(crate) fn take(path: &Path, state_dir: &Path, log: &File) -> std::io::Result<Option<Pending>> {
+/// Takes the queue if it has anything in it, less the events an earlier,
+/// interrupted flush already wrote to `log`.
+pub(crate) fn take(
+    path: &Path,
+    state_dir: &Path,
+    log: &(impl Backend + ?Sized),
+) -> std::io::Result<Option<Pending>> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() > 0 => {}
         _ => return Ok(None),
@@ -76,9 +76,9 @@ pub(crate) fn take(path: &Path, state_dir: &Path, log: &File) -> std::io::Result
     };
     let note = state_dir.join(format!("{tag}-{name}{FLUSH_NOTE_SUFFIX}"));
     match read_note(&note) {
-        // An earlier flush was interrupted. The note keeps the offset where
-        // the first interrupted flush began: rewriting it with today's
-        // length would forget the events that flush wrote, and the next
+        // An earlier flush was interrupted. The note keeps the head where
+        // the first interrupted flush began: rewriting it with today's head
+        // would forget the events that flush wrote, and the next
         // interrupted flush would write them again.
         Some(flushed_from) => {
             let already = ids_after(log, flushed_from)?;
@@ -88,7 +88,9 @@ pub(crate) fn take(path: &Path, state_dir: &Path, log: &File) -> std::io::Result
         // written before any event, so that flush wrote nothing).
         None => {
             std::fs::create_dir_all(state_dir)?;
-            std::fs::write(&note, log.metadata()?.len().to_string())?;
+            let head = log.head().map_err(std::io::Error::other)?;
+            let text = serde_json::to_string(&head).map_err(std::io::Error::other)?;
+            std::fs::write(&note, text)?;
         }
     }
     Ok(Some(Pending { file, events, note }))
@@ -109,20 +111,23 @@ pub(crate) fn needs_allocation(event: &Event) -> bool {
     event.extra.get(ALLOCATE_FIELD) == Some(&Value::Bool(true))
 }
 
-fn read_note(note: &Path) -> Option<u64> {
-    std::fs::read_to_string(note).ok()?.trim().parse().ok()
+/// Where the interrupted flush began. Notes of earlier versions hold the
+/// log's length in bytes: the file log's position at that offset.
+fn read_note(note: &Path) -> Option<Position> {
+    let text = std::fs::read_to_string(note).ok()?;
+    serde_json::from_str(text.trim()).ok().or_else(|| {
+        let offset = text.trim().parse().ok()?;
+        Some(Position { offset, line: 0 })
+    })
 }
 
-fn ids_after(log: &File, offset: u64) -> std::io::Result<HashSet<String>> {
-    let reader = LogReader::from_file(log.try_clone()?, Position { offset, line: 0 })?;
+fn ids_after(log: &(impl Backend + ?Sized), from: Position) -> std::io::Result<HashSet<String>> {
     let mut ids = HashSet::new();
-    for item in reader {
-        if let ScanItem::Event(record) = item? {
-            if let Some(id) = record.event.id {
-                ids.insert(id);
-            }
-        }
-    }
+    crate::backend::scan(log, from, |stored| {
+        ids.extend(stored.event.id);
+        Ok(())
+    })
+    .map_err(std::io::Error::other)?;
     Ok(ids)
 }
 
@@ -154,24 +159,25 @@ mod tests {
         std::fs::write(&log, format!("{}\n", queued("already there").to_line())).unwrap();
         let events = [queued("first"), queued("second")];
         enqueue(&queue, &events).unwrap();
-        let open_log = || File::open(&log).unwrap();
+        let file_log = crate::backend::file::FileLog::new(dir.path(), Default::default());
+        let open_log = || &file_log;
         // The first flush writes both events and dies before emptying the queue.
-        let first = take(&queue, &state, &open_log()).unwrap().unwrap();
+        let first = take(&queue, &state, open_log()).unwrap().unwrap();
         assert_eq!(first.events.len(), 2);
         write(&log, &first.events);
         drop(first);
         // The second finds them written and dies too, before writing anything.
-        let second = take(&queue, &state, &open_log()).unwrap().unwrap();
+        let second = take(&queue, &state, open_log()).unwrap().unwrap();
         assert!(second.events.is_empty());
         drop(second);
         // The third must still know they are in the log.
-        let third = take(&queue, &state, &open_log()).unwrap().unwrap();
+        let third = take(&queue, &state, open_log()).unwrap().unwrap();
         assert!(
             third.events.is_empty(),
             "events written by the first flush would be written again: {:?}",
             third.events
         );
         third.done().unwrap();
-        assert!(take(&queue, &state, &open_log()).unwrap().is_none());
+        assert!(take(&queue, &state, open_log()).unwrap().is_none());
     }
 }
