@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const PAUSE_FILE: &str = "paused.json";
-pub const SPOOL_QUEUE: &str = "events.offline.log";
+pub use crate::model::names::OFFLINE_FILE as SPOOL_QUEUE;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pause {

@@ -50,6 +50,11 @@ impl<B: Backend> Queued<B> {
         &self.inner
     }
 
+    /// The huddle directory whose queue and pause these are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn local_queue(&self) -> PathBuf {
         self.dir.join(OFFLINE_FILE)
     }

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The name of the state directory inside a huddle directory.
-pub const STATE_DIR: &str = ".huddle";
+pub use crate::model::names::STATE_DIR;
 
 #[derive(Debug, Clone)]
 pub struct StateDir {

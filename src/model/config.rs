@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::model::event::DEFAULT_MAX_CONTENT_BYTES;
 
-pub const CONFIG_FILE: &str = "huddle.toml";
+pub use crate::model::names::CONFIG_FILE;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod event;
+pub mod names;
 pub mod position;
 pub mod visible;

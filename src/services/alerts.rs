@@ -46,7 +46,7 @@ use crate::model::event::Event;
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
 use crate::services::workspace::Workspace;
 
-pub const ALERTS_STATE_FILE: &str = "alerts.json";
+pub use crate::model::names::state::ALERTS as ALERTS_STATE_FILE;
 /// Alerts per delivery call.
 const MAX_BATCH: usize = 100;
 /// Attempts at one batch when the sink itself fails (trap, out of memory,
@@ -87,17 +87,13 @@ pub fn state_path(dir: &Path) -> PathBuf {
 }
 
 pub fn load_state(dir: &Path) -> AlertsState {
-    std::fs::read(state_path(dir))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    crate::backend::state::StateDir::of(dir)
+        .load(ALERTS_STATE_FILE)
         .unwrap_or_default()
 }
 
 fn save_state(dir: &Path, state: &AlertsState) -> std::io::Result<()> {
-    crate::backend::files::write_state(
-        &state_path(dir),
-        &serde_json::to_vec_pretty(state).unwrap_or_default(),
-    )
+    crate::backend::state::StateDir::of(dir).save(ALERTS_STATE_FILE, state)
 }
 
 /// Sinks of this process read, change and write alerts.json one at a time.

@@ -32,7 +32,8 @@ pub fn validate_agent(id: &str) -> Result<(), ValidationError> {
 }
 
 pub fn path(dir: &Path, agent: &str) -> PathBuf {
-    dir.join(format!("agent-{agent}.checkpoint"))
+    use crate::model::names::{CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX};
+    dir.join(format!("{CHECKPOINT_PREFIX}{agent}{CHECKPOINT_SUFFIX}"))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -25,8 +25,9 @@ use crate::model::event::{Event, ValidationError};
 use crate::plugin::{Heading, PluginError, PluginHost, PluginSpec};
 use crate::services::checkpoint::{self, CheckpointError};
 
-const INDEX_HEADER: &str = "interactions.json";
-const INDEX_RECORDS: &str = "interactions.idx";
+use crate::model::names::state::{
+    INTERACTIONS_HEADER as INDEX_HEADER, INTERACTIONS_RECORDS as INDEX_RECORDS,
+};
 /// offset, line, interaction: little-endian u64 each.
 const RECORD_BYTES: u64 = 24;
 /// Events handed to the heading mapper at once.

@@ -15,7 +15,7 @@ use crate::model::visible::{visible, visible_entry};
 use crate::services::election::{parse_time, Leadership};
 use crate::services::workspace::Workspace;
 
-pub const SNAPSHOT_STATE_FILE: &str = "snapshot.json";
+pub use crate::model::names::state::SNAPSHOT as SNAPSHOT_STATE_FILE;
 const LAST_ERRORS: usize = 5;
 
 #[derive(Debug, Serialize)]
@@ -82,13 +82,11 @@ pub fn record_snapshot(dir: &Path, log_offset: u64) {
         log_offset,
         updated_at: crate::model::event::now_rfc3339(),
     };
-    let path = dir.join(STATE_DIR).join(SNAPSHOT_STATE_FILE);
     // Status only: a failure here costs nothing but an older "updated_at".
-    let _ =
-        crate::backend::files::write_state(&path, &serde_json::to_vec(&state).unwrap_or_default());
+    let _ = StateDir::of(dir).save(SNAPSHOT_STATE_FILE, &state);
 }
 
-pub const LOG_REPLACED_FILE: &str = "log_replaced.json";
+pub use crate::model::names::state::LOG_REPLACED as LOG_REPLACED_FILE;
 
 /// The last time a daemon found events.log replaced or truncated under it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,18 +103,15 @@ pub fn record_log_replaced(dir: &Path, by: &str, detail: &str) {
         by: by.to_string(),
         detail: detail.to_string(),
     };
-    let path = dir.join(STATE_DIR).join(LOG_REPLACED_FILE);
     // Status only: the error event in the log says it too.
-    let _ =
-        crate::backend::files::write_state(&path, &serde_json::to_vec(&record).unwrap_or_default());
+    let _ = StateDir::of(dir).save(LOG_REPLACED_FILE, &record);
 }
 
 fn load_log_replaced(dir: &Path) -> Option<LogReplaced> {
-    let bytes = std::fs::read(dir.join(STATE_DIR).join(LOG_REPLACED_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    StateDir::of(dir).load(LOG_REPLACED_FILE)
 }
 
-const STATUS_MODEL: &str = "status-model.json";
+use crate::model::names::state::STATUS_MODEL;
 
 /// What `huddle status` derives from the events, kept up to date by reading
 /// only what was appended since it was last kept (`.huddle/status-model.json`,

@@ -11,8 +11,8 @@ use crate::model::config::{
     settings_pairs, Config, ConfigError, SlotConfig, CONFIG_FILE, DEFAULT_CONFIG_TOML,
     DEFAULT_HEADING_MAPPER, DEFAULT_RENDERER,
 };
+use crate::model::names::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
 use crate::plugin::{Allowlist, HttpGrant, PluginSource, PluginSpec, Slot};
-use crate::services::snapshot::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
 
 /// What `init` did with each file.
 #[derive(Debug, Default)]

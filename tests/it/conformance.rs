@@ -1,11 +1,13 @@
 //! The backend conformance suite (`huddle::backend::conformance`), run
-//! against every backend: the file log and the in-memory log.
+//! against every backend: the file log, the in-memory log, and the
+//! in-memory log behind the pause and offline queue wrapper.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use huddle::backend::conformance::{self, Harness};
 use huddle::backend::memory::MemoryLog;
+use huddle::backend::queue::Queued;
 use huddle::config::LogConfig;
 use huddle::log::{FileLog, LOG_FILE, QUARANTINE_FILE};
 
@@ -114,3 +116,46 @@ macro_rules! suite {
 
 suite!(file, Files::new());
 suite!(memory, Memory);
+
+/// The in-memory log behind the pause and offline queue wrapper: the
+/// wrapper must be invisible while nothing is paused or refused.
+struct QueuedMemory {
+    root: tempfile::TempDir,
+    made: AtomicUsize,
+}
+
+impl QueuedMemory {
+    fn new() -> QueuedMemory {
+        QueuedMemory {
+            root: tempfile::tempdir().expect("temporary directory"),
+            made: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Harness for QueuedMemory {
+    type Log = Queued<MemoryLog>;
+
+    fn create(&self) -> Queued<MemoryLog> {
+        let dir = self
+            .root
+            .path()
+            .join(format!("dir{}", self.made.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir(&dir).expect("create the queue's directory");
+        Queued::new(MemoryLog::new(), dir)
+    }
+
+    fn reopen(&self, log: &Queued<MemoryLog>) -> Queued<MemoryLog> {
+        Queued::new(log.inner().clone(), log.dir())
+    }
+
+    fn append_foreign(&self, log: &Queued<MemoryLog>, entry: &[u8]) {
+        log.inner().append_raw(entry);
+    }
+
+    fn quarantined(&self, log: &Queued<MemoryLog>) -> usize {
+        log.inner().quarantined().len()
+    }
+}
+
+suite!(queued_memory, QueuedMemory::new());

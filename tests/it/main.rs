@@ -15,6 +15,7 @@ mod log_cli;
 mod log_store;
 mod pause;
 mod plugins;
+mod queue;
 mod reads;
 mod rendered;
 mod sandbox;

@@ -32,8 +32,7 @@ pub use quarantine::QUARANTINE_FILE;
 pub use reader::{LogReader, Malformed, Position, Record, ScanItem};
 pub use store::{is_refusal, FileLog, LogLock, StoreError};
 
-/// File names inside a huddle directory (SPEC.md, "Files in a huddle directory").
-pub const LOG_FILE: &str = "events.log";
-pub const OFFLINE_FILE: &str = "events.offline.log";
 /// huddle's private state (indexes and cursors); safe to delete.
-pub const STATE_DIR: &str = ".huddle";
+pub use crate::model::names::STATE_DIR;
+/// File names inside a huddle directory (SPEC.md, "Files in a huddle directory").
+pub use crate::model::names::{LOG_FILE, OFFLINE_FILE};

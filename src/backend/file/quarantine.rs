@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::reader::Malformed;
 
-pub const QUARANTINE_FILE: &str = "events.error.log";
+pub use crate::model::names::QUARANTINE_FILE;
 
 #[derive(Serialize, Deserialize)]
 struct Entry {

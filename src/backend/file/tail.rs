@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::event::{Event, MAX_NUMBER};
 use crate::model::position::Position;
 
-const INDEX_FILE: &str = "tail.json";
+use crate::model::names::state::TAIL as INDEX_FILE;
 /// How many bytes before the indexed offset must match.
 const FINGERPRINT_BYTES: u64 = 64;
 
@@ -125,8 +125,8 @@ fn highest_in(
 }
 
 fn save(state_dir: &Path, index: &TailIndex) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!("{INDEX_FILE}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(index).unwrap_or_default())?;
-    std::fs::rename(&tmp, index_path(state_dir))
+    let Some(dir) = state_dir.parent() else {
+        return Ok(());
+    };
+    crate::backend::state::StateDir::of(dir).save_cache(INDEX_FILE, index)
 }

@@ -67,12 +67,9 @@ use std::sync::Arc;
 
 /// The region between these two lines of communication.md belongs to huddle;
 /// everything outside it belongs to people and is kept byte for byte.
-pub const BEGIN_MARKER: &str = "<!-- BEGIN COMMUNICATION -->";
-pub const END_MARKER: &str = "<!-- END COMMUNICATION -->";
+pub use crate::model::names::{BEGIN_MARKER, END_MARKER};
 
-pub const COMMUNICATION_FILE: &str = "communication.md";
-pub const ARCHIVE_FILE: &str = "archive.md";
-pub const BACKUP_FILE: &str = "communication.md.bak";
+pub use crate::model::names::{ARCHIVE_FILE, BACKUP_FILE, COMMUNICATION_FILE};
 
 /// Events per heading-mapper call.
 const MAPPER_BATCH: usize = 4096;

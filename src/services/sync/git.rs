@@ -11,18 +11,19 @@ use super::recover::{Places, SyncRun, PRIVATE_INDEX_PREFIX, TOKEN_VARIABLE};
 use super::SyncError;
 use crate::backend::file::LOG_FILE;
 use crate::model::config::SyncConfig;
+use crate::model::names;
 
 const DRIVER: &str = "huddle-events";
 /// Files in the huddle directory that are derived per clone and never
 /// committed (patterns relative to the huddle directory).
 const IGNORED: &[&str] = &[
-    "communication.md",
-    "communication.md.bak",
-    "archive.md",
-    "events.error.log",
-    "events.offline.log",
-    ".huddle/",
-    "agent-*.checkpoint",
+    names::COMMUNICATION_FILE,
+    names::BACKUP_FILE,
+    names::ARCHIVE_FILE,
+    names::QUARANTINE_FILE,
+    names::OFFLINE_FILE,
+    names::STATE_DIR_PATTERN,
+    names::CHECKPOINT_PATTERN,
     "*.log.new",
 ];
 /// Files git keeps while an operation that owns the index is under way.

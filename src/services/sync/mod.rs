@@ -63,14 +63,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::file::{EventStore, FileLog, StoreError, LOG_FILE, STATE_DIR};
+use crate::backend::file::{EventStore, FileLog, StoreError, LOG_FILE};
 use crate::model::config::SyncConfig;
 use crate::model::event::{types, InteractionRef, NewEvent};
 use crate::services::workspace::Workspace;
 use git::{Branch, Repo};
 pub use merge::{lines_to_append, log_lines, merge_driver, merged_log, with_lines_appended};
 
-pub const SYNC_STATE_FILE: &str = "sync.json";
+pub use crate::model::names::state::SYNC as SYNC_STATE_FILE;
 /// Rounds of fetch-merge-push before giving up on a remote that keeps moving.
 const ROUNDS: usize = 5;
 /// Messages of the commits sync makes.
@@ -179,8 +179,7 @@ pub struct SyncState {
 }
 
 pub fn load_state(dir: &Path) -> Option<SyncState> {
-    let bytes = std::fs::read(dir.join(STATE_DIR).join(SYNC_STATE_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    crate::backend::state::StateDir::of(dir).load(SYNC_STATE_FILE)
 }
 
 /// Counts a failed periodic sync; past `sync.attempts` the sync is offline
@@ -209,11 +208,10 @@ pub fn record_failure(workspace: &Workspace, error: &str) {
 }
 
 fn save_state(dir: &Path, state: &SyncState) {
-    if let Ok(bytes) = serde_json::to_vec_pretty(state) {
-        let path = dir.join(STATE_DIR).join(SYNC_STATE_FILE);
-        if let Err(error) = crate::backend::files::write_state(&path, &bytes) {
-            tracing::warn!(path = %path.display(), %error, "cannot record the sync state");
-        }
+    let states = crate::backend::state::StateDir::of(dir);
+    if let Err(error) = states.save(SYNC_STATE_FILE, state) {
+        let path = states.file(SYNC_STATE_FILE);
+        tracing::warn!(path = %path.display(), %error, "cannot record the sync state");
     }
 }
 
