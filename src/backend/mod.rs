@@ -20,6 +20,7 @@
 //! implement it; [`conformance`] is the suite every backend must pass.
 
 pub mod conformance;
+pub mod error;
 pub mod file;
 pub(crate) mod files;
 pub mod memory;
@@ -30,7 +31,8 @@ pub mod state;
 
 use std::ops::ControlFlow;
 
-pub use crate::backend::file::{Continuity, Malformed, ReadMark, StoreError};
+pub use crate::backend::error::StoreError;
+pub use crate::backend::file::{Continuity, Malformed, ReadMark};
 use crate::model::event::{Event, InteractionRef, NewEvent, ValidationError, MAX_NUMBER};
 pub use crate::model::position::Position;
 
@@ -51,8 +53,8 @@ pub enum Conditional {
     /// `head` is the position after them.
     Appended { head: Position },
     /// Entries landed after the expected head: nothing was appended. These
-    /// are the events among them (malformed entries are quarantined, not
-    /// returned), and `head` is the position after the last of them.
+    /// are the events among them (malformed entries are skipped; readers
+    /// set them aside), and `head` is the position after the last of them.
     Moved { events: Vec<Stored>, head: Position },
 }
 

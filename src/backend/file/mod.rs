@@ -26,11 +26,12 @@ mod store;
 mod tail;
 pub mod watcher;
 
+pub use crate::backend::error::is_refusal;
 pub use crate::backend::{append_unless, Backend, CasOutcome, EventStore};
 pub use continuity::{Continuity, ReadMark};
 pub use quarantine::QUARANTINE_FILE;
 pub use reader::{LogReader, Malformed, Position, Record, ScanItem};
-pub use store::{is_refusal, FileLog, LogLock, StoreError};
+pub use store::{FileLog, LogLock, StoreError};
 
 /// huddle's private state (indexes and cursors); safe to delete.
 pub use crate::model::names::STATE_DIR;

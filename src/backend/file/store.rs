@@ -10,107 +10,11 @@ use std::time::{Duration, Instant};
 use super::reader::{LogReader, Malformed, Position, Record, ScanItem};
 use super::{quarantine, tail, LOG_FILE, STATE_DIR};
 use super::{Continuity, ReadMark};
+pub use crate::backend::error::StoreError;
 use crate::backend::{Backend, Conditional, Fetch, Stored, Subscription};
 use crate::model::config::{Durability, LogConfig};
-use crate::model::event::{Event, ValidationError};
+use crate::model::event::Event;
 use std::ops::ControlFlow;
-
-/// Why an operation on the log failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Bad input; nothing was written.
-    #[error(transparent)]
-    Invalid(#[from] ValidationError),
-    /// The lock stayed taken through every attempt; nothing was written
-    /// (a [`crate::backend::queue::Queued`] log keeps the events in its
-    /// queue and answers `LockTimeout`).
-    #[error("could not lock {path} after {attempts} attempts over {waited:.1?}")]
-    Busy {
-        path: PathBuf,
-        attempts: u32,
-        waited: Duration,
-    },
-    /// The lock stayed taken through every attempt; the events were queued.
-    #[error(
-        "could not lock {path} after {attempts} attempts over {waited:.1?}; \
-         the event was kept in {queue} and will be written by the next successful append"
-    )]
-    LockTimeout {
-        path: PathBuf,
-        attempts: u32,
-        waited: Duration,
-        queue: PathBuf,
-    },
-    /// Like `LockTimeout`, but the event could not even be queued.
-    #[error("could not lock {path} after {attempts} attempts, and could not queue the event in {queue}: {source}")]
-    LockTimeoutNotQueued {
-        path: PathBuf,
-        attempts: u32,
-        queue: PathBuf,
-        source: std::io::Error,
-    },
-    /// huddle is paused after a write error; the events were queued.
-    #[error("huddle is paused ({reason}); the event was queued in {queue} and will be written after `huddle resume`")]
-    Paused { reason: String, queue: PathBuf },
-    /// The disk refused the write; the events were queued instead.
-    #[error("cannot append to {path}: {source}; the event was kept in {queue} and will be written by the next append that succeeds (or `huddle resume`)")]
-    WriteRefusedQueued {
-        path: PathBuf,
-        source: std::io::Error,
-        queue: PathBuf,
-    },
-    /// An I/O operation failed; the file is left as it was before the call.
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl StoreError {
-    fn io<'a>(
-        action: &'static str,
-        path: &'a Path,
-    ) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-        move |source| StoreError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    /// True for failures that mean the disk refuses writes (full, read-only,
-    /// permission denied): the daemon pauses on these.
-    pub fn is_write_refused(&self) -> bool {
-        match self {
-            StoreError::Io { source, .. } | StoreError::WriteRefusedQueued { source, .. } => {
-                is_refusal(source)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Disk full, read-only file system, permission denied, quota — also when
-/// the OS error arrives wrapped (tempfile adds the path to the errors it
-/// returns, keeping only their kind and the original as the inner error).
-pub fn is_refusal(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    matches!(
-        error.raw_os_error(),
-        Some(libc::ENOSPC | libc::EROFS | libc::EACCES | libc::EPERM | libc::EDQUOT)
-    ) || matches!(
-        error.kind(),
-        ErrorKind::StorageFull
-            | ErrorKind::ReadOnlyFilesystem
-            | ErrorKind::PermissionDenied
-            | ErrorKind::QuotaExceeded
-    ) || error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
-        .is_some_and(is_refusal)
-}
 
 /// The append-only JSONL log of one huddle directory.
 #[derive(Debug, Clone)]
