@@ -1,12 +1,17 @@
-//! Daemon benchmarks: append-to-snapshot latency under `huddle run`, and
-//! failover time. Run with `cargo bench --bench daemon`; prints a table.
-//! `HUDDLE_BENCH_EVENTS` sets the size of the large log (default 1,000,000).
+//! Daemon benchmarks: append-to-snapshot latency under `huddle run`, the
+//! leader's heartbeat lateness while it snapshots the large log cold,
+//! failover time (also of leaders whose wall clock is skewed), and the
+//! leader's memory as it follows a log growing live. Run with
+//! `cargo bench --bench daemon`; prints a table. `HUDDLE_BENCH_EVENTS` sets
+//! the size of the large log and of the live growth (default 1,000,000).
 
 mod support;
 use support::{fill, ms, output, Mode};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huddle::config::LogConfig;
@@ -15,6 +20,12 @@ use huddle::log::{EventStore, FileLog};
 
 const CONFIG: &str =
     "[daemon]\nheartbeat_ms = 200\nleader_timeout_ms = 1000\njitter_ms = 150\npoll_ms = 50\n";
+const HEARTBEAT: Duration = Duration::from_millis(200);
+const LEADER_TIMEOUT: Duration = Duration::from_millis(1000);
+/// libfaketime, preloaded directly (as tests/it/daemon_hostile.rs does).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// The target for a daemon that followed the large log's growth live.
+const RSS_LIMIT_MB: f64 = 128.0;
 
 fn main() {
     let mode = Mode::from_args();
@@ -29,12 +40,22 @@ fn main() {
         .unwrap_or(mode.size(1_000_000, 300));
 
     let mut rows = Vec::new();
+    let mut lateness = Vec::new();
+    let mut cold_snapshot = Duration::ZERO;
     for events in [mode.size(1_000u64, 30), large] {
         let dir = root.path().join(format!("latency-{events}"));
         fill(&dir, events);
         std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
+        // The leader's heartbeats while it snapshots the log cold.
+        let beats = HeartbeatWatch::start(&dir);
+        let started = Instant::now();
         let leader = start(exe, &dir, "bench-leader", &cache);
         wait_for_leader(exe, &dir, None);
+        let gaps = beats.lateness();
+        if events == large {
+            cold_snapshot = started.elapsed();
+            lateness = gaps;
+        }
         let mut latencies = latency(&dir, samples);
         drop(leader);
         latencies.sort();
@@ -81,6 +102,25 @@ fn main() {
     drop(daemons);
     failovers.sort();
 
+    let skewed: Vec<(&str, Vec<Duration>)> = [("+1h", "an hour ahead"), ("-30s", "30 s behind")]
+        .into_iter()
+        .map(|(offset, says)| {
+            let rounds = (0..mode.size(5, 1))
+                .map(|round| {
+                    let dir = root.path().join(format!("skewed{offset}-{round}"));
+                    skewed_failover(exe, &dir, &cache, offset)
+                })
+                .collect::<Vec<_>>();
+            (says, rounds)
+        })
+        .collect();
+
+    let grown = mode.size(large, 3_000);
+    let memory = follow_growth(exe, &root.path().join("growth"), &cache, grown);
+
+    lateness.sort();
+    let late_p99 = percentile(&lateness, 99);
+
     println!();
     println!(
         "| daemon benchmark                                         | p50        | p99 / max  |"
@@ -100,7 +140,232 @@ fn main() {
         ms(percentile(&failovers, 50)),
         ms(*failovers.last().expect("failovers"))
     );
+    println!(
+        "| heartbeat lateness during a cold snapshot of {large} events ({} gaps, {:.1} s) | {:>7.1} ms | {:>7.1} ms |",
+        lateness.len(),
+        cold_snapshot.as_secs_f64(),
+        ms(percentile(&lateness, 50)),
+        ms(late_p99),
+    );
+    println!(
+        "|   (max {:.1} ms; lateness = gap between the leader's heartbeats as a reader of the log sees them arrive, minus heartbeat_ms) |",
+        ms(lateness.last().copied().unwrap_or_default())
+    );
+    let bound = LEADER_TIMEOUT + 2 * HEARTBEAT;
+    for (says, mut rounds) in skewed {
+        rounds.sort();
+        println!(
+            "| failover: kill -9 of a leader whose clock is {says} (x{}) | {:>7.0} ms | {:>7.0} ms |",
+            rounds.len(),
+            ms(percentile(&rounds, 50)),
+            ms(*rounds.last().expect("rounds"))
+        );
+        assert!(
+            rounds.iter().all(|r| *r <= bound),
+            "failover after killing a leader whose clock is {says} took {rounds:?}, over {bound:?}"
+        );
+    }
+    println!(
+        "| leader RSS following {grown} appends live: start / end |  {:>6.1} MB |  {:>6.1} MB |",
+        memory.start_mb, memory.end_mb
+    );
+    println!(
+        "| leader peak RSS (VmHWM) / growth per event      |  {:>6.1} MB | {:>6.0} B/ev |",
+        memory.peak_mb,
+        (memory.end_mb - memory.start_mb) * 1024.0 * 1024.0 / grown as f64
+    );
     println!("  (leader_timeout_ms = 1000, heartbeat_ms = 200, jitter_ms = 150, poll_ms = 50)");
+    if mode == Mode::Measure {
+        assert!(
+            late_p99 <= Duration::from_millis(50),
+            "heartbeat lateness p99 {late_p99:?} during the cold snapshot is over 50 ms"
+        );
+        assert!(
+            memory.peak_mb <= RSS_LIMIT_MB,
+            "the leader's peak RSS {:.1} MB after following {grown} appends is over {RSS_LIMIT_MB} MB",
+            memory.peak_mb
+        );
+    }
+}
+
+/// Watches the log from its end for the leader heartbeats (events of type
+/// `heartbeat` with a term), noting when each arrives on this process's
+/// monotonic clock: what a follower sees, including a slow write.
+struct HeartbeatWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Instant>>>,
+}
+
+impl HeartbeatWatch {
+    fn start(dir: &Path) -> HeartbeatWatch {
+        let log = FileLog::new(dir, LogConfig::default());
+        let mut cursor = log.scan(huddle::Position::START, |_| Ok(())).expect("scan");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let mut beats = 0;
+                    cursor = log
+                        .scan(cursor, |r| {
+                            beats +=
+                                usize::from(r.event.kind == "heartbeat" && r.event.term.is_some());
+                            Ok(())
+                        })
+                        .expect("scan");
+                    let now = Instant::now();
+                    seen.extend(std::iter::repeat_n(now, beats));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                seen
+            })
+        };
+        HeartbeatWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Each gap between heartbeats minus the interval (zero if early).
+    fn lateness(mut self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::SeqCst);
+        let seen = self.thread.take().expect("thread").join().expect("watcher");
+        seen.windows(2)
+            .map(|pair| (pair[1] - pair[0]).saturating_sub(HEARTBEAT))
+            .collect()
+    }
+}
+
+impl Drop for HeartbeatWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A leader whose wall clock is off by `offset` (libfaketime; monotonic time
+/// left alone), two healthy daemons that know it, then kill -9 of the
+/// leader: the time until another daemon's first heartbeat arrives.
+fn skewed_failover(exe: &str, dir: &Path, cache: &Path, offset: &str) -> Duration {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
+    );
+    huddle::workspace::init(dir).expect("init");
+    std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
+    let mut command = Command::new(exe);
+    command
+        .arg("--dir")
+        .arg(dir)
+        .args(["run", "--actor", "skewed"])
+        .env("HUDDLE_CACHE_DIR", cache)
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let skewed = Daemon(command.spawn().expect("start the skewed daemon"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while current_leader(dir).as_deref() != Some("skewed") {
+        assert!(Instant::now() < deadline, "the skewed daemon never led");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let others = [start(exe, dir, "d1", cache), start(exe, dir, "d2", cache)];
+    // Long enough for both to have read the leader and its heartbeats.
+    std::thread::sleep(2 * LEADER_TIMEOUT);
+    assert_eq!(
+        current_leader(dir).as_deref(),
+        Some("skewed"),
+        "a healthy skewed leader was deposed"
+    );
+    let old_term = current_term(dir);
+    let killed = Instant::now();
+    drop(skewed);
+    let (successor, _) = first_heartbeat_after(dir, old_term);
+    let failover = killed.elapsed();
+    assert_ne!(successor, "skewed");
+    drop(others);
+    failover
+}
+
+/// The actor leading as far as the log says (first claim of the highest term).
+fn current_leader(dir: &Path) -> Option<String> {
+    let mut leader: Option<(u64, String)> = None;
+    FileLog::new(dir, LogConfig::default())
+        .scan(huddle::Position::START, |r| {
+            let e = r.event;
+            let claim = e.extra.get("action").and_then(|a| a.as_str()) == Some("claim");
+            if e.kind == "leader_election" && claim {
+                if let Some(term) = e
+                    .term
+                    .filter(|t| leader.as_ref().is_none_or(|(l, _)| t > l))
+                {
+                    leader = Some((term, e.actor));
+                }
+            }
+            Ok(())
+        })
+        .expect("scan");
+    leader.map(|(_, actor)| actor)
+}
+
+struct Memory {
+    start_mb: f64,
+    end_mb: f64,
+    peak_mb: f64,
+}
+
+/// One leader on an empty log; `events` appended in batches of 1,000
+/// (interactions of 3 events of about 330 bytes, as in the soak) as fast as
+/// the writer goes, the leader following. Its RSS at the start, at the end
+/// once the snapshot is up to date, and its peak, from /proc.
+fn follow_growth(exe: &str, dir: &Path, cache: &Path, events: u64) -> Memory {
+    huddle::workspace::init(dir).expect("init");
+    std::fs::write(dir.join("huddle.toml"), CONFIG).expect("config");
+    let leader = start(exe, dir, "bench-leader", cache);
+    wait_for_leader(exe, dir, None);
+    let pid = leader.0.id();
+    let start_mb = rss(pid, "VmRSS");
+    let log = FileLog::new(dir, LogConfig::default());
+    let padding = "x".repeat(160);
+    let mut next = 0u64;
+    while next < events {
+        let batch: Vec<NewEvent> = (next..(next + 1_000).min(events))
+            .map(|i| {
+                NewEvent::new(
+                    InteractionRef::Number(i / 3 + 1),
+                    ["agent-1", "agent-2", "agent-3", "agent-4"][(i % 4) as usize],
+                    ["question", "answer", "note"][(i % 3) as usize],
+                    format!("Message {i}: {padding}"),
+                )
+            })
+            .collect();
+        next += batch.len() as u64;
+        log.append_batch(batch).expect("append");
+    }
+    wait_for_leader(exe, dir, None);
+    let memory = Memory {
+        start_mb,
+        end_mb: rss(pid, "VmRSS"),
+        peak_mb: rss(pid, "VmHWM"),
+    };
+    drop(leader);
+    memory
+}
+
+/// A line of /proc/PID/status, in MB.
+fn rss(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb / 1024.0
 }
 
 /// Appends `samples` events, one at a time, and times each until it shows

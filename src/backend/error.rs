@@ -39,6 +39,10 @@ pub enum StoreError {
         queue: PathBuf,
         source: std::io::Error,
     },
+    /// huddle is paused, and the append could not wait in the queue (a
+    /// conditional append: an election claim, a leader's heartbeat).
+    #[error("huddle is paused ({reason}); nothing was written, and this append cannot wait in the queue")]
+    PausedNotQueued { reason: String },
     /// huddle is paused after a write error; the events were queued.
     #[error("huddle is paused ({reason}); the event was queued in {queue} and will be written after `huddle resume`")]
     Paused { reason: String, queue: PathBuf },

@@ -168,11 +168,19 @@ impl<B: Backend> Queued<B> {
     }
 
     /// The guard every append passes: nothing while paused, the queue first.
-    fn before_append(&self, events: &[Event]) -> Result<(), StoreError> {
+    /// `queueable`: whether the events may wait in the queue (see
+    /// [`may_wait`]); if not, a pause or a lock that never comes is the
+    /// caller's error, and nothing is kept.
+    fn before_append(&self, events: &[Event], queueable: bool) -> Result<(), StoreError> {
         for event in events {
             event.check(self.inner.max_content_bytes())?;
         }
         if let Some(pause) = pause::paused(&self.dir) {
+            if !queueable {
+                return Err(StoreError::PausedNotQueued {
+                    reason: pause.reason,
+                });
+            }
             let queue = self.enqueue(events).map_err(|source| StoreError::Io {
                 action: "queue the event in",
                 path: self.local_queue(),
@@ -184,9 +192,28 @@ impl<B: Backend> Queued<B> {
             });
         }
         self.flush_queues()
-            .map_err(|error| self.keep(events, error))?;
+            .map_err(|error| self.keep_if(queueable, events, error))?;
         Ok(())
     }
+
+    fn keep_if(&self, queueable: bool, events: &[Event], error: StoreError) -> StoreError {
+        if queueable {
+            self.keep(events, error)
+        } else {
+            error
+        }
+    }
+}
+
+/// Whether a conditional append may wait in the queue. Its condition holds
+/// now, not when the queue is flushed (unconditionally, later): only events
+/// whose one condition is their `next` number, allocated again when they
+/// are written, may wait. An election claim or a leader's fenced heartbeat
+/// must not land later, when it may depose a leader elected meanwhile.
+fn may_wait(events: &[Event]) -> bool {
+    events
+        .iter()
+        .any(|event| event.extra.contains_key(super::ALLOCATE_FIELD))
 }
 
 /// The `error` event kept with events the lock never came for.
@@ -213,17 +240,18 @@ impl<B: Backend> Backend for Queued<B> {
     }
 
     fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.before_append(events)?;
+        self.before_append(events, true)?;
         self.inner
             .append_events(events)
             .map_err(|error| self.keep(events, error))
     }
 
     fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
-        self.before_append(events)?;
+        let queueable = may_wait(events);
+        self.before_append(events, queueable)?;
         self.inner
             .append_if_head(head, events)
-            .map_err(|error| self.keep(events, error))
+            .map_err(|error| self.keep_if(queueable, events, error))
     }
 
     fn read_entries(

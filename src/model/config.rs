@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::backoff::Backoff;
 use crate::model::event::DEFAULT_MAX_CONTENT_BYTES;
 
 pub use crate::model::names::CONFIG_FILE;
@@ -54,12 +55,14 @@ impl Default for SyncConfig {
     }
 }
 
-/// The pause before retry number `failures` (1, 2, ...): `initial`, doubling,
-/// at most `max`.
-pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
-    initial
-        .saturating_mul(1 << failures.saturating_sub(1).min(20))
-        .min(max)
+impl SyncConfig {
+    /// The pauses between failed syncs.
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.retry_initial_ms),
+            Duration::from_millis(self.retry_max_ms),
+        )
+    }
 }
 
 /// `huddle run`: heartbeats, election and retries.
@@ -82,6 +85,25 @@ pub struct DaemonConfig {
     pub retry_max_ms: u64,
     /// ...and after this many failures in a row it is declared offline.
     pub retry_attempts: u32,
+}
+
+impl DaemonConfig {
+    /// The pauses between failed attempts of the daemon's work (snapshots,
+    /// alert deliveries).
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.retry_initial_ms),
+            Duration::from_millis(self.retry_max_ms),
+        )
+    }
+
+    pub fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn leader_timeout(&self) -> Duration {
+        Duration::from_millis(self.leader_timeout_ms)
+    }
 }
 
 impl Default for DaemonConfig {
@@ -138,8 +160,11 @@ impl LogConfig {
     pub fn lock_timeout(&self) -> Duration {
         Duration::from_millis(self.lock_timeout_ms)
     }
-    pub fn lock_backoff(&self) -> Duration {
-        Duration::from_millis(self.lock_backoff_ms)
+    /// The pauses between attempts at the lock: doubling, and never longer
+    /// than one attempt's wait.
+    pub fn lock_backoff(&self) -> Backoff {
+        let initial = Duration::from_millis(self.lock_backoff_ms);
+        Backoff::new(initial, initial.max(self.lock_timeout()))
     }
 }
 
@@ -649,14 +674,6 @@ mod tests {
         assert_eq!(config.log.lock_timeout_ms, 2000);
         assert_eq!(config.log.durability, Durability::Fsync);
         assert_eq!(config.log.max_content_bytes, DEFAULT_MAX_CONTENT_BYTES);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let ms = Duration::from_millis;
-        let pauses: Vec<Duration> = (1..=5).map(|n| backoff(ms(1000), ms(5000), n)).collect();
-        assert_eq!(pauses, [ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]);
-        assert_eq!(backoff(ms(1000), ms(8000), 200), ms(8000));
     }
 
     #[test]

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::file::STATE_DIR;
 use crate::backend::{Backend, Continuity, Position, ReadMark};
+use crate::model::backoff::Backoff;
 use crate::model::config::SinkStart;
 use crate::model::event::Event;
 use crate::plugin::{Alert, DeliveryError, PluginHost, PluginSpec};
@@ -113,8 +114,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct DeliveryPolicy {
     pub dedupe_window: Duration,
     pub min_interval: Duration,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
+    /// The pauses between failed deliveries of a batch.
+    pub retry: Backoff,
 }
 
 impl DeliveryPolicy {
@@ -123,8 +124,7 @@ impl DeliveryPolicy {
         DeliveryPolicy {
             dedupe_window: Duration::from_secs(alerts.dedupe_window_secs),
             min_interval: Duration::from_millis(alerts.min_interval_ms),
-            retry_initial: Duration::from_millis(daemon.retry_initial_ms),
-            retry_max: Duration::from_millis(daemon.retry_max_ms),
+            retry: daemon.retry_backoff(),
         }
     }
 }
@@ -347,7 +347,7 @@ fn start_worker(
         mark: ReadMark::unhashed(cursor),
         read_errors: RecentlyRead::default(),
         not_before: Instant::now(),
-        failures: 0,
+        retry: policy.retry.clone(),
         contained_failures: 0,
         held: HashMap::new(),
     };
@@ -471,8 +471,8 @@ struct Sink {
     /// is read again from its start.
     read_errors: RecentlyRead,
     not_before: Instant,
-    /// Failed attempts in a row (for the backoff).
-    failures: u32,
+    /// Failed attempts in a row, and the pause they call for.
+    retry: Backoff,
     /// Of those, the sink's own failures at the current batch.
     contained_failures: u32,
     /// Held back as duplicates: key -> (window start, count held back, the alert).
@@ -703,7 +703,7 @@ fn deliver(
     policy: &DeliveryPolicy,
 ) {
     if sink.pending.is_empty() || Instant::now() < sink.not_before {
-        if sink.pending.is_empty() && sink.failures == 0 {
+        if sink.pending.is_empty() && sink.retry.failures() == 0 {
             // Nothing to send, but the cursor may still move past non-error events.
             record(dir, sink, None, 0, 0);
         }
@@ -735,19 +735,18 @@ fn deliver(
     match outcome {
         Outcome::Retry(reason) => {
             let reason = bounded(&reason);
-            sink.failures += 1;
-            let pause = crate::model::config::backoff(
-                policy.retry_initial,
-                policy.retry_max,
-                sink.failures,
-            );
+            if sink.retry.failures() == 0 {
+                // A new run of failures follows the settings of the moment.
+                sink.retry = policy.retry.clone();
+            }
+            let pause = sink.retry.fail();
             sink.not_before = Instant::now() + pause;
             tracing::warn!(sink = sink.key.as_str(), %reason, retry_in = ?pause, "alert delivery failed");
             record(dir, sink, Some(reason), 0, 0);
         }
         Outcome::Delivered | Outcome::GiveUp(_) => {
             sink.pending.drain(..sent);
-            sink.failures = 0;
+            sink.retry.reset();
             sink.contained_failures = 0;
             sink.not_before = Instant::now() + policy.min_interval;
             match outcome {

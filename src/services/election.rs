@@ -17,7 +17,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::backend::{append_unless, Backend, CasOutcome, Position, StoreError};
+use crate::backend::{append_unless, Backend, CasOutcome, Conditional, Position, StoreError};
 use crate::model::event::{types, Event, InteractionRef, NewEvent};
 
 pub const ACTION_FIELD: &str = "action";
@@ -126,9 +126,11 @@ pub fn campaign(
 
 /// Appends a heartbeat for `term` unless a higher term was claimed since
 /// `cursor` (fencing). Returns false if the leader has been replaced.
+/// `cursor` moves past everything the check read (and the beat), so the
+/// next beat checks only what came after.
 pub fn leader_heartbeat(
     log: &dyn Backend,
-    cursor: Position,
+    cursor: &mut Position,
     me: &str,
     term: u64,
 ) -> Result<bool, StoreError> {
@@ -139,16 +141,29 @@ pub fn leader_heartbeat(
         format!("leader {me} alive (term {term})"),
     )
     .cut_to_fit()
-    .with_term(term);
-    let superseded = move |event: &Event| {
+    .with_term(term)
+    .fitted(log.max_content_bytes());
+    beat.validate(log.max_content_bytes())?;
+    let beat = beat.into_event(0);
+    let superseded = |event: &Event| {
         event.kind == types::LEADER_ELECTION
             && event.term.is_some_and(|t| t > term)
             && event.extra.get(ACTION_FIELD).and_then(|v| v.as_str()) == Some(CLAIM)
     };
-    Ok(matches!(
-        append_unless(log, cursor, beat, &superseded)?,
-        CasOutcome::Appended(_)
-    ))
+    loop {
+        match log.append_if_head(*cursor, std::slice::from_ref(&beat))? {
+            Conditional::Appended { head } => {
+                *cursor = head;
+                return Ok(true);
+            }
+            Conditional::Moved { events, head } => {
+                *cursor = head;
+                if events.iter().any(|stored| superseded(&stored.event)) {
+                    return Ok(false);
+                }
+            }
+        }
+    }
 }
 
 /// What one campaign round came to (`huddle campaign`).

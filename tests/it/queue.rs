@@ -103,3 +103,31 @@ fn an_append_made_while_events_wait_in_the_queue_writes_them_first() {
         [(1, "waited".to_string()), (1, "new".to_string())]
     );
 }
+
+#[test]
+fn an_election_claim_made_while_paused_is_refused_and_never_lands_later() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let _spool = Spool(dir.path());
+    let memory = MemoryLog::new();
+    let log = Queued::new(memory.clone(), dir.path());
+    let seen = log.head().expect("head");
+    huddle::pause::pause(dir.path(), "test", "read-only").expect("pause");
+    let claim = NewEvent::new(
+        InteractionRef::Number(0),
+        "candidate",
+        "leader_election",
+        "claim",
+    )
+    .with_term(1);
+    match huddle::backend::append_unless(&log, seen, claim, &|_| false) {
+        Err(StoreError::PausedNotQueued { reason }) => assert_eq!(reason, "read-only"),
+        other => panic!("a claim while paused answered {other:?}"),
+    }
+    huddle::pause::clear(dir.path()).expect("lift the pause");
+    assert_eq!(
+        log.flush_queues().expect("flush"),
+        0,
+        "the claim was queued"
+    );
+    assert!(contents(&memory).is_empty(), "the claim landed after all");
+}

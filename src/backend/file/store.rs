@@ -12,6 +12,7 @@ use super::{quarantine, tail, LOG_FILE, STATE_DIR};
 use super::{Continuity, ReadMark};
 pub use crate::backend::error::StoreError;
 use crate::backend::{Backend, Conditional, Fetch, Stored, Subscription};
+use crate::model::backoff::Backoff;
 use crate::model::config::{Durability, LogConfig};
 use crate::model::event::Event;
 use std::ops::ControlFlow;
@@ -75,7 +76,7 @@ impl FileLog {
     fn lock(&self) -> Result<Result<LockedLog, Duration>, StoreError> {
         let mut file = self.open()?;
         let started = Instant::now();
-        let mut pause = self.config.lock_backoff();
+        let mut backoff = self.config.lock_backoff();
         let mut attempt = 1;
         while attempt <= self.config.lock_attempts {
             if wait_for_lock(&file, self.config.lock_timeout())
@@ -92,8 +93,7 @@ impl FileLog {
                 continue;
             }
             if attempt < self.config.lock_attempts {
-                sleep(pause);
-                pause *= 2;
+                sleep(backoff.fail());
             }
             attempt += 1;
         }
@@ -448,7 +448,7 @@ fn ends_torn(file: &File, path: &Path) -> Result<bool, StoreError> {
 /// flock cannot be cancelled without signals, so we poll with short, growing pauses.
 fn wait_for_lock(file: &File, timeout: Duration) -> std::io::Result<bool> {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(20);
+    let mut polls = Backoff::new(Duration::from_micros(20), Duration::from_millis(2));
     loop {
         match fs4::FileExt::try_lock(file) {
             Ok(()) => return Ok(true),
@@ -459,7 +459,6 @@ fn wait_for_lock(file: &File, timeout: Duration) -> std::io::Result<bool> {
         if now >= deadline {
             return Ok(false);
         }
-        sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(2));
+        sleep(polls.fail().min(deadline - now));
     }
 }

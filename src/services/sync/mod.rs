@@ -263,6 +263,7 @@ pub fn check_remote(dir: &Path, config: &SyncConfig) -> Result<(), SyncError> {
 /// and logs an `error` event when the sync goes offline.
 pub fn sync(workspace: &Workspace) -> Result<SyncReport, SyncError> {
     let config = &workspace.config.sync;
+    let mut backoff = config.retry_backoff();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -276,11 +277,7 @@ pub fn sync(workspace: &Workspace) -> Result<SyncReport, SyncError> {
                 if error.needs_a_person() || attempt >= config.attempts {
                     return Err(error);
                 }
-                std::thread::sleep(crate::model::config::backoff(
-                    Duration::from_millis(config.retry_initial_ms),
-                    Duration::from_millis(config.retry_max_ms),
-                    attempt,
-                ));
+                std::thread::sleep(backoff.fail());
             }
         }
     }
