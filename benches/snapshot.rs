@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use huddle::config::LogConfig;
+use huddle::config::{Durability, LogConfig};
 use huddle::event::{InteractionRef, NewEvent};
 use huddle::log::{EventStore, FileLog};
 use huddle::plugin::PluginHost;
@@ -65,18 +65,13 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(mode.size(1_000_000, 300));
+    let cold_runs = mode.size(3, 1);
     let large = root.path().join("large");
     fill(&large, events);
     let log_bytes = std::fs::metadata(large.join("events.log"))
         .expect("log")
         .len();
-    let (cold, peak_rss_kib) = time_child(
-        Command::new(exe)
-            .arg("--dir")
-            .arg(&large)
-            .arg("snapshot")
-            .env("HUDDLE_CACHE_DIR", &cache),
-    );
+    let (cold, peak_rss_kib) = cold_snapshots(exe, &large, &cache, cold_runs);
     if let Some(last_event) = events.checked_sub(1) {
         // `fill` puts three events in each interaction, from #1 on.
         assert_shows(
@@ -85,6 +80,7 @@ fn main() {
             &format!(" - Message {last_event}: "),
         );
     }
+    assert_nothing_left_out(&large);
 
     let host = PluginHost::with_cache_dir(cache.clone()).expect("plugin host");
     let mut snapshotter = Snapshotter::new(&large);
@@ -130,6 +126,47 @@ fn main() {
     }
     let incremental = median(&mut incremental_times);
 
+    // Logs of other shapes, each as large: what a cold snapshot costs must
+    // not depend on how the events are grouped or how long they are.
+    let shapes = [
+        Shape {
+            name: "3 events / interaction, 100-200 B contents",
+            events: mode.size(1_000_002, 300),
+            per_interaction: 3,
+            content: varied_content,
+        },
+        Shape {
+            name: "10 interactions of 100,000 events",
+            events: mode.size(1_000_000, 300),
+            per_interaction: mode.size(100_000, 100),
+            content: varied_content,
+        },
+        Shape {
+            name: "20 KB contents, 3 events / interaction",
+            events: mode.size(50_000, 30),
+            per_interaction: 3,
+            content: long_content,
+        },
+    ];
+    let mut shape_rows = Vec::new();
+    for shape in &shapes {
+        let dir = root.path().join("shape");
+        shape.fill(&dir);
+        let bytes = std::fs::metadata(dir.join("events.log"))
+            .expect("log")
+            .len();
+        let (wall, rss_kib) = cold_snapshots(exe, &dir, &cache, cold_runs);
+        let last = shape.events - 1;
+        assert_shows(
+            &dir,
+            last / shape.per_interaction + 1,
+            &format!(" - Event {last}: "),
+        );
+        assert_nothing_left_out(&dir);
+        shape_rows.push((shape, bytes, wall, rss_kib));
+        std::fs::remove_dir_all(&dir).expect("remove the shape's log");
+    }
+
     println!();
     println!("| snapshot benchmark                                              | huddle      | baseline    | ratio    |");
     println!("|-----------------------------------------------------------------|-------------|-------------|----------|");
@@ -142,7 +179,7 @@ fn main() {
         baseline_time.as_secs_f64() / huddle_small.as_secs_f64()
     );
     println!(
-        "| {events} events ({:.0} MB), cold `huddle snapshot`, wall          | {:>8.2} s  | {:>11} | {:>8} |",
+        "| {events} events ({:.0} MB), cold `huddle snapshot`, wall (median of {cold_runs})  | {:>8.2} s  | {:>11} | {:>8} |",
         log_bytes as f64 / 1e6,
         cold.as_secs_f64(),
         "-",
@@ -159,6 +196,150 @@ fn main() {
         ms(incremental),
         "-",
         "-"
+    );
+    println!();
+    println!("| cold `huddle snapshot`, other shapes (median of {cold_runs})       | events     | log        | wall      | peak RSS   |");
+    println!("|------------------------------------------------------------|------------|------------|-----------|------------|");
+    for (shape, bytes, wall, rss_kib) in shape_rows {
+        println!(
+            "| {:<58} | {:>10} | {:>7.0} MB | {:>7.2} s | {:>7.0} MB |",
+            shape.name,
+            thousands(shape.events),
+            bytes as f64 / 1e6,
+            wall.as_secs_f64(),
+            rss_kib as f64 / 1024.0
+        );
+    }
+}
+
+/// A log to snapshot: `events` events, `per_interaction` to an interaction
+/// (from #1 on), event `i` with `content(i)`.
+struct Shape {
+    name: &'static str,
+    events: u64,
+    per_interaction: u64,
+    content: fn(u64) -> String,
+}
+
+impl Shape {
+    /// A fresh huddle directory at `dir` holding this log, synced to disk.
+    fn fill(&self, dir: &Path) {
+        huddle::workspace::init(dir).expect("init");
+        let log = FileLog::new(
+            dir,
+            LogConfig {
+                durability: Durability::None,
+                ..LogConfig::default()
+            },
+        );
+        let kinds = ["question", "answer", "followup"];
+        let mut next = 0u64;
+        while next < self.events {
+            // Batches of about 4 MB, whatever the contents' length.
+            let end = (next + 4 * 1024 * 1024 / ((self.content)(next).len() as u64 + 128))
+                .clamp(next + 1, self.events);
+            let batch: Vec<NewEvent> = (next..end)
+                .map(|i| {
+                    NewEvent::new(
+                        InteractionRef::Number(i / self.per_interaction + 1),
+                        if i % 3 == 1 { "Agent B" } else { "Agent A" },
+                        kinds[(i % 3) as usize],
+                        (self.content)(i),
+                    )
+                })
+                .collect();
+            next = end;
+            log.append_batch(batch).expect("append");
+        }
+        std::fs::File::open(dir.join("events.log"))
+            .and_then(|f| f.sync_all())
+            .expect("sync the log");
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "checking", "the", "build", "logs", "for", "failing", "test", "then", "lock", "file", "and",
+    "sync", "queue", "`cargo`", "*retry*", "snapshot",
+];
+
+/// A cheap deterministic scramble of `i`, so lengths and words vary.
+fn mix(i: u64) -> u64 {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    x.wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (x >> 32)
+}
+
+/// Words from `seed` on, up to exactly `len` bytes; a line break every
+/// `line` bytes or so, and every 8th line a list item, which the host
+/// neutralises.
+fn words(seed: u64, len: usize, line: usize, out: &mut String) {
+    let mut k = seed;
+    let mut line_start = out.len();
+    while out.len() < len {
+        if out.len() - line_start >= line {
+            out.push('\n');
+            line_start = out.len();
+            if mix(k).is_multiple_of(8) {
+                out.push_str("- ");
+            }
+        } else if out.len() > line_start {
+            out.push(' ');
+        }
+        out.push_str(WORDS[(mix(k) % WORDS.len() as u64) as usize]);
+        k += 1;
+    }
+    out.truncate(len);
+}
+
+/// 100 to 200 bytes, starting with "Event {i}: ".
+fn varied_content(i: u64) -> String {
+    let len = 100 + (mix(i) % 101) as usize;
+    let mut out = format!("Event {i}: ");
+    words(i, len, 80, &mut out);
+    out
+}
+
+/// 20 KB in lines of about 80 bytes, starting with "Event {i}: ".
+fn long_content(i: u64) -> String {
+    let mut out = format!("Event {i}: ");
+    words(i, 20 * 1024, 80, &mut out);
+    out
+}
+
+/// Cold `huddle snapshot` of `dir`, `runs` times (each with the index
+/// files as a fresh process finds them): the median wall time and the
+/// highest peak RSS (KiB).
+fn cold_snapshots(exe: &str, dir: &Path, cache: &Path, runs: usize) -> (Duration, i64) {
+    let mut times = Vec::new();
+    let mut peak = 0;
+    for _ in 0..runs {
+        let (wall, rss) = time_child(
+            Command::new(exe)
+                .arg("--dir")
+                .arg(dir)
+                .arg("snapshot")
+                .env("HUDDLE_CACHE_DIR", cache),
+        );
+        times.push(wall);
+        peak = peak.max(rss);
+    }
+    (median(&mut times), peak)
+}
+
+/// Fails if the snapshot of `dir` left an event out (set it aside).
+fn assert_nothing_left_out(dir: &Path) {
+    let set_aside = dir.join(huddle::backend::file::QUARANTINE_FILE);
+    let held = std::fs::metadata(&set_aside).map_or(0, |m| m.len());
+    assert_eq!(
+        held,
+        0,
+        "the snapshot left events out: {}",
+        std::fs::read_to_string(&set_aside)
+            .unwrap_or_default()
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 

@@ -71,8 +71,11 @@ pub use crate::model::names::{BEGIN_MARKER, END_MARKER};
 
 pub use crate::model::names::{ARCHIVE_FILE, BACKUP_FILE, COMMUNICATION_FILE};
 
-/// Events per heading-mapper call.
+/// Events per heading-mapper call (and log bytes, whichever comes first:
+/// the batch is copied into the plugin's memory, capped at 64 MiB by default,
+/// and held twice more while queued).
 const MAPPER_BATCH: usize = 4096;
+const MAPPER_BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Interactions per renderer call (and content bytes, whichever comes first).
 const RENDER_BATCH: usize = 2048;
 const RENDER_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -165,7 +168,9 @@ struct Index {
     cursor: Position,
     /// Visible events per interaction, in log order.
     interactions: BTreeMap<u64, Vec<EventRef>>,
+    /// Each heading as the renderer receives it (neutralised), by id.
     headings: Vec<String>,
+    /// The mapper's headings as it gave them, to their ids.
     heading_ids: HashMap<String, u32>,
 }
 
@@ -175,7 +180,8 @@ impl Index {
             return *id;
         }
         let id = self.headings.len() as u32;
-        self.headings.push(heading.clone());
+        self.headings
+            .push(region::neutralise_field(&heading).into_owned());
         self.heading_ids.insert(heading, id);
         id
     }
@@ -513,20 +519,23 @@ impl Snapshotter {
             });
             let mut places = Vec::with_capacity(MAPPER_BATCH);
             let mut events = Vec::with_capacity(MAPPER_BATCH);
+            let mut batch_bytes = 0;
             let start = self.index.cursor;
             scanned = crate::backend::scan(&*log, start, |record| {
+                let len = record.next.offset - record.at.offset;
                 places.push(Place {
                     line: record.at.line,
                     offset: record.at.offset,
-                    len: record.next.offset - record.at.offset,
                     interaction: record.event.interaction,
                 });
                 events.push(record.event);
-                if events.len() == MAPPER_BATCH {
+                batch_bytes += len;
+                if events.len() == MAPPER_BATCH || batch_bytes >= MAPPER_BATCH_BYTES {
                     count += events.len();
                     if let Some(bar) = &bar {
-                        bar.advance(places.iter().map(|p| p.len).sum());
+                        bar.advance(batch_bytes);
                     }
+                    batch_bytes = 0;
                     let job = (std::mem::take(&mut places), std::mem::take(&mut events));
                     // A closed channel means the worker stopped; its result says why.
                     let _ = job_tx.send(job);
@@ -826,9 +835,8 @@ impl Snapshotter {
         for event_ref in refs {
             let (mut event, _) = fetcher.fetch(event_ref.position())?;
             region::neutralise_event(&mut event);
-            let heading = &self.index.headings[event_ref.heading as usize];
             entries.push(Entry {
-                heading: region::neutralise_field(heading).into_owned(),
+                heading: self.index.headings[event_ref.heading as usize].clone(),
                 event,
             });
         }
@@ -858,7 +866,6 @@ fn block_problem(block: &str) -> Option<String> {
 struct Place {
     line: u64,
     offset: u64,
-    len: u64,
     interaction: u64,
 }
 type MapperJob = (Vec<Place>, Vec<Event>);

@@ -117,10 +117,10 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let text = rest?;
-        match text.char_indices().find(|(_, c)| is_line_break(*c)) {
-            Some((at, c)) => {
-                let mut next = at + c.len_utf8();
-                if c == '\r' && text[next..].starts_with('\n') {
+        match find_line_break(text) {
+            Some((at, len)) => {
+                let mut next = at + len;
+                if text.as_bytes()[at] == b'\r' && text[next..].starts_with('\n') {
                     next += 1;
                 }
                 rest = Some(&text[next..]);
@@ -132,6 +132,28 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
             }
         }
     })
+}
+
+/// Where the first line break of `text` starts and its length in bytes.
+/// Byte by byte rather than char by char: every rendered byte of a snapshot
+/// passes through here. Only `\n`, `\r` and the lead bytes of NEL (C2 85),
+/// U+2028 and U+2029 (E2 80 A8/A9) can start one, and a lead byte is never
+/// inside another character in UTF-8.
+fn find_line_break(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(found) = bytes[from..]
+        .iter()
+        .position(|b| matches!(b, b'\n' | b'\r' | 0xC2 | 0xE2))
+    {
+        let at = from + found;
+        let c = text[at..].chars().next()?;
+        if is_line_break(c) {
+            return Some((at, c.len_utf8()));
+        }
+        from = at + c.len_utf8();
+    }
+    None
 }
 
 fn is_line_break(c: char) -> bool {
@@ -260,23 +282,40 @@ fn neutralise_line(line: &str, out: &mut String) {
         text = push_blanks(inner, out);
     }
     text = &text[push_block_start(text, true, out)..];
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    line_rest(text, out);
+}
+
+/// The rest of a line of content, after its start: raw HTML escaped,
+/// hidden characters shown, a writer's own escapes kept. Runs of bytes that
+/// need nothing are copied whole; the rest goes character by character.
+fn line_rest(mut text: &str, out: &mut String) {
+    while let Some(plain) = text
+        .bytes()
+        .position(|b| matches!(b, b'\\' | b'<' | 0x00..=0x1f | 0x7f..))
+    {
+        out.push_str(&text[..plain]);
+        text = &text[plain..];
+        let mut chars = text.chars();
+        let Some(c) = chars.next() else { return };
+        let next = chars.clone().next();
+        let mut taken = c.len_utf8();
         match c {
             // Already escaped by the writer: keep the pair as it is, so the
             // backslash is not read as one more escape before it.
             '\\' => {
                 out.push('\\');
-                if let Some(&next) = chars.peek().filter(|n| n.is_ascii_punctuation()) {
+                if let Some(next) = next.filter(char::is_ascii_punctuation) {
                     out.push(next);
-                    chars.next();
+                    taken += next.len_utf8();
                 }
             }
-            '<' if chars.peek().is_some_and(|n| opens_html(*n)) => out.push_str("\\<"),
+            '<' if next.is_some_and(opens_html) => out.push_str("\\<"),
             c if is_hidden(c) => push_shown(out, c),
             c => out.push(c),
         }
+        text = &text[taken..];
     }
+    out.push_str(text);
 }
 
 /// How a line's text (blanks already taken off) could open a block.
@@ -384,6 +423,13 @@ fn starts_entity(rest: &str) -> bool {
 /// region, for the region parser or for a CommonMark reader (which also ends
 /// a line at a lone CR).
 pub(crate) fn has_marker_line(block: &str) -> bool {
+    // Both markers start with "<!--": without it no line can be one, and
+    // the check of every rendered byte is one substring search.
+    const COMMON: &str = "<!--";
+    debug_assert!(BEGIN_MARKER.starts_with(COMMON) && END_MARKER.starts_with(COMMON));
+    if !block.contains(COMMON) {
+        return false;
+    }
     lines(block).any(|line| line.trim() == BEGIN_MARKER || line.trim() == END_MARKER)
 }
 
@@ -441,6 +487,109 @@ fn find_region(text: &str) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
     use pulldown_cmark::{CodeBlockKind, Event as Md, Options, Parser, Tag, TagEnd};
+
+    /// The rest of a line as neutralise_line wrote it character by
+    /// character, before runs were copied whole: the reference.
+    fn line_rest_char_by_char(text: &str, out: &mut String) {
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                // Already escaped by the writer: keep the pair as it is, so the
+                // backslash is not read as one more escape before it.
+                '\\' => {
+                    out.push('\\');
+                    if let Some(&next) = chars.peek().filter(|n| n.is_ascii_punctuation()) {
+                        out.push(next);
+                        chars.next();
+                    }
+                }
+                '<' if chars.peek().is_some_and(|n| opens_html(*n)) => out.push_str("\\<"),
+                c if is_hidden(c) => push_shown(out, c),
+                c => out.push(c),
+            }
+        }
+    }
+
+    /// Splits on line breaks the slow, obvious way: the reference.
+    fn lines_char_by_char(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut chars = text.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            if is_line_break(c) {
+                out.push(&text[start..at]);
+                start = at + c.len_utf8();
+                if c == '\r' && chars.peek().is_some_and(|(_, n)| *n == '\n') {
+                    chars.next();
+                    start += 1;
+                }
+            }
+        }
+        out.push(&text[start..]);
+        out
+    }
+
+    #[test]
+    fn the_fast_paths_give_the_character_by_character_bytes() {
+        let pieces = [
+            "plain",
+            "\\",
+            "\\#",
+            "\\\\",
+            "\\é",
+            "<",
+            "<a",
+            "</",
+            "<!--",
+            "<3",
+            "\n",
+            "\r",
+            "\r\n",
+            "\u{85}",
+            "\u{2028}",
+            "\u{2029}",
+            "\t",
+            "\u{1b}",
+            "\u{7f}",
+            "\u{202e}",
+            "é",
+            "€",
+            "→",
+            " ",
+            "- ",
+            "# ",
+            "\u{c2}\u{a0}",
+            "✓\u{2028}x",
+        ];
+        let mut texts = Vec::new();
+        for a in pieces {
+            texts.push(a.to_string());
+            for b in pieces {
+                texts.push(format!("{a}{b}"));
+                for c in pieces {
+                    texts.push(format!("{a}x{b}{c}"));
+                }
+            }
+        }
+        for text in &texts {
+            assert_eq!(
+                lines(text).collect::<Vec<_>>(),
+                lines_char_by_char(text),
+                "{text:?}"
+            );
+            let mut reference = String::new();
+            line_rest_char_by_char(text, &mut reference);
+            let mut fast = String::new();
+            line_rest(text, &mut fast);
+            assert_eq!(fast, reference, "{text:?}");
+            let reference_marker = lines_char_by_char(text)
+                .iter()
+                .any(|line| line.trim() == BEGIN_MARKER || line.trim() == END_MARKER);
+            assert_eq!(has_marker_line(text), reference_marker, "{text:?}");
+        }
+        let marker = format!("x\n {BEGIN_MARKER} \r\ny");
+        assert!(has_marker_line(&marker));
+    }
 
     #[test]
     fn plain_text_and_inline_markdown_stay_as_they_are() {
