@@ -191,6 +191,14 @@ async def tools_happy() -> None:
         assert status["events"] == expected["events"] == 4, (status, expected)
         assert {a["actor"] for a in status["actors"]} == {"Agent A", "Agent B"}, status
 
+        # An answer to an older interaction, after a newer one: still found
+        # by a read from that interaction (the index only says where to start).
+        late = await ok(client, "log", {"interaction": 1, "actor": "Agent C", "type": "answer", "content": "Late."})
+        found = await ok(client, "read", {"from_interaction": 1, "to_interaction": 1})
+        assert [e["id"] for e in found["events"]] == [first["id"], reply["id"], late["id"]], found
+        found = await ok(client, "read", {"from_interaction": 2})
+        assert [e["id"] for e in found["events"]] == [second["id"]], found
+
 
 async def bad_input() -> None:
     cli("log", "1", "Agent A", "question", "before")
