@@ -101,6 +101,18 @@ enum Command {
     Resume,
     /// Sync events.log with the git remote once: commit, fetch, merge by event id, push.
     Sync,
+    /// Serve the huddle to agents over MCP: stdio by default, or streamable HTTP.
+    Mcp {
+        /// Speak only for this actor: `log`, `heartbeat` and `ack` refuse any other.
+        #[arg(long, value_parser = Utf8Text)]
+        actor: Option<String>,
+        /// Serve streamable HTTP on this address (e.g. 127.0.0.1:8765), at /mcp.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+        /// Bearer token every HTTP request must carry (required off loopback).
+        #[arg(long, env = "HUDDLE_MCP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// git merge driver for events.log (registered by `huddle sync`): %O %A %B.
     #[command(hide = true)]
     MergeDriver {
@@ -200,29 +212,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, each said once: many errors quote their
-/// source in their own message (`cannot read X: No such file`), and
-/// printing the chain as it is would repeat it.
+/// The error and its causes, each said once (worded as the MCP server words them).
 fn message(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
+    huddle::apps::error_text(err.as_ref())
 }
 
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
         )
         // Alerts and errors quote the log: shown, not obeyed, by a terminal.
         .with_writer(|| VisibleWriter(std::io::stderr()))
@@ -381,6 +380,10 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Mcp { actor, http, token } => huddle::apps::mcp::run(
+            &cli.dir,
+            huddle::apps::mcp::McpOptions { actor, http, token },
+        ),
         Command::MergeDriver {
             base: _,
             ours,

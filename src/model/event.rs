@@ -487,7 +487,7 @@ fn shorten(text: &str) -> String {
     format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
-fn validate_actor(actor: &str) -> Result<(), ValidationError> {
+pub fn validate_actor(actor: &str) -> Result<(), ValidationError> {
     if actor.trim().is_empty() {
         return Err(ValidationError::new("actor", "must not be empty"));
     }
@@ -511,7 +511,7 @@ fn validate_actor(actor: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_type(kind: &str) -> Result<(), ValidationError> {
+pub fn validate_type(kind: &str) -> Result<(), ValidationError> {
     let mut bytes = kind.bytes();
     let well_formed = matches!(bytes.next(), Some(b'a'..=b'z'))
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));

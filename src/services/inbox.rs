@@ -1,5 +1,7 @@
 //! What an agent has not handled yet, and its acknowledgement: the service
-//! behind `huddle next`, `huddle ack` and the MCP tools of the same names.
+//! behind `huddle next`, `huddle ack` and the MCP tools of the same names;
+//! waiting for news ([`wait`], pushed by the backend's subscription) and
+//! reading the log by interaction, type, actor and text ([`search`]).
 //!
 //! An agent's checkpoint says it handled every interaction up to N; its
 //! unread events are those of interactions above N, in log order, less
@@ -240,6 +242,214 @@ pub fn ack(dir: &Path, agent: &str, interaction: u64) -> Result<u64, InboxError>
         source,
     })?;
     Ok(interaction)
+}
+
+/// The longest [`wait`] may last.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Checks how long a caller asks to wait, in milliseconds (at most [`MAX_WAIT`]).
+pub fn wait_timeout(timeout_ms: u64) -> Result<std::time::Duration, ValidationError> {
+    let limit = MAX_WAIT.as_millis();
+    if u128::from(timeout_ms) > limit {
+        return Err(ValidationError::new(
+            "timeout_ms",
+            format!("is {timeout_ms}, over the limit of {limit}"),
+        ));
+    }
+    Ok(std::time::Duration::from_millis(timeout_ms))
+}
+
+/// `agent`'s unread events as soon as there are any, or none once `timeout`
+/// has passed. News of appends is pushed by the backend's subscription, taken
+/// out before the first read so that no append falls in between.
+pub async fn wait(
+    dir: std::path::PathBuf,
+    backend: std::sync::Arc<dyn Backend>,
+    mapper: std::sync::Arc<dyn MapperSource + Send + Sync>,
+    agent: String,
+    timeout: std::time::Duration,
+) -> Result<Unread, InboxError> {
+    checkpoint::validate_agent(&agent)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut news = backend.subscribe()?;
+    // Reads are file I/O: kept off the async workers.
+    let first = {
+        let (backend, mapper) = (backend.clone(), mapper.clone());
+        tokio::task::spawn_blocking(move || unread(&dir, &*backend, &*mapper, &agent, None))
+            .await
+            .map_err(joined)??
+    };
+    let mut unread = first;
+    while unread.events.is_empty() {
+        match tokio::time::timeout_at(deadline, news.recv()).await {
+            Ok(Some(())) => news.drain(),
+            // Timed out, or the backend can send no more news.
+            Ok(None) | Err(_) => break,
+        }
+        let (backend, mapper) = (backend.clone(), mapper.clone());
+        let (resume, after) = (unread.resume, unread.after);
+        unread = tokio::task::spawn_blocking(move || {
+            read_unread(&*backend, &*mapper, resume, after, None)
+        })
+        .await
+        .map_err(joined)??;
+    }
+    Ok(unread)
+}
+
+fn joined(error: tokio::task::JoinError) -> InboxError {
+    InboxError::Store(StoreError::Io {
+        action: "read",
+        path: "the log (reader task ended)".into(),
+        source: std::io::Error::other(error.to_string()),
+    })
+}
+
+/// What [`search`] looks for. Every condition given must hold.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    /// Interactions from this number on.
+    pub from_interaction: Option<u64>,
+    /// Interactions up to this number.
+    pub to_interaction: Option<u64>,
+    /// Only these types, hidden ones included; without it, the types the
+    /// heading mapper hides are left out, as in [`unread`].
+    pub types: Option<Vec<String>>,
+    pub actor: Option<String>,
+    /// Content containing this text (case-sensitive).
+    pub text: Option<String>,
+    /// At most this many events (default [`Query::DEFAULT_LIMIT`]).
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 10_000;
+
+    /// Refuses a query that cannot be answered, naming the field: the same
+    /// rules as the log's own fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        use crate::model::event::{validate_actor, validate_number, validate_type};
+        if let Some(from) = self.from_interaction {
+            validate_number("from_interaction", from)?;
+        }
+        if let Some(to) = self.to_interaction {
+            validate_number("to_interaction", to)?;
+        }
+        if let (Some(from), Some(to)) = (self.from_interaction, self.to_interaction) {
+            if from > to {
+                return Err(ValidationError::new(
+                    "to_interaction",
+                    format!("is {to}, below from_interaction {from}"),
+                ));
+            }
+        }
+        for kind in self.types.iter().flatten() {
+            validate_type(kind)?;
+        }
+        if let Some(actor) = &self.actor {
+            validate_actor(actor)?;
+        }
+        if let Some(limit) = self.limit {
+            validate_limit(limit)?;
+        }
+        Ok(())
+    }
+
+    fn matches(&self, event: &Event) -> bool {
+        self.from_interaction
+            .is_none_or(|from| event.interaction >= from)
+            && self.to_interaction.is_none_or(|to| event.interaction <= to)
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|types| types.contains(&event.kind))
+            && self
+                .actor
+                .as_ref()
+                .is_none_or(|actor| *actor == event.actor)
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|text| event.content.contains(text.as_str()))
+    }
+}
+
+/// Checks how many events a caller asks for at once (1 to [`Query::MAX_LIMIT`]).
+pub fn validate_limit(limit: usize) -> Result<(), ValidationError> {
+    if limit == 0 || limit > Query::MAX_LIMIT {
+        return Err(ValidationError::new(
+            "limit",
+            format!("is {limit}, must be 1 to {}", Query::MAX_LIMIT),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer of [`search`].
+#[derive(Debug)]
+pub struct Found {
+    pub events: Vec<Event>,
+    /// True when `limit` stopped the read before the end of the log.
+    pub more: bool,
+}
+
+/// Events matching `query`, in log order. With `from_interaction`, reading
+/// starts where the interaction index says the first such event can be, so
+/// catching up on the last interactions of a long log costs what is read.
+pub fn search(
+    dir: &Path,
+    backend: &dyn Backend,
+    mapper: &dyn MapperSource,
+    query: &Query,
+) -> Result<Found, InboxError> {
+    query.validate()?;
+    let limit = query.limit.unwrap_or(Query::DEFAULT_LIMIT);
+    let from = match query.from_interaction {
+        Some(from) if from > 0 => first_above(dir, backend, from - 1)?,
+        _ => Position::START,
+    };
+    let filter_hidden = query.types.is_none();
+    let mut events = Vec::new();
+    let mut pending: Vec<(Event, Position)> = Vec::new();
+    let mut unused = from;
+    let mut more = false;
+    let mut failure: Option<InboxError> = None;
+    backend.read(from, &mut |stored| {
+        if !query.matches(&stored.event) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        if !filter_hidden {
+            if events.len() == limit {
+                more = true;
+                return Ok(ControlFlow::Break(()));
+            }
+            events.push(stored.event);
+            return Ok(ControlFlow::Continue(()));
+        }
+        pending.push((stored.event, stored.next));
+        if pending.len() < MAPPER_BATCH {
+            return Ok(ControlFlow::Continue(()));
+        }
+        match keep_visible(mapper, &mut pending, &mut events, &mut unused, limit) {
+            Ok(true) => Ok(ControlFlow::Continue(())),
+            Ok(false) => {
+                more = true;
+                Ok(ControlFlow::Break(()))
+            }
+            Err(error) => {
+                failure = Some(error);
+                Ok(ControlFlow::Break(()))
+            }
+        }
+    })?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    if !more && !keep_visible(mapper, &mut pending, &mut events, &mut unused, limit)? {
+        more = true;
+    }
+    Ok(Found { events, more })
 }
 
 /// Where to start reading for events of interactions above `done`: no

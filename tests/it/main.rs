@@ -13,6 +13,7 @@ mod fuzz_corpus;
 mod layers;
 mod log_cli;
 mod log_store;
+mod mcp;
 mod pause;
 mod plugins;
 mod queue;
