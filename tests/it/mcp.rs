@@ -142,6 +142,58 @@ fn two_http_clients_logging_500_events_each_write_each_once_with_unique_interact
 }
 
 #[test]
+fn clients_logging_beside_the_briefs_shell_appender_lose_nothing_and_next_stays_above_every_number()
+{
+    let _heavy = exclusive();
+    let dir = HuddleDir::new();
+    let script = crate::common::baseline_script("log_event.sh");
+    // The shell appender runs for as long as the clients do.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shell = {
+        let (path, stop) = (dir.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut written = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("bash")
+                    .arg(&script)
+                    .args([
+                        &format!("{}", written % 50 + 1),
+                        "shell",
+                        "note",
+                        &format!("shell {written}"),
+                    ])
+                    .current_dir(&path)
+                    .stdin(Stdio::null())
+                    .output_within(SCENARIO_LIMIT);
+                assert!(
+                    out.status.success(),
+                    "log_event.sh failed: {}",
+                    stderr(&out)
+                );
+                written += 1;
+            }
+            written
+        })
+    };
+    scenario(&dir, "concurrent_with_shell", &[]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = shell.join().expect("the shell appender's thread");
+    assert!(
+        written > 0,
+        "the shell appender never ran beside the clients"
+    );
+    let events = dir.events();
+    for i in 0..written {
+        let content = format!("shell {i}");
+        let copies = events
+            .iter()
+            .filter(|e| e["content"] == content.as_str())
+            .count();
+        assert_eq!(copies, 1, "{content:?} is in the log {copies} times");
+    }
+}
+
+#[test]
 fn wait_returns_within_100_ms_of_an_append_by_the_cli() {
     let _timing = exclusive();
     scenario(&HuddleDir::new(), "wait", &[]);

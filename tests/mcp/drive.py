@@ -317,6 +317,32 @@ async def concurrent(transport: str) -> None:
         assert len(numbers) == 2 * per_client and len(set(numbers)) == len(numbers), len(numbers)
 
 
+async def concurrent_with_shell() -> None:
+    """Two clients log with `next` while the test runs the brief's shell
+    appender beside them (explicit interaction numbers)."""
+    per_client = 200
+
+    async def agent(name: str, client: Client) -> list[int]:
+        numbers = []
+        for i in range(per_client):
+            written = await ok(client, "log", {"interaction": "next", "actor": name, "type": "note", "content": f"{name} {i}"})
+            numbers.append(written["interaction"])
+        return numbers
+
+    async with connect() as a, connect() as b:
+        results = await asyncio.gather(agent("A", a), agent("B", b))
+    written = results[0] + results[1]
+    assert len(set(written)) == len(written), "interactions handed out twice"
+    events = log_events()
+    highest = 0
+    for event in events:
+        if event["actor"] in ("A", "B"):
+            assert event["interaction"] > highest, f"`next` gave {event['interaction']} after {highest}"
+        highest = max(highest, event["interaction"])
+    ours = [e["content"] for e in events if e["actor"] in ("A", "B")]
+    assert sorted(ours) == sorted(f"{n} {i}" for n in "AB" for i in range(per_client)), "an event lost or doubled"
+
+
 async def wait_latency() -> None:
     async with connect() as client:
         # Nothing to read: an empty answer once the timeout has passed.
@@ -417,6 +443,7 @@ SCENARIOS = {
     "paused": paused,
     "concurrent_stdio": lambda: concurrent("stdio"),
     "concurrent_http": lambda: concurrent("http"),
+    "concurrent_with_shell": concurrent_with_shell,
     "wait": wait_latency,
     "resources": resources,
     "resources_legacy": resources_legacy,
