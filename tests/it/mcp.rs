@@ -194,6 +194,18 @@ fn clients_logging_beside_the_briefs_shell_appender_lose_nothing_and_next_stays_
 }
 
 #[test]
+fn the_tools_work_beside_a_running_daemon() {
+    let _heavy = exclusive();
+    let dir = HuddleDir::with_config(crate::daemon::FAST);
+    let _daemon = crate::daemon::Daemon::start(&dir, "d1");
+    crate::common::wait_until(Duration::from_secs(20), || {
+        (crate::daemon::status(&dir)["leader"] == "d1").then_some(())
+    })
+    .expect("the daemon leads");
+    scenario(&dir, "beside_daemon", &[]);
+}
+
+#[test]
 fn wait_returns_within_100_ms_of_an_append_by_the_cli() {
     let _timing = exclusive();
     scenario(&HuddleDir::new(), "wait", &[]);

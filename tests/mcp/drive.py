@@ -343,6 +343,24 @@ async def concurrent_with_shell() -> None:
     assert sorted(ours) == sorted(f"{n} {i}" for n in "AB" for i in range(per_client)), "an event lost or doubled"
 
 
+async def beside_daemon() -> None:
+    """The tools with a daemon running in the directory (its heartbeats and
+    claims in the log, its snapshots)."""
+    async with connect() as client:
+        first = await ok(client, "log", {"interaction": "next", "actor": "Agent A", "type": "question", "content": "with a daemon"})
+        unread = await ok(client, "next", {"agent": "agent-a"})
+        assert [e["id"] for e in unread["events"] if e["actor"] == "Agent A"] == [first["id"]], unread
+        acked = await ok(client, "ack", {"agent": "agent-a", "interaction": first["interaction"]})
+        assert acked["checkpoint"] == first["interaction"], acked
+        cli("log", "next", "Agent B", "answer", "from the CLI")
+        waited = await ok(client, "wait", {"agent": "agent-a", "timeout_ms": 10000})
+        assert [e["content"] for e in waited["events"]] == ["from the CLI"], waited
+        status = await ok(client, "status", {})
+        assert status["leader"] == "d1", status
+        found = await ok(client, "read", {"actor": "Agent A"})
+        assert [e["id"] for e in found["events"]] == [first["id"]], found
+
+
 async def wait_latency() -> None:
     async with connect() as client:
         # Nothing to read: an empty answer once the timeout has passed.
@@ -444,6 +462,7 @@ SCENARIOS = {
     "concurrent_stdio": lambda: concurrent("stdio"),
     "concurrent_http": lambda: concurrent("http"),
     "concurrent_with_shell": concurrent_with_shell,
+    "beside_daemon": beside_daemon,
     "wait": wait_latency,
     "resources": resources,
     "resources_legacy": resources_legacy,
