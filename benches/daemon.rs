@@ -51,6 +51,7 @@ fn main() {
         let started = Instant::now();
         let leader = start(exe, &dir, "bench-leader", &cache);
         wait_for_leader(exe, &dir, None);
+        beats.wait_for(MIN_BEATS);
         let gaps = beats.lateness();
         if events == large {
             cold_snapshot = started.elapsed();
@@ -193,6 +194,8 @@ fn main() {
 /// monotonic clock: what a follower sees, including a slow write.
 struct HeartbeatWatch {
     stop: Arc<AtomicBool>,
+    /// Heartbeats seen so far.
+    count: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<Vec<Instant>>>,
 }
 
@@ -201,8 +204,9 @@ impl HeartbeatWatch {
         let log = FileLog::new(dir, LogConfig::default());
         let mut cursor = log.scan(huddle::Position::START, |_| Ok(())).expect("scan");
         let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = {
-            let stop = stop.clone();
+            let (stop, count) = (stop.clone(), count.clone());
             std::thread::spawn(move || {
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
@@ -216,6 +220,7 @@ impl HeartbeatWatch {
                         .expect("scan");
                     let now = Instant::now();
                     seen.extend(std::iter::repeat_n(now, beats));
+                    count.store(seen.len(), Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 seen
@@ -223,7 +228,21 @@ impl HeartbeatWatch {
         };
         HeartbeatWatch {
             stop,
+            count,
             thread: Some(thread),
+        }
+    }
+
+    /// Waits until `beats` heartbeats have arrived: a snapshot shorter than
+    /// a few heartbeat intervals (a small log) still yields gaps to measure.
+    fn wait_for(&self, beats: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count.load(Ordering::SeqCst) < beats {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {beats} heartbeats within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -495,6 +514,9 @@ fn first_heartbeat_after(dir: &Path, old_term: u64) -> (String, chrono::DateTime
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Heartbeats watched at least, whatever the snapshot's length.
+const MIN_BEATS: usize = 4;
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
