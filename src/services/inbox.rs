@@ -155,14 +155,51 @@ pub fn read_unread(
     after: Option<u64>,
     limit: Option<usize>,
 ) -> Result<Unread, InboxError> {
-    let limit = limit.unwrap_or(usize::MAX);
+    let wanted = |event: &Event| after.is_none_or(|done| event.interaction > done);
+    let (events, resume, more) = read_visible(
+        backend,
+        mapper,
+        from,
+        &wanted,
+        true,
+        limit.unwrap_or(usize::MAX),
+    )?;
+    Ok(Unread {
+        after,
+        events,
+        resume,
+        more,
+    })
+}
+
+/// Reads from `from` the events `wanted` keeps, in log order, at most
+/// `limit` of them, leaving out those the heading mapper hides when `hide`
+/// (asking it in batches). Returns them, where to go on reading, and
+/// whether `limit` stopped the read with events left over.
+fn read_visible(
+    backend: &dyn Backend,
+    mapper: &dyn MapperSource,
+    from: Position,
+    wanted: &dyn Fn(&Event) -> bool,
+    hide: bool,
+    limit: usize,
+) -> Result<(Vec<Event>, Position, bool), InboxError> {
     let mut events = Vec::new();
     let mut pending: Vec<(Event, Position)> = Vec::new();
     let mut resume = from;
     let mut more = false;
     let mut failure: Option<InboxError> = None;
     let end = backend.read(from, &mut |stored| {
-        if after.is_some_and(|done| stored.event.interaction <= done) {
+        if !wanted(&stored.event) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        if !hide {
+            if events.len() == limit {
+                more = true;
+                return Ok(ControlFlow::Break(()));
+            }
+            resume = stored.next;
+            events.push(stored.event);
             return Ok(ControlFlow::Continue(()));
         }
         pending.push((stored.event, stored.next));
@@ -186,18 +223,13 @@ pub fn read_unread(
     }
     if !more {
         if keep_visible(mapper, &mut pending, &mut events, &mut resume, limit)? {
-            // Everything read was taken, hidden or handled already.
+            // Everything read was taken, hidden or not wanted.
             resume = end;
         } else {
             more = true;
         }
     }
-    Ok(Unread {
-        after,
-        events,
-        resume,
-        more,
-    })
+    Ok((events, resume, more))
 }
 
 /// Moves the visible events of `pending` to `events`, up to `limit` in
@@ -409,46 +441,16 @@ pub fn search(
         Some(from) if from > 0 => first_above(dir, backend, from - 1)?,
         _ => Position::START,
     };
-    let filter_hidden = query.types.is_none();
-    let mut events = Vec::new();
-    let mut pending: Vec<(Event, Position)> = Vec::new();
-    let mut unused = from;
-    let mut more = false;
-    let mut failure: Option<InboxError> = None;
-    backend.read(from, &mut |stored| {
-        if !query.matches(&stored.event) {
-            return Ok(ControlFlow::Continue(()));
-        }
-        if !filter_hidden {
-            if events.len() == limit {
-                more = true;
-                return Ok(ControlFlow::Break(()));
-            }
-            events.push(stored.event);
-            return Ok(ControlFlow::Continue(()));
-        }
-        pending.push((stored.event, stored.next));
-        if pending.len() < MAPPER_BATCH {
-            return Ok(ControlFlow::Continue(()));
-        }
-        match keep_visible(mapper, &mut pending, &mut events, &mut unused, limit) {
-            Ok(true) => Ok(ControlFlow::Continue(())),
-            Ok(false) => {
-                more = true;
-                Ok(ControlFlow::Break(()))
-            }
-            Err(error) => {
-                failure = Some(error);
-                Ok(ControlFlow::Break(()))
-            }
-        }
-    })?;
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    if !more && !keep_visible(mapper, &mut pending, &mut events, &mut unused, limit)? {
-        more = true;
-    }
+    // Types asked for by name are shown even if the mapper hides them.
+    let hide = query.types.is_none();
+    let (events, _, more) = read_visible(
+        backend,
+        mapper,
+        from,
+        &|event| query.matches(event),
+        hide,
+        limit,
+    )?;
     Ok(Found { events, more })
 }
 
