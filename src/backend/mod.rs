@@ -312,7 +312,7 @@ impl<B: Backend + ?Sized> EventStore for B {
             .iter()
             .map(|event| event.interaction == InteractionRef::Next)
             .collect();
-        let written: Vec<Event> = events.into_iter().map(|e| stamp(e, 0)).collect();
+        let written: Vec<Event> = events.into_iter().map(stamp).collect();
         append_numbered(self, written, &wanted)
     }
 }
@@ -376,12 +376,12 @@ pub(crate) fn without_allocation_marks(events: &[Event]) -> std::borrow::Cow<'_,
     std::borrow::Cow::Owned(events)
 }
 
-/// A new event as it will be written; interaction 0 stands for `next`
-/// until it is numbered.
-fn stamp(event: NewEvent, placeholder: u64) -> Event {
+/// A new event as it will be written; a `next` event holds 0 until
+/// [`append_numbered`] numbers it.
+fn stamp(event: NewEvent) -> Event {
     let number = match event.interaction {
         InteractionRef::Number(n) => n,
-        InteractionRef::Next => placeholder,
+        InteractionRef::Next => 0,
     };
     event.into_event(number)
 }
