@@ -107,7 +107,7 @@ pub fn order<H: Harness>(harness: &H) {
     );
     let mut fetch = log.fetcher().expect("open a fetcher");
     for s in stored.iter().rev() {
-        let (event, _) = fetch.fetch(s.at).expect("fetch by position");
+        let event = fetch.fetch(s.at).expect("fetch by position");
         assert_eq!(event, s.event, "fetch by position");
     }
 }

@@ -244,7 +244,7 @@ struct MemoryFetch<'a> {
 }
 
 impl Fetch for MemoryFetch<'_> {
-    fn fetch(&mut self, at: Position) -> Result<(Event, Vec<u8>), StoreError> {
+    fn fetch_stored(&mut self, at: Position) -> Result<(Event, Vec<u8>), StoreError> {
         let entry = self
             .log
             .lock()

@@ -110,9 +110,14 @@ impl Subscription {
 /// Reads events back by position, one at a time; sequential fetches (the
 /// common case) are cheap.
 pub trait Fetch {
+    /// The event that starts at `at`.
+    fn fetch(&mut self, at: Position) -> Result<Event, StoreError> {
+        self.fetch_stored(at).map(|(event, _)| event)
+    }
+
     /// The event that starts at `at`, with its bytes as the backend stores
     /// them (for records of events set aside).
-    fn fetch(&mut self, at: Position) -> Result<(Event, Vec<u8>), StoreError>;
+    fn fetch_stored(&mut self, at: Position) -> Result<(Event, Vec<u8>), StoreError>;
 }
 
 /// What every log backend offers (see the module docs).

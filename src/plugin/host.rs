@@ -424,14 +424,22 @@ impl PluginHost {
         let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let wit_events: Vec<v1::types::Event> = events.iter().map(to_wit_event).collect();
+        let views: Vec<EventView<'_>> = events.iter().map(EventView::of).collect();
         let headings = self.call(spec, |store| {
-            let bindings = pre.instantiate(&mut *store)?;
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let bindings = heading_mapper::HeadingMapper::new(&mut *store, &instance)?;
             let mapper = bindings.huddle_plugin_mapper();
             if let Err(message) = mapper.call_configure(&mut *store, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
-            mapper.call_headings(&mut *store, &wit_events).map(Ok)
+            let headings = export::<(&[EventView<'_>],), (Vec<Option<String>>,)>(
+                &instance,
+                &mut *store,
+                MAPPER_INTERFACE,
+                "headings",
+            )?;
+            let (headings,) = headings.call(&mut *store, (&views,))?;
+            Ok(Ok(headings))
         })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
@@ -478,18 +486,33 @@ impl PluginHost {
         let Pre::Renderer(pre) = self.pre(spec, World::Renderer)? else {
             unreachable!("pre() returns the world it was asked for")
         };
-        let wit: Vec<v1::types::Interaction> =
-            interactions.iter().map(to_wit_interaction).collect();
-        let blocks = self.call(spec, |store| {
-            let bindings = pre.instantiate(&mut *store)?;
-            let render = bindings.huddle_plugin_render();
-            if let Err(message) = render.call_configure(&mut *store, &spec.settings)? {
-                return Ok(Err(Refusal::Configure(message)));
-            }
-            Ok(render
-                .call_render(&mut *store, section, &wit)?
-                .map_err(Refusal::Failed))
-        })?;
+        let entries: Vec<Vec<EntryView<'_>>> = interactions
+            .iter()
+            .map(|interaction| interaction.entries.iter().map(EntryView::of).collect())
+            .collect();
+        let views: Vec<InteractionView<'_>> = interactions
+            .iter()
+            .zip(&entries)
+            .map(|(interaction, entries)| InteractionView {
+                number: interaction.number,
+                entries,
+            })
+            .collect();
+        let blocks =
+            self.call(spec, |store| {
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                let bindings = renderer::Renderer::new(&mut *store, &instance)?;
+                let render = bindings.huddle_plugin_render();
+                if let Err(message) = render.call_configure(&mut *store, &spec.settings)? {
+                    return Ok(Err(Refusal::Configure(message)));
+                }
+                let render = export::<
+                    (Section, &[InteractionView<'_>]),
+                    (Result<Vec<String>, String>,),
+                >(&instance, &mut *store, RENDER_INTERFACE, "render")?;
+                let (blocks,) = render.call(&mut *store, (section, &views))?;
+                Ok(blocks.map_err(Refusal::Failed))
+            })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -612,6 +635,88 @@ fn settle<T>(
     }
 }
 
+/// The exported interfaces the hot calls go through.
+const MAPPER_INTERFACE: &str = "huddle:plugin/mapper@0.1.0";
+const RENDER_INTERFACE: &str = "huddle:plugin/render@0.1.0";
+
+/// A function of an exported interface, typed with the host's own
+/// parameter types. wasmtime checks them against the component's types.
+fn export<Params, Results>(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<HostState>,
+    interface: &str,
+    name: &str,
+) -> wasmtime::Result<wasmtime::component::TypedFunc<Params, Results>>
+where
+    Params: wasmtime::component::ComponentNamedList + wasmtime::component::Lower,
+    Results: wasmtime::component::ComponentNamedList + wasmtime::component::Lift,
+{
+    let interface = instance
+        .get_export_index(&mut *store, None, interface)
+        .ok_or_else(|| wasmtime::format_err!("no export `{interface}`"))?;
+    let func = instance
+        .get_export_index(&mut *store, Some(&interface), name)
+        .ok_or_else(|| wasmtime::format_err!("no function `{name}` in the export"))?;
+    instance.get_typed_func::<Params, Results>(&mut *store, &func)
+}
+
+// The WIT records as borrowed views of the host's events: a batch is
+// lowered into the plugin's memory straight from the events, without first
+// copying every string into an owned WIT value.
+
+/// `huddle:plugin/types.event`.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct EventView<'a> {
+    interaction: u64,
+    actor: &'a str,
+    #[component(name = "type")]
+    kind: &'a str,
+    content: &'a str,
+    timestamp: &'a str,
+    id: Option<&'a str>,
+    term: Option<u64>,
+}
+
+impl<'a> EventView<'a> {
+    fn of(event: &'a Event) -> EventView<'a> {
+        EventView {
+            interaction: event.interaction,
+            actor: &event.actor,
+            kind: &event.kind,
+            content: &event.content,
+            timestamp: &event.timestamp,
+            id: event.id.as_deref(),
+            term: event.term,
+        }
+    }
+}
+
+/// `huddle:plugin/types.entry`.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct EntryView<'a> {
+    heading: &'a str,
+    event: EventView<'a>,
+}
+
+impl<'a> EntryView<'a> {
+    fn of(entry: &'a Entry) -> EntryView<'a> {
+        EntryView {
+            heading: &entry.heading,
+            event: EventView::of(&entry.event),
+        }
+    }
+}
+
+/// `huddle:plugin/types.interaction`.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct InteractionView<'a> {
+    number: u64,
+    entries: &'a [EntryView<'a>],
+}
+
 fn to_wit_event(event: &Event) -> v1::types::Event {
     v1::types::Event {
         interaction: event.interaction,
@@ -621,20 +726,6 @@ fn to_wit_event(event: &Event) -> v1::types::Event {
         timestamp: event.timestamp.clone(),
         id: event.id.clone(),
         term: event.term,
-    }
-}
-
-fn to_wit_interaction(interaction: &Interaction) -> v1::types::Interaction {
-    v1::types::Interaction {
-        number: interaction.number,
-        entries: interaction
-            .entries
-            .iter()
-            .map(|entry| v1::types::Entry {
-                heading: entry.heading.clone(),
-                event: to_wit_event(&entry.event),
-            })
-            .collect(),
     }
 }
 

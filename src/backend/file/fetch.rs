@@ -40,8 +40,9 @@ impl FileFetch {
     }
 }
 
-impl Fetch for FileFetch {
-    fn fetch(&mut self, at: Position) -> Result<(Event, Vec<u8>), StoreError> {
+impl FileFetch {
+    /// Reads the complete line at `at` into `self.line` (without its newline).
+    fn read_line_at(&mut self, at: Position) -> Result<(), StoreError> {
         if at.offset != self.offset {
             let delta = at.offset as i64 - self.offset as i64;
             self.reader
@@ -61,13 +62,28 @@ impl Fetch for FileFetch {
                 format!("no complete line at byte {}", at.offset),
             )));
         }
+        Ok(())
+    }
+
+    fn parse_line(&self, at: Position) -> Result<Event, StoreError> {
         let text = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-        let event = Event::from_log_line(text, self.max_content_bytes).map_err(|why| {
+        Event::from_log_line(text, self.max_content_bytes).map_err(|why| {
             self.error(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("the line at byte {} is no event: {why}", at.offset),
             ))
-        })?;
-        Ok((event, self.line.clone()))
+        })
+    }
+}
+
+impl Fetch for FileFetch {
+    fn fetch(&mut self, at: Position) -> Result<Event, StoreError> {
+        self.read_line_at(at)?;
+        self.parse_line(at)
+    }
+
+    fn fetch_stored(&mut self, at: Position) -> Result<(Event, Vec<u8>), StoreError> {
+        self.read_line_at(at)?;
+        Ok((self.parse_line(at)?, self.line.clone()))
     }
 }

@@ -79,6 +79,8 @@ const MAPPER_BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Interactions per renderer call (and content bytes, whichever comes first).
 const RENDER_BATCH: usize = 2048;
 const RENDER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Events per archive job handed to a render worker.
+const RENDER_BATCH_EVENTS: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -184,6 +186,26 @@ impl Index {
             .push(region::neutralise_field(&heading).into_owned());
         self.heading_ids.insert(heading, id);
         id
+    }
+
+    /// One interaction with its visible events read back from the log and
+    /// every field a renderer sees neutralised.
+    fn interaction(
+        &self,
+        fetcher: &mut dyn Fetch,
+        number: u64,
+    ) -> Result<Interaction, SnapshotError> {
+        let refs = &self.interactions[&number];
+        let mut entries = Vec::with_capacity(refs.len());
+        for event_ref in refs {
+            let mut event = fetcher.fetch(event_ref.position())?;
+            region::neutralise_event(&mut event);
+            entries.push(Entry {
+                heading: self.headings[event_ref.heading as usize].clone(),
+                event,
+            });
+        }
+        Ok(Interaction { number, entries })
     }
 }
 
@@ -376,7 +398,9 @@ impl Snapshotter {
                 ..Rendered::default()
             };
         }
+        let phase = std::time::Instant::now();
         let new_events = self.index_new_events(workspace, host, &mapper)?;
+        tracing::debug!(new_events, elapsed = ?phase.elapsed(), "snapshot: indexed the new events");
         self.mark = log.mark(self.index.cursor)?;
 
         let keys: Vec<u64> = self.index.interactions.keys().copied().collect();
@@ -386,7 +410,9 @@ impl Snapshotter {
         let mut fetcher = log.fetcher()?;
 
         // Render everything first: a failure here leaves both files untouched.
+        let phase = std::time::Instant::now();
         let region = self.render_region(host, &renderer, &mut *fetcher, recent)?;
+        tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the region");
         let communication_path = workspace.dir.join(COMMUNICATION_FILE);
         let existing = match std::fs::read_to_string(&communication_path) {
             Ok(text) => text,
@@ -401,11 +427,10 @@ impl Snapshotter {
             ArchivePlan::Unchanged => PendingArchive::Unchanged,
             ArchivePlan::Append(ref from) => {
                 let mut text = String::new();
-                let isolated =
-                    self.render_archive(host, &renderer, &mut *fetcher, from, &mut |block| {
-                        text.push_str(block);
-                        Ok(())
-                    })?;
+                let isolated = self.render_archive(host, &renderer, &*log, from, &mut |block| {
+                    text.push_str(block);
+                    Ok(())
+                })?;
                 self.note_isolated_archive(isolated);
                 PendingArchive::Append(text, from.len())
             }
@@ -414,7 +439,7 @@ impl Snapshotter {
                     .map_err(io_error("create a temp file for", &archive_path))?;
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
                 let isolated =
-                    self.render_archive(host, &renderer, &mut *fetcher, archived, &mut |block| {
+                    self.render_archive(host, &renderer, &*log, archived, &mut |block| {
                         out.write_all(block.as_bytes())
                             .map_err(io_error("write", &archive_path))
                     })?;
@@ -425,6 +450,7 @@ impl Snapshotter {
             }
         };
 
+        tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the archive");
         if self.fence.as_ref().is_some_and(|may_write| !may_write()) {
             return Err(SnapshotError::Fenced);
         }
@@ -638,7 +664,7 @@ impl Snapshotter {
         if !stale.is_empty() {
             let interactions = stale
                 .iter()
-                .map(|n| self.interaction(fetcher, *n))
+                .map(|n| self.index.interaction(fetcher, *n))
                 .collect::<Result<Vec<_>, _>>()?;
             let rendered = host.render_isolating(
                 renderer,
@@ -686,33 +712,43 @@ impl Snapshotter {
     }
 
     /// Renders archive blocks in bounded batches, handing each to `sink` in
-    /// order. This thread reads the events back while two workers render, so
-    /// a cold snapshot of a large log uses both cores; at most a few batches
+    /// order. Two workers each read their batch's events back from the log
+    /// and render it, while this thread plans the batches and writes, so a
+    /// cold snapshot of a large log uses both cores; at most a few batches
     /// are in flight, so memory does not grow with the archive.
     fn render_archive(
         &self,
         host: &PluginHost,
         renderer: &PluginSpec,
-        fetcher: &mut dyn Fetch,
+        log: &dyn Backend,
         numbers: &[u64],
         sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
     ) -> Result<Vec<ArchiveIsolation>, SnapshotError> {
-        type Rendered = (usize, Vec<u64>, Result<Blocks, PluginError>);
+        type Rendered = (usize, Vec<u64>, Result<Blocks, SnapshotError>);
         let (job_tx, job_rx) =
-            std::sync::mpsc::sync_channel::<(usize, Vec<Interaction>)>(RENDER_WORKERS * 2);
+            std::sync::mpsc::sync_channel::<(usize, Vec<u64>)>(RENDER_WORKERS * 2);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Rendered>();
         let job_rx = std::sync::Mutex::new(job_rx);
+        let index = &self.index;
         std::thread::scope(|scope| {
             for _ in 0..RENDER_WORKERS {
                 let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-                scope.spawn(move || loop {
-                    let job = job_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok((seq, batch))) = job else { return };
-                    let blocks =
-                        host.render_isolating(renderer, Section::Archive, &batch, &block_problem);
-                    let numbers = batch.iter().map(|i| i.number).collect();
-                    if done_tx.send((seq, numbers, blocks)).is_err() {
-                        return;
+                scope.spawn(move || {
+                    let mut fetcher = match log.fetcher() {
+                        Ok(fetcher) => fetcher,
+                        Err(error) => {
+                            let _ = done_tx.send((usize::MAX, Vec::new(), Err(error.into())));
+                            return;
+                        }
+                    };
+                    loop {
+                        let job = job_rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((seq, batch))) = job else { return };
+                        let blocks =
+                            render_archive_batch(index, host, renderer, &mut *fetcher, &batch);
+                        if done_tx.send((seq, batch, blocks)).is_err() {
+                            return;
+                        }
                     }
                 });
             }
@@ -721,22 +757,17 @@ impl Snapshotter {
             let mut writer = OrderedWriter::default();
             let mut sent = 0usize;
             let mut batch = Vec::new();
-            let mut bytes = 0usize;
+            let mut events = 0usize;
             for (i, number) in numbers.iter().enumerate() {
-                let interaction = self.interaction(fetcher, *number)?;
-                bytes += interaction
-                    .entries
-                    .iter()
-                    .map(|e| e.event.content.len() + 128)
-                    .sum::<usize>();
-                batch.push(interaction);
+                batch.push(*number);
+                events += index.interactions[number].len();
                 let last = i + 1 == numbers.len();
-                if last || batch.len() >= RENDER_BATCH || bytes >= RENDER_BATCH_BYTES {
+                if last || batch.len() >= RENDER_BATCH || events >= RENDER_BATCH_EVENTS {
                     if job_tx.send((sent, std::mem::take(&mut batch))).is_err() {
                         break;
                     }
                     sent += 1;
-                    bytes = 0;
+                    events = 0;
                     while let Ok(done) = done_rx.try_recv() {
                         writer.accept(done, sink)?;
                     }
@@ -801,7 +832,7 @@ impl Snapshotter {
         }
         let mut lines = Vec::with_capacity(self.isolated.len());
         for isolated in std::mem::take(&mut self.isolated) {
-            let (_, raw) = fetcher.fetch(isolated.at.position())?;
+            let (_, raw) = fetcher.fetch_stored(isolated.at.position())?;
             lines.push(Malformed {
                 line: isolated.line.unwrap_or(0),
                 offset: isolated.at.offset,
@@ -822,26 +853,6 @@ impl Snapshotter {
         })?;
         Ok(())
     }
-
-    /// One interaction with its visible events read back from the log and
-    /// every field a renderer sees neutralised.
-    fn interaction(
-        &self,
-        fetcher: &mut dyn Fetch,
-        number: u64,
-    ) -> Result<Interaction, SnapshotError> {
-        let refs = &self.index.interactions[&number];
-        let mut entries = Vec::with_capacity(refs.len());
-        for event_ref in refs {
-            let (mut event, _) = fetcher.fetch(event_ref.position())?;
-            region::neutralise_event(&mut event);
-            entries.push(Entry {
-                heading: self.index.headings[event_ref.heading as usize].clone(),
-                event,
-            });
-        }
-        Ok(Interaction { number, entries })
-    }
 }
 
 /// An interaction number, the entry left out (`None`: all of them) and why.
@@ -860,6 +871,47 @@ struct IsolatedEvent {
 fn block_problem(block: &str) -> Option<String> {
     region::has_marker_line(block)
         .then(|| "it contains a marker line; it would break communication.md".to_string())
+}
+
+/// Reads one archive batch back from the log and renders it, in calls of
+/// at most [`RENDER_BATCH_BYTES`] of content so long events do not
+/// overflow the plugin's memory.
+fn render_archive_batch(
+    index: &Index,
+    host: &PluginHost,
+    renderer: &PluginSpec,
+    fetcher: &mut dyn Fetch,
+    numbers: &[u64],
+) -> Result<Blocks, SnapshotError> {
+    let mut rendered = Blocks {
+        blocks: Vec::with_capacity(numbers.len()),
+        isolated: Vec::new(),
+    };
+    let mut call = Vec::new();
+    let mut bytes = 0usize;
+    for (i, number) in numbers.iter().enumerate() {
+        let interaction = index.interaction(fetcher, *number)?;
+        bytes += interaction
+            .entries
+            .iter()
+            .map(|e| e.event.content.len() + 128)
+            .sum::<usize>();
+        call.push(interaction);
+        if i + 1 == numbers.len() || bytes >= RENDER_BATCH_BYTES {
+            let first = rendered.blocks.len();
+            let part = host.render_isolating(renderer, Section::Archive, &call, &block_problem)?;
+            rendered.blocks.extend(part.blocks);
+            rendered
+                .isolated
+                .extend(part.isolated.into_iter().map(|mut isolated| {
+                    isolated.interaction += first;
+                    isolated
+                }));
+            call.clear();
+            bytes = 0;
+        }
+    }
+    Ok(rendered)
 }
 
 /// Where an event sits, kept while the mapper decides about it.
@@ -885,7 +937,7 @@ struct OrderedWriter {
 impl OrderedWriter {
     fn accept(
         &mut self,
-        (seq, numbers, blocks): (usize, Vec<u64>, Result<Blocks, PluginError>),
+        (seq, numbers, blocks): (usize, Vec<u64>, Result<Blocks, SnapshotError>),
         sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
     ) -> Result<(), SnapshotError> {
         let blocks = blocks?;
