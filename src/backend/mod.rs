@@ -168,7 +168,7 @@ pub trait Backend: Send + Sync {
     /// Records `entries` (malformed entries, events a plugin cannot handle)
     /// in the backend's quarantine, once each however often it is asked.
     /// Returns the newly recorded ones; reporting them is the caller's
-    /// ([`set_aside_reported`]).
+    /// ([`append_reports`]).
     fn set_aside(&self, entries: &[Malformed]) -> Result<Vec<Malformed>, StoreError>;
 
     /// The highest interaction number among the events before the returned
@@ -190,35 +190,31 @@ pub trait Backend: Send + Sync {
     fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError>;
 }
 
-/// Sets `entries` aside in `backend`'s quarantine and appends one `error`
-/// event, worded by `report`, for each newly set aside. Returns those.
-pub fn set_aside_reported(
-    backend: &(impl Backend + ?Sized),
-    entries: &[Malformed],
-    report: &dyn Fn(&Malformed) -> String,
-) -> Result<Vec<Malformed>, StoreError> {
-    let fresh = backend.set_aside(entries)?;
-    report_set_aside(backend, &fresh, report)?;
-    Ok(fresh)
-}
-
 /// Appends one `error` event for each entry set aside.
 fn report_set_aside(
     backend: &(impl Backend + ?Sized),
     fresh: &[Malformed],
     report: &dyn Fn(&Malformed) -> String,
 ) -> Result<(), StoreError> {
-    if fresh.is_empty() {
+    append_reports(backend, fresh.iter().map(report).collect())
+}
+
+/// Appends one `error` event from huddle (interaction 0) per message.
+pub fn append_reports(
+    backend: &(impl Backend + ?Sized),
+    messages: Vec<String>,
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
         return Ok(());
     }
-    let reports = fresh
-        .iter()
-        .map(|entry| {
+    let reports = messages
+        .into_iter()
+        .map(|message| {
             NewEvent::new(
                 InteractionRef::Number(0),
                 crate::model::event::HOST_ACTOR,
                 crate::model::event::types::ERROR,
-                report(entry),
+                message,
             )
             .cut_to_fit()
         })

@@ -577,3 +577,63 @@ fn a_template_without_a_final_newline_keeps_one_region() {
         "the END marker is a line of its own: {text}"
     );
 }
+
+#[test]
+fn an_interaction_too_large_for_the_renderer_is_reported_once_not_once_per_event() {
+    // Each event renders alone, but the whole interaction does not fit in
+    // the renderer's 4 MiB: it is left out as one problem.
+    let dir = HuddleDir::with_config("[plugins.renderer]\nmemory_mb = 4\n");
+    let log = FileLog::new(dir.path(), LogConfig::default());
+    log.append(NewEvent::new(
+        InteractionRef::Number(1),
+        "Agent A",
+        "question",
+        "a small interaction that renders",
+    ))
+    .unwrap();
+    let big_events = 3000;
+    let content = "x".repeat(2000);
+    log.append_batch(
+        (0..big_events)
+            .map(|i| {
+                NewEvent::new(
+                    InteractionRef::Number(2),
+                    "Agent B",
+                    "answer",
+                    format!("{i} {content}"),
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+
+    let out = dir.run(&["snapshot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let communication = read(&dir, "communication.md");
+    assert!(communication.contains("a small interaction that renders"));
+    assert!(!communication.contains(&content), "interaction 2 rendered");
+
+    let reports: Vec<String> = dir
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "error" && e["interaction"] == 0)
+        .map(|e| e["content"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert!(
+        reports[0].starts_with(&format!("{big_events} events of interaction 2 ")),
+        "{}",
+        reports[0]
+    );
+    let set_aside = std::fs::read_to_string(dir.file("events.error.log")).unwrap();
+    assert_eq!(set_aside.lines().count(), big_events);
+
+    // Regenerating reports nothing again.
+    dir.ok(&["snapshot"]);
+    let again = dir
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "error" && e["interaction"] == 0)
+        .count();
+    assert_eq!(again, 1);
+}

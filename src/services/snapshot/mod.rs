@@ -821,36 +821,53 @@ impl Snapshotter {
 
     /// Sets the events left out this run aside in events.error.log (once
     /// each, however often the files are regenerated) with one `error`
-    /// event for each newly left out.
+    /// event for each newly left out, or one for all the events of an
+    /// interaction left out for the same reason (an interaction too large
+    /// for the renderer is one problem, not one per event).
     fn report_isolated(
         &mut self,
         log: &dyn Backend,
         fetcher: &mut dyn Fetch,
     ) -> Result<(), SnapshotError> {
-        if self.isolated.is_empty() {
-            return Ok(());
+        let isolated = std::mem::take(&mut self.isolated);
+        let mut messages = Vec::new();
+        for group in
+            isolated.chunk_by(|a, b| a.interaction == b.interaction && a.reason == b.reason)
+        {
+            let mut lines = Vec::with_capacity(group.len());
+            for isolated in group {
+                let (_, raw) = fetcher.fetch_stored(isolated.at.position())?;
+                lines.push(Malformed {
+                    line: isolated.line.unwrap_or(0),
+                    offset: isolated.at.offset,
+                    reason: format!(
+                        "left out of the snapshot (interaction {}): {}",
+                        isolated.interaction, isolated.reason
+                    ),
+                    raw,
+                });
+            }
+            let fresh = log.set_aside(&lines)?;
+            match fresh.as_slice() {
+                [] => {}
+                [line] => messages.push(format!(
+                    "An event a plugin cannot handle was left out of the snapshot (byte offset {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
+                    line.offset,
+                    crate::backend::file::QUARANTINE_FILE,
+                    line.reason
+                )),
+                [first, .., last] => messages.push(format!(
+                    "{} events of interaction {} a plugin cannot handle were left out of the snapshot (byte offsets {} to {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
+                    fresh.len(),
+                    group[0].interaction,
+                    first.offset,
+                    last.offset,
+                    crate::backend::file::QUARANTINE_FILE,
+                    first.reason
+                )),
+            }
         }
-        let mut lines = Vec::with_capacity(self.isolated.len());
-        for isolated in std::mem::take(&mut self.isolated) {
-            let (_, raw) = fetcher.fetch_stored(isolated.at.position())?;
-            lines.push(Malformed {
-                line: isolated.line.unwrap_or(0),
-                offset: isolated.at.offset,
-                reason: format!(
-                    "left out of the snapshot (interaction {}): {}",
-                    isolated.interaction, isolated.reason
-                ),
-                raw,
-            });
-        }
-        crate::backend::set_aside_reported(log, &lines, &|line: &Malformed| {
-            format!(
-                "An event a plugin cannot handle was left out of the snapshot (byte offset {} of {LOG_FILE}; the rest renders) and recorded in {}: {}",
-                line.offset,
-                crate::backend::file::QUARANTINE_FILE,
-                line.reason
-            )
-        })?;
+        crate::backend::append_reports(log, messages)?;
         Ok(())
     }
 }
