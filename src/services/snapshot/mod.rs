@@ -48,7 +48,7 @@ pub mod fuzz_support {
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::backend::file::{LOG_FILE, STATE_DIR};
@@ -425,29 +425,20 @@ impl Snapshotter {
         let plan = self.plan_archive(&archive_path, archived);
         let pending_archive = match plan {
             ArchivePlan::Unchanged => PendingArchive::Unchanged,
+            // Both render into a file, never into memory: a daemon that
+            // fell behind may archive hundreds of thousands of events at once.
             ArchivePlan::Append(ref from) => {
-                let mut text = String::new();
-                let isolated = self.render_archive(host, &renderer, &*log, from, &mut |block| {
-                    text.push_str(block);
-                    Ok(())
-                })?;
-                self.note_isolated_archive(isolated);
-                PendingArchive::Append(text, from.len())
+                let blocks =
+                    self.render_archive_to_temp(host, &renderer, &*log, from, &archive_path)?;
+                PendingArchive::Append(blocks, from.len())
             }
-            ArchivePlan::Rewrite => {
-                let mut tmp = files::temp_beside(&archive_path)
-                    .map_err(io_error("create a temp file for", &archive_path))?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-                let isolated =
-                    self.render_archive(host, &renderer, &*log, archived, &mut |block| {
-                        out.write_all(block.as_bytes())
-                            .map_err(io_error("write", &archive_path))
-                    })?;
-                out.flush().map_err(io_error("write", &archive_path))?;
-                drop(out);
-                self.note_isolated_archive(isolated);
-                PendingArchive::Rewrite(tmp)
-            }
+            ArchivePlan::Rewrite => PendingArchive::Rewrite(self.render_archive_to_temp(
+                host,
+                &renderer,
+                &*log,
+                archived,
+                &archive_path,
+            )?),
         };
 
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the archive");
@@ -457,8 +448,8 @@ impl Snapshotter {
         // Now write: archive first, then communication.md (with its .bak).
         let archive = match pending_archive {
             PendingArchive::Unchanged => ArchiveWrite::Unchanged,
-            PendingArchive::Append(text, count) => {
-                extend_archive(&archive_path, text.as_bytes())?;
+            PendingArchive::Append(blocks, count) => {
+                extend_archive(&archive_path, blocks)?;
                 ArchiveWrite::Appended(count)
             }
             PendingArchive::Rewrite(tmp) => {
@@ -709,6 +700,29 @@ impl Snapshotter {
         } else {
             ArchivePlan::Append(archived[first_new..].to_vec())
         }
+    }
+
+    /// Renders the archive blocks of `numbers` into a temp file beside
+    /// `archive_path`.
+    fn render_archive_to_temp(
+        &mut self,
+        host: &PluginHost,
+        renderer: &PluginSpec,
+        log: &dyn Backend,
+        numbers: &[u64],
+        archive_path: &Path,
+    ) -> Result<tempfile::NamedTempFile, SnapshotError> {
+        let mut tmp = files::temp_beside(archive_path)
+            .map_err(io_error("create a temp file for", archive_path))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let isolated = self.render_archive(host, renderer, log, numbers, &mut |block| {
+            out.write_all(block.as_bytes())
+                .map_err(io_error("write", archive_path))
+        })?;
+        out.flush().map_err(io_error("write", archive_path))?;
+        drop(out);
+        self.note_isolated_archive(isolated);
+        Ok(tmp)
     }
 
     /// Renders archive blocks in bounded batches, handing each to `sink` in
@@ -983,7 +997,8 @@ enum ArchivePlan {
 
 enum PendingArchive {
     Unchanged,
-    Append(String, usize),
+    /// The new blocks, to add at the end of archive.md.
+    Append(tempfile::NamedTempFile, usize),
     Rewrite(tempfile::NamedTempFile),
 }
 
@@ -1007,14 +1022,18 @@ const ARCHIVE_COPY_LIMIT: u64 = 16 * 1024 * 1024;
 /// fdatasync: a kill inside that write, a window of microseconds, can leave
 /// a partial last block, which the next snapshot repairs (it finds the file
 /// not at the length it wrote and rewrites the archive).
-fn extend_archive(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+fn extend_archive(path: &Path, mut blocks: tempfile::NamedTempFile) -> Result<(), SnapshotError> {
     let size = match std::fs::metadata(path) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(io_error("read", path)(e)),
     };
+    let blocks = blocks.as_file_mut();
+    blocks
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_error("read back the new blocks of", path))?;
     if size > ARCHIVE_COPY_LIMIT {
-        return append_in_place(path, bytes);
+        return append_in_place(path, blocks);
     }
     let mut tmp = files::temp_beside(path).map_err(io_error("create a temp file for", path))?;
     match File::open(path) {
@@ -1024,19 +1043,17 @@ fn extend_archive(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error("read", path)(e)),
     }
-    tmp.as_file_mut()
-        .write_all(bytes)
-        .map_err(io_error("write", path))?;
+    std::io::copy(blocks, tmp.as_file_mut()).map_err(io_error("write", path))?;
     files::commit(tmp, path).map_err(io_error("replace", path))
 }
 
-fn append_in_place(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+fn append_in_place(path: &Path, blocks: &mut File) -> Result<(), SnapshotError> {
     let mut file = OpenOptions::new()
         .append(true)
         .open(path)
         .map_err(io_error("open", path))?;
     let before = file.metadata().map_err(io_error("read", path))?.len();
-    if let Err(e) = file.write_all(bytes).and_then(|_| file.sync_data()) {
+    if let Err(e) = std::io::copy(blocks, &mut file).and_then(|_| file.sync_data()) {
         let _ = file.set_len(before);
         return Err(io_error("append to", path)(e));
     }
