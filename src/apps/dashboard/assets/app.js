@@ -1,0 +1,95 @@
+// huddle dashboard: follows the log over Server-Sent Events and fetches the
+// server-rendered panels again on news. Text from the log only ever reaches
+// the page through textContent (or the server's escaped HTML).
+"use strict";
+
+(function () {
+  const LIVE_KEPT = 200;
+  const live = document.getElementById("live");
+  const panels = document.getElementById("panels");
+  const connection = document.getElementById("connection");
+  let refreshQueued = false;
+  let refreshing = false;
+
+  function setConnection(state, label) {
+    connection.textContent = label;
+    connection.className = "connection " + state;
+    document.body.dataset.stream = state;
+  }
+
+  // The panels are rendered and escaped by the server; they hold no script.
+  async function refresh() {
+    if (refreshing) {
+      refreshQueued = true;
+      return;
+    }
+    refreshing = true;
+    try {
+      const response = await fetch("/panel", { credentials: "same-origin", cache: "no-store" });
+      if (response.ok) {
+        const html = await response.text();
+        const parsed = new DOMParser().parseFromString(html, "text/html");
+        panels.replaceChildren(...parsed.body.childNodes);
+      }
+    } catch (_) {
+      // The next tick tries again.
+    } finally {
+      refreshing = false;
+      if (refreshQueued) {
+        refreshQueued = false;
+        setTimeout(refresh, 50);
+      }
+    }
+  }
+
+  function cell(tag, className, value) {
+    const element = document.createElement(tag);
+    element.className = className;
+    element.textContent = value;
+    return element;
+  }
+
+  function show(fed) {
+    const event = fed.event || {};
+    const item = document.createElement("li");
+    item.className = "event type-" + String(event.type || "").replace(/[^a-z0-9_-]/g, "");
+    item.dataset.position = fed.position;
+    item.append(
+      cell("span", "when", String(event.timestamp || "")),
+      cell("span", "interaction", "#" + String(event.interaction)),
+      cell("span", "actor", String(event.actor || "")),
+      cell("span", "type", String(event.type || "")),
+      cell("span", "content", String(event.content || ""))
+    );
+    live.prepend(item);
+    while (live.childElementCount > LIVE_KEPT) {
+      live.lastElementChild.remove();
+    }
+  }
+
+  function connect() {
+    const from = document.body.dataset.from;
+    const url = from ? "/api/stream?from=" + encodeURIComponent(from) : "/api/stream";
+    const stream = new EventSource(url);
+    stream.addEventListener("open", function () {
+      setConnection("open", "live");
+    });
+    stream.addEventListener("huddle", function (message) {
+      try {
+        show(JSON.parse(message.data));
+      } catch (_) {
+        return;
+      }
+      refresh();
+    });
+    stream.addEventListener("error", function () {
+      // EventSource reconnects by itself, sending Last-Event-ID.
+      setConnection("lost", "reconnecting…");
+    });
+  }
+
+  setConnection("connecting", "connecting…");
+  connect();
+  // Ages grow and leaders fall silent without any event: tick.
+  setInterval(refresh, 1000);
+})();
