@@ -42,10 +42,19 @@
     }
   }
 
+  // As the server's `visible`: controls (but newline and tab), bidirectional
+  // overrides and line separators show as \u{...} escapes, not obeyed.
+  const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/g;
+  function shown(value) {
+    return String(value).replace(/\r\n/g, "\n").replace(HIDDEN, function (c) {
+      return "\\u{" + c.charCodeAt(0).toString(16) + "}";
+    });
+  }
+
   function cell(tag, className, value) {
     const element = document.createElement(tag);
     element.className = className;
-    element.textContent = value;
+    element.textContent = shown(value);
     return element;
   }
 
