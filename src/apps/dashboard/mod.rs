@@ -8,6 +8,7 @@
 //! `/api/stream` (Server-Sent Events), `/healthz`, `/metrics`.
 
 mod page;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +18,10 @@ use anyhow::{Context, Result};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::apps::guard::{check_listen, Bearer};
 use crate::backend::Backend;
@@ -44,9 +44,6 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// The cookie a browser keeps the token in, after opening `/?token=TOKEN`
 /// once (a page cannot add headers to its event stream).
 const TOKEN_COOKIE: &str = "huddle_dashboard_token";
-
-/// Events read at once while a stream catches up.
-const STREAM_BATCH: usize = 500;
 
 /// How `huddle dashboard` serves.
 #[derive(Debug, Clone)]
@@ -83,8 +80,8 @@ pub fn run(dir: &std::path::Path, options: DashboardOptions) -> Result<()> {
 struct App {
     workspace: Workspace,
     backend: Arc<dyn Backend>,
-    /// Bumped on each news of appends from the backend.
-    news: watch::Receiver<u64>,
+    /// The one reader behind every `/api/stream`.
+    hub: Arc<stream::Hub>,
     bearer: Option<Bearer>,
 }
 
@@ -92,34 +89,19 @@ struct App {
 pub async fn serve(workspace: Workspace, options: DashboardOptions) -> Result<()> {
     check_options(&options)?;
     let backend = workspace.backend();
-    let (bump, news) = watch::channel(0u64);
-    // One subscription for every stream: each reads from its own cursor
-    // when told there is news.
-    match backend.subscribe() {
-        Ok(mut subscription) => {
-            tokio::spawn(async move {
-                while subscription.recv().await.is_some() {
-                    subscription.drain();
-                    bump.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            });
-        }
+    let news = match backend.subscribe() {
+        Ok(subscription) => Some(subscription),
         Err(error) => {
             tracing::warn!(%error, "no news of appends: the dashboard's streams poll every 500 ms");
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    tick.tick().await;
-                    bump.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            });
+            None
         }
-    }
+    };
+    let hub = stream::Hub::start(backend.clone(), news);
     let check_host = options.addr.ip().is_loopback() && options.token.is_none();
     let app = Arc::new(App {
         workspace,
         backend,
-        news,
+        hub,
         bearer: options.token.as_deref().map(Bearer::new),
     });
     let router = axum::Router::new()
@@ -419,78 +401,11 @@ async fn api_stream(
         })
         .await?
     };
-    let stream = futures_util::stream::unfold(
-        Follower {
-            app: app.clone(),
-            cursor: start,
-            news: app.news.clone(),
-            pending: std::collections::VecDeque::new(),
-            failed: false,
-        },
-        Follower::next,
-    );
-    Ok(Sse::new(stream)
+    let follower = stream::Follower::new(&app.hub, app.backend.clone(), start);
+    let events = futures_util::stream::unfold(follower, stream::Follower::next);
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
-}
-
-/// One stream's reader: reads from its own cursor whenever there is news.
-struct Follower {
-    app: Arc<App>,
-    cursor: Cursor,
-    news: watch::Receiver<u64>,
-    pending: std::collections::VecDeque<feed::FedEvent>,
-    /// The last read failed: wait for news (or a second) before the next.
-    failed: bool,
-}
-
-impl Follower {
-    async fn next(mut self) -> Option<(Result<SseEvent, std::convert::Infallible>, Follower)> {
-        loop {
-            if let Some(fed) = self.pending.pop_front() {
-                let event = match serde_json::to_string(&fed) {
-                    Ok(data) => SseEvent::default()
-                        .id(fed.position)
-                        .event("huddle")
-                        .data(data),
-                    Err(error) => SseEvent::default().event("problem").data(error.to_string()),
-                };
-                return Some((Ok(event), self));
-            }
-            if std::mem::take(&mut self.failed) {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.news.changed()).await;
-            }
-            // Seen before reading: news that lands during the read wakes the wait below.
-            self.news.borrow_and_update();
-            let app = self.app.clone();
-            let cursor = self.cursor;
-            let read = tokio::task::spawn_blocking(move || {
-                feed::read(&*app.backend, cursor, STREAM_BATCH)
-            })
-            .await;
-            match read {
-                Ok(Ok(page)) => {
-                    self.cursor = page.cursor;
-                    self.pending.extend(page.events);
-                    if page.more || !self.pending.is_empty() {
-                        continue;
-                    }
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "dashboard stream: cannot read the log");
-                    let problem = SseEvent::default().event("problem").data(
-                        crate::model::visible::visible(&error.to_string()).replace('\n', " "),
-                    );
-                    self.failed = true;
-                    return Some((Ok(problem), self));
-                }
-                Err(_) => return None,
-            }
-            if self.news.changed().await.is_err() {
-                return None;
-            }
-        }
-    }
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Result<Response, Failure> {
