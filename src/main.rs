@@ -460,7 +460,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `huddle run --dashboard ADDR`: the dashboard on its own threads; the
-/// options are checked before the daemon starts,
+/// options are checked and the address taken before the daemon starts,
 /// and a dashboard that stops takes the process down with a message.
 fn serve_dashboard_beside_daemon(
     dir: &std::path::Path,
@@ -468,12 +468,12 @@ fn serve_dashboard_beside_daemon(
     token: Option<String>,
 ) -> Result<()> {
     let options = huddle::apps::dashboard::DashboardOptions { addr, token };
-    huddle::apps::dashboard::check_options(&options)?;
+    let listener = huddle::apps::dashboard::bind(&options)?;
     let dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("dashboard".into())
         .spawn(move || {
-            if let Err(error) = huddle::apps::dashboard::run(&dir, options) {
+            if let Err(error) = huddle::apps::dashboard::run_on(&dir, listener, options) {
                 eprintln!("huddle: dashboard: {}", visible(&message(&error)));
                 std::process::exit(1);
             }

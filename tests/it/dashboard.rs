@@ -684,3 +684,53 @@ fn hostile_strings_from_the_log_are_escaped_in_the_served_html() {
         );
     }
 }
+
+#[test]
+fn the_sample_alerting_rules_use_only_metrics_the_dashboard_serves() {
+    let rules = std::fs::read_to_string(crate::common::repo_file(
+        "examples/prometheus/huddle-rules.yml",
+    ))
+    .expect("the sample rules");
+    let dir = HuddleDir::new();
+    dir.ok(&["log", "0", "bob", "error", "e"]);
+    let dashboard = Dashboard::start(&dir, &[]);
+    let (_, _, metrics) = get(&dashboard.url("/metrics"), &[]);
+    let served: Vec<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let mut used = 0;
+    for expr in rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:"))
+    {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("huddle_") {
+                continue;
+            }
+            used += 1;
+            let family = word.strip_suffix("_bucket").unwrap_or(word);
+            assert!(
+                served.contains(&family),
+                "the rules use {word}, which /metrics does not serve ({served:?})"
+            );
+        }
+    }
+    assert!(used >= 8, "the rules use {used} metrics");
+}
+
+#[test]
+fn run_with_dashboard_on_a_taken_port_fails_before_the_daemon_writes_anything() {
+    let dir = HuddleDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let out = dir.run(&["run", "--actor", "never-leads", "--dashboard", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(dir.events().is_empty(), "the daemon never started");
+}

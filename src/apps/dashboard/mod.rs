@@ -66,6 +66,28 @@ pub fn check_options(options: &DashboardOptions) -> Result<(), ValidationError> 
 
 /// Serves until the process is interrupted.
 pub fn run(dir: &std::path::Path, options: DashboardOptions) -> Result<()> {
+    let listener = bind(&options)?;
+    run_on(dir, listener, options)
+}
+
+/// Checks the options and takes the address, so that `huddle run
+/// --dashboard` fails before its daemon starts when the port is taken.
+pub fn bind(options: &DashboardOptions) -> Result<std::net::TcpListener> {
+    check_options(options)?;
+    let listener = std::net::TcpListener::bind(options.addr)
+        .with_context(|| format!("cannot listen on {}", options.addr))?;
+    listener
+        .set_nonblocking(true)
+        .context("the listening socket")?;
+    Ok(listener)
+}
+
+/// Serves on a listener from [`bind`] until the process is interrupted.
+pub fn run_on(
+    dir: &std::path::Path,
+    listener: std::net::TcpListener,
+    options: DashboardOptions,
+) -> Result<()> {
     check_options(&options)?;
     let workspace = Workspace::open(dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -73,7 +95,7 @@ pub fn run(dir: &std::path::Path, options: DashboardOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the dashboard's runtime")?;
-    runtime.block_on(serve(workspace, options))
+    runtime.block_on(serve(workspace, listener, options))
 }
 
 /// What every request shares.
@@ -85,8 +107,12 @@ struct App {
     bearer: Option<Bearer>,
 }
 
-/// Serves the dashboard on `options.addr` until interrupted.
-pub async fn serve(workspace: Workspace, options: DashboardOptions) -> Result<()> {
+/// Serves the dashboard on `listener` until interrupted.
+async fn serve(
+    workspace: Workspace,
+    listener: std::net::TcpListener,
+    options: DashboardOptions,
+) -> Result<()> {
     check_options(&options)?;
     let backend = workspace.backend();
     let news = match backend.subscribe() {
@@ -119,9 +145,7 @@ pub async fn serve(workspace: Workspace, options: DashboardOptions) -> Result<()
             secure_headers(check_host, request, next)
         }))
         .with_state(app);
-    let listener = tokio::net::TcpListener::bind(options.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.addr))?;
+    let listener = tokio::net::TcpListener::from_std(listener).context("the listening socket")?;
     let bound = listener.local_addr().context("the listening address")?;
     // Tests and scripts read the address (the port, when 0 was asked for).
     eprintln!("huddle dashboard: serving on http://{bound}/");

@@ -37,7 +37,8 @@ fn age(secs: Option<f64>) -> String {
     }
 }
 
-/// The whole page; `from` is where the page's stream starts (the head when
+/// The whole page; its links are relative, so it also works under a
+/// reverse proxy's prefix. `from` is where the page's stream starts (the head when
 /// it was rendered), so no event between rendering and connecting is missed.
 pub fn page(workspace: &Workspace, status: &Status, from: &str) -> String {
     let mut out = String::with_capacity(16 * 1024);
@@ -49,8 +50,8 @@ pub fn page(workspace: &Workspace, status: &Status, from: &str) -> String {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>huddle dashboard</title>
-<link rel="stylesheet" href="/assets/app.css">
-<script src="/assets/app.js" defer></script>
+<link rel="stylesheet" href="assets/app.css">
+<script src="assets/app.js" defer></script>
 </head>
 <body data-from="{from}">
 <header><h1>huddle</h1><span class="dir">{dir}</span><span id="connection" class="connection">connecting…</span></header>

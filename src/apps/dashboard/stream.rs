@@ -133,10 +133,9 @@ impl Follower {
                 match self.read_own().await {
                     Ok(more) => self.catch_up = more,
                     Err(problem) => {
-                        // Wait for news before trying again.
-                        if self.wait_batch().await.is_none() {
-                            return None;
-                        }
+                        // Wait for news before trying again (the batch is
+                        // not needed: this stream reads on its own next).
+                        self.wait_batch().await?;
                         return Some((Ok(problem), self));
                     }
                 }

@@ -25,7 +25,7 @@
     }
     refreshing = true;
     try {
-      const response = await fetch("/panel", { credentials: "same-origin", cache: "no-store" });
+      const response = await fetch("panel", { credentials: "same-origin", cache: "no-store" });
       if (response.ok) {
         const html = await response.text();
         const parsed = new DOMParser().parseFromString(html, "text/html");
@@ -78,7 +78,8 @@
 
   function connect() {
     const from = document.body.dataset.from;
-    const url = from ? "/api/stream?from=" + encodeURIComponent(from) : "/api/stream";
+    // Relative, so the page works under a reverse proxy's prefix too.
+    const url = from ? "api/stream?from=" + encodeURIComponent(from) : "api/stream";
     const stream = new EventSource(url);
     stream.addEventListener("open", function () {
       setConnection("open", "live");
