@@ -167,3 +167,52 @@ pub fn read(backend: &dyn Backend, cursor: Cursor, limit: usize) -> Result<Page,
         cursor: Cursor::At(end),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryLog;
+    use crate::backend::EventStore;
+    use crate::model::event::{InteractionRef, NewEvent};
+
+    fn log_with(contents: &[&str]) -> MemoryLog {
+        let log = MemoryLog::new();
+        for content in contents {
+            log.append(NewEvent::new(InteractionRef::Next, "a", "note", *content))
+                .expect("append");
+        }
+        log
+    }
+
+    fn contents(page: &Page) -> Vec<&str> {
+        page.events
+            .iter()
+            .map(|fed| fed.event.content.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn pages_resume_after_the_last_token_on_a_sequence_backend_too() {
+        let log = log_with(&["1", "2", "3", "4", "5"]);
+        let first = read(&log, Cursor::At(Position::START), 2).expect("read");
+        assert_eq!((contents(&first), first.more), (vec!["1", "2"], true));
+        let last = &first.events[1].position;
+        let after = after_token(&log, "after", last).expect("a token it handed out");
+        let rest = read(&log, after, 10).expect("read");
+        assert_eq!((contents(&rest), rest.more), (vec!["3", "4", "5"], false));
+        // The cursor after a read is where new events will start.
+        log.append(NewEvent::new(InteractionRef::Next, "a", "note", "6"))
+            .expect("append");
+        let new = read(&log, rest.cursor, 10).expect("read");
+        assert_eq!(contents(&new), vec!["6"]);
+    }
+
+    #[test]
+    fn a_token_past_the_end_or_malformed_is_refused_naming_the_field() {
+        let log = log_with(&["1"]);
+        for bad in ["9-10", "x", "1-", "-1", "3-0", "2-9"] {
+            let error = after_token(&log, "after", bad).expect_err(bad);
+            assert!(error.to_string().contains("after"), "{bad}: {error}");
+        }
+    }
+}

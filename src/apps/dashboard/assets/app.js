@@ -76,8 +76,7 @@
     }
   }
 
-  function connect() {
-    const from = document.body.dataset.from;
+  function connect(from) {
     // Relative, so the page works under a reverse proxy's prefix too.
     const url = from ? "api/stream?from=" + encodeURIComponent(from) : "api/stream";
     const stream = new EventSource(url);
@@ -93,13 +92,20 @@
       refresh();
     });
     stream.addEventListener("error", function () {
-      // EventSource reconnects by itself, sending Last-Event-ID.
+      // EventSource reconnects by itself, sending Last-Event-ID. Refused
+      // for good (the log was replaced and that event is gone): start
+      // again from the head.
       setConnection("lost", "reconnecting…");
+      if (stream.readyState === EventSource.CLOSED) {
+        setTimeout(function () {
+          connect(null);
+        }, 2000);
+      }
     });
   }
 
   setConnection("connecting", "connecting…");
-  connect();
+  connect(document.body.dataset.from);
   // Ages grow and leaders fall silent without any event: tick.
   setInterval(refresh, 1000);
 })();
