@@ -71,13 +71,10 @@ enum Command {
         /// Also serve the dashboard on this address (e.g. 127.0.0.1:7777).
         #[arg(long, value_name = "ADDR")]
         dashboard: Option<std::net::SocketAddr>,
-        /// Bearer token for the dashboard (required off loopback).
-        #[arg(
-            long,
-            env = "HUDDLE_DASHBOARD_TOKEN",
-            hide_env_values = true,
-            requires = "dashboard"
-        )]
+        /// Bearer token for the dashboard (required off loopback; ignored
+        /// without --dashboard, so an exported HUDDLE_DASHBOARD_TOKEN does
+        /// not stop a plain `huddle run`).
+        #[arg(long, env = "HUDDLE_DASHBOARD_TOKEN", hide_env_values = true)]
         dashboard_token: Option<String>,
     },
     /// Announce that an agent is alive.

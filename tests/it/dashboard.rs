@@ -734,3 +734,24 @@ fn run_with_dashboard_on_a_taken_port_fails_before_the_daemon_writes_anything() 
     );
     assert!(dir.events().is_empty(), "the daemon never started");
 }
+
+#[test]
+fn an_exported_dashboard_token_does_not_stop_a_plain_huddle_run() {
+    let _heavy = exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    let mut daemon = dir
+        .command(&["run", "--actor", "plain-daemon"])
+        .env("HUDDLE_DASHBOARD_TOKEN", "exported-for-the-dashboard")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start huddle run");
+    let led = wait_until(Duration::from_secs(15), || {
+        let status: Value =
+            serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status JSON");
+        (status["leader"] == "plain-daemon").then_some(())
+    });
+    let _ = daemon.kill();
+    let out = daemon.wait_with_output().expect("the daemon's output");
+    assert!(led.is_some(), "the daemon never led: {}", stderr(&out));
+}
