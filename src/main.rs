@@ -68,6 +68,14 @@ enum Command {
         /// Follow the election but never become leader.
         #[arg(long)]
         no_elect: bool,
+        /// Also serve the dashboard on this address (e.g. 127.0.0.1:7777).
+        #[arg(long, value_name = "ADDR")]
+        dashboard: Option<std::net::SocketAddr>,
+        /// Bearer token for the dashboard (required off loopback; ignored
+        /// without --dashboard, so an exported HUDDLE_DASHBOARD_TOKEN does
+        /// not stop a plain `huddle run`).
+        #[arg(long, env = "HUDDLE_DASHBOARD_TOKEN", hide_env_values = true)]
+        dashboard_token: Option<String>,
     },
     /// Announce that an agent is alive.
     Heartbeat {
@@ -111,6 +119,15 @@ enum Command {
         http: Option<std::net::SocketAddr>,
         /// Bearer token every HTTP request must carry (required off loopback).
         #[arg(long, env = "HUDDLE_MCP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Serve a live health page, JSON, an event stream, /healthz and /metrics over HTTP.
+    Dashboard {
+        /// Where to listen; any address but loopback needs --token.
+        #[arg(long, value_name = "ADDR", default_value = huddle::apps::dashboard::DEFAULT_ADDR)]
+        addr: std::net::SocketAddr,
+        /// Bearer token every request must carry (required off loopback).
+        #[arg(long, env = "HUDDLE_DASHBOARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
     /// git merge driver for events.log (registered by `huddle sync`): %O %A %B.
@@ -331,10 +348,18 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { actor, no_elect } => {
+        Command::Run {
+            actor,
+            no_elect,
+            dashboard,
+            dashboard_token,
+        } => {
             let actor = actor.unwrap_or_else(default_actor);
             huddle::event::NewEvent::new(InteractionRef::Number(0), actor.clone(), "heartbeat", "")
                 .validate(usize::MAX)?;
+            if let Some(addr) = dashboard {
+                serve_dashboard_beside_daemon(&cli.dir, addr, dashboard_token)?;
+            }
             daemon::run(
                 &cli.dir,
                 daemon::DaemonOptions {
@@ -384,6 +409,10 @@ fn run(cli: Cli) -> Result<()> {
             &cli.dir,
             huddle::apps::mcp::McpOptions { actor, http, token },
         ),
+        Command::Dashboard { addr, token } => huddle::apps::dashboard::run(
+            &cli.dir,
+            huddle::apps::dashboard::DashboardOptions { addr, token },
+        ),
         Command::MergeDriver {
             base: _,
             ours,
@@ -425,6 +454,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { out, rounds } => demo::run(&out, rounds),
         Command::DemoAgent { role, rounds } => demo::agent(&cli.dir, role, rounds),
     }
+}
+
+/// `huddle run --dashboard ADDR`: the dashboard on its own threads; the
+/// options are checked and the address taken before the daemon starts,
+/// and a dashboard that stops takes the process down with a message.
+fn serve_dashboard_beside_daemon(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+) -> Result<()> {
+    let options = huddle::apps::dashboard::DashboardOptions { addr, token };
+    let listener = huddle::apps::dashboard::bind(&options)?;
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("dashboard".into())
+        .spawn(move || {
+            if let Err(error) = huddle::apps::dashboard::run_on(&dir, listener, options) {
+                eprintln!("huddle: dashboard: {}", visible(&message(&error)));
+                std::process::exit(1);
+            }
+        })
+        .context("cannot start the dashboard's thread")?;
+    Ok(())
 }
 
 /// Reads at most a little over `limit` bytes, so oversize input is refused by

@@ -2,7 +2,9 @@
 //! CLI in `src/main.rs` belongs here too.
 
 pub mod daemon;
+pub mod dashboard;
 pub mod demo;
+pub mod guard;
 pub mod mcp;
 
 /// An error and its causes, each said once: many errors quote their source

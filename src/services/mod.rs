@@ -7,6 +7,8 @@
 pub mod alerts;
 pub mod checkpoint;
 pub mod election;
+pub mod feed;
+pub mod health;
 pub mod inbox;
 pub mod post;
 pub mod resume;

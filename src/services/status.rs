@@ -17,6 +17,10 @@ use crate::services::workspace::Workspace;
 
 pub use crate::model::names::state::SNAPSHOT as SNAPSHOT_STATE_FILE;
 const LAST_ERRORS: usize = 5;
+/// Leadership changes kept for the dashboard's election history.
+const LAST_ELECTIONS: usize = 20;
+/// The event rate is counted per minute over this many minutes.
+pub const RATE_MINUTES: usize = 60;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -36,6 +40,26 @@ pub struct Status {
     pub sync: Option<SyncStatus>,
     /// The last time a daemon found events.log replaced or truncated.
     pub log_replaced: Option<LogReplaced>,
+    /// Without a heartbeat for this long the leader is presumed gone
+    /// (`daemon.leader_timeout_ms`).
+    pub leader_timeout_secs: f64,
+    /// Events in the log, by type.
+    pub events_by_type: BTreeMap<String, u64>,
+    /// The last changes of leadership (claims won, resignations), oldest first.
+    pub elections: Vec<ElectionRecord>,
+    /// Events per minute over the last hour by their timestamps, oldest
+    /// minute first; the last is the current minute.
+    pub event_rate_per_minute: Vec<u64>,
+}
+
+/// One change of leadership: a claim that won its term, or a resignation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElectionRecord {
+    pub term: u64,
+    pub actor: String,
+    /// `claim` or `resign`.
+    pub action: String,
+    pub timestamp: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +83,10 @@ pub struct ErrorSummary {
     pub actor: String,
     pub content: String,
     pub timestamp: String,
+    /// Where the error event sits: an alert sink whose cursor is past it
+    /// has handled it.
+    #[serde(default)]
+    pub at: Option<Position>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,15 +103,50 @@ pub struct SnapshotStatus {
 pub struct SnapshotState {
     pub log_offset: u64,
     pub updated_at: String,
+    /// How long the snapshots took (for `/metrics`).
+    #[serde(default)]
+    pub durations: DurationHistogram,
 }
 
-pub fn record_snapshot(dir: &Path, log_offset: u64) {
+/// Upper bounds, in seconds, of the snapshot duration histogram's buckets.
+pub const SNAPSHOT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+/// A Prometheus-style histogram: counts at or under each of
+/// [`SNAPSHOT_BUCKETS`] (not cumulative), with the total count and sum.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DurationHistogram {
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_secs: f64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&mut self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        self.buckets.resize(SNAPSHOT_BUCKETS.len(), 0);
+        if let Some(bucket) = SNAPSHOT_BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[bucket] += 1;
+        }
+        self.count += 1;
+        self.sum_secs += secs;
+    }
+}
+
+/// Called by the snapshotter, under its lock, after each successful run.
+pub fn record_snapshot(dir: &Path, log_offset: u64, took: std::time::Duration) {
+    let state_dir = StateDir::of(dir);
+    let mut durations = state_dir
+        .load::<SnapshotState>(SNAPSHOT_STATE_FILE)
+        .map(|state| state.durations)
+        .unwrap_or_default();
+    durations.observe(took);
     let state = SnapshotState {
         log_offset,
         updated_at: crate::model::event::now_rfc3339(),
+        durations,
     };
     // Status only: a failure here costs nothing but an older "updated_at".
-    let _ = StateDir::of(dir).save(SNAPSHOT_STATE_FILE, &state);
+    let _ = state_dir.save(SNAPSHOT_STATE_FILE, &state);
 }
 
 pub use crate::model::names::state::LOG_REPLACED as LOG_REPLACED_FILE;
@@ -119,6 +182,10 @@ use crate::model::names::state::STATUS_MODEL;
 /// built from is gone).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StatusModel {
+    /// [`MODEL_VERSION`] of the code that kept it: an older model lacks
+    /// what was added since, so it is built again.
+    #[serde(default)]
+    version: u32,
     mark: ReadMark,
     read_to: Position,
     leadership: Leadership,
@@ -127,24 +194,78 @@ struct StatusModel {
     /// The last errors, oldest first.
     errors: VecDeque<ErrorSummary>,
     events: u64,
+    by_type: BTreeMap<String, u64>,
+    elections: VecDeque<ElectionRecord>,
+    /// Events per minute (minutes since the epoch, by the events' own
+    /// timestamps), the last [`RATE_MINUTES`] up to the latest seen.
+    per_minute: BTreeMap<i64, u64>,
 }
+
+const MODEL_VERSION: u32 = 2;
 
 impl StatusModel {
     fn load(state: &StateDir, backend: &dyn Backend) -> Result<StatusModel, StoreError> {
         Ok(match state.load::<StatusModel>(STATUS_MODEL) {
-            Some(model) if backend.continuity(&model.mark)? == Continuity::Same => model,
-            _ => StatusModel::default(),
+            Some(model)
+                if model.version == MODEL_VERSION
+                    && backend.continuity(&model.mark)? == Continuity::Same =>
+            {
+                model
+            }
+            _ => StatusModel {
+                version: MODEL_VERSION,
+                ..StatusModel::default()
+            },
         })
     }
 
-    fn observe(&mut self, event: Event) {
+    fn observe(&mut self, event: Event, at: Position) {
         self.events += 1;
+        let before = (self.leadership.term, self.leadership.leader.clone());
         self.leadership.observe(&event);
+        let action = if self.leadership.term != before.0 {
+            Some("claim")
+        } else if self.leadership.leader.is_none() && before.1.is_some() {
+            Some("resign")
+        } else {
+            None
+        };
+        if let Some(action) = action {
+            self.elections.push_back(ElectionRecord {
+                term: self.leadership.term,
+                actor: event.actor.clone(),
+                action: action.to_string(),
+                timestamp: event.timestamp.clone(),
+            });
+            if self.elections.len() > LAST_ELECTIONS {
+                self.elections.pop_front();
+            }
+        }
+        if let Some(minute) = parse_time(&event.timestamp).map(|t| t.timestamp().div_euclid(60)) {
+            let latest = self
+                .per_minute
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(minute);
+            if minute > latest - RATE_MINUTES as i64 {
+                *self.per_minute.entry(minute).or_default() += 1;
+                let keep_from = minute.max(latest) - RATE_MINUTES as i64 + 1;
+                self.per_minute = self.per_minute.split_off(&keep_from);
+            }
+        }
+        match self.by_type.get_mut(&event.kind) {
+            Some(count) => *count += 1,
+            None => {
+                self.by_type.insert(event.kind.clone(), 1);
+            }
+        }
         if event.is_error() {
             self.errors.push_back(ErrorSummary {
                 actor: event.actor.clone(),
                 content: event.content.clone(),
                 timestamp: event.timestamp.clone(),
+                at: Some(at),
             });
             if self.errors.len() > LAST_ERRORS {
                 self.errors.pop_front();
@@ -157,7 +278,7 @@ impl StatusModel {
     /// Reads what was appended since, and keeps the model if it moved.
     fn catch_up(&mut self, state: &StateDir, backend: &dyn Backend) -> Result<(), StoreError> {
         let read_to = crate::backend::scan(backend, self.read_to, |stored| {
-            self.observe(stored.event);
+            self.observe(stored.event, stored.at);
             Ok(())
         })?;
         if read_to != self.read_to {
@@ -186,8 +307,16 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
         actors,
         errors,
         events,
+        by_type,
+        elections,
+        per_minute,
         ..
     } = model;
+    let this_minute = now.timestamp().div_euclid(60);
+    let event_rate_per_minute = (0..RATE_MINUTES as i64)
+        .rev()
+        .map(|ago| per_minute.get(&(this_minute - ago)).copied().unwrap_or(0))
+        .collect();
     let errors: Vec<ErrorSummary> = errors.into();
     let log_len = std::fs::metadata(workspace.dir.join(LOG_FILE))
         .map(|m| m.len())
@@ -225,6 +354,10 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
             last_error: state.last_error,
             pending_bytes: log_len.saturating_sub(state.pushed_log_bytes),
         }),
+        leader_timeout_secs: workspace.config.daemon.leader_timeout().as_secs_f64(),
+        events_by_type: by_type,
+        elections: elections.into(),
+        event_rate_per_minute,
     })
 }
 

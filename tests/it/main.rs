@@ -8,6 +8,8 @@ mod conformance;
 mod crash;
 mod daemon;
 mod daemon_hostile;
+mod dashboard;
+mod dashboard_browser;
 mod foreign_lines;
 mod fuzz_corpus;
 mod layers;

@@ -11,7 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use sha2::{Digest, Sha256};
+
+use crate::apps::guard::Bearer;
 
 use super::{Huddle, Shared};
 
@@ -36,7 +37,7 @@ pub(super) async fn serve(
     );
     let mut app = axum::Router::new().nest_service(ENDPOINT, service);
     if let Some(token) = token {
-        let expected: Arc<[u8]> = Sha256::digest(token.as_bytes()).to_vec().into();
+        let expected = Bearer::new(&token);
         app = app.layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
                 let expected = expected.clone();
@@ -59,15 +60,8 @@ pub(super) async fn serve(
 }
 
 /// Lets through only requests carrying `Authorization: Bearer TOKEN`.
-/// Digests are compared, so the time taken says nothing about the token.
-async fn authorised(expected: &[u8], request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|token| Sha256::digest(token.trim().as_bytes()));
-    if given.is_some_and(|digest| digest.as_slice() == expected) {
+async fn authorised(expected: &Bearer, request: Request, next: Next) -> Response {
+    if expected.authorises(request.headers()) {
         return next.run(request).await;
     }
     (

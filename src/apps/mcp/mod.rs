@@ -57,21 +57,20 @@ pub fn check_options(options: &McpOptions) -> Result<(), ValidationError> {
     if let Some(actor) = &options.actor {
         crate::model::event::validate_actor(actor)?;
     }
-    if let Some(token) = &options.token {
-        if token.trim().is_empty() {
-            return Err(ValidationError::new("token", "must not be empty"));
-        }
-    }
     if let Some(addr) = options.http {
-        if !addr.ip().is_loopback() && options.token.is_none() {
-            return Err(ValidationError::new(
-                "http",
-                format!(
-                    "{addr} is not a loopback address: serving MCP there needs --token \
-                     (or HUDDLE_MCP_TOKEN), which every request must then carry"
-                ),
-            ));
-        }
+        crate::apps::guard::check_listen(
+            "http",
+            "HUDDLE_MCP_TOKEN",
+            "MCP",
+            addr,
+            options.token.as_deref(),
+        )?;
+    } else if options
+        .token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(ValidationError::new("token", "must not be empty"));
     }
     Ok(())
 }

@@ -18,6 +18,14 @@
 //! over the same log give byte-identical files.
 
 mod region;
+pub use region::inside_region;
+
+/// The communication region as it is in communication.md now (`None`:
+/// no file, or no markers in it).
+pub fn current_region(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(COMMUNICATION_FILE)).ok()?;
+    inside_region(&text).map(str::to_string)
+}
 
 /// The region rules as pure functions, public for the `region` fuzz target
 /// and the replay of its corpus in `cargo test` (`fuzz/checks/region.rs`).
@@ -363,6 +371,7 @@ impl Snapshotter {
         host: &PluginHost,
         k: Option<usize>,
     ) -> Result<Outcome, SnapshotError> {
+        let started = std::time::Instant::now();
         let k = k.unwrap_or(workspace.config.snapshot.k);
         let mapper = workspace.slot_spec(Slot::HeadingMapper);
         let renderer = workspace.slot_spec(Slot::Renderer);
@@ -488,7 +497,11 @@ impl Snapshotter {
         files::replace_if_changed(&backup, communication.as_bytes())
             .map_err(io_error("write", &backup))?;
 
-        crate::services::status::record_snapshot(&workspace.dir, self.index.cursor.offset);
+        crate::services::status::record_snapshot(
+            &workspace.dir,
+            self.index.cursor.offset,
+            started.elapsed(),
+        );
         let isolated = self.isolated.len();
         self.report_isolated(&*log, &mut *fetcher)?;
         Ok(Outcome {

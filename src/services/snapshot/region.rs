@@ -466,6 +466,15 @@ fn push_region(out: &mut String, region: &str) {
     out.push('\n');
 }
 
+/// What lies between the marker lines of communication.md, if it has them.
+pub fn inside_region(text: &str) -> Option<&str> {
+    let (start, end) = find_region(text)?;
+    let region = &text[start..end];
+    let body_start = region.find('\n')? + 1;
+    let body_end = region.rfind(END_MARKER)?;
+    region.get(body_start..body_end.max(body_start))
+}
+
 /// Byte range from the start of the BEGIN marker line to just after the END
 /// marker line (including its newline, if any).
 fn find_region(text: &str) -> Option<(usize, usize)> {
