@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod error;
 pub mod file;
 pub(crate) mod files;
+pub mod jetstream;
 pub mod memory;
 mod offline;
 pub mod pause;
@@ -226,7 +227,8 @@ fn report_set_aside(
         Err(
             queued @ (StoreError::Paused { .. }
             | StoreError::LockTimeout { .. }
-            | StoreError::WriteRefusedQueued { .. }),
+            | StoreError::WriteRefusedQueued { .. }
+            | StoreError::UnreachableQueued { .. }),
         ) => {
             tracing::warn!(error = %queued, "reports of entries set aside are queued");
             Ok(())

@@ -163,6 +163,14 @@ impl<B: Backend> Queued<B> {
                     source,
                 },
             },
+            StoreError::Unreachable { server, reason } => match self.enqueue(events) {
+                Ok(queue) => StoreError::UnreachableQueued {
+                    server,
+                    reason,
+                    queue,
+                },
+                Err(_) => StoreError::Unreachable { server, reason },
+            },
             other => other,
         }
     }
