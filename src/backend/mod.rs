@@ -332,7 +332,14 @@ pub(crate) fn append_numbered(
         backend.append_events(&written)?;
         return Ok(written);
     }
-    let (mut head, mut highest) = backend.highest_interaction()?;
+    let (mut head, mut highest) = match backend.highest_interaction() {
+        Ok(known) => known,
+        // Nothing before the start: always a true answer. The append below
+        // then fails or queues as any other would (numbered again when the
+        // queue is written), or, if the server is back, moves on from there.
+        Err(StoreError::Unreachable { .. }) => (Position::START, None),
+        Err(error) => return Err(error),
+    };
     loop {
         let mut last = highest;
         for (event, next) in written.iter_mut().zip(wanted) {

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod checkpoint;
 pub mod election;
 pub mod inbox;
+pub mod migrate;
 pub mod post;
 pub mod resume;
 pub mod snapshot;

@@ -83,6 +83,9 @@ struct Client {
 pub(super) struct Connection {
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
+    /// No server answered while the connection was first made: calls fail
+    /// at once, not each after its deadline, until one does.
+    never_connected: bool,
     /// Why there is no client: credentials that cannot be read.
     client: Result<Client, String>,
     settings: Arc<Settings>,
@@ -124,6 +127,7 @@ impl Connection {
         let runtime = build_runtime();
         let mut connection = Connection {
             runtime: Some(runtime),
+            never_connected: false,
             client: Err("not connected yet".into()),
             settings,
         };
@@ -166,6 +170,20 @@ impl Connection {
                     Ok(Client { client, context })
                 })
                 .map_err(|error| error.to_string());
+        if let Ok(client) = connection.client.clone() {
+            // A process starting while no server answers (`huddle log`
+            // during an outage) waits for it once, not once per call.
+            connection.never_connected = connection
+                .run(async move {
+                    while client.client.connection_state()
+                        != async_nats::connection::State::Connected
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(())
+                })
+                .is_err();
+        }
         connection
     }
 
@@ -191,9 +209,17 @@ impl Connection {
     }
 
     fn client(&self) -> Result<Client, StoreError> {
-        self.client
+        let client = self
+            .client
             .clone()
-            .map_err(|why| self.settings.refused("connect", why))
+            .map_err(|why| self.settings.refused("connect", why))?;
+        if self.never_connected && !self.is_connected() {
+            return Err(self.settings.unreachable(format!(
+                "no server answered within {:?} of starting",
+                self.settings.timeout
+            )));
+        }
+        Ok(client)
     }
 
     /// Runs `work` on the backend's runtime and waits for it, at most the
