@@ -58,16 +58,13 @@ pub enum StoreError {
     /// the events in its queue and answers `UnreachableQueued`).
     #[error("cannot reach the log's server ({server}): {reason}")]
     Unreachable { server: String, reason: String },
-    /// No server answered; the events were queued.
+    /// No server answered; the events were queued. `unreachable` is what
+    /// [`StoreError::Unreachable`] said.
     #[error(
-        "cannot reach the log's server ({server}): {reason}; the event was kept in {queue} \
+        "{unreachable}; the event was kept in {queue} \
          and will be published by the next append that reaches the server"
     )]
-    UnreachableQueued {
-        server: String,
-        reason: String,
-        queue: PathBuf,
-    },
+    UnreachableQueued { unreachable: String, queue: PathBuf },
     /// The server of a networked backend answered, and refused.
     #[error("the log's server ({server}) refused to {action}: {reason}")]
     Server {

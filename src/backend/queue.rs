@@ -179,13 +179,12 @@ impl<B: Backend> Queued<B> {
                     source,
                 },
             },
-            StoreError::Unreachable { server, reason } => match self.enqueue(events) {
+            unreachable @ StoreError::Unreachable { .. } => match self.enqueue(events) {
                 Ok(queue) => StoreError::UnreachableQueued {
-                    server,
-                    reason,
+                    unreachable: unreachable.to_string(),
                     queue,
                 },
-                Err(_) => StoreError::Unreachable { server, reason },
+                Err(_) => unreachable,
             },
             other => other,
         }

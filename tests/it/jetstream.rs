@@ -111,3 +111,528 @@ mod conformance_suite {
         conformance::malformed_entries_are_quarantined(&JetStream::new());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Machines: huddle directories that share one stream, each with its daemon.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use huddle::backend::scan;
+use huddle::event::Event;
+use huddle::Position;
+use serde_json::Value;
+
+use crate::common::{exclusive, wait_for, HuddleDir};
+use crate::daemon::{Daemon, FAST};
+
+const HEARTBEAT: Duration = Duration::from_millis(200);
+const LEADER_TIMEOUT: Duration = Duration::from_millis(1000);
+const JITTER: Duration = Duration::from_millis(150);
+
+/// huddle.toml of a machine on `stream`: the daemon's fast settings and the backend.
+fn machine_config(urls: &[String], stream: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "{FAST}[backend]\nkind = \"jetstream\"\nurl = [{}]\nstream = \"{stream}\"\ntimeout_ms = 2000\n",
+        urls.join(", ")
+    )
+}
+
+/// Machines sharing one stream, and a reader of the stream for the checks.
+struct Team {
+    machines: Vec<HuddleDir>,
+    reader: JetStreamLog,
+    _reader_dir: tempfile::TempDir,
+}
+
+impl Team {
+    fn new(urls: &[String], stream: &str, machines: usize) -> Team {
+        let reader_dir = tempfile::tempdir().expect("temporary directory");
+        let reader = open_stream(&backend_config(urls, stream), reader_dir.path());
+        Team {
+            machines: (0..machines)
+                .map(|_| HuddleDir::with_config(&machine_config(urls, stream)))
+                .collect(),
+            reader,
+            _reader_dir: reader_dir,
+        }
+    }
+
+    /// Every event in the stream, in order.
+    fn events(&self) -> Vec<Event> {
+        let mut events = Vec::new();
+        scan(&self.reader, Position::START, |stored| {
+            events.push(stored.event);
+            Ok(())
+        })
+        .expect("read the stream");
+        events
+    }
+
+    fn claims(&self) -> Vec<(String, u64)> {
+        self.events()
+            .into_iter()
+            .filter(|e| {
+                e.kind == "leader_election" && e.extra.get("action") == Some(&Value::from("claim"))
+            })
+            .map(|e| (e.actor, e.term.unwrap_or(0)))
+            .collect()
+    }
+
+    fn leader(&self) -> Option<String> {
+        let status: Value =
+            serde_json::from_str(&self.machines[0].ok(&["status", "--json"])).ok()?;
+        status["leader"].as_str().map(String::from)
+    }
+}
+
+fn read(dir: &HuddleDir, name: &str) -> String {
+    std::fs::read_to_string(dir.file(name)).unwrap_or_default()
+}
+
+#[test]
+fn three_machines_logging_at_once_converge_to_identical_snapshots_with_each_event_once() {
+    let _machine = exclusive();
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "CONVERGE", 3);
+    let _daemons: Vec<Daemon> = team
+        .machines
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| Daemon::start(dir, &format!("d{i}")))
+        .collect();
+    const ROUNDS: usize = 6;
+    // Each machine's agent asks (numbered `next`) and answers its own question.
+    std::thread::scope(|scope| {
+        for (i, dir) in team.machines.iter().enumerate() {
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    let agent = format!("agent{i}");
+                    let number =
+                        dir.ok(&["log", "next", &agent, "question", &format!("q{i}-{round}")]);
+                    let number = number.trim();
+                    dir.ok(&["log", number, &agent, "answer", &format!("a{i}-{round}")]);
+                }
+            });
+        }
+    });
+    let events = team.events();
+    let agents: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.actor.starts_with("agent"))
+        .collect();
+    assert_eq!(agents.len(), 3 * ROUNDS * 2, "events lost or doubled");
+    let ids: HashSet<&String> = agents.iter().filter_map(|e| e.id.as_ref()).collect();
+    assert_eq!(ids.len(), agents.len(), "an event appears twice");
+    let contents: HashSet<&str> = agents.iter().map(|e| e.content.as_str()).collect();
+    assert_eq!(contents.len(), agents.len(), "a content appears twice");
+    let questions: HashSet<u64> = agents
+        .iter()
+        .filter(|e| e.kind == "question")
+        .map(|e| e.interaction)
+        .collect();
+    assert_eq!(
+        questions.len(),
+        3 * ROUNDS,
+        "`next` handed out a number twice"
+    );
+    // Every machine renders the whole stream, byte for byte the same.
+    let converged = wait_for(Duration::from_secs(30), || {
+        let comms: Vec<String> = team
+            .machines
+            .iter()
+            .map(|m| read(m, "communication.md"))
+            .collect();
+        let archives: Vec<String> = team
+            .machines
+            .iter()
+            .map(|m| read(m, "archive.md"))
+            .collect();
+        comms.windows(2).all(|w| w[0] == w[1])
+            && archives.windows(2).all(|w| w[0] == w[1])
+            && contents.iter().all(|c| {
+                comms[0].contains(&format!(" - {c}\n")) || archives[0].contains(&format!("{c}\n"))
+            })
+    });
+    assert!(
+        converged,
+        "the machines' snapshots differ or miss events:\n{}",
+        team.machines
+            .iter()
+            .map(|m| read(m, "communication.md"))
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    );
+    for content in &contents {
+        let rendered =
+            read(&team.machines[0], "communication.md") + &read(&team.machines[0], "archive.md");
+        assert_eq!(
+            rendered.matches(&format!("{content}\n")).count(),
+            1,
+            "{content} is rendered other than once"
+        );
+    }
+}
+
+#[test]
+fn killing_the_leader_daemon_with_sigkill_elects_another_within_the_timeout_and_two_heartbeats() {
+    let _machine = exclusive();
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "FAILOVER", 3);
+    // name -> (machine, daemon)
+    let mut daemons: HashMap<String, (usize, Daemon)> = team
+        .machines
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| (format!("d{i}"), (i, Daemon::start(dir, &format!("d{i}")))))
+        .collect();
+    for round in 0..3 {
+        let leader = wait_until(Duration::from_secs(15), || team.leader())
+            .unwrap_or_else(|| panic!("round {round}: no leader"));
+        let before = team.claims();
+        let (machine, killed) = daemons.remove(&leader).expect("the leader is one of ours");
+        killed.signal(libc::SIGKILL);
+        let killed_at = Instant::now();
+        drop(killed);
+        let fresh = wait_until(
+            LEADER_TIMEOUT + HEARTBEAT * 2 + Duration::from_secs(5),
+            || {
+                let now = team.claims();
+                (now.len() > before.len()).then(|| now[before.len()..].to_vec())
+            },
+        )
+        .unwrap_or_else(|| panic!("round {round}: nobody took over from {leader}"));
+        let took = killed_at.elapsed();
+        assert_eq!(
+            fresh.len(),
+            1,
+            "round {round}: one claim per failover: {fresh:?}"
+        );
+        assert_ne!(fresh[0].0, leader);
+        assert_eq!(Some(fresh[0].1), before.last().map(|c| c.1 + 1));
+        // Timeout + 2 heartbeats, plus this daemon's jitter and its polling.
+        let bound = LEADER_TIMEOUT + HEARTBEAT * 2 + JITTER + Duration::from_millis(600);
+        assert!(
+            took <= bound,
+            "round {round}: failover took {took:?}, more than {bound:?}"
+        );
+        // The machine whose daemon died gets a new one.
+        let name = format!("r{round}m{machine}");
+        let restarted = Daemon::start(&team.machines[machine], &name);
+        daemons.insert(name, (machine, restarted));
+    }
+}
+
+#[test]
+fn a_sigstopped_leader_writes_nothing_to_the_stream_once_it_wakes() {
+    let _machine = exclusive();
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "STOPPED", 2);
+    let first = Daemon::start(&team.machines[0], "first");
+    assert!(
+        wait_for(Duration::from_secs(15), || team.leader().as_deref()
+            == Some("first")),
+        "first leads"
+    );
+    let second = Daemon::start(&team.machines[1], "second");
+    first.signal(libc::SIGSTOP);
+    assert!(
+        wait_for(Duration::from_secs(15), || team.leader().as_deref()
+            == Some("second")),
+        "second takes over"
+    );
+    team.machines[1].ok(&[
+        "log",
+        "1",
+        "Agent A",
+        "error",
+        "something broke while first slept",
+    ]);
+    let logged_before_waking = first.log_text().len();
+    first.signal(libc::SIGCONT);
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            let woke = first.log_text()[logged_before_waking..].to_string();
+            woke.contains("stepping down") || woke.contains("replaced while we were away")
+        }),
+        "the woken leader never noticed it was replaced:\n{}",
+        first.log_text()
+    );
+    // Give it the time it would need to act, then look at what it wrote.
+    std::thread::sleep(LEADER_TIMEOUT);
+    let events = team.events();
+    let takeover = events
+        .iter()
+        .position(|e| e.kind == "leader_election" && e.actor == "second")
+        .expect("second's claim");
+    let stale: Vec<&Event> = events[takeover..]
+        .iter()
+        .filter(|e| e.actor == "first")
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the fenced leader wrote to the stream: {stale:?}"
+    );
+    assert_eq!(team.leader().as_deref(), Some("second"));
+    drop(second);
+}
+
+/// libfaketime, preloaded into huddle (as tests/it/daemon_hostile.rs does).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+struct Skewed(std::process::Child);
+
+impl Drop for Skewed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_skewed(dir: &HuddleDir, name: &str, offset: &str) -> Skewed {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
+    );
+    Skewed(
+        dir.command(&["run", "--actor", name])
+            .env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start huddle run"),
+    )
+}
+
+#[test]
+fn with_clocks_an_hour_ahead_and_30s_behind_no_healthy_leader_is_deposed_and_failover_is_in_time() {
+    let _machine = exclusive();
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "SKEWED", 3);
+    let mut ahead = start_skewed(&team.machines[0], "ahead", "+1h");
+    assert!(
+        wait_for(Duration::from_secs(15), || team.leader().as_deref()
+            == Some("ahead")),
+        "the daemon an hour ahead leads"
+    );
+    let _behind = start_skewed(&team.machines[1], "behind", "-30s");
+    let _plain = Daemon::start(&team.machines[2], "plain");
+    let watch = |who: &str, claims: usize| {
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            let now = team.claims();
+            assert_eq!(
+                now.len(),
+                claims,
+                "healthy leader {who} was deposed: {now:?}"
+            );
+            std::thread::sleep(HEARTBEAT);
+        }
+    };
+    watch("ahead", 1);
+    let _ = ahead.0.kill();
+    let _ = ahead.0.wait();
+    let killed = Instant::now();
+    let fresh = wait_until(Duration::from_secs(8), || {
+        let now = team.claims();
+        (now.len() > 1).then(|| now[1].clone())
+    })
+    .expect("no failover from the leader an hour ahead");
+    let bound = LEADER_TIMEOUT + HEARTBEAT * 2 + JITTER + Duration::from_millis(600);
+    assert!(
+        killed.elapsed() <= bound,
+        "failover took {:?}",
+        killed.elapsed()
+    );
+    // Whoever leads now (30 s behind, or on time) is never deposed either.
+    watch(&fresh.0, 2);
+}
+
+#[test]
+fn a_three_node_cluster_losing_a_node_mid_run_loses_no_acknowledged_event_and_duplicates_none() {
+    let _machine = exclusive();
+    let mut nodes = NatsServer::cluster();
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let config = BackendConfig {
+        replicas: 3,
+        ..backend_config(&urls, "REPLICATED")
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let reader = open_stream(&config, dir.path());
+    const WRITERS: usize = 3;
+    const EACH: usize = 60;
+    let acknowledged: Vec<Vec<Event>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let log = JetStreamLog::new(&config, dir.path(), DEFAULT_MAX_CONTENT_BYTES);
+                scope.spawn(move || {
+                    let mut acked = Vec::new();
+                    for i in 0..EACH {
+                        // Stamped once: a retry is the same event, with the same id.
+                        let event = huddle::NewEvent::new(
+                            huddle::InteractionRef::Number(1),
+                            format!("w{w}"),
+                            "note",
+                            format!("{w}-{i}"),
+                        )
+                        .into_event(1);
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        loop {
+                            match huddle::Backend::append_events(&log, std::slice::from_ref(&event))
+                            {
+                                Ok(()) => break,
+                                Err(error) => {
+                                    assert!(
+                                        Instant::now() < deadline,
+                                        "never acknowledged: {error}"
+                                    );
+                                    std::thread::sleep(Duration::from_millis(50));
+                                }
+                            }
+                        }
+                        acked.push(event);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        // Mid-run, one node dies and comes back.
+        std::thread::sleep(Duration::from_millis(600));
+        nodes[0].kill();
+        std::thread::sleep(Duration::from_secs(2));
+        nodes[0].restart();
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect()
+    });
+    let mut stored = Vec::new();
+    let read_all = wait_until(Duration::from_secs(30), || {
+        stored.clear();
+        scan(&reader, Position::START, |s| {
+            stored.push(s.event);
+            Ok(())
+        })
+        .ok()
+    });
+    assert!(
+        read_all.is_some(),
+        "the stream could not be read after the restart"
+    );
+    let mut seen = HashSet::new();
+    for event in &stored {
+        assert!(seen.insert(event.id.clone()), "{event:?} is stored twice");
+    }
+    for (w, acked) in acknowledged.iter().enumerate() {
+        assert_eq!(acked.len(), EACH);
+        let order: Vec<&Event> = stored
+            .iter()
+            .filter(|e| e.actor == format!("w{w}"))
+            .collect();
+        assert_eq!(
+            order.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            acked.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            "writer {w}: acknowledged events missing, doubled or out of order"
+        );
+    }
+}
+
+#[test]
+fn with_the_server_stopped_ten_seconds_logged_events_are_queued_then_published_once_in_order() {
+    let _machine = exclusive();
+    let mut server = NatsServer::start();
+    let team = Team::new(&[server.url()], "OUTAGE", 2);
+    let _daemons: Vec<Daemon> = team
+        .machines
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| Daemon::start(dir, &format!("d{i}")))
+        .collect();
+    let logging = std::sync::atomic::AtomicBool::new(true);
+    let written: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = team
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                let logging = &logging;
+                scope.spawn(move || {
+                    let mut contents = Vec::new();
+                    let mut n = 0;
+                    while logging.load(std::sync::atomic::Ordering::SeqCst) {
+                        let content = format!("m{i}-{n}");
+                        let interaction = if n % 2 == 0 {
+                            "next".to_string()
+                        } else {
+                            "1".to_string()
+                        };
+                        let out =
+                            dir.run(&["log", &interaction, &format!("agent{i}"), "note", &content]);
+                        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+                        assert!(
+                            out.status.success(),
+                            "huddle log failed during the outage: {said}"
+                        );
+                        if !said.is_empty() {
+                            assert!(said.contains("events.offline.log"), "{said}");
+                        }
+                        contents.push(content);
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(150));
+                    }
+                    contents
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        server.kill();
+        let stopped = Instant::now();
+        // Something is queued while the server is down.
+        assert!(
+            wait_for(Duration::from_secs(9), || team
+                .machines
+                .iter()
+                .all(|m| read(m, "events.offline.log").lines().count() > 0)),
+            "nothing was queued while the server was down"
+        );
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+        server.restart();
+        std::thread::sleep(Duration::from_secs(2));
+        logging.store(false, std::sync::atomic::Ordering::SeqCst);
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect()
+    });
+    assert!(
+        wait_for(Duration::from_secs(30), || team
+            .machines
+            .iter()
+            .all(|m| read(m, "events.offline.log").trim().is_empty())),
+        "the offline queues were never published"
+    );
+    let events = team.events();
+    for (i, contents) in written.iter().enumerate() {
+        let published: Vec<&str> = events
+            .iter()
+            .filter(|e| e.actor == format!("agent{i}"))
+            .map(|e| e.content.as_str())
+            .collect();
+        assert_eq!(
+            published,
+            contents.iter().map(String::as_str).collect::<Vec<_>>(),
+            "machine {i}: events lost, doubled or out of order"
+        );
+    }
+    let numbered: Vec<u64> = events
+        .iter()
+        .filter(|e| e.actor.starts_with("agent") && e.interaction > 1)
+        .map(|e| e.interaction)
+        .collect();
+    let distinct: HashSet<&u64> = numbered.iter().collect();
+    assert_eq!(distinct.len(), numbered.len(), "`next` gave a number twice");
+}
