@@ -311,8 +311,15 @@ fn run(cli: Cli) -> Result<()> {
                         stream,
                         replicas,
                     };
-                    let (report, created) = workspace::init_jetstream(&dir, &settings)
-                        .with_context(|| format!("cannot initialise {}", dir.display()))?;
+                    let (report, created) = match workspace::init_jetstream(&dir, &settings) {
+                        Ok(done) => done,
+                        // Bad input keeps its exit code (2).
+                        Err(workspace::InitError::Config(config)) => return Err(config.into()),
+                        Err(error) => {
+                            return Err(anyhow::Error::new(error)
+                                .context(format!("cannot initialise {}", dir.display())))
+                        }
+                    };
                     let config = Workspace::open(&dir)?.config.backend;
                     println!(
                         "stream {} on {}: {}",

@@ -636,3 +636,242 @@ fn with_the_server_stopped_ten_seconds_logged_events_are_queued_then_published_o
     let distinct: HashSet<&u64> = numbered.iter().collect();
     assert_eq!(distinct.len(), numbered.len(), "`next` gave a number twice");
 }
+
+// ---------------------------------------------------------------------------
+// Set-up, moving, and the clients unchanged on the stream.
+
+#[test]
+fn init_with_the_jetstream_backend_creates_the_stream_once_and_names_it_in_huddle_toml() {
+    let server = NatsServer::start();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let init = |name: &str| {
+        let dir = root.path().join(name);
+        let out = crate::common::huddle_at(
+            root.path(),
+            &[
+                "init",
+                dir.to_str().expect("utf-8 path"),
+                "--backend",
+                "jetstream",
+                "--url",
+                &server.url(),
+                "--stream",
+                "SETUP",
+            ],
+        );
+        assert!(out.status.success(), "{}", crate::common::stderr(&out));
+        (dir, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // JetStream may still be starting: the first init waits for nothing else.
+    wait_until(READY, || {
+        open_stream(&backend_config(&[server.url()], "PROBE"), root.path());
+        Some(())
+    });
+    let (first, said) = init("first");
+    assert!(
+        said.contains("stream SETUP on nats://127.0.0.1:") && said.contains(": created"),
+        "{said}"
+    );
+    let (_second, said) = init("second");
+    assert!(said.contains("already there"), "{said}");
+    assert!(
+        !first.join("events.log").exists(),
+        "a JetStream huddle has no events.log"
+    );
+    let config = huddle::Config::load(&first).expect("huddle.toml parses");
+    assert_eq!(config.backend.kind, BackendKind::Jetstream);
+    assert_eq!(config.backend.stream, "SETUP");
+    let out = crate::common::huddle_at(
+        root.path(),
+        &[
+            "init",
+            "bad",
+            "--backend",
+            "jetstream",
+            "--url",
+            "http://example.invalid",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "a bad URL is bad input");
+    assert!(crate::common::stderr(&out).contains("backend.url"));
+    assert!(
+        !root.path().join("bad").exists(),
+        "nothing written for a bad URL"
+    );
+}
+
+#[test]
+fn migrate_copies_events_log_into_the_stream_each_event_once_in_order_and_again_copies_nothing() {
+    let server = NatsServer::start();
+    let dir = HuddleDir::new();
+    for i in 0..30 {
+        dir.ok(&[
+            "log",
+            "next",
+            "Agent A",
+            "question",
+            &format!("question {i}"),
+        ]);
+    }
+    // A line without an id, as the brief's shell appender writes.
+    {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.file("events.log"))
+            .expect("open events.log");
+        writeln!(
+            log,
+            r#"{{"interaction":31,"actor":"shell","type":"note","content":"no id","timestamp":"2026-01-01T00:00:00Z"}}"#
+        )
+        .expect("append a line");
+    }
+    let from_file: Vec<Value> = dir.events();
+    let config = format!(
+        "[backend]\nurl = \"{}\"\nstream = \"MOVED\"\n",
+        server.url()
+    );
+    std::fs::write(dir.file("huddle.toml"), &config).expect("write huddle.toml");
+    wait_until(READY, || {
+        open_stream(&backend_config(&[server.url()], "PROBE"), dir.path());
+        Some(())
+    });
+    let said = dir.ok(&["migrate", "--to", "jetstream"]);
+    assert!(said.contains("31 events copied, 0 already there"), "{said}");
+    assert!(said.contains("kind = \"jetstream\""), "{said}");
+    // Interrupted or repeated: nothing twice.
+    let again = dir.ok(&["migrate", "--to", "jetstream"]);
+    assert!(
+        again.contains("0 events copied, 31 already there"),
+        "{again}"
+    );
+    let reader = JetStreamLog::new(
+        &backend_config(&[server.url()], "MOVED"),
+        dir.path(),
+        DEFAULT_MAX_CONTENT_BYTES,
+    );
+    let mut in_stream = Vec::new();
+    scan(&reader, Position::START, |s| {
+        in_stream.push(serde_json::to_value(&s.event).expect("event as JSON"));
+        Ok(())
+    })
+    .expect("read the stream");
+    assert_eq!(in_stream, from_file, "the stream differs from events.log");
+}
+
+#[test]
+fn the_cli_and_the_mcp_server_work_unchanged_on_the_jetstream_backend() {
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "CLIENTS", 2);
+    let (here, there) = (&team.machines[0], &team.machines[1]);
+    assert_eq!(
+        here.ok(&["log", "next", "Agent A", "question", "Who reviews?"])
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        there.ok(&["log", "1", "Agent B", "answer", "I do."]).trim(),
+        "1"
+    );
+    assert_eq!(
+        there
+            .ok(&["log", "next", "Agent B", "decision", "Ship it."])
+            .trim(),
+        "2"
+    );
+    here.ok(&["heartbeat", "Agent A"]);
+    let unread = here.ok(&["next", "--agent", "agent-a", "--json"]);
+    let contents: Vec<String> = unread
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON event")["content"].to_string())
+        .collect();
+    assert_eq!(contents, ["\"Who reviews?\"", "\"I do.\"", "\"Ship it.\""]);
+    here.ok(&["ack", "--agent", "agent-a", "1"]);
+    let after = here.ok(&["next", "--agent", "agent-a", "--json"]);
+    assert_eq!(after.lines().count(), 1, "{after}");
+    there.ok(&["snapshot"]);
+    assert!(read(there, "communication.md").contains(" - Who reviews?\n"));
+    let status: Value = serde_json::from_str(&here.ok(&["status", "--json"])).expect("status");
+    assert_eq!(status["backend"]["kind"], "jetstream");
+    assert_eq!(status["backend"]["offline"], false);
+    assert_eq!(status["events"], 4);
+    // The MCP server, as an agent's client drives it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use rmcp::model::CallToolRequestParams;
+        use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+        use rmcp::ServiceExt;
+        let transport = TokioChildProcess::new(
+            tokio::process::Command::new(crate::common::huddle_exe()).configure(|c| {
+                c.arg("mcp")
+                    .arg("--dir")
+                    .arg(there.path())
+                    .env("XDG_STATE_HOME", there.state_home())
+                    .env("HUDDLE_CACHE_DIR", crate::common::plugin_cache())
+                    .env("RUST_LOG", "warn");
+            }),
+        )
+        .expect("start huddle mcp");
+        let client = ().serve(transport).await.expect("MCP handshake");
+        let call = |tool: &'static str, arguments: Value| {
+            let arguments = match arguments {
+                Value::Object(map) => map,
+                _ => Default::default(),
+            };
+            client.call_tool(CallToolRequestParams::new(tool).with_arguments(arguments))
+        };
+        let logged = call(
+            "log",
+            serde_json::json!({"interaction": "next", "actor": "Agent C", "type": "question", "content": "Over MCP?"}),
+        )
+        .await
+        .expect("log");
+        assert_ne!(logged.is_error, Some(true), "{:?}", logged.content);
+        assert_eq!(logged.structured_content.expect("the event")["interaction"], 3);
+        let unread = call("next", serde_json::json!({"agent": "agent-c"}))
+            .await
+            .expect("next");
+        let events = unread.structured_content.expect("next's answer")["events"].clone();
+        assert_eq!(events.as_array().map(Vec::len), Some(4), "{events}");
+        let status = call("status", serde_json::json!({})).await.expect("status");
+        assert_eq!(status.structured_content.expect("status")["backend"]["kind"], "jetstream");
+        client.cancel().await.expect("close the MCP session");
+    });
+    // The other machine sees what was logged over MCP.
+    let from_mcp = here.ok(&["next", "--agent", "agent-a", "--json"]);
+    assert!(from_mcp.contains("Over MCP?"), "{from_mcp}");
+}
+
+#[test]
+fn a_publish_retried_with_the_same_event_is_stored_once() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = open_stream(&backend_config(&[server.url()], "RETRIED"), dir.path());
+    let events: Vec<Event> = (0..3)
+        .map(|i| {
+            huddle::NewEvent::new(
+                huddle::InteractionRef::Number(1),
+                "a",
+                "note",
+                format!("{i}"),
+            )
+            .into_event(1)
+        })
+        .collect();
+    use huddle::Backend;
+    log.append_events(&events[..1]).expect("publish one");
+    log.append_events(&events[..1]).expect("publish it again");
+    log.append_events(&events)
+        .expect("a batch holding it again");
+    log.append_events(&events).expect("the whole batch again");
+    let mut stored = Vec::new();
+    scan(&log, Position::START, |s| {
+        stored.push(s.event);
+        Ok(())
+    })
+    .expect("read");
+    assert_eq!(stored, events, "a retried publish was stored twice");
+}

@@ -333,7 +333,11 @@ impl Connection {
             let mut expected = expected;
             let mut last = None;
             for batch in messages.chunks(MAX_BATCH) {
-                match publish_batch(&client, &settings, batch, expected).await? {
+                let published = match publish_batch(&client, &settings, batch, expected).await {
+                    Err(PartlyStored) => publish_each(&client, &settings, batch).await,
+                    Ok(outcome) => outcome,
+                };
+                match published? {
                     Some(sequence) => last = Some(sequence),
                     None => return Ok(None),
                 }
@@ -497,13 +501,42 @@ fn header_map(entries: &[(&'static str, String)]) -> HeaderMap {
     headers
 }
 
+/// An atomic batch refused because some of its events are stored already:
+/// a retry of a batch (or of a queue holding events) whose
+/// acknowledgement was lost.
+struct PartlyStored;
+
+/// JetStream's code for "atomic publish batch contains duplicate message id".
+const BATCH_HAS_DUPLICATE: u64 = 10201;
+
+/// The events one by one, so that the server drops those it already has
+/// (by `Nats-Msg-Id`) and stores the others, in order. Only for a batch
+/// some of which is stored already: it is then neither all-or-none nor
+/// conditional, since part of it was appended when it was first sent.
+async fn publish_each(
+    client: &Client,
+    settings: &Settings,
+    batch: &[(Option<String>, Vec<u8>)],
+) -> Result<Option<u64>, StoreError> {
+    let mut last = None;
+    for message in batch {
+        match publish_batch(client, settings, std::slice::from_ref(message), None).await {
+            Ok(outcome) => last = outcome?.or(last),
+            Err(PartlyStored) => {
+                return Err(settings.refused("publish", "a single message refused as a duplicate"))
+            }
+        }
+    }
+    Ok(last)
+}
+
 /// One publish, or one atomic batch: all of `batch` or none of it.
 async fn publish_batch(
     client: &Client,
     settings: &Settings,
     batch: &[(Option<String>, Vec<u8>)],
     expected: Option<u64>,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Result<Option<u64>, StoreError>, PartlyStored> {
     let batch_id = uuid::Uuid::now_v7().simple().to_string();
     let atomic = batch.len() > 1;
     let mut ack = None;
@@ -524,11 +557,13 @@ async fn publish_batch(
         let last = index + 1 == batch.len();
         let payload = bytes::Bytes::copy_from_slice(line);
         if !last {
-            client
+            if let Err(error) = client
                 .client
                 .publish_with_headers(settings.subject.clone(), header_map(&headers), payload)
                 .await
-                .map_err(|e| settings.failed("publish", e))?;
+            {
+                return Ok(Err(settings.failed("publish", error)));
+            }
             continue;
         }
         if atomic {
@@ -548,7 +583,15 @@ async fn publish_batch(
         ack = Some(match outcome {
             Ok(ack) => ack.sequence,
             Err(error) => {
-                return match error.kind() {
+                let duplicate = std::error::Error::source(&error)
+                    .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                    .is_some_and(|api| {
+                        api.error_code() == jetstream::ErrorCode(BATCH_HAS_DUPLICATE)
+                    });
+                if atomic && duplicate {
+                    return Err(PartlyStored);
+                }
+                return Ok(match error.kind() {
                     PublishErrorKind::WrongLastSequence if expected.is_some() => Ok(None),
                     PublishErrorKind::TimedOut
                     | PublishErrorKind::BrokenPipe
@@ -557,9 +600,9 @@ async fn publish_batch(
                         Err(settings.unreachable(format!("cannot publish: {error}")))
                     }
                     _ => Err(settings.failed("publish", error)),
-                }
+                });
             }
         });
     }
-    Ok(ack)
+    Ok(Ok(ack))
 }
