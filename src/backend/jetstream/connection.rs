@@ -144,8 +144,11 @@ impl Connection {
                         .max_reconnects(None)
                         .connection_timeout(timeout)
                         .request_timeout(Some(timeout))
+                        // The client counts from 1: the first attempt goes
+                        // at once, then 100 ms more each time, up to 1 s.
                         .reconnect_delay_callback(|attempts| {
-                            Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
+                            let waited = (attempts as u64).saturating_sub(1).saturating_mul(100);
+                            Duration::from_millis(waited.min(1000))
                         });
                     if let Some(token) = token {
                         options = options.token(token.expose().to_string());
@@ -178,7 +181,7 @@ impl Connection {
                     while client.client.connection_state()
                         != async_nats::connection::State::Connected
                     {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Ok(())
                 })
@@ -593,9 +596,24 @@ async fn publish_batch(
                 }
                 return Ok(match error.kind() {
                     PublishErrorKind::WrongLastSequence if expected.is_some() => Ok(None),
+                    // Nobody answered the subject: a stream that does not
+                    // exist is the user's to fix, not an outage to wait out.
+                    PublishErrorKind::StreamNotFound => match Connection::info(client, settings).await {
+                        Err(StoreError::Server { reason, .. })
+                            if reason.to_ascii_lowercase().contains("stream not found") =>
+                        {
+                            Err(settings.refused(
+                                "publish",
+                                format!(
+                                    "stream {} does not exist: create it with `huddle init --backend jetstream --url URL --stream {}`",
+                                    settings.stream, settings.stream
+                                ),
+                            ))
+                        }
+                        _ => Err(settings.unreachable(format!("cannot publish: {error}"))),
+                    },
                     PublishErrorKind::TimedOut
                     | PublishErrorKind::BrokenPipe
-                    | PublishErrorKind::StreamNotFound
                     | PublishErrorKind::MaxAckPending => {
                         Err(settings.unreachable(format!("cannot publish: {error}")))
                     }
