@@ -712,12 +712,17 @@ async fn run_async(dir: &Path, options: DaemonOptions, clock: Arc<dyn Clock>) ->
             Err(error) => tracing::warn!(%error, "git remote unreachable: starting offline"),
         }
     }
-    let (watch, mut changes) = watcher::watch(dir).context("cannot watch the huddle directory")?;
+    // News of appends from the backend: the file log's watcher, or the
+    // stream's subscription (appends from every machine).
+    let mut changes = daemon
+        .log
+        .subscribe()
+        .context("cannot follow the log's appends")?;
     tracing::info!(
         dir = %dir.display(),
         actor = daemon.me.as_str(),
         role = if daemon.elect { "candidate" } else { "follower (--no-elect)" },
-        watching = watch.describe(),
+        watching = changes.describe(),
         "huddle run: watching events.log"
     );
     let stop_alerts = Arc::new(AtomicBool::new(false));
@@ -760,7 +765,7 @@ async fn run_async(dir: &Path, options: DaemonOptions, clock: Arc<dyn Clock>) ->
             }
             _ = changes.recv() => {
                 // Coalesce a burst of writes into one round.
-                while changes.try_recv().is_ok() {}
+                changes.drain();
             }
             _ = tokio::time::sleep(tick) => {}
             _ = interrupt.recv() => break,
@@ -788,6 +793,6 @@ async fn run_async(dir: &Path, options: DaemonOptions, clock: Arc<dyn Clock>) ->
     daemon.leader_lease.revoke();
     stop_alerts.store(true, Ordering::SeqCst);
     let _ = alerts.join();
-    drop(watch);
+    drop(changes);
     Ok(())
 }
