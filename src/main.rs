@@ -324,7 +324,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!(
                         "stream {} on {}: {}",
                         visible(&config.stream),
-                        visible(&config.url.list().join(",")),
+                        visible(&config.url.shown()),
                         match created {
                             huddle::backend::jetstream::StreamCreated::Created => "created",
                             huddle::backend::jetstream::StreamCreated::Existed => {

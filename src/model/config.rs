@@ -72,6 +72,24 @@ impl ServerUrls {
             ServerUrls::Many(urls) => urls.clone(),
         }
     }
+
+    /// The servers as messages and `huddle status` show them: without any
+    /// user or password a URL carries.
+    pub fn shown(&self) -> String {
+        self.list()
+            .iter()
+            .map(|text| match url::Url::parse(text) {
+                Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+                    let _ = url.set_username("");
+                    let _ = url.set_password(None);
+                    url.to_string().trim_end_matches('/').to_string()
+                }
+                Ok(_) => text.clone(),
+                Err(_) => "(not a URL)".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl Default for ServerUrls {
@@ -905,6 +923,13 @@ mod tests {
             Some("s3cret-token")
         );
         assert!(!format!("{config:?}").contains("s3cret"));
+        let with_password =
+            Config::parse("[backend]\nurl = [\"nats://bob:s3cret@a:4222\", \"nats://b:4222\"]\n")
+                .unwrap();
+        assert_eq!(
+            with_password.backend.url.shown(),
+            "nats://a:4222,nats://b:4222"
+        );
         for (text, needle) in [
             (
                 "[backend]\nkind = \"jetstream\"\npasword = \"x\"\n",

@@ -70,7 +70,7 @@ fn backend_status(workspace: &Workspace, unreachable: Option<String>) -> Backend
         },
         crate::model::config::BackendKind::Jetstream => BackendStatus {
             kind: "jetstream",
-            servers: Some(config.url.list().join(",")),
+            servers: Some(config.url.shown()),
             stream: Some(config.stream.clone()),
             offline: unreachable.is_some(),
             offline_reason: unreachable,

@@ -117,7 +117,7 @@ fn build_runtime() -> tokio::runtime::Runtime {
 impl Connection {
     pub fn new(config: &BackendConfig, dir: &Path) -> Connection {
         let settings = Arc::new(Settings {
-            servers: config.url.list().join(","),
+            servers: config.url.shown(),
             stream: config.stream.clone(),
             subject: config.subject(),
             replicas: config.replicas,
@@ -133,6 +133,7 @@ impl Connection {
         };
         let timeout = config.timeout();
         let urls = config.url.list();
+        let shown = config.url.shown();
         let token = config.token.clone();
         let creds = config.creds.as_ref().map(|creds| dir.join(creds));
         connection.client =
@@ -164,7 +165,7 @@ impl Connection {
                     }
                     let client = options.connect(urls.as_slice()).await.map_err(|error| {
                         StoreError::Unreachable {
-                            server: urls.join(","),
+                            server: shown,
                             reason: error.to_string(),
                         }
                     })?;
@@ -431,8 +432,14 @@ impl Connection {
     }
 
     /// News of every message published on the subject, as it is published.
+    ///
+    /// Made without a server too (a daemon starting during an outage): the
+    /// client subscribes when it connects.
     pub fn subscribe(&self) -> Result<Subscription, StoreError> {
-        let client = self.client()?;
+        let client = self
+            .client
+            .clone()
+            .map_err(|why| self.settings.refused("connect", why))?;
         let settings = self.settings.clone();
         let mut subscriber = self.run(async move {
             let subscriber = client

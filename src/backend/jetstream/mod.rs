@@ -38,6 +38,8 @@ use connection::{Connection, Raw};
 /// several services in one process and fetches after a read cost no round
 /// trip. The oldest are dropped first.
 const CACHE_ENTRIES: usize = 16_384;
+/// ...and at most this many bytes of them (contents may be 1 MiB each).
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Messages fetched in one call (each call has its own deadline).
 const READ_CHUNK: u64 = 2_000;
@@ -56,6 +58,8 @@ pub struct JetStreamLog {
 struct Cache {
     /// Stream sequence → the message's bytes.
     entries: BTreeMap<u64, Arc<[u8]>>,
+    /// The bytes of `entries`.
+    bytes: usize,
     /// The highest interaction among the events up to a sequence: `next`
     /// numbering then reads only what came after.
     highest: Option<(u64, Option<u64>)>,
@@ -116,10 +120,16 @@ impl JetStreamLog {
     fn remember(&self, raws: &[Raw]) {
         let mut cache = self.cache();
         for raw in raws {
-            cache.entries.insert(raw.sequence, raw.payload.clone());
+            cache.bytes += raw.payload.len();
+            if let Some(replaced) = cache.entries.insert(raw.sequence, raw.payload.clone()) {
+                cache.bytes -= replaced.len();
+            }
         }
-        while cache.entries.len() > CACHE_ENTRIES {
-            cache.entries.pop_first();
+        while cache.entries.len() > CACHE_ENTRIES || cache.bytes > CACHE_BYTES {
+            match cache.entries.pop_first() {
+                Some((_, dropped)) => cache.bytes -= dropped.len(),
+                None => break,
+            }
         }
     }
 
