@@ -875,3 +875,48 @@ fn a_publish_retried_with_the_same_event_is_stored_once() {
     .expect("read");
     assert_eq!(stored, events, "a retried publish was stored twice");
 }
+
+#[test]
+fn a_token_is_used_but_never_shown_and_a_wrong_one_is_refused_not_queued() {
+    const TOKEN: &str = "s3cret-team-token";
+    let server = NatsServer::start_with(&["--auth", TOKEN]);
+    let url = server.url();
+    let config = |token: &str| {
+        format!("[backend]\nkind = \"jetstream\"\nurl = \"{url}\"\nstream = \"AUTH\"\ntoken = \"{token}\"\ntimeout_ms = 2000\n")
+    };
+    let dir = HuddleDir::with_config(&config(TOKEN));
+    let stream = BackendConfig {
+        token: Some(huddle::config::Secret::new(TOKEN)),
+        ..backend_config(&[url.clone()], "AUTH")
+    };
+    open_stream(&stream, dir.path());
+    let out = dir.run(&["log", "next", "Agent A", "note", "with the token"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["next", "--agent", "a", "--json"],
+    ] {
+        let out = dir.run(args);
+        assert!(out.status.success());
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            crate::common::stderr(&out)
+        );
+        assert!(
+            !said.contains(TOKEN),
+            "huddle {args:?} showed the token:\n{said}"
+        );
+    }
+    std::fs::write(dir.file("huddle.toml"), config("wrong-token")).expect("write huddle.toml");
+    let out = dir.run(&["log", "next", "Agent A", "note", "with a wrong token"]);
+    let said = crate::common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("authorization violation"), "{said}");
+    assert!(!said.contains("wrong-token"), "{said}");
+    assert!(
+        read(&dir, "events.offline.log").is_empty(),
+        "an event was queued behind credentials that will never work"
+    );
+}

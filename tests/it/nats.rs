@@ -37,13 +37,21 @@ pub struct NatsServer {
     cluster_port: Option<u16>,
     routes: Vec<u16>,
     name: String,
+    /// More arguments for every start (`--auth TOKEN`).
+    extra: Vec<String>,
     store: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// One node with JetStream.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// One node with JetStream and more arguments.
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let mut server = NatsServer {
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
             port: free_port(),
             cluster_port: None,
@@ -66,6 +74,7 @@ impl NatsServer {
                 cluster_port: Some(routes[i]),
                 routes: routes.clone(),
                 name: format!("n{i}"),
+                extra: Vec::new(),
                 store: tempfile::tempdir().expect("a store directory"),
             })
             .collect();
@@ -89,6 +98,7 @@ impl NatsServer {
             .arg("-sd")
             .arg(self.store.path())
             .args(["-n", &self.name])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -74,6 +74,66 @@ impl Settings {
     }
 }
 
+/// What a connection is made with.
+struct Setup {
+    urls: Vec<String>,
+    timeout: Duration,
+    token: Option<crate::model::config::Secret>,
+    creds: Option<std::path::PathBuf>,
+    /// Set when the server refuses the token or credentials.
+    refused: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Setup {
+    async fn options(&self) -> Result<async_nats::ConnectOptions, StoreError> {
+        let refused = self.refused.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let refused = refused.clone();
+                async move {
+                    use std::sync::atomic::Ordering;
+                    match event {
+                        async_nats::Event::ServerError(
+                            async_nats::ServerError::AuthorizationViolation,
+                        ) => refused.store(true, Ordering::SeqCst),
+                        async_nats::Event::Connected => refused.store(false, Ordering::SeqCst),
+                        _ => {}
+                    }
+                }
+            })
+            .name("huddle")
+            .max_reconnects(None)
+            .connection_timeout(self.timeout)
+            .request_timeout(Some(self.timeout))
+            // The client counts from 1: the first attempt goes at once,
+            // then 100 ms more each time, up to 1 s.
+            .reconnect_delay_callback(|attempts| {
+                let waited = (attempts as u64).saturating_sub(1).saturating_mul(100);
+                Duration::from_millis(waited.min(1000))
+            });
+        if let Some(token) = &self.token {
+            options = options.token(token.expose().to_string());
+        }
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|error| StoreError::Io {
+                    action: "read the credentials file",
+                    path: creds.clone(),
+                    source: error,
+                })?;
+        }
+        Ok(options)
+    }
+
+    fn client(&self, client: async_nats::Client) -> Client {
+        let mut context = jetstream::new(client.clone());
+        context.set_timeout(self.timeout);
+        Client { client, context }
+    }
+}
+
 #[derive(Clone)]
 struct Client {
     client: async_nats::Client,
@@ -88,6 +148,8 @@ pub(super) struct Connection {
     never_connected: bool,
     /// Why there is no client: credentials that cannot be read.
     client: Result<Client, String>,
+    /// The server refused our credentials the last time we connected.
+    refused_credentials: Arc<std::sync::atomic::AtomicBool>,
     settings: Arc<Settings>,
 }
 
@@ -128,65 +190,78 @@ impl Connection {
         let mut connection = Connection {
             runtime: Some(runtime),
             never_connected: false,
+            refused_credentials: Arc::default(),
             client: Err("not connected yet".into()),
             settings,
         };
-        let timeout = config.timeout();
-        let urls = config.url.list();
-        let shown = config.url.shown();
-        let token = config.token.clone();
-        let creds = config.creds.as_ref().map(|creds| dir.join(creds));
-        connection.client =
-            connection
-                .run(async move {
-                    let mut options = async_nats::ConnectOptions::new()
-                        .name("huddle")
+        let setup = Setup {
+            urls: config.url.list(),
+            timeout: config.timeout(),
+            token: config.token.clone(),
+            creds: config.creds.as_ref().map(|creds| dir.join(creds)),
+            refused: connection.refused_credentials.clone(),
+        };
+        let refused = connection.refused_credentials.clone();
+        let made = connection.run(async move {
+            // A first attempt that waits for its answer: refused credentials
+            // show at once, and a process that starts while no server
+            // answers (`huddle log` during an outage) learns it once, not
+            // once per call.
+            let first = setup.options().await?.connect(setup.urls.as_slice());
+            let first = tokio::time::timeout(setup.timeout / 2, first)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(async_nats::ConnectError::new(
+                        async_nats::ConnectErrorKind::TimedOut,
+                    ))
+                });
+            match first {
+                Ok(client) => Ok((setup.client(client), true)),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) =>
+                {
+                    setup
+                        .refused
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    Err(StoreError::Unreachable {
+                        server: String::new(),
+                        reason: error.to_string(),
+                    })
+                }
+                // No server now: the client keeps trying in the background.
+                Err(_) => {
+                    let client = setup
+                        .options()
+                        .await?
                         .retry_on_initial_connect()
-                        .max_reconnects(None)
-                        .connection_timeout(timeout)
-                        .request_timeout(Some(timeout))
-                        // The client counts from 1: the first attempt goes
-                        // at once, then 100 ms more each time, up to 1 s.
-                        .reconnect_delay_callback(|attempts| {
-                            let waited = (attempts as u64).saturating_sub(1).saturating_mul(100);
-                            Duration::from_millis(waited.min(1000))
-                        });
-                    if let Some(token) = token {
-                        options = options.token(token.expose().to_string());
-                    }
-                    if let Some(creds) = creds {
-                        options = options.credentials_file(&creds).await.map_err(|error| {
-                            StoreError::Io {
-                                action: "read the credentials file",
-                                path: creds.clone(),
-                                source: error,
-                            }
-                        })?;
-                    }
-                    let client = options.connect(urls.as_slice()).await.map_err(|error| {
-                        StoreError::Unreachable {
-                            server: shown,
+                        .connect(setup.urls.as_slice())
+                        .await
+                        .map_err(|error| StoreError::Unreachable {
+                            server: String::new(),
                             reason: error.to_string(),
-                        }
-                    })?;
-                    let mut context = jetstream::new(client.clone());
-                    context.set_timeout(timeout);
-                    Ok(Client { client, context })
-                })
-                .map_err(|error| error.to_string());
-        if let Ok(client) = connection.client.clone() {
-            // A process starting while no server answers (`huddle log`
-            // during an outage) waits for it once, not once per call.
-            connection.never_connected = connection
-                .run(async move {
-                    while client.client.connection_state()
-                        != async_nats::connection::State::Connected
-                    {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Ok(())
-                })
-                .is_err();
+                        })?;
+                    Ok((setup.client(client), false))
+                }
+            }
+        });
+        match made {
+            Ok((client, connected)) => {
+                connection.client = Ok(client);
+                connection.never_connected = !connected;
+            }
+            Err(error) if refused.load(std::sync::atomic::Ordering::SeqCst) => {
+                connection.client = Err(error.to_string());
+            }
+            // No answer within the deadline: as if no server answered.
+            Err(StoreError::Unreachable { .. }) => {
+                connection.never_connected = true;
+                connection.client = Err("no server answered".into());
+            }
+            Err(error) => connection.client = Err(error.to_string()),
         }
         connection
     }
@@ -213,17 +288,29 @@ impl Connection {
     }
 
     fn client(&self) -> Result<Client, StoreError> {
-        let client = self
-            .client
-            .clone()
-            .map_err(|why| self.settings.refused("connect", why))?;
-        if self.never_connected && !self.is_connected() {
-            return Err(self.settings.unreachable(format!(
-                "no server answered within {:?} of starting",
-                self.settings.timeout
-            )));
+        if self
+            .refused_credentials
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && !self.is_connected()
+        {
+            // Not an outage to queue for: nothing gets in until the
+            // token or credentials file is fixed.
+            return Err(self.settings.refused(
+                "connect",
+                "authorization violation: check backend.token or backend.creds in huddle.toml",
+            ));
         }
-        Ok(client)
+        match &self.client {
+            Ok(_) if self.never_connected && !self.is_connected() => {
+                Err(self.settings.unreachable(format!(
+                    "no server answered when this process connected (deadline {:?})",
+                    self.settings.timeout
+                )))
+            }
+            Ok(client) => Ok(client.clone()),
+            Err(why) if self.never_connected => Err(self.settings.unreachable(why)),
+            Err(why) => Err(self.settings.refused("connect", why)),
+        }
     }
 
     /// Runs `work` on the backend's runtime and waits for it, at most the
