@@ -887,7 +887,7 @@ fn a_token_is_used_but_never_shown_and_a_wrong_one_is_refused_not_queued() {
     let dir = HuddleDir::with_config(&config(TOKEN));
     let stream = BackendConfig {
         token: Some(huddle::config::Secret::new(TOKEN)),
-        ..backend_config(&[url.clone()], "AUTH")
+        ..backend_config(std::slice::from_ref(&url), "AUTH")
     };
     open_stream(&stream, dir.path());
     let out = dir.run(&["log", "next", "Agent A", "note", "with the token"]);
