@@ -542,7 +542,8 @@ fn a_three_node_cluster_losing_a_node_mid_run_loses_no_acknowledged_event_and_du
 }
 
 #[test]
-fn with_the_server_stopped_ten_seconds_logged_events_are_queued_then_published_once_in_order() {
+fn with_the_server_stopped_ten_seconds_status_says_offline_and_logged_events_are_queued_then_published_once_in_order(
+) {
     let _machine = exclusive();
     let mut server = NatsServer::start();
     let team = Team::new(&[server.url()], "OUTAGE", 2);
@@ -599,6 +600,14 @@ fn with_the_server_stopped_ten_seconds_logged_events_are_queued_then_published_o
                 .all(|m| read(m, "events.offline.log").lines().count() > 0)),
             "nothing was queued while the server was down"
         );
+        // Status says so, and serves what this machine saw.
+        let status: Value = serde_json::from_str(&team.machines[0].ok(&["status", "--json"]))
+            .expect("status --json");
+        assert_eq!(status["backend"]["offline"], true, "{status}");
+        assert!(status["backend"]["queued"].as_u64() > Some(0), "{status}");
+        assert!(status["events"].as_u64() > Some(0), "{status}");
+        let shown = team.machines[0].ok(&["status"]);
+        assert!(shown.contains("OFFLINE"), "{shown}");
         std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
         server.restart();
         std::thread::sleep(Duration::from_secs(2));
