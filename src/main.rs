@@ -37,6 +37,24 @@ enum Command {
     Init {
         /// Directory to initialise (default: --dir).
         path: Option<PathBuf>,
+        /// Where the events are kept: `file` (events.log) or `jetstream`.
+        #[arg(long, value_enum, default_value = "file")]
+        backend: InitBackend,
+        /// JetStream: the server (nats://HOST:PORT); required with --backend jetstream.
+        #[arg(long, required_if_eq("backend", "jetstream"))]
+        url: Option<String>,
+        /// JetStream: the stream (default HUDDLE).
+        #[arg(long)]
+        stream: Option<String>,
+        /// JetStream: copies of the stream when it is created (default 1).
+        #[arg(long)]
+        replicas: Option<usize>,
+    },
+    /// Copy this directory's events.log into another backend, each event once (safe to re-run).
+    Migrate {
+        /// The backend to copy to, as `[backend]` in huddle.toml names it.
+        #[arg(long, value_enum)]
+        to: MigrateTarget,
     },
     /// Append one event.
     Log {
@@ -201,6 +219,17 @@ impl clap::builder::TypedValueParser for Utf8Text {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum InitBackend {
+    File,
+    Jetstream,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MigrateTarget {
+    Jetstream,
+}
+
 #[derive(Subcommand)]
 enum PluginsCommand {
     /// Each slot, the plugin it uses (built-in or path) and its sha256.
@@ -237,8 +266,9 @@ fn message(err: &anyhow::Error) -> String {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rmcp=warn,async_nats=warn")
+            }),
         )
         // Alerts and errors quote the log: shown, not obeyed, by a terminal.
         .with_writer(|| VisibleWriter(std::io::stderr()))
@@ -283,10 +313,47 @@ fn is_bad_config(error: &ConfigError) -> bool {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { path } => {
+        Command::Init {
+            path,
+            backend,
+            url,
+            stream,
+            replicas,
+        } => {
             let dir = path.unwrap_or(cli.dir);
-            let report = workspace::init(&dir)
-                .with_context(|| format!("cannot initialise {}", dir.display()))?;
+            let report = match (backend, url) {
+                (InitBackend::Jetstream, Some(url)) => {
+                    let settings = workspace::JetStreamInit {
+                        url,
+                        stream,
+                        replicas,
+                    };
+                    let (report, created) = match workspace::init_jetstream(&dir, &settings) {
+                        Ok(done) => done,
+                        // Bad input keeps its exit code (2).
+                        Err(workspace::InitError::Config(config)) => return Err(config.into()),
+                        Err(error) => {
+                            return Err(anyhow::Error::new(error)
+                                .context(format!("cannot initialise {}", dir.display())))
+                        }
+                    };
+                    let config = Workspace::open(&dir)?.config.backend;
+                    println!(
+                        "stream {} on {}: {}",
+                        visible(&config.stream),
+                        visible(&config.url.shown()),
+                        match created {
+                            huddle::backend::jetstream::StreamCreated::Created => "created",
+                            huddle::backend::jetstream::StreamCreated::Existed => {
+                                "already there, used as it is"
+                            }
+                        }
+                    );
+                    report
+                }
+                _ => workspace::init(&dir)
+                    .with_context(|| format!("cannot initialise {}", dir.display()))?,
+            };
             for path in &report.created {
                 println!("created {}", visible(&path.display().to_string()));
             }
@@ -295,6 +362,22 @@ fn run(cli: Cli) -> Result<()> {
                     "kept    {} (already there, left alone)",
                     visible(&path.display().to_string())
                 );
+            }
+            Ok(())
+        }
+        Command::Migrate {
+            to: MigrateTarget::Jetstream,
+        } => {
+            let workspace = Workspace::open(&cli.dir)?;
+            let migrated = huddle::services::migrate::to_jetstream(&workspace)?;
+            println!(
+                "stream {}: {} events copied, {} already there",
+                visible(&workspace.config.backend.stream),
+                migrated.copied,
+                migrated.present
+            );
+            if workspace.config.backend.kind != huddle::config::BackendKind::Jetstream {
+                println!("set [backend] kind = \"jetstream\" in huddle.toml to use it");
             }
             Ok(())
         }
@@ -314,8 +397,12 @@ fn run(cli: Cli) -> Result<()> {
             match post::post(&*workspace.backend(), interaction, actor, kind, content) {
                 Ok(event) => println!("{}", event.interaction),
                 // Paused: the event is safe in the queue; that is not a failure.
-                Err(paused @ StoreError::Paused { .. }) => {
-                    eprintln!("huddle: {}", visible(&paused.to_string()))
+                // Paused, or no server of the stream reachable: the event
+                // is safe in the queue; that is not a failure.
+                Err(
+                    queued @ (StoreError::Paused { .. } | StoreError::UnreachableQueued { .. }),
+                ) => {
+                    eprintln!("huddle: {}", visible(&queued.to_string()))
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -422,7 +509,7 @@ fn run(cli: Cli) -> Result<()> {
             match resume::resume(&Workspace::open(&cli.dir)?)? {
                 resume::Resumed::NotPaused => println!("huddle is not paused"),
                 resume::Resumed::Resumed { moved } => println!(
-                    "resumed: {moved} queued events written to events.log; the daemon carries on"
+                    "resumed: {moved} queued events written to the log; the daemon carries on"
                 ),
             }
             Ok(())

@@ -53,6 +53,25 @@ pub enum StoreError {
         source: std::io::Error,
         queue: PathBuf,
     },
+    /// No server of a networked backend answered within the deadline;
+    /// nothing was written (a [`crate::backend::queue::Queued`] log keeps
+    /// the events in its queue and answers `UnreachableQueued`).
+    #[error("cannot reach the log's server ({server}): {reason}")]
+    Unreachable { server: String, reason: String },
+    /// No server answered; the events were queued. `unreachable` is what
+    /// [`StoreError::Unreachable`] said.
+    #[error(
+        "{unreachable}; the event was kept in {queue} \
+         and will be published by the next append that reaches the server"
+    )]
+    UnreachableQueued { unreachable: String, queue: PathBuf },
+    /// The server of a networked backend answered, and refused.
+    #[error("the log's server ({server}) refused to {action}: {reason}")]
+    Server {
+        server: String,
+        action: &'static str,
+        reason: String,
+    },
     /// An I/O operation failed; the file is left as it was before the call.
     #[error("cannot {action} {path}: {source}")]
     Io {

@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod error;
 pub mod file;
 pub(crate) mod files;
+pub mod jetstream;
 pub mod memory;
 mod offline;
 pub mod pause;
@@ -227,7 +228,8 @@ pub fn append_reports(
         Err(
             queued @ (StoreError::Paused { .. }
             | StoreError::LockTimeout { .. }
-            | StoreError::WriteRefusedQueued { .. }),
+            | StoreError::WriteRefusedQueued { .. }
+            | StoreError::UnreachableQueued { .. }),
         ) => {
             tracing::warn!(error = %queued, "reports of entries set aside are queued");
             Ok(())
@@ -331,7 +333,14 @@ pub(crate) fn append_numbered(
         backend.append_events(&written)?;
         return Ok(written);
     }
-    let (mut head, mut highest) = backend.highest_interaction()?;
+    let (mut head, mut highest) = match backend.highest_interaction() {
+        Ok(known) => known,
+        // Nothing before the start: always a true answer. The append below
+        // then fails or queues as any other would (numbered again when the
+        // queue is written), or, if the server is back, moves on from there.
+        Err(StoreError::Unreachable { .. }) => (Position::START, None),
+        Err(error) => return Err(error),
+    };
     loop {
         let mut last = highest;
         for (event, next) in written.iter_mut().zip(wanted) {

@@ -86,9 +86,25 @@ impl<B: Backend> Queued<B> {
                 source,
             }
         };
-        let Some(pending) =
-            offline::take(queue, &self.state_dir(), &self.inner).map_err(io("read"))?
-        else {
+        let taken = offline::take(queue, &self.state_dir(), &self.inner).map_err(|error| {
+            // Reading the log for the flush found no server: that is the
+            // backend's answer (the events wait), not a broken queue file.
+            let unreachable = error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<StoreError>())
+                .is_some_and(|store| matches!(store, StoreError::Unreachable { .. }));
+            if !unreachable {
+                return io("read")(error);
+            }
+            match error
+                .into_inner()
+                .map(|inner| inner.downcast::<StoreError>())
+            {
+                Some(Ok(store)) => *store,
+                _ => io("read")(std::io::Error::other("the log's server did not answer")),
+            }
+        })?;
+        let Some(pending) = taken else {
             return Ok(0);
         };
         let wanted: Vec<bool> = pending
@@ -162,6 +178,13 @@ impl<B: Backend> Queued<B> {
                     path,
                     source,
                 },
+            },
+            unreachable @ StoreError::Unreachable { .. } => match self.enqueue(events) {
+                Ok(queue) => StoreError::UnreachableQueued {
+                    unreachable: unreachable.to_string(),
+                    queue,
+                },
+                Err(_) => unreachable,
             },
             other => other,
         }

@@ -20,6 +20,184 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub daemon: DaemonConfig,
     pub sync: SyncConfig,
+    pub backend: BackendConfig,
+}
+
+/// Which log backend holds the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// events.log in the huddle directory.
+    #[default]
+    File,
+    /// A NATS JetStream stream shared by every machine.
+    Jetstream,
+}
+
+/// A secret from huddle.toml: its value is never shown by `Debug`, so no
+/// log line or error that prints a config can leak it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that hands it to the server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One server URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ServerUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ServerUrls {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            ServerUrls::One(url) => vec![url.clone()],
+            ServerUrls::Many(urls) => urls.clone(),
+        }
+    }
+
+    /// The servers as messages and `huddle status` show them: without any
+    /// user or password a URL carries.
+    pub fn shown(&self) -> String {
+        self.list()
+            .iter()
+            .map(|text| match url::Url::parse(text) {
+                Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+                    let _ = url.set_username("");
+                    let _ = url.set_password(None);
+                    url.to_string().trim_end_matches('/').to_string()
+                }
+                Ok(_) => text.clone(),
+                Err(_) => "(not a URL)".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Default for ServerUrls {
+    fn default() -> Self {
+        ServerUrls::One(DEFAULT_NATS_URL.into())
+    }
+}
+
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// `[backend]`: where the events are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    /// JetStream: the server, or a list of servers of one cluster.
+    pub url: ServerUrls,
+    /// JetStream: the stream; events go on subject `huddle.<stream>.events`.
+    pub stream: String,
+    /// JetStream: a credentials file (relative to the huddle directory).
+    pub creds: Option<std::path::PathBuf>,
+    /// JetStream: a token, instead of a credentials file.
+    pub token: Option<Secret>,
+    /// JetStream: copies of the stream `huddle init` creates (1, or 3 on a
+    /// cluster of three).
+    pub replicas: usize,
+    /// JetStream: how long a retried publish is recognised as one already
+    /// made (the server's duplicate window), in seconds.
+    pub dedupe_window_secs: u64,
+    /// JetStream: the deadline of one call to the server, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            kind: BackendKind::File,
+            url: ServerUrls::default(),
+            stream: "HUDDLE".into(),
+            creds: None,
+            token: None,
+            replicas: 1,
+            dedupe_window_secs: 3600,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// The subject the events are published on.
+    pub fn subject(&self) -> String {
+        format!("huddle.{}.events", self.stream)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let stream = &self.stream;
+        // JetStream's rules for stream names; the name is also a subject token.
+        if stream.is_empty()
+            || stream.len() > 32
+            || !stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "backend.stream = {stream:?} must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -"
+            ));
+        }
+        let urls = self.url.list();
+        if urls.is_empty() {
+            return Err("backend.url must name at least one server".into());
+        }
+        for url in &urls {
+            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            if !scheme_ok || url::Url::parse(url).is_err() {
+                return Err(format!(
+                    "backend.url {url:?} must be a nats://, tls://, ws:// or wss:// URL"
+                ));
+            }
+        }
+        if self.creds.is_some() && self.token.is_some() {
+            return Err("backend.creds and backend.token are both set: give one".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "backend.replicas = {} is out of range: JetStream keeps 1 to 5 copies",
+                self.replicas
+            ));
+        }
+        at_least(
+            "backend.dedupe_window_secs",
+            self.dedupe_window_secs,
+            1,
+            "a retried publish must be recognised",
+        )?;
+        at_least(
+            "backend.timeout_ms",
+            self.timeout_ms,
+            1,
+            "0 would time out every call",
+        )?;
+        Ok(())
+    }
 }
 
 /// Git sync (only when the huddle directory is inside a git repository).
@@ -441,6 +619,7 @@ impl Config {
             1,
             ATTEMPT,
         )?;
+        self.backend.check()?;
         let sync = &self.sync;
         at_least("sync.interval_secs", sync.interval_secs, 1, PERIOD)?;
         at_least("sync.attempts", sync.attempts.into(), 1, ATTEMPT)?;
@@ -650,6 +829,17 @@ pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this hud
 # proxy = "http://proxy.internal:3128" # default: direct; proxy environment variables are ignored
 # deadline_ms = 2000
 # memory_mb = 64
+
+[backend]
+# Where the events are kept: "file" (events.log here) or "jetstream" (a NATS
+# JetStream stream every machine shares; each renders its own snapshots).
+# kind = "file"
+# url = "nats://127.0.0.1:4222"   # or a list of the servers of one cluster
+# stream = "HUDDLE"               # events on subject huddle.<stream>.events
+# creds = "team.creds"            # or token = "..."; never logged, never printed
+# replicas = 1                    # copies of the stream `huddle init` creates
+# dedupe_window_secs = 3600       # a publish retried within this is stored once
+# timeout_ms = 5000               # deadline of one call to the server
 "####;
 
 #[cfg(test)]
@@ -718,6 +908,46 @@ mod tests {
             "[[alerts.sinks]]\nplugin = \"webhook\"\nproxy = \"http://proxy.internal:3128\"\n"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn backend_secrets_never_show_and_bad_keys_are_named() {
+        let config = Config::parse(
+            "[backend]\nkind = \"jetstream\"\nurl = [\"nats://a:4222\", \"nats://b:4222\"]\ntoken = \"s3cret-token\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.backend.kind, BackendKind::Jetstream);
+        assert_eq!(config.backend.url.list().len(), 2);
+        assert_eq!(
+            config.backend.token.as_ref().map(Secret::expose),
+            Some("s3cret-token")
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let with_password =
+            Config::parse("[backend]\nurl = [\"nats://bob:s3cret@a:4222\", \"nats://b:4222\"]\n")
+                .unwrap();
+        assert_eq!(
+            with_password.backend.url.shown(),
+            "nats://a:4222,nats://b:4222"
+        );
+        for (text, needle) in [
+            (
+                "[backend]\nkind = \"jetstream\"\npasword = \"x\"\n",
+                "pasword",
+            ),
+            ("[backend]\nkind = \"kafka\"\n", "kafka"),
+            ("[backend]\nstream = \"a.b\"\n", "backend.stream"),
+            ("[backend]\nurl = \"http://x\"\n", "backend.url"),
+            ("[backend]\nreplicas = 7\n", "backend.replicas"),
+            (
+                "[backend]\ncreds = \"a.creds\"\ntoken = \"t\"\n",
+                "backend.creds",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains("s3cret"));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod election;
 pub mod feed;
 pub mod health;
 pub mod inbox;
+pub mod migrate;
 pub mod post;
 pub mod resume;
 pub mod snapshot;

@@ -30,15 +30,13 @@ pub fn resume(workspace: &Workspace) -> Result<Resumed, ResumeError> {
     let Some(pause) = crate::backend::pause::paused(&workspace.dir) else {
         return Ok(Resumed::NotPaused);
     };
-    let moved =
-        workspace
-            .queued_log()
-            .flush_queues()
-            .map_err(|source| ResumeError::StillRefused {
-                since: pause.since.clone(),
-                reason: pause.reason.clone(),
-                source,
-            })?;
+    let moved = workspace
+        .flush_queues()
+        .map_err(|source| ResumeError::StillRefused {
+            since: pause.since.clone(),
+            reason: pause.reason.clone(),
+            source,
+        })?;
     crate::backend::pause::clear(&workspace.dir).map_err(ResumeError::Lift)?;
     Ok(Resumed::Resumed { moved })
 }

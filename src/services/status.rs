@@ -50,6 +50,8 @@ pub struct Status {
     /// Events per minute over the last hour by their timestamps, oldest
     /// minute first; the last is the current minute.
     pub event_rate_per_minute: Vec<u64>,
+    /// Where the events are kept, whether it answers, and what waits to go there.
+    pub backend: BackendStatus,
 }
 
 /// One change of leadership: a claim that won its term, or a resignation.
@@ -60,6 +62,45 @@ pub struct ElectionRecord {
     /// `claim` or `resign`.
     pub action: String,
     pub timestamp: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    /// "file" or "jetstream".
+    pub kind: &'static str,
+    /// JetStream: the servers and the stream.
+    pub servers: Option<String>,
+    pub stream: Option<String>,
+    /// No server answered: what status shows is what this machine last saw.
+    pub offline: bool,
+    pub offline_reason: Option<String>,
+    /// Events waiting in the offline queue (events.offline.log).
+    pub queued: usize,
+}
+
+fn backend_status(workspace: &Workspace, unreachable: Option<String>) -> BackendStatus {
+    let config = &workspace.config.backend;
+    let queued = std::fs::read_to_string(workspace.dir.join(crate::backend::file::OFFLINE_FILE))
+        .map(|text| text.lines().filter(|line| !line.trim().is_empty()).count())
+        .unwrap_or(0);
+    match config.kind {
+        crate::model::config::BackendKind::File => BackendStatus {
+            kind: "file",
+            servers: None,
+            stream: None,
+            offline: false,
+            offline_reason: None,
+            queued,
+        },
+        crate::model::config::BackendKind::Jetstream => BackendStatus {
+            kind: "jetstream",
+            servers: Some(config.url.shown()),
+            stream: Some(config.stream.clone()),
+            offline: unreachable.is_some(),
+            offline_reason: unreachable,
+            queued,
+        },
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -300,8 +341,19 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     };
     let backend = workspace.backend();
     let state = StateDir::of(&workspace.dir);
-    let mut model = StatusModel::load(&state, &*backend)?;
-    model.catch_up(&state, &*backend)?;
+    let caught_up = StatusModel::load(&state, &*backend).and_then(|mut model| {
+        model.catch_up(&state, &*backend)?;
+        Ok(model)
+    });
+    // Without a server, status still says what this machine last saw.
+    let (model, unreachable) = match caught_up {
+        Ok(model) => (model, None),
+        Err(StoreError::Unreachable { reason, .. }) => (
+            state.load::<StatusModel>(STATUS_MODEL).unwrap_or_default(),
+            Some(reason),
+        ),
+        Err(error) => return Err(error),
+    };
     let StatusModel {
         leadership,
         actors,
@@ -347,6 +399,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
         alerts: crate::services::alerts::load_state(&workspace.dir).sinks,
         paused: crate::backend::pause::paused(&workspace.dir),
         log_replaced: load_log_replaced(&workspace.dir),
+        backend: backend_status(workspace, unreachable),
         sync: crate::services::sync::load_state(&workspace.dir).map(|state| SyncStatus {
             remote: state.remote,
             last_success: state.last_success,
@@ -384,6 +437,20 @@ impl std::fmt::Display for Status {
                 self.term
             )?,
             _ => writeln!(f, "leader:   none (last term {})", self.term)?,
+        }
+        if let (Some(servers), Some(stream)) = (&self.backend.servers, &self.backend.stream) {
+            writeln!(
+                f,
+                "backend:  jetstream stream {} on {}: {}; {} events queued",
+                visible(stream),
+                visible(servers),
+                if self.backend.offline {
+                    "OFFLINE (showing what this machine last saw)"
+                } else {
+                    "online"
+                },
+                self.backend.queued
+            )?;
         }
         writeln!(f, "events:   {}", self.events)?;
         if let Some(replaced) = &self.log_replaced {

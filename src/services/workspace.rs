@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::backend::file::{FileLog, LOG_FILE};
+use crate::backend::jetstream::JetStreamLog;
 use crate::model::config::{
-    settings_pairs, Config, ConfigError, SlotConfig, CONFIG_FILE, DEFAULT_CONFIG_TOML,
+    settings_pairs, BackendKind, Config, ConfigError, SlotConfig, CONFIG_FILE, DEFAULT_CONFIG_TOML,
     DEFAULT_HEADING_MAPPER, DEFAULT_RENDERER,
 };
 use crate::model::names::{ARCHIVE_FILE, BEGIN_MARKER, COMMUNICATION_FILE, END_MARKER};
@@ -33,13 +34,80 @@ fn communication_template() -> String {
 
 /// Creates the files of a huddle directory, keeping every file that exists.
 pub fn init(dir: &Path) -> std::io::Result<InitReport> {
+    init_files(dir, DEFAULT_CONFIG_TOML.to_string(), true)
+}
+
+/// Where a new huddle on JetStream keeps its events.
+#[derive(Debug, Clone)]
+pub struct JetStreamInit {
+    pub url: String,
+    pub stream: Option<String>,
+    pub replicas: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot create the files of {dir}: {source}")]
+    Files { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "{path} was already there and keeps its events in `{kind}`; \
+         set [backend] kind = \"jetstream\" in it (or `huddle migrate --to jetstream` first)"
+    )]
+    OtherBackend { path: String, kind: &'static str },
+    #[error("cannot create the stream: {0}")]
+    Stream(#[from] crate::backend::StoreError),
+}
+
+/// `huddle init --backend jetstream`: the files of a huddle directory (no
+/// events.log: the events are in the stream), a huddle.toml that names the
+/// stream, and the stream itself if it is missing.
+pub fn init_jetstream(
+    dir: &Path,
+    settings: &JetStreamInit,
+) -> Result<(InitReport, crate::backend::jetstream::StreamCreated), InitError> {
+    let quote = |text: &str| toml::Value::String(text.to_string()).to_string();
+    let mut config = format!(
+        "{DEFAULT_CONFIG_TOML}kind = \"jetstream\"\nurl = {}\n",
+        quote(&settings.url)
+    );
+    if let Some(stream) = &settings.stream {
+        config.push_str(&format!("stream = {}\n", quote(stream)));
+    }
+    if let Some(replicas) = settings.replicas {
+        config.push_str(&format!("replicas = {replicas}\n"));
+    }
+    // Refused before anything is written: a bad URL or stream name.
+    Config::parse(&config).map_err(|message| ConfigError::Invalid {
+        path: dir.join(CONFIG_FILE).display().to_string(),
+        message,
+    })?;
+    let report = init_files(dir, config, false).map_err(|source| InitError::Files {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    let workspace = Workspace::open(dir)?;
+    if workspace.config.backend.kind != BackendKind::Jetstream {
+        return Err(InitError::OtherBackend {
+            path: dir.join(CONFIG_FILE).display().to_string(),
+            kind: "events.log",
+        });
+    }
+    let created = workspace.jetstream().ensure_stream()?;
+    Ok((report, created))
+}
+
+fn init_files(dir: &Path, config: String, with_log: bool) -> std::io::Result<InitReport> {
     std::fs::create_dir_all(dir)?;
-    let files: [(&str, String); 4] = [
-        (LOG_FILE, String::new()),
+    let mut files: Vec<(&str, String)> = vec![
         (COMMUNICATION_FILE, communication_template()),
         (ARCHIVE_FILE, String::new()),
-        (CONFIG_FILE, DEFAULT_CONFIG_TOML.to_string()),
+        (CONFIG_FILE, config),
     ];
+    if with_log {
+        files.insert(0, (LOG_FILE, String::new()));
+    }
     let mut report = InitReport::default();
     for (name, content) in files {
         let path = dir.join(name);
@@ -94,8 +162,36 @@ impl Workspace {
     }
 
     /// The log, behind the storage seam: what the services read and write.
+    /// `[backend] kind` chooses it; either way appends that cannot go
+    /// through wait in this directory's offline queue.
     pub fn backend(&self) -> std::sync::Arc<dyn crate::backend::Backend> {
-        std::sync::Arc::new(self.queued_log())
+        match self.config.backend.kind {
+            BackendKind::File => std::sync::Arc::new(self.queued_log()),
+            BackendKind::Jetstream => std::sync::Arc::new(crate::backend::queue::Queued::new(
+                self.jetstream(),
+                &self.dir,
+            )),
+        }
+    }
+
+    /// The JetStream stream `[backend]` names (whatever `kind` says).
+    pub fn jetstream(&self) -> JetStreamLog {
+        JetStreamLog::new(
+            &self.config.backend,
+            &self.dir,
+            self.config.log.max_content_bytes,
+        )
+    }
+
+    /// Moves the events of the offline queue into the log, whichever backend
+    /// holds it (`huddle resume`). Returns how many were moved.
+    pub fn flush_queues(&self) -> Result<usize, crate::backend::StoreError> {
+        match self.config.backend.kind {
+            BackendKind::File => self.queued_log().flush_queues(),
+            BackendKind::Jetstream => {
+                crate::backend::queue::Queued::new(self.jetstream(), &self.dir).flush_queues()
+            }
+        }
     }
 
     /// The log behind its pause and offline queue (what [`Workspace::backend`] gives).

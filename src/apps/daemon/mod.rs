@@ -17,7 +17,7 @@ use crate::backend::file::StoreError;
 use crate::backend::{Backend, Continuity, EventStore, Position, ReadMark};
 use crate::model::backoff::Backoff;
 use crate::model::clock::{Clock, SystemClock};
-use crate::model::config::DaemonConfig;
+use crate::model::config::{BackendKind, DaemonConfig};
 use crate::model::event::{types, Event, InteractionRef, NewEvent};
 use crate::plugin::{PluginHost, Slot};
 pub use crate::services::election;
@@ -57,6 +57,9 @@ struct Daemon {
     /// Snapshots run on their own thread, so a slow or looping plugin never
     /// holds up heartbeats.
     snapshots: SnapshotWorker,
+    /// Every daemon renders this machine's snapshot, leader or not (a
+    /// shared stream); else only the leader does.
+    renders_locally: bool,
     cursor: Position,
     /// What `cursor` has read, to notice a replaced log.
     mark: ReadMark,
@@ -106,7 +109,11 @@ impl Daemon {
             }
         }
         let leader_lease = crate::services::alerts::LeaderLease::default();
-        let snapshots = SnapshotWorker::start(dir, host.clone(), leader_lease.clone())?;
+        // On a shared stream every machine renders its own files; on a
+        // directory's events.log, the leader renders them for everyone.
+        let renders_locally = workspace.config.backend.kind == BackendKind::Jetstream;
+        let snapshots =
+            SnapshotWorker::start(dir, host.clone(), leader_lease.clone(), renders_locally)?;
         let log = workspace.backend();
         let (reports, heartbeats) = tokio::sync::mpsc::unbounded_channel();
         let heartbeat = {
@@ -140,6 +147,7 @@ impl Daemon {
             syncing: Arc::default(),
             dir: dir.to_path_buf(),
             snapshots,
+            renders_locally,
             cursor: Position::START,
             mark: ReadMark::default(),
             leadership: Leadership::default(),
@@ -247,6 +255,12 @@ impl Daemon {
             self.renew_lease();
             return Ok(());
         }
+        if self.renders_locally {
+            self.flush_offline_queue();
+            if self.dirty {
+                self.request_snapshot();
+            }
+        }
         if self.my_term.is_some() && !self.leading() {
             tracing::warn!(
                 term = self.leadership.term,
@@ -265,6 +279,23 @@ impl Daemon {
             self.leader_lease.revoke();
         }
         Ok(())
+    }
+
+    /// Publishes what this machine queued while no server answered, once
+    /// the log reads again: without it the queue would wait for this
+    /// machine's next append.
+    fn flush_offline_queue(&self) {
+        let queued = std::fs::metadata(self.dir.join(crate::backend::file::OFFLINE_FILE))
+            .is_ok_and(|meta| meta.len() > 0);
+        if !queued {
+            return;
+        }
+        match Workspace::open(&self.dir).map(|workspace| workspace.flush_queues()) {
+            Ok(Ok(moved)) if moved > 0 => tracing::info!(moved, "offline queue published"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "offline queue not published yet"),
+            Err(error) => tracing::warn!(%error, "offline queue: cannot read huddle.toml"),
+        }
     }
 
     /// The heartbeat thread beats exactly while we lead and are not paused.
@@ -524,12 +555,19 @@ impl SnapshotWorker {
         dir: &Path,
         host: Arc<PluginHost>,
         lease: crate::services::alerts::LeaderLease,
+        renders_locally: bool,
     ) -> Result<SnapshotWorker> {
         let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
         let (result_tx, result_rx) = tokio::sync::mpsc::unbounded_channel();
         // A leader stopped mid-snapshot and replaced meanwhile must not
         // write when it wakes: the files are written only under the lease.
-        let mut snapshotter = Snapshotter::new(dir).with_fence(Arc::new(move || lease.holds()));
+        // Files of this machine alone are this daemon's to write, leader or not.
+        let fence: crate::services::snapshot::Fence = if renders_locally {
+            Arc::new(|| true)
+        } else {
+            Arc::new(move || lease.holds())
+        };
+        let mut snapshotter = Snapshotter::new(dir).with_fence(fence);
         snapshotter.progress = None;
         let thread = std::thread::Builder::new()
             .name("huddle-snapshot".into())
@@ -674,12 +712,17 @@ async fn run_async(dir: &Path, options: DaemonOptions, clock: Arc<dyn Clock>) ->
             Err(error) => tracing::warn!(%error, "git remote unreachable: starting offline"),
         }
     }
-    let (watch, mut changes) = watcher::watch(dir).context("cannot watch the huddle directory")?;
+    // News of appends from the backend: the file log's watcher, or the
+    // stream's subscription (appends from every machine).
+    let mut changes = daemon
+        .log
+        .subscribe()
+        .context("cannot follow the log's appends")?;
     tracing::info!(
         dir = %dir.display(),
         actor = daemon.me.as_str(),
         role = if daemon.elect { "candidate" } else { "follower (--no-elect)" },
-        watching = watch.describe(),
+        watching = changes.describe(),
         "huddle run: watching events.log"
     );
     let stop_alerts = Arc::new(AtomicBool::new(false));
@@ -722,7 +765,7 @@ async fn run_async(dir: &Path, options: DaemonOptions, clock: Arc<dyn Clock>) ->
             }
             _ = changes.recv() => {
                 // Coalesce a burst of writes into one round.
-                while changes.try_recv().is_ok() {}
+                changes.drain();
             }
             _ = tokio::time::sleep(tick) => {}
             _ = interrupt.recv() => break,
@@ -750,6 +793,6 @@ async fn run_async(dir: &Path, options: DaemonOptions, clock: Arc<dyn Clock>) ->
     daemon.leader_lease.revoke();
     stop_alerts.store(true, Ordering::SeqCst);
     let _ = alerts.join();
-    drop(watch);
+    drop(changes);
     Ok(())
 }

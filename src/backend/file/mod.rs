@@ -29,6 +29,7 @@ pub mod watcher;
 pub use crate::backend::error::is_refusal;
 pub use crate::backend::{append_unless, Backend, CasOutcome, EventStore};
 pub use continuity::{Continuity, ReadMark};
+pub(crate) use quarantine::quarantine as quarantine_entries;
 pub use quarantine::QUARANTINE_FILE;
 pub use reader::{LogReader, Malformed, Position, Record, ScanItem};
 pub use store::{FileLog, LogLock, StoreError};
