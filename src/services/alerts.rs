@@ -81,6 +81,35 @@ pub struct SinkRecord {
     pub failed: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// The last alerts given up on, newest last (at most [`GIVEN_UP_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub given_up: Vec<GivenUp>,
+}
+
+/// An alert given up on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenUp {
+    /// [`error_key`] of the error: identical errors are merged into one
+    /// alert, so one key stands for all of them.
+    pub error: String,
+    pub reason: String,
+}
+
+/// Alerts given up on that each sink's record remembers.
+pub const GIVEN_UP_KEPT: usize = 50;
+
+/// What identifies an error for its alert: its actor and content (alerts
+/// merge identical errors), hashed so a record stays small.
+pub fn error_key(actor: &str, content: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(actor.as_bytes());
+    hash.update([0]);
+    hash.update(content.as_bytes());
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn state_path(dir: &Path) -> PathBuf {
@@ -705,7 +734,7 @@ fn deliver(
     if sink.pending.is_empty() || Instant::now() < sink.not_before {
         if sink.pending.is_empty() && sink.retry.failures() == 0 {
             // Nothing to send, but the cursor may still move past non-error events.
-            record(dir, sink, None, 0, 0);
+            record(dir, sink, None, 0, Vec::new());
         }
         return;
     }
@@ -742,10 +771,10 @@ fn deliver(
             let pause = sink.retry.fail();
             sink.not_before = Instant::now() + pause;
             tracing::warn!(sink = sink.key.as_str(), %reason, retry_in = ?pause, "alert delivery failed");
-            record(dir, sink, Some(reason), 0, 0);
+            record(dir, sink, Some(reason), 0, Vec::new());
         }
         Outcome::Delivered | Outcome::GiveUp(_) => {
-            sink.pending.drain(..sent);
+            let batch: Vec<Alert> = sink.pending.drain(..sent).collect();
             sink.retry.reset();
             sink.contained_failures = 0;
             sink.not_before = Instant::now() + policy.min_interval;
@@ -753,9 +782,16 @@ fn deliver(
                 Outcome::GiveUp(reason) => {
                     let reason = bounded(&reason);
                     tracing::error!(sink = sink.key.as_str(), %reason, "alerts not delivered through this sink");
-                    record(dir, sink, Some(reason), 0, sent as u64);
+                    let given_up = batch
+                        .iter()
+                        .map(|alert| GivenUp {
+                            error: error_key(&alert.event.actor, &alert.event.content),
+                            reason: reason.clone(),
+                        })
+                        .collect();
+                    record(dir, sink, Some(reason), 0, given_up);
                 }
-                _ => record(dir, sink, None, sent as u64, 0),
+                _ => record(dir, sink, None, sent as u64, Vec::new()),
             }
         }
     }
@@ -784,7 +820,8 @@ fn bounded(reason: &str) -> String {
 
 /// Persists the sink's cursor: everything before it is delivered (or given
 /// up on) once nothing is pending.
-fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, failed: u64) {
+fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, given_up: Vec<GivenUp>) {
+    let failed = given_up.len() as u64;
     let _guard = state_lock();
     let mut state = load_state(dir);
     // No record: the sink was removed from huddle.toml meanwhile.
@@ -806,6 +843,9 @@ fn record(dir: &Path, sink: &Sink, error: Option<String>, delivered: u64, failed
     entry.cursor = cursor;
     entry.delivered += delivered;
     entry.failed += failed;
+    entry.given_up.extend(given_up);
+    let over = entry.given_up.len().saturating_sub(GIVEN_UP_KEPT);
+    entry.given_up.drain(..over);
     if let Some(error) = error {
         entry.last_error = Some(error);
         entry.last_error_at = Some(crate::model::event::now_rfc3339());

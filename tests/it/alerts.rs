@@ -943,3 +943,45 @@ fn alerts_reach_the_sinks_directly_while_paused() {
     assert!(alerted, "{:?}", delivered(&server));
     fs.remount_read_write();
 }
+
+#[test]
+fn an_alert_refused_for_good_shows_as_failed_with_the_reason_beside_its_error_on_the_dashboard() {
+    let refused = HttpRecorder::start();
+    refused.set_status(400);
+    let accepted = HttpRecorder::start();
+    let dir = HuddleDir::with_config(&config_sinks(
+        &[
+            &named_webhook("refusing", &refused),
+            &named_webhook("accepting", &accepted),
+        ],
+        "",
+    ));
+    let _leader = start(&dir, "leader");
+    leader_is(&dir, "leader");
+    dir.ok(&["log", "1", "Agent A", "error", "the build is red"]);
+    let settled = wait_for(Duration::from_secs(10), || {
+        sink_status(&dir, "refusing")["failed"] == 1
+            && sink_status(&dir, "accepting")["delivered"] == 1
+    });
+    assert!(settled, "{}", dir.ok(&["status", "--json"]));
+
+    let page = crate::dashboard::Dashboard::start(&dir, &[]);
+    let html = ureq::get(&page.url("/"))
+        .call()
+        .expect("the page")
+        .into_body()
+        .read_to_string()
+        .expect("the page's text");
+    let deliveries = html
+        .split("the build is red")
+        .nth(1)
+        .and_then(|rest| rest.split("</ul>").next())
+        .expect("the error with its deliveries");
+    assert!(
+        deliveries
+            .contains("refusing: <span class=\"failed\">failed: refused for good by the sink")
+            && deliveries.contains("400"),
+        "{deliveries}"
+    );
+    assert!(deliveries.contains("accepting: delivered"), "{deliveries}");
+}

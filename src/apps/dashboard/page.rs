@@ -179,14 +179,22 @@ fn errors(out: &mut String, status: &Status) {
             text(&error.actor),
             text(&error.content),
         );
+        let key = crate::services::alerts::error_key(&error.actor, &error.content);
         for sink in &status.alerts {
-            let delivered = error.at.is_some_and(|at| sink.cursor.offset > at.offset);
-            let _ = write!(
-                out,
-                r#"<li>{}: {}</li>"#,
-                text(&sink.sink),
-                if delivered { "handled" } else { "pending" }
-            );
+            let given_up = sink.given_up.iter().rev().find(|g| g.error == key);
+            let passed = error.at.is_some_and(|at| sink.cursor.offset > at.offset);
+            let delivery = match given_up {
+                Some(given_up) => format!(
+                    r#"<span class="failed">failed: {}</span>"#,
+                    text(&given_up.reason)
+                ),
+                None if passed => "delivered".to_string(),
+                None => match &sink.last_error {
+                    Some(retrying) => format!("pending (last attempt: {})", text(retrying)),
+                    None => "pending".to_string(),
+                },
+            };
+            let _ = write!(out, r#"<li>{}: {delivery}</li>"#, text(&sink.sink));
         }
         out.push_str("</ul></li>");
     }
