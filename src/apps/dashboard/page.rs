@@ -261,6 +261,24 @@ fn state(out: &mut String, status: &Status) {
         }
         None => out.push_str(r#"<dt>sync</dt><dd id="sync">not configured</dd>"#),
     }
+    let backend = &status.backend;
+    let _ = write!(
+        out,
+        r#"<dt>backend</dt><dd id="backend" class="{class}">{kind}{place}: {state}, {queued} events queued{reason}</dd>"#,
+        class = if backend.offline { "bad" } else { "ok" },
+        kind = backend.kind,
+        place = match (&backend.servers, &backend.stream) {
+            (Some(servers), Some(stream)) => format!(" {} stream {}", text(servers), text(stream)),
+            _ => String::new(),
+        },
+        state = if backend.offline { "OFFLINE" } else { "online" },
+        queued = backend.queued,
+        reason = backend
+            .offline_reason
+            .as_deref()
+            .map(|why| format!(" ({})", text(why)))
+            .unwrap_or_default(),
+    );
     let _ = write!(
         out,
         r#"<dt>paused</dt><dd>{}</dd>"#,
