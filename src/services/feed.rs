@@ -110,13 +110,22 @@ pub fn after_token(
             format!("no event of this log starts at {}", token(at)),
         )
     };
-    if backend.remaining(at)? == 0 {
-        return Err(no_event().into());
-    }
-    let mut fetcher = backend.fetcher()?;
-    match fetcher.fetch(at) {
-        Ok(_) => Ok(Cursor::After(at)),
-        Err(StoreError::Io { .. }) => Err(no_event().into()),
+    let checked = backend.remaining(at).and_then(|remaining| {
+        if remaining == 0 {
+            return Ok(false);
+        }
+        match backend.fetcher()?.fetch(at) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Io { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    });
+    match checked {
+        Ok(true) => Ok(Cursor::After(at)),
+        Ok(false) => Err(no_event().into()),
+        // Not checkable while no server answers: a follower reads from it
+        // once one does, as it would from a token checked a moment before.
+        Err(StoreError::Unreachable { .. }) => Ok(Cursor::After(at)),
         Err(error) => Err(error.into()),
     }
 }
@@ -129,8 +138,11 @@ pub fn from_token(
     text: &str,
 ) -> Result<Cursor, FeedError> {
     let at = parse_token(field, text)?;
-    if backend.head()? == at {
-        return Ok(Cursor::At(at));
+    match backend.head() {
+        Ok(head) if head == at => return Ok(Cursor::At(at)),
+        Ok(_) => {}
+        Err(StoreError::Unreachable { .. }) => return Ok(Cursor::At(at)),
+        Err(error) => return Err(error.into()),
     }
     match after_token(backend, field, text)? {
         Cursor::After(at) | Cursor::At(at) => Ok(Cursor::At(at)),

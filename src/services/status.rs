@@ -24,6 +24,10 @@ pub const RATE_MINUTES: usize = 60;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Where this status has read the log to: what came after is news (the
+    /// dashboard's stream starts there).
+    #[serde(skip)]
+    pub read_to: Position,
     pub leader: Option<String>,
     pub term: u64,
     /// Seconds since the leader's last heartbeat (or its claim).
@@ -334,6 +338,15 @@ impl StatusModel {
     }
 }
 
+/// Brings the saved read model up to date with the log. The daemon calls it
+/// after each snapshot, so that `status` on this machine serves what was
+/// seen here even when the backend stops answering, and answers at once.
+pub fn keep_read_model(workspace: &Workspace) -> Result<(), StoreError> {
+    let backend = workspace.backend();
+    let state = StateDir::of(&workspace.dir);
+    StatusModel::load(&state, &*backend)?.catch_up(&state, &*backend)
+}
+
 pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     let now = Utc::now();
     let age = |timestamp: &str| {
@@ -362,6 +375,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
         by_type,
         elections,
         per_minute,
+        read_to,
         ..
     } = model;
     let this_minute = now.timestamp().div_euclid(60);
@@ -378,6 +392,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     Ok(Status {
+        read_to,
         leader: leadership.leader.clone(),
         term: leadership.term,
         leader_heartbeat_age_secs: leadership.silence(now),

@@ -81,7 +81,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// GET with optional headers: status, headers, body.
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, String) {
+pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, String) {
     let mut request = agent().get(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -103,13 +103,13 @@ fn get_json(url: &str) -> Value {
 }
 
 /// An open `/api/stream`: its `huddle` events, (id, event JSON), as they come.
-struct Stream {
-    events: mpsc::Receiver<(String, Value)>,
+pub(crate) struct Stream {
+    pub(crate) events: mpsc::Receiver<(String, Value)>,
     _reader: std::thread::JoinHandle<()>,
 }
 
 impl Stream {
-    fn open(url: &str, headers: &[(&str, &str)]) -> Stream {
+    pub(crate) fn open(url: &str, headers: &[(&str, &str)]) -> Stream {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)

@@ -542,7 +542,7 @@ fn a_three_node_cluster_losing_a_node_mid_run_loses_no_acknowledged_event_and_du
 }
 
 #[test]
-fn with_the_server_stopped_ten_seconds_status_says_offline_and_logged_events_are_queued_then_published_once_in_order(
+fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_events_are_queued_then_published_once_in_order_and_a_stream_opened_meanwhile_misses_none(
 ) {
     let _machine = exclusive();
     let mut server = NatsServer::start();
@@ -553,8 +553,9 @@ fn with_the_server_stopped_ten_seconds_status_says_offline_and_logged_events_are
         .enumerate()
         .map(|(i, dir)| Daemon::start(dir, &format!("d{i}")))
         .collect();
+    let page = crate::dashboard::Dashboard::start(&team.machines[0], &[]);
     let logging = std::sync::atomic::AtomicBool::new(true);
-    let written: Vec<Vec<String>> = std::thread::scope(|scope| {
+    let (written, queued, streams): (Vec<Vec<String>>, _, _) = std::thread::scope(|scope| {
         let writers: Vec<_> = team
             .machines
             .iter()
@@ -614,14 +615,52 @@ fn with_the_server_stopped_ten_seconds_status_says_offline_and_logged_events_are
         assert!(status["events"].as_u64() > Some(0), "{status}");
         let shown = team.machines[0].ok(&["status"]);
         assert!(shown.contains("OFFLINE"), "{shown}");
+        // The dashboard says so too.
+        let (code, _, html) = crate::dashboard::get(&page.url("/"), &[]);
+        assert_eq!(code, 200, "{html}");
+        let backend = html
+            .split(r#"<dd id="backend""#)
+            .nth(1)
+            .and_then(|rest| rest.split("</dd>").next())
+            .expect("the backend's line");
+        assert!(
+            backend.contains("OFFLINE") && !backend.contains(" 0 events queued"),
+            "{backend}"
+        );
+        // A stream opened now delivers what is queued once it is published.
+        let queued: Vec<String> = team
+            .machines
+            .iter()
+            .flat_map(|m| {
+                read(m, "events.offline.log")
+                    .lines()
+                    .map(|line| {
+                        let event: Value = serde_json::from_str(line).expect("a queued event");
+                        event["content"].as_str().unwrap_or_default().to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Both ways a stream starts: from the page's place, as its script
+        // does, and from "now".
+        let from = html
+            .split(r#"data-from=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the page's place in the log");
+        let streams = [
+            crate::dashboard::Stream::open(&page.url(&format!("/api/stream?from={from}")), &[]),
+            crate::dashboard::Stream::open(&page.url("/api/stream"), &[]),
+        ];
         std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
         server.restart();
         std::thread::sleep(Duration::from_secs(2));
         logging.store(false, std::sync::atomic::Ordering::SeqCst);
-        writers
+        let written = writers
             .into_iter()
             .map(|w| w.join().expect("writer"))
-            .collect()
+            .collect();
+        (written, queued, streams)
     });
     assert!(
         wait_for(Duration::from_secs(30), || team
@@ -650,6 +689,54 @@ fn with_the_server_stopped_ten_seconds_status_says_offline_and_logged_events_are
         .collect();
     let distinct: HashSet<&u64> = numbered.iter().collect();
     assert_eq!(distinct.len(), numbered.len(), "`next` gave a number twice");
+    // The streams opened during the outage: from where the page stood,
+    // every event once and in the log's order, the queued ones included.
+    let last_id = events
+        .last()
+        .and_then(|e| e.id.clone())
+        .expect("the last event has an id");
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e.id.as_deref().unwrap_or_default())
+        .collect();
+    for (which, stream) in ["from the page's place", "from now"].iter().zip(&streams) {
+        let mut streamed: Vec<Value> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while streamed.last().map(|fed| &fed["event"]["id"]) != Some(&Value::from(last_id.as_str()))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stream.events.recv_timeout(left) {
+                Ok((_, fed)) => streamed.push(fed),
+                Err(_) => panic!(
+                    "the stream {which} opened during the outage stopped after {} events, before the log's last",
+                    streamed.len()
+                ),
+            }
+        }
+        let streamed_ids: Vec<&str> = streamed
+            .iter()
+            .map(|fed| fed["event"]["id"].as_str().unwrap_or_default())
+            .collect();
+        let first = ids
+            .iter()
+            .position(|id| *id == streamed_ids[0])
+            .expect("the stream's first event is in the log");
+        assert_eq!(
+            streamed_ids,
+            ids[first..],
+            "the stream {which} skipped, doubled or reordered events"
+        );
+        let streamed_contents: HashSet<&str> = streamed
+            .iter()
+            .map(|fed| fed["event"]["content"].as_str().unwrap_or_default())
+            .collect();
+        for content in &queued {
+            assert!(
+                streamed_contents.contains(content.as_str()),
+                "{content:?}, queued during the outage, never came on the stream {which}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

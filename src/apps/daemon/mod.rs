@@ -569,6 +569,7 @@ impl SnapshotWorker {
         };
         let mut snapshotter = Snapshotter::new(dir).with_fence(fence);
         snapshotter.progress = None;
+        let dir = dir.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("huddle-snapshot".into())
             .spawn(move || {
@@ -578,6 +579,7 @@ impl SnapshotWorker {
                     let result = match snapshotter.update(&host, None) {
                         Ok(outcome) => {
                             tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
+                            keep_status_model(&dir);
                             Ok(())
                         }
                         Err(crate::services::snapshot::SnapshotError::Fenced) => {
@@ -649,6 +651,20 @@ impl SnapshotWorker {
 /// leader's resident memory grew about 150 bytes per event followed where
 /// it held about 50. One arena keeps it to what is held; the threads'
 /// allocation caches keep contention low.
+/// Keeps `status`'s read model as current as the snapshot, off the
+/// heartbeat's thread: what `status` and the dashboard serve when the
+/// backend stops answering.
+fn keep_status_model(dir: &Path) {
+    let kept = Workspace::open(dir)
+        .map_err(|error| error.to_string())
+        .and_then(|workspace| {
+            crate::services::status::keep_read_model(&workspace).map_err(|e| e.to_string())
+        });
+    if let Err(error) = kept {
+        tracing::debug!(%error, "status model not kept");
+    }
+}
+
 fn one_allocator_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt sets an allocator parameter; called before the

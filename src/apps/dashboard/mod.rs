@@ -299,8 +299,9 @@ fn read_status(app: &App) -> Result<Status, Failure> {
 async fn index(State(app): State<Arc<App>>) -> Result<Response, Failure> {
     blocking(move || {
         let status = read_status(&app)?;
-        let from = app.backend.head().map_err(|error| internal(&error))?;
-        let html = page::page(&app.workspace, &status, &feed::token(from));
+        // The stream goes on from what the page shows: nothing between is
+        // lost, and the page renders while the backend does not answer.
+        let html = page::page(&app.workspace, &status, &feed::token(status.read_to));
         Ok(html_response(html))
     })
     .await
@@ -420,7 +421,14 @@ async fn api_stream(
                 (Some(id), _, _) => feed::after_token(backend, "Last-Event-ID", &id)?,
                 (None, Some(after), _) => feed::after_token(backend, "after", &after)?,
                 (None, None, Some(from)) => feed::from_token(backend, "from", &from)?,
-                (None, None, None) => feed::head(backend).map_err(|error| internal(&error))?,
+                (None, None, None) => match feed::head(backend) {
+                    Ok(head) => head,
+                    // Without a server: from what this machine has seen.
+                    Err(crate::backend::StoreError::Unreachable { .. }) => {
+                        feed::Cursor::At(read_status(&app)?.read_to)
+                    }
+                    Err(error) => return Err(internal(&error)),
+                },
             })
         })
         .await?

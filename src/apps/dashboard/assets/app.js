@@ -76,14 +76,20 @@
     }
   }
 
-  function connect(from) {
+  // The last event shown: a stream closed for good starts again after it.
+  let lastId = null;
+
+  function connect(query) {
     // Relative, so the page works under a reverse proxy's prefix too.
-    const url = from ? "api/stream?from=" + encodeURIComponent(from) : "api/stream";
+    const url = query ? "api/stream?" + query : "api/stream";
     const stream = new EventSource(url);
+    let opened = false;
     stream.addEventListener("open", function () {
+      opened = true;
       setConnection("open", "live");
     });
     stream.addEventListener("huddle", function (message) {
+      lastId = message.lastEventId || lastId;
       try {
         show(JSON.parse(message.data));
       } catch (_) {
@@ -92,20 +98,22 @@
       refresh();
     });
     stream.addEventListener("error", function () {
-      // EventSource reconnects by itself, sending Last-Event-ID. Refused
-      // for good (the log was replaced and that event is gone): start
-      // again from the head.
+      // EventSource reconnects by itself, sending Last-Event-ID. Closed for
+      // good (an error answer): go on after the last event shown; if even
+      // that is refused (the log was replaced), from the head.
       setConnection("lost", "reconnecting…");
       if (stream.readyState === EventSource.CLOSED) {
+        const next = opened && lastId ? "after=" + encodeURIComponent(lastId) : null;
         setTimeout(function () {
-          connect(null);
+          connect(next);
         }, 2000);
       }
     });
   }
 
   setConnection("connecting", "connecting…");
-  connect(document.body.dataset.from);
+  const from = document.body.dataset.from;
+  connect(from ? "from=" + encodeURIComponent(from) : null);
   // Ages grow and leaders fall silent without any event: tick.
   setInterval(refresh, 1000);
 })();
