@@ -948,6 +948,32 @@ fn the_cli_and_the_mcp_server_work_unchanged_on_the_jetstream_backend() {
 }
 
 #[test]
+fn status_on_the_jetstream_backend_counts_the_events_this_machines_snapshot_lacks() {
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "BEHIND", 2);
+    let (here, there) = (&team.machines[0], &team.machines[1]);
+    here.ok(&["log", "next", "alice", "question", "ready?"]);
+    here.ok(&["snapshot"]);
+    let snapshot = |dir: &HuddleDir| -> Value {
+        let status: Value = serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status");
+        status["snapshot"].clone()
+    };
+    assert_eq!(snapshot(here)["events_behind"], 0);
+    // Logged on the other machine: in the stream, not yet in this snapshot.
+    there.ok(&["log", "1", "bob", "answer", "yes"]);
+    there.ok(&["log", "1", "bob", "note", "and more"]);
+    let behind = snapshot(here);
+    assert_eq!(behind["events_behind"], 2, "{behind}");
+    let shown = here.ok(&["status"]);
+    assert!(
+        shown.contains("snapshot: 2 events of the log not yet in it"),
+        "{shown}"
+    );
+    here.ok(&["snapshot"]);
+    assert_eq!(snapshot(here)["events_behind"], 0);
+}
+
+#[test]
 fn a_publish_retried_with_the_same_event_is_stored_once() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().expect("temporary directory");
