@@ -367,11 +367,20 @@ impl StatusModel {
     }
 }
 
-/// Brings the saved read model up to date with the log. The daemon calls it
-/// after each snapshot, so that `status` on this machine serves what was
-/// seen here even when the backend stops answering, and answers at once.
-pub fn keep_read_model(workspace: &Workspace) -> Result<(), StoreError> {
-    let backend = workspace.backend();
+/// Keeps what this machine has seen: on JetStream its copy of the stream
+/// (what reads fall back to without a server), and status's read model.
+/// The daemon calls it after each snapshot, so that reads and `status`
+/// keep serving what was seen here when the backend stops answering, and
+/// `status` answers at once.
+pub fn keep_what_was_seen(workspace: &Workspace) -> Result<(), StoreError> {
+    let backend: std::sync::Arc<dyn Backend> = match workspace.config.backend.kind {
+        crate::model::config::BackendKind::Jetstream => {
+            let stream = workspace.jetstream();
+            stream.keep_copy()?;
+            std::sync::Arc::new(stream)
+        }
+        crate::model::config::BackendKind::File => workspace.backend(),
+    };
     let state = StateDir::of(&workspace.dir);
     StatusModel::load(&state, &*backend)?.catch_up(&state, &*backend)
 }
@@ -389,7 +398,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     });
     // Without a server, status still says what this machine last saw.
     let (model, unreachable) = match caught_up {
-        Ok(model) => (model, None),
+        Ok(model) => (model, backend.offline()),
         Err(StoreError::Unreachable { reason, .. }) => (
             state.load::<StatusModel>(STATUS_MODEL).unwrap_or_default(),
             Some(reason),

@@ -542,7 +542,7 @@ fn a_three_node_cluster_losing_a_node_mid_run_loses_no_acknowledged_event_and_du
 }
 
 #[test]
-fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_events_are_queued_then_published_once_in_order_and_a_stream_opened_meanwhile_misses_none(
+fn with_the_server_stopped_ten_seconds_reads_serve_what_was_seen_status_and_the_dashboard_say_offline_events_are_queued_then_published_once_in_order_and_a_stream_opened_meanwhile_misses_none(
 ) {
     let _machine = exclusive();
     let mut server = NatsServer::start();
@@ -615,6 +615,17 @@ fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_even
         assert!(status["events"].as_u64() > Some(0), "{status}");
         let shown = team.machines[0].ok(&["status"]);
         assert!(shown.contains("OFFLINE"), "{shown}");
+        // `next` serves what this machine saw of the stream, the other
+        // machine's events included.
+        let unread = team.machines[0].ok(&["next", "--agent", "watcher", "--json"]);
+        let seen: Vec<Value> = unread
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("next --json prints JSON lines"))
+            .collect();
+        assert!(
+            seen.iter().any(|event| event["actor"] == "agent1"),
+            "no event of the other machine in what `next` served offline: {unread}"
+        );
         // The dashboard says so too.
         let (code, _, html) = crate::dashboard::get(&page.url("/"), &[]);
         assert_eq!(code, 200, "{html}");
@@ -688,7 +699,20 @@ fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_even
         .map(|e| e.interaction)
         .collect();
     let distinct: HashSet<&u64> = numbered.iter().collect();
-    assert_eq!(distinct.len(), numbered.len(), "`next` gave a number twice");
+    let twice: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            e.actor.starts_with("agent")
+                && e.interaction > 1
+                && numbered.iter().filter(|n| **n == e.interaction).count() > 1
+        })
+        .map(|e| format!("{} {} {}", e.interaction, e.actor, e.content))
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        numbered.len(),
+        "`next` gave a number twice: {twice:?}"
+    );
     // The streams opened during the outage: from where the page stood,
     // every event once and in the log's order, the queued ones included.
     let last_id = events
@@ -1002,6 +1026,55 @@ fn a_publish_retried_with_the_same_event_is_stored_once() {
     })
     .expect("read");
     assert_eq!(stored, events, "a retried publish was stored twice");
+}
+
+#[test]
+fn a_conditional_batch_holding_an_event_stored_already_is_still_refused_when_the_head_moved() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = open_stream(&backend_config(&[server.url()], "PARTLY"), dir.path());
+    let event = |content: &str| {
+        huddle::NewEvent::new(huddle::InteractionRef::Number(1), "a", "note", content).into_event(1)
+    };
+    let (stored_before, other, mine) = (event("stored"), event("other"), event("mine"));
+    use huddle::backend::Conditional;
+    use huddle::Backend;
+    // A retry whose first event the server already holds (its
+    // acknowledgement was lost), expecting the head before that event...
+    log.append_events(std::slice::from_ref(&stored_before))
+        .expect("publish one");
+    // ...while another writer appended meanwhile: the rest must not go in.
+    log.append_events(std::slice::from_ref(&other))
+        .expect("another writer");
+    let moved = log
+        .append_if_head(
+            Position::sequence(1),
+            &[stored_before.clone(), mine.clone()],
+        )
+        .expect("a conditional publish");
+    assert!(
+        matches!(moved, Conditional::Moved { .. }),
+        "appended after a moved head: {moved:?}"
+    );
+    // Expecting the true head, the event not stored yet goes in once, the
+    // other is not stored again.
+    let appended = log
+        .append_if_head(
+            Position::sequence(2),
+            &[stored_before.clone(), mine.clone()],
+        )
+        .expect("a conditional publish at the head");
+    assert!(
+        matches!(appended, Conditional::Appended { .. }),
+        "{appended:?}"
+    );
+    let mut stored = Vec::new();
+    scan(&log, Position::START, |s| {
+        stored.push(s.event);
+        Ok(())
+    })
+    .expect("read");
+    assert_eq!(stored, [stored_before, other, mine]);
 }
 
 #[test]
