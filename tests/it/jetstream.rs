@@ -626,6 +626,10 @@ fn with_the_server_stopped_ten_seconds_reads_serve_what_was_seen_status_and_the_
             seen.iter().any(|event| event["actor"] == "agent1"),
             "no event of the other machine in what `next` served offline: {unread}"
         );
+        // The dashboard's events too.
+        let (code, _, served) = crate::dashboard::get(&page.url("/api/events?limit=10000"), &[]);
+        assert_eq!(code, 200, "{served}");
+        assert!(served.contains(r#""actor":"agent1""#), "{served}");
         // The dashboard says so too.
         let (code, _, html) = crate::dashboard::get(&page.url("/"), &[]);
         assert_eq!(code, 200, "{html}");
