@@ -47,6 +47,10 @@ pub mod state {
     pub const INTERACTIONS_RECORDS: &str = "interactions.idx";
     /// The highest interaction number and where it was read to (file log).
     pub const TAIL: &str = "tail.json";
+    /// The highest interaction number of a JetStream stream and where it
+    /// was read to, named by the stream: `next` in a new process reads only
+    /// what came after.
+    pub const STREAM_TAIL_PREFIX: &str = "tail-";
     /// What this machine has seen of a JetStream stream, named by the
     /// stream: its messages, the end of each, and the stream it copies.
     pub const MIRROR_PREFIX: &str = "mirror-";

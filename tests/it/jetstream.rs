@@ -1002,6 +1002,40 @@ fn status_on_the_jetstream_backend_counts_the_events_this_machines_snapshot_lack
 }
 
 #[test]
+fn next_in_a_new_process_reads_only_what_came_after_the_tail_kept_for_the_same_stream() {
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "TAIL", 1);
+    let dir = &team.machines[0];
+    assert_eq!(dir.ok(&["log", "next", "a", "note", "first"]).trim(), "1");
+    // This one read message 1, and keeps what it found.
+    assert_eq!(dir.ok(&["log", "next", "a", "note", "second"]).trim(), "2");
+    let tail_path = dir.file(".huddle/tail-TAIL.json");
+    let mut tail: Value =
+        serde_json::from_str(&read(dir, ".huddle/tail-TAIL.json")).expect("the kept tail");
+    assert_eq!(
+        (tail["seen"].as_u64(), tail["highest"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Had the next process read the stream from the start, it would say 2.
+    tail["highest"] = 1000.into();
+    std::fs::write(&tail_path, tail.to_string()).expect("write the tail");
+    assert_eq!(
+        dir.ok(&["log", "next", "a", "note", "second"]).trim(),
+        "1001"
+    );
+    // A tail kept for another stream of the same name is not trusted.
+    let mut tail: Value =
+        serde_json::from_str(&read(dir, ".huddle/tail-TAIL.json")).expect("the kept tail");
+    tail["identity"] = "created at another time".into();
+    tail["highest"] = 5000.into();
+    std::fs::write(&tail_path, tail.to_string()).expect("write the tail");
+    assert_eq!(
+        dir.ok(&["log", "next", "a", "note", "third"]).trim(),
+        "1002"
+    );
+}
+
+#[test]
 fn a_publish_retried_with_the_same_event_is_stored_once() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().expect("temporary directory");

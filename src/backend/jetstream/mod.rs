@@ -124,6 +124,39 @@ impl JetStreamLog {
         }
     }
 
+    fn tail_file(&self) -> String {
+        format!(
+            "{}{}.json",
+            crate::model::names::state::STREAM_TAIL_PREFIX,
+            self.connection.stream()
+        )
+    }
+
+    /// The highest interaction up to a sequence, as a process before this
+    /// one found it on this same stream (one created at the same time).
+    /// Messages never change once stored, so it stays true; a deleted one
+    /// can only make it higher than needed, and numbers skipped are fine.
+    fn saved_tail(&self, identity: &str) -> Option<(u64, Option<u64>)> {
+        crate::backend::state::StateDir::of(&self.dir)
+            .load::<SavedTail>(&self.tail_file())
+            .filter(|tail| tail.identity == identity)
+            .map(|tail| (tail.seen, tail.highest))
+    }
+
+    fn save_tail(&self, identity: &str, seen: u64, highest: Option<u64>) {
+        let tail = SavedTail {
+            identity: identity.to_string(),
+            seen,
+            highest,
+        };
+        // A cache: without it the next process reads the stream again.
+        if let Err(error) =
+            crate::backend::state::StateDir::of(&self.dir).save_cache(&self.tail_file(), &tail)
+        {
+            tracing::debug!(%error, "stream tail not kept");
+        }
+    }
+
     fn offline_note(&self) -> MutexGuard<'_, Option<String>> {
         self.offline
             .lock()
@@ -280,6 +313,14 @@ impl JetStreamLog {
     }
 }
 
+/// What [`JetStreamLog::saved_tail`] keeps in the state directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedTail {
+    identity: String,
+    seen: u64,
+    highest: Option<u64>,
+}
+
 fn stored(event: Event, seq: u64) -> Stored {
     Stored {
         event,
@@ -386,7 +427,11 @@ impl Backend for JetStreamLog {
 
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {
         let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
-        let (from, mut highest) = match self.cache().highest {
+        let identity = self.or_copy(self.connection.identity(), |copy| {
+            Ok(copy.identity().unwrap_or_default())
+        })?;
+        let known = self.cache().highest;
+        let (from, mut highest) = match known.or_else(|| self.saved_tail(&identity)) {
             Some((seen, highest)) if seen <= last => (seen, highest),
             _ => (0, None),
         };
@@ -396,6 +441,9 @@ impl Backend for JetStreamLog {
             Ok(ControlFlow::Continue(()))
         })?;
         self.cache().highest = Some((end.entries_before(), highest));
+        if end.entries_before() != from {
+            self.save_tail(&identity, end.entries_before(), highest);
+        }
         Ok((end, highest))
     }
 
