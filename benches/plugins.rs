@@ -70,7 +70,7 @@ fn main() {
     for _ in 0..runs {
         let fresh = PluginHost::with_cache_dir(cache.clone()).expect("host");
         load_times.push(time(|| {
-            fresh.preload(&markdown, Slot::Renderer).expect("load")
+            fresh.preload(&markdown, Slot::Renderer).expect("load");
         }));
         let mut blocks = Vec::new();
         call_times.push(time(|| {

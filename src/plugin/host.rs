@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
-use super::cache::ArtifactCache;
+use super::cache::{ArtifactCache, Origin};
 use super::capabilities::HttpSession;
 use super::check::{world_of, World};
 use super::limits::Limiter;
@@ -172,105 +172,42 @@ struct FileStamp {
     inode: u64,
 }
 
-/// One engine for the whole process, with its linker, the on-disk cache of
-/// compiled components and the pre-instances already made.
-pub struct PluginHost {
+/// What compiles a component and links it for a world; cheap to clone, so a
+/// plugin swapped under a running daemon compiles on a thread of its own.
+#[derive(Clone)]
+struct Compiler {
     engine: Engine,
     linker: Linker<HostState>,
-    cache: ArtifactCache,
-    pres: Mutex<HashMap<String, Pre>>,
-    file_hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+    cache: Arc<ArtifactCache>,
 }
 
-impl PluginHost {
-    /// A host whose compiled-artifact cache is in the default place.
-    pub fn new() -> anyhow::Result<PluginHost> {
-        PluginHost::build(None)
-    }
+/// A pre-instance and how its component was obtained.
+struct Prepared {
+    pre: Pre,
+    origin: Origin,
+    elapsed: Duration,
+    rejected: Option<String>,
+}
 
-    /// A host whose compiled-artifact cache is in `cache_dir`.
-    pub fn with_cache_dir(cache_dir: PathBuf) -> anyhow::Result<PluginHost> {
-        PluginHost::build(Some(cache_dir))
-    }
-
-    fn build(cache_dir: Option<PathBuf>) -> anyhow::Result<PluginHost> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config)?;
-        start_epoch_ticker(&engine);
-
-        let mut linker = Linker::new(&engine);
-        // A wasm32-wasip2 guest imports WASI even when it uses none of it;
-        // the context below grants nothing, so every such call fails closed.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        v1::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        v1::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-
-        let cache = ArtifactCache::new(&engine, cache_dir);
-        Ok(PluginHost {
-            engine,
-            linker,
-            cache,
-            pres: Mutex::new(HashMap::new()),
-            file_hashes: Mutex::new(HashMap::new()),
-        })
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// The plugin's bytes and their sha256 (hex); a file's hash is
-    /// remembered while its size, mtime and inode stay the same.
-    fn read_plugin(&self, spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
-        match &spec.source {
-            PluginSource::Builtin(_) => read_plugin(spec),
-            PluginSource::File(path) => {
-                let wasm: Arc<[u8]> = std::fs::read(path)
-                    .map_err(|e| file_error(spec, &e))?
-                    .into();
-                Ok((wasm.clone(), self.file_sha256(path, &wasm)))
-            }
-        }
-    }
-
-    fn file_sha256(&self, path: &std::path::Path, wasm: &[u8]) -> String {
-        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp {
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            inode: m.ino(),
-        });
-        let mut known = lock(&self.file_hashes);
-        if let (Some(stamp), Some((seen, sha))) = (&stamp, known.get(path)) {
-            if seen == stamp && stamp.len == wasm.len() as u64 {
-                return sha.clone();
-            }
-        }
-        let sha = hex_sha256(wasm);
-        if let Some(stamp) = stamp {
-            known.insert(path.to_path_buf(), (stamp, sha.clone()));
-        }
-        sha
-    }
-
+impl Compiler {
     /// Compiles (or loads from the cache) and pre-links a plugin for `world`.
-    fn pre(&self, spec: &PluginSpec, world: World) -> Result<Pre, PluginError> {
-        let (wasm, sha) = self.read_plugin(spec)?;
-        let key = format!("{sha}/{}", world.name());
-        if let Some(pre) = lock(&self.pres).get(&key) {
-            return Ok(pre.clone());
-        }
+    fn prepare(
+        &self,
+        spec: &PluginSpec,
+        wasm: &[u8],
+        sha: &str,
+        world: World,
+    ) -> Result<Prepared, PluginError> {
         let plugin = spec.name();
-        let component = self
+        let loaded = self
             .cache
-            .load_or_compile(&self.engine, &wasm, &sha)
+            .load_or_compile(&self.engine, wasm, sha)
             .map_err(|e| PluginError::Load {
                 plugin: plugin.clone(),
                 source_desc: spec.source.describe(),
                 message: format!("{e:#}"),
             })?;
+        let component = loaded.component;
         let found = world_of(&self.engine, &component);
         if found != Some(world) {
             return Err(PluginError::WrongWorld {
@@ -307,19 +244,282 @@ impl PluginHost {
                 Pre::AlertSink(alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?)
             }
         };
-        lock(&self.pres).insert(key, pre.clone());
-        Ok(pre)
+        Ok(Prepared {
+            pre,
+            origin: loaded.origin,
+            elapsed: loaded.elapsed,
+            rejected: loaded.rejected,
+        })
+    }
+}
+
+/// What a slot's plugin currently is, to notice (and log) a swap.
+#[derive(Default)]
+struct Swaps {
+    /// Per plugin source and world: the sha256 serving and its pre-instance.
+    serving: HashMap<String, (String, Pre)>,
+    /// Pre-instance keys being compiled in the background.
+    compiling: std::collections::HashSet<String>,
+    /// Pre-instance keys whose background compile failed, with the error
+    /// every call of that version reports.
+    failed: HashMap<String, PluginError>,
+}
+
+/// One engine for the whole process, with its linker, the on-disk cache of
+/// compiled components and the pre-instances already made.
+pub struct PluginHost {
+    compiler: Compiler,
+    pres: Arc<Mutex<HashMap<String, Pre>>>,
+    file_hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+    swaps: Arc<Mutex<Swaps>>,
+    /// A changed plugin compiles on a thread of its own while the one it
+    /// replaces keeps serving (the daemon); otherwise the call compiles it.
+    background_reload: std::sync::atomic::AtomicBool,
+}
+
+/// How [`PluginHost::preload`] got a plugin ready.
+#[derive(Debug, Clone)]
+pub struct Preloaded {
+    pub origin: Origin,
+    /// Time spent loading or compiling (zero when already in memory).
+    pub elapsed: Duration,
+    /// Why a compiled artifact found in the cache was not trusted.
+    pub rejected: Option<String>,
+}
+
+impl PluginHost {
+    /// A host whose compiled-artifact cache is in the default place.
+    pub fn new() -> anyhow::Result<PluginHost> {
+        PluginHost::build(None)
+    }
+
+    /// A host whose compiled-artifact cache is in `cache_dir`.
+    pub fn with_cache_dir(cache_dir: PathBuf) -> anyhow::Result<PluginHost> {
+        PluginHost::build(Some(cache_dir))
+    }
+
+    fn build(cache_dir: Option<PathBuf>) -> anyhow::Result<PluginHost> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        // A wasm32-wasip2 guest imports WASI even when it uses none of it;
+        // the context below grants nothing, so every such call fails closed.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        v1::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v1::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+
+        let cache = Arc::new(ArtifactCache::new(&engine, cache_dir));
+        Ok(PluginHost {
+            compiler: Compiler {
+                engine,
+                linker,
+                cache,
+            },
+            pres: Arc::new(Mutex::new(HashMap::new())),
+            file_hashes: Mutex::new(HashMap::new()),
+            swaps: Arc::new(Mutex::new(Swaps::default())),
+            background_reload: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.compiler.engine
+    }
+
+    /// Where compiled components are cached, if anywhere.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.compiler.cache.dir()
+    }
+
+    /// From now on, a plugin whose bytes changed is compiled on a thread of
+    /// its own and the version it replaces keeps serving until it is ready,
+    /// so a daemon never stalls on a big component. The switch is logged.
+    pub fn reload_in_background(&self) {
+        self.background_reload
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The plugin's bytes and their sha256 (hex); a file's hash is
+    /// remembered while its size, mtime and inode stay the same.
+    fn read_plugin(&self, spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
+        match &spec.source {
+            PluginSource::Builtin(_) => read_plugin(spec),
+            PluginSource::File(path) => {
+                let wasm: Arc<[u8]> = std::fs::read(path)
+                    .map_err(|e| file_error(spec, &e))?
+                    .into();
+                Ok((wasm.clone(), self.file_sha256(path, &wasm)))
+            }
+        }
+    }
+
+    fn file_sha256(&self, path: &std::path::Path, wasm: &[u8]) -> String {
+        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp {
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            inode: m.ino(),
+        });
+        let mut known = lock(&self.file_hashes);
+        if let (Some(stamp), Some((seen, sha))) = (&stamp, known.get(path)) {
+            if seen == stamp && stamp.len == wasm.len() as u64 {
+                return sha.clone();
+            }
+        }
+        let sha = hex_sha256(wasm);
+        if let Some(stamp) = stamp {
+            known.insert(path.to_path_buf(), (stamp, sha.clone()));
+        }
+        sha
+    }
+
+    fn pre(&self, spec: &PluginSpec, world: World) -> Result<Pre, PluginError> {
+        self.pre_timed(spec, world).map(|(pre, _)| pre)
+    }
+
+    /// The pre-instance of a plugin for `world`: already in memory, loaded
+    /// from the cache, or compiled.
+    fn pre_timed(&self, spec: &PluginSpec, world: World) -> Result<(Pre, Preloaded), PluginError> {
+        let (wasm, sha) = self.read_plugin(spec)?;
+        let key = format!("{sha}/{}", world.name());
+        let slot = slot_key(spec, world);
+        if let Some(pre) = lock(&self.pres).get(&key).cloned() {
+            self.now_serving(spec, &slot, &sha, &pre);
+            let ready = Preloaded {
+                origin: Origin::InMemory,
+                elapsed: Duration::ZERO,
+                rejected: None,
+            };
+            return Ok((pre, ready));
+        }
+        if self
+            .background_reload
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let mut swaps = lock(&self.swaps);
+            if let Some(error) = swaps.failed.get(&key) {
+                return Err(error.clone());
+            }
+            if let Some((_, serving)) = swaps.serving.get(&slot) {
+                let serving = serving.clone();
+                if swaps.compiling.insert(key.clone()) {
+                    self.compile_in_background(spec, wasm, sha, world, key);
+                }
+                let ready = Preloaded {
+                    origin: Origin::InMemory,
+                    elapsed: Duration::ZERO,
+                    rejected: None,
+                };
+                return Ok((serving, ready));
+            }
+        }
+        let prepared = self.compiler.prepare(spec, &wasm, &sha, world)?;
+        lock(&self.pres).insert(key, prepared.pre.clone());
+        self.now_serving(spec, &slot, &sha, &prepared.pre);
+        let ready = Preloaded {
+            origin: prepared.origin,
+            elapsed: prepared.elapsed,
+            rejected: prepared.rejected,
+        };
+        Ok((prepared.pre, ready))
+    }
+
+    /// The sha256 of the version of `spec` a call made now would run: the
+    /// file's, or, while a changed file compiles in the background, the
+    /// version still serving. Whatever caches a plugin's output keys it by
+    /// this, so output of the previous version is never filed under the new.
+    pub fn serving_sha(&self, spec: &PluginSpec, slot: super::Slot) -> Result<String, PluginError> {
+        let (_, sha) = self.read_plugin(spec)?;
+        let world = world_for(slot);
+        if !self
+            .background_reload
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || lock(&self.pres).contains_key(&format!("{sha}/{}", world.name()))
+        {
+            return Ok(sha);
+        }
+        let swaps = lock(&self.swaps);
+        match swaps.serving.get(&slot_key(spec, world)) {
+            Some((serving, _)) => Ok(serving.clone()),
+            None => Ok(sha),
+        }
+    }
+
+    /// Records which version of a slot's plugin serves; a change of version
+    /// is a reload, and huddle's log names it.
+    fn now_serving(&self, spec: &PluginSpec, slot: &str, sha: &str, pre: &Pre) {
+        let mut swaps = lock(&self.swaps);
+        let previous = swaps
+            .serving
+            .insert(slot.to_string(), (sha.to_string(), pre.clone()));
+        if let Some((was, _)) = previous {
+            if was != sha {
+                tracing::info!(
+                    plugin = spec.name().as_str(),
+                    source = %spec.source.describe(),
+                    "plugin reloaded: sha256 {} replaces {}",
+                    short(sha),
+                    short(&was)
+                );
+            }
+        }
+    }
+
+    fn compile_in_background(
+        &self,
+        spec: &PluginSpec,
+        wasm: Arc<[u8]>,
+        sha: String,
+        world: World,
+        key: String,
+    ) {
+        let compiler = self.compiler.clone();
+        let pres = self.pres.clone();
+        let swaps = self.swaps.clone();
+        let spec = spec.clone();
+        tracing::info!(
+            plugin = spec.name().as_str(),
+            "plugin changed (sha256 {}): preparing it while the previous version keeps serving",
+            short(&sha)
+        );
+        let work = move || {
+            let outcome = compiler.prepare(&spec, &wasm, &sha, world);
+            let mut swaps = lock(&swaps);
+            swaps.compiling.remove(&key);
+            match outcome {
+                Ok(prepared) => {
+                    tracing::info!(
+                        plugin = spec.name().as_str(),
+                        "plugin sha256 {} ready ({} in {} ms); it serves from the next call",
+                        short(&sha),
+                        prepared.origin.describe(),
+                        prepared.elapsed.as_millis()
+                    );
+                    lock(&pres).insert(key, prepared.pre);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the changed plugin cannot be used");
+                    swaps.failed.insert(key, error);
+                }
+            }
+        };
+        if let Err(error) = std::thread::Builder::new()
+            .name("huddle-plugin-compile".into())
+            .spawn(work)
+        {
+            tracing::error!(%error, "cannot start a thread to compile a changed plugin");
+        }
     }
 
     /// Compiles (or loads from the cache) and links a plugin for `slot`
     /// without calling it, so the first real call pays no compile time.
-    pub fn preload(&self, spec: &PluginSpec, slot: super::Slot) -> Result<(), PluginError> {
-        let world = match slot {
-            super::Slot::HeadingMapper => World::HeadingMapper,
-            super::Slot::Renderer => World::Renderer,
-            super::Slot::AlertSink => World::AlertSink,
-        };
-        self.pre(spec, world).map(|_| ())
+    pub fn preload(&self, spec: &PluginSpec, slot: super::Slot) -> Result<Preloaded, PluginError> {
+        self.pre_timed(spec, world_for(slot))
+            .map(|(_, ready)| ready)
     }
 
     /// Links a plugin for `world` without calling it (for `plugins check`).
@@ -351,7 +551,7 @@ impl PluginHost {
             http: spec.http.clone().map(HttpSession::new),
             log_lines: 0,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.compiler.engine, state);
         store.limiter(|state| &mut state.limiter);
         let ticks = spec
             .deadline
@@ -781,6 +981,28 @@ fn builtin_sha256(name: &str, wasm: &[u8]) -> String {
         .entry(name.to_string())
         .or_insert_with(|| hex_sha256(wasm))
         .clone()
+}
+
+fn world_for(slot: super::Slot) -> World {
+    match slot {
+        super::Slot::HeadingMapper => World::HeadingMapper,
+        super::Slot::Renderer => World::Renderer,
+        super::Slot::AlertSink => World::AlertSink,
+    }
+}
+
+/// What a plugin serves as: a directory has one mapper and one renderer,
+/// whatever file they come from; its sinks are told apart by their source.
+fn slot_key(spec: &PluginSpec, world: World) -> String {
+    match world {
+        World::AlertSink => format!("{}/{}", spec.source.describe(), world.name()),
+        World::HeadingMapper | World::Renderer => world.name().to_string(),
+    }
+}
+
+/// The first 12 hex digits of a sha256, enough to tell versions apart in a log.
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
 /// A poisoned mutex here only guards caches: keep using the data.

@@ -19,12 +19,15 @@ mod isolate;
 mod limits;
 
 pub use builtin::{builtin_wasm, BUILTINS};
+pub use cache::Origin;
 pub use capabilities::{
     Allowlist, HttpError, HttpGrant, HttpResponse, HttpSession, Reason, Refusal,
     MAX_REQUESTS_PER_CALL,
 };
 pub use check::{check_file, CheckError, World};
-pub use host::{read_plugin, Alert, DeliveryError, Entry, Interaction, PluginHost, Section};
+pub use host::{
+    read_plugin, Alert, DeliveryError, Entry, Interaction, PluginHost, Preloaded, Section,
+};
 pub use isolate::{Heading, IsolatedEntry, Rendered, FAILED_CALL_BUDGET};
 
 use std::path::{Path, PathBuf};

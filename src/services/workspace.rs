@@ -258,6 +258,21 @@ impl Workspace {
             })
             .collect()
     }
+
+    /// Every plugin this directory runs, with its slot: the heading mapper,
+    /// the renderer, then each alert sink.
+    pub fn plugin_specs(&self) -> Result<Vec<(Slot, PluginSpec)>, ConfigError> {
+        let mut plugins = vec![
+            (Slot::HeadingMapper, self.slot_spec(Slot::HeadingMapper)),
+            (Slot::Renderer, self.slot_spec(Slot::Renderer)),
+        ];
+        plugins.extend(
+            self.sink_specs()?
+                .into_iter()
+                .map(|spec| (Slot::AlertSink, spec)),
+        );
+        Ok(plugins)
+    }
 }
 
 fn mib(megabytes: u64) -> usize {

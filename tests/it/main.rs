@@ -19,6 +19,7 @@ mod log_store;
 mod mcp;
 mod nats;
 mod pause;
+mod plugin_cache;
 mod plugins;
 mod queue;
 mod reads;

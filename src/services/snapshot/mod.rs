@@ -67,8 +67,8 @@ use crate::backend::{
 use crate::model::config::ConfigError;
 use crate::model::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
 use crate::plugin::{
-    self, Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, Rendered as Blocks,
-    Section, Slot,
+    Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, Rendered as Blocks, Section,
+    Slot,
 };
 use crate::services::workspace::Workspace;
 use std::sync::Arc;
@@ -375,8 +375,8 @@ impl Snapshotter {
         let k = k.unwrap_or(workspace.config.snapshot.k);
         let mapper = workspace.slot_spec(Slot::HeadingMapper);
         let renderer = workspace.slot_spec(Slot::Renderer);
-        let mapper_key = plugin_key(&mapper)?;
-        let renderer_key = plugin_key(&renderer)?;
+        let mapper_key = plugin_key(host, &mapper, Slot::HeadingMapper)?;
+        let renderer_key = plugin_key(host, &renderer, Slot::Renderer)?;
         if self.index.mapper_key != mapper_key {
             self.index = Index {
                 mapper_key,
@@ -1073,9 +1073,11 @@ fn append_in_place(path: &Path, blocks: &mut File) -> Result<(), SnapshotError> 
     Ok(())
 }
 
-/// What identifies a plugin's behaviour: its code and its settings.
-fn plugin_key(spec: &PluginSpec) -> Result<String, SnapshotError> {
-    let (_, sha) = plugin::read_plugin(spec)?;
+/// What identifies a plugin's behaviour: its code and its settings. The
+/// code is the version that serves now (while a changed plugin compiles in
+/// the daemon, the previous one), so blocks are filed under what made them.
+fn plugin_key(host: &PluginHost, spec: &PluginSpec, slot: Slot) -> Result<String, SnapshotError> {
+    let sha = host.serving_sha(spec, slot)?;
     Ok(format!("{sha}:{:?}", spec.settings))
 }
 
