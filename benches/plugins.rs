@@ -226,13 +226,23 @@ fn render_native(env: &Environment<'static>, interactions: &[Interaction]) -> Ve
                     ]))
                 })
                 .collect();
-            let context = BTreeMap::from([(
-                "interaction",
-                Value::from(BTreeMap::from([
-                    ("number", Value::from(interaction.number)),
-                    ("entries", Value::from(entries)),
-                ])),
-            )]);
+            // A whole interaction is its only part (WIT 0.2.0 `render-part`).
+            let context = BTreeMap::from([
+                (
+                    "interaction",
+                    Value::from(BTreeMap::from([
+                        ("number", Value::from(interaction.number)),
+                        ("entries", Value::from(entries)),
+                    ])),
+                ),
+                (
+                    "part",
+                    Value::from(BTreeMap::from([
+                        ("first", Value::from(true)),
+                        ("last", Value::from(true)),
+                    ])),
+                ),
+            ]);
             template.render(context).expect("render")
         })
         .collect()

@@ -655,29 +655,21 @@ impl snapshot::Progress for ReadingBar {
 
 fn plugins_list(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
-    let mut rows = vec![
-        (
-            Slot::HeadingMapper,
-            workspace.slot_spec(Slot::HeadingMapper),
-        ),
-        (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
-    ];
-    rows.extend(
-        workspace
-            .sink_specs()?
-            .into_iter()
-            .map(|spec| (Slot::AlertSink, spec)),
-    );
-    println!("{:<15} {:<40} SHA256", "SLOT", "PLUGIN");
-    for (slot, spec) in rows {
+    let host = PluginHost::new()?;
+    println!("{:<15} {:<40} {:<6} SHA256", "SLOT", "PLUGIN", "WIT");
+    for (slot, spec) in workspace.plugin_specs()? {
         let sha = match plugin::read_plugin(&spec) {
             Ok((_, sha)) => sha,
             Err(e) => format!("unreadable: {e}"),
         };
+        let wit = host
+            .wit_version(&spec, slot)
+            .map_or("?", |version| version.number());
         println!(
-            "{:<15} {:<40} {}",
+            "{:<15} {:<40} {:<6} {}",
             slot.name(),
             visible(&spec.source.describe()),
+            wit,
             visible(&sha)
         );
     }

@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
+use super::bindings::v0_1_0 as v1;
+use super::bindings::v0_2_0 as v2;
 use super::cache::{ArtifactCache, Origin};
-use super::capabilities::HttpSession;
-use super::check::{world_of, World};
+use super::capabilities::{HttpError, HttpResponse, HttpSession};
+use super::check::{world_of, Implements, WitVersion, World};
 use super::limits::Limiter;
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec, BUILTINS};
 use crate::model::event::Event;
@@ -33,6 +34,33 @@ const MAX_LOG_LINE_BYTES: usize = 4096;
 const STDERR_CAPTURE_BYTES: usize = 16 * 1024;
 
 pub use v1::types::Section;
+
+/// Content bytes (plus a per-entry allowance) in one `render-part` call.
+pub const PART_BYTES: usize = 4 * 1024 * 1024;
+/// Largest block one interaction may render to, all parts together.
+pub const MAX_INTERACTION_BYTES: usize = 256 * 1024 * 1024;
+
+/// What a render call is for (WIT 0.2.0 `render-context`; a 0.1.0
+/// renderer gets only the section).
+#[derive(Debug, Clone)]
+pub struct RenderContext {
+    pub section: Section,
+    /// How many recent interactions communication.md shows.
+    pub k: u32,
+    /// The huddle directory's name.
+    pub directory: String,
+}
+
+impl RenderContext {
+    /// A context with only the section known.
+    pub fn of(section: Section) -> RenderContext {
+        RenderContext {
+            section,
+            k: 0,
+            directory: String::new(),
+        }
+    }
+}
 
 /// An event with its heading, for the renderer.
 #[derive(Debug, Clone)]
@@ -77,9 +105,10 @@ impl WasiView for HostState {
 }
 
 impl v1::types::Host for HostState {}
+impl v2::types::Host for HostState {}
 
-impl v1::host_log::Host for HostState {
-    fn log(&mut self, level: v1::types::Level, message: String) {
+impl HostState {
+    fn log_line(&mut self, level: tracing::Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
             return;
@@ -94,11 +123,60 @@ impl v1::host_log::Host for HostState {
         }
         let plugin = self.plugin.as_str();
         match level {
-            v1::types::Level::Debug => tracing::debug!(plugin, "{message}"),
-            v1::types::Level::Info => tracing::info!(plugin, "{message}"),
-            v1::types::Level::Warn => tracing::warn!(plugin, "{message}"),
-            v1::types::Level::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::DEBUG | tracing::Level::TRACE => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
         }
+    }
+
+    /// A POST through the sink's grant; `Err` if it has none.
+    fn post(
+        &mut self,
+        url: &str,
+        content_type: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<HttpResponse, HttpError> {
+        let Some(session) = &mut self.http else {
+            return Err(HttpError::Refused(
+                super::capabilities::Refusal::no_capability(url),
+            ));
+        };
+        let outcome = session.post_with_headers(url, content_type, headers, body);
+        if let Err(refused) = &outcome {
+            if session.worth_logging() {
+                tracing::warn!(
+                    plugin = self.plugin.as_str(),
+                    "HTTP request refused or failed: {refused}"
+                );
+            }
+        }
+        outcome
+    }
+}
+
+impl v1::host_log::Host for HostState {
+    fn log(&mut self, level: v1::types::Level, message: String) {
+        let level = match level {
+            v1::types::Level::Debug => tracing::Level::DEBUG,
+            v1::types::Level::Info => tracing::Level::INFO,
+            v1::types::Level::Warn => tracing::Level::WARN,
+            v1::types::Level::Error => tracing::Level::ERROR,
+        };
+        self.log_line(level, message);
+    }
+}
+
+impl v2::host_log::Host for HostState {
+    fn log(&mut self, level: v2::types::Level, message: String) {
+        let level = match level {
+            v2::types::Level::Debug => tracing::Level::DEBUG,
+            v2::types::Level::Info => tracing::Level::INFO,
+            v2::types::Level::Warn => tracing::Level::WARN,
+            v2::types::Level::Error => tracing::Level::ERROR,
+        };
+        self.log_line(level, message);
     }
 }
 
@@ -109,24 +187,41 @@ impl v1::http::Host for HostState {
         content_type: String,
         body: Vec<u8>,
     ) -> Result<v1::http::Response, String> {
-        let Some(session) = &mut self.http else {
-            return Err(format!(
-                "{url} is not allowed: this plugin has no HTTP capability"
-            ));
-        };
-        match session.post(&url, &content_type, &body) {
+        // 0.1.0 had no typed errors and handed over a body cut at the limit.
+        match HostState::post(self, &url, &content_type, &[], &body) {
             Ok(response) => Ok(v1::http::Response {
                 status: response.status,
                 body: response.body,
             }),
-            Err(refused) => {
-                if session.worth_logging() {
-                    tracing::warn!(
-                        plugin = self.plugin.as_str(),
-                        "HTTP request refused or failed: {refused}"
-                    );
-                }
-                Err(refused.to_string())
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl v2::http::Host for HostState {
+    fn post(
+        &mut self,
+        url: String,
+        content_type: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<v2::http::Response, v2::http::HttpError> {
+        use v2::http::HttpError as Wit;
+        match HostState::post(self, &url, &content_type, &headers, &body) {
+            Ok(response) if response.truncated => Err(Wit::ResponseTooLarge(v2::http::Response {
+                status: response.status,
+                body: response.body,
+            })),
+            Ok(response) => Ok(v2::http::Response {
+                status: response.status,
+                body: response.body,
+            }),
+            Err(HttpError::Refused(refusal)) => Err(Wit::NotAllowed(refusal.to_string())),
+            Err(HttpError::HeaderNotAllowed { name, .. }) => Err(Wit::HeaderNotAllowed(name)),
+            Err(HttpError::TooManyRequests) => Err(Wit::TooManyRequests),
+            Err(timeout @ HttpError::Timeout { .. }) => Err(Wit::Timeout(timeout.to_string())),
+            Err(failed @ HttpError::Failed { .. }) => {
+                Err(Wit::ConnectionFailed(failed.to_string()))
             }
         }
     }
@@ -159,9 +254,22 @@ const FIXED_RANDOM: [u8; 8] = [0x68, 0x75, 0x64, 0x64, 0x6c, 0x65, 0x2d, 0x31];
 /// A compiled plugin, pre-linked for its world.
 #[derive(Clone)]
 enum Pre {
-    HeadingMapper(heading_mapper::HeadingMapperPre<HostState>),
-    Renderer(renderer::RendererPre<HostState>),
-    AlertSink(alert_sink::AlertSinkPre<HostState>),
+    /// Called through its exported interface at `version` (checked at link
+    /// time by the generated bindings).
+    HeadingMapper(InstancePre<HostState>, WitVersion),
+    Renderer(InstancePre<HostState>, WitVersion),
+    AlertSinkV1(v1::alert_sink::AlertSinkPre<HostState>),
+    AlertSinkV2(v2::alert_sink::AlertSinkPre<HostState>),
+}
+
+impl Pre {
+    fn version(&self) -> WitVersion {
+        match self {
+            Pre::HeadingMapper(_, version) | Pre::Renderer(_, version) => *version,
+            Pre::AlertSinkV1(_) => WitVersion::V0_1_0,
+            Pre::AlertSinkV2(_) => WitVersion::V0_2_0,
+        }
+    }
 }
 
 /// File identity used to notice that a plugin file changed.
@@ -209,40 +317,56 @@ impl Compiler {
             })?;
         let component = loaded.component;
         let found = world_of(&self.engine, &component);
-        if found != Some(world) {
+        let Some(Implements { version, .. }) = found.filter(|found| found.world == world) else {
             return Err(PluginError::WrongWorld {
                 plugin,
                 message: match found {
                     Some(other) => format!(
                         "implements the {} world, but this slot needs {}",
                         other.name(),
-                        world.name()
+                        world.accepted()
                     ),
                     None => format!(
                         "implements none of huddle's worlds; this slot needs {}",
-                        world.name()
+                        world.accepted()
                     ),
                 },
             });
-        }
+        };
+        let implements = Implements { world, version };
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             plugin: plugin.clone(),
-            message: format!("cannot be linked as {}: {e:#}", world.name()),
+            message: format!("cannot be linked as {}: {e:#}", implements.name()),
         };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = match world {
-            World::HeadingMapper => Pre::HeadingMapper(
-                heading_mapper::HeadingMapperPre::new(instance_pre).map_err(wrong_world)?,
+        let pre = match (world, version) {
+            (World::HeadingMapper, WitVersion::V0_1_0) => {
+                v1::heading_mapper::HeadingMapperPre::new(instance_pre.clone())
+                    .map_err(wrong_world)?;
+                Pre::HeadingMapper(instance_pre, version)
+            }
+            (World::HeadingMapper, WitVersion::V0_2_0) => {
+                v2::heading_mapper::HeadingMapperPre::new(instance_pre.clone())
+                    .map_err(wrong_world)?;
+                Pre::HeadingMapper(instance_pre, version)
+            }
+            (World::Renderer, WitVersion::V0_1_0) => {
+                v1::renderer::RendererPre::new(instance_pre.clone()).map_err(wrong_world)?;
+                Pre::Renderer(instance_pre, version)
+            }
+            (World::Renderer, WitVersion::V0_2_0) => {
+                v2::renderer::RendererPre::new(instance_pre.clone()).map_err(wrong_world)?;
+                Pre::Renderer(instance_pre, version)
+            }
+            (World::AlertSink, WitVersion::V0_1_0) => Pre::AlertSinkV1(
+                v1::alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?,
             ),
-            World::Renderer => {
-                Pre::Renderer(renderer::RendererPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            World::AlertSink => {
-                Pre::AlertSink(alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?)
-            }
+            (World::AlertSink, WitVersion::V0_2_0) => Pre::AlertSinkV2(
+                v2::alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?,
+            ),
         };
         Ok(Prepared {
             pre,
@@ -312,6 +436,9 @@ impl PluginHost {
         v1::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v1::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
         let cache = Arc::new(ArtifactCache::new(&engine, cache_dir));
         Ok(PluginHost {
@@ -385,7 +512,7 @@ impl PluginHost {
     /// from the cache, or compiled.
     fn pre_timed(&self, spec: &PluginSpec, world: World) -> Result<(Pre, Preloaded), PluginError> {
         let (wasm, sha) = self.read_plugin(spec)?;
-        let key = format!("{sha}/{}", world.name());
+        let key = format!("{sha}/{}", world.base_name());
         let slot = slot_key(spec, world);
         if let Some(pre) = lock(&self.pres).get(&key).cloned() {
             self.now_serving(spec, &slot, &sha, &pre);
@@ -438,7 +565,7 @@ impl PluginHost {
         if !self
             .background_reload
             .load(std::sync::atomic::Ordering::Relaxed)
-            || lock(&self.pres).contains_key(&format!("{sha}/{}", world.name()))
+            || lock(&self.pres).contains_key(&format!("{sha}/{}", world.base_name()))
         {
             return Ok(sha);
         }
@@ -621,21 +748,20 @@ impl PluginHost {
         spec: &PluginSpec,
         events: &[Event],
     ) -> Result<Vec<Option<String>>, PluginError> {
-        let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
+        let Pre::HeadingMapper(pre, version) = self.pre(spec, World::HeadingMapper)? else {
             unreachable!("pre() returns the world it was asked for")
         };
+        let interface = World::HeadingMapper.export(version);
         let views: Vec<EventView<'_>> = events.iter().map(EventView::of).collect();
         let headings = self.call(spec, |store| {
-            let instance = pre.instance_pre().instantiate(&mut *store)?;
-            let bindings = heading_mapper::HeadingMapper::new(&mut *store, &instance)?;
-            let mapper = bindings.huddle_plugin_mapper();
-            if let Err(message) = mapper.call_configure(&mut *store, &spec.settings)? {
+            let instance = pre.instantiate(&mut *store)?;
+            if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
             let headings = export::<(&[EventView<'_>],), (Vec<Option<String>>,)>(
                 &instance,
                 &mut *store,
-                MAPPER_INTERFACE,
+                &interface,
                 "headings",
             )?;
             let (headings,) = headings.call(&mut *store, (&views,))?;
@@ -676,16 +802,28 @@ impl PluginHost {
         Ok(headings)
     }
 
-    /// One block of text per interaction, in one call.
+    /// One block of text per interaction, in one call, for `section`
+    /// (a 0.2.0 renderer gets K = 0 and no directory name).
     pub fn render(
         &self,
         spec: &PluginSpec,
         section: Section,
         interactions: &[Interaction],
     ) -> Result<Vec<String>, PluginError> {
-        let Pre::Renderer(pre) = self.pre(spec, World::Renderer)? else {
+        self.render_in(spec, &RenderContext::of(section), interactions)
+    }
+
+    /// One block of text per interaction, in one call.
+    pub fn render_in(
+        &self,
+        spec: &PluginSpec,
+        context: &RenderContext,
+        interactions: &[Interaction],
+    ) -> Result<Vec<String>, PluginError> {
+        let Pre::Renderer(pre, version) = self.pre(spec, World::Renderer)? else {
             unreachable!("pre() returns the world it was asked for")
         };
+        let interface = World::Renderer.export(version);
         let entries: Vec<Vec<EntryView<'_>>> = interactions
             .iter()
             .map(|interaction| interaction.entries.iter().map(EntryView::of).collect())
@@ -698,21 +836,29 @@ impl PluginHost {
                 entries,
             })
             .collect();
-        let blocks =
-            self.call(spec, |store| {
-                let instance = pre.instance_pre().instantiate(&mut *store)?;
-                let bindings = renderer::Renderer::new(&mut *store, &instance)?;
-                let render = bindings.huddle_plugin_render();
-                if let Err(message) = render.call_configure(&mut *store, &spec.settings)? {
-                    return Ok(Err(Refusal::Configure(message)));
-                }
-                let render = export::<
+        let blocks = self.call(spec, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)? {
+                return Ok(Err(Refusal::Configure(message)));
+            }
+            let (blocks,) = match version {
+                WitVersion::V0_1_0 => export::<
                     (Section, &[InteractionView<'_>]),
                     (Result<Vec<String>, String>,),
-                >(&instance, &mut *store, RENDER_INTERFACE, "render")?;
-                let (blocks,) = render.call(&mut *store, (section, &views))?;
-                Ok(blocks.map_err(Refusal::Failed))
-            })?;
+                >(
+                    &instance, &mut *store, &interface, "render"
+                )?
+                .call(&mut *store, (context.section, &views))?,
+                WitVersion::V0_2_0 => {
+                    export::<
+                        (ContextView<'_>, &[InteractionView<'_>]),
+                        (Result<Vec<String>, String>,),
+                    >(&instance, &mut *store, &interface, "render")?
+                    .call(&mut *store, (ContextView::of(context), &views))?
+                }
+            };
+            Ok(blocks.map_err(Refusal::Failed))
+        })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -733,6 +879,100 @@ impl PluginHost {
         Ok(blocks)
     }
 
+    /// The WIT version a plugin was built against (loading it if needed).
+    pub fn wit_version(
+        &self,
+        spec: &PluginSpec,
+        slot: super::Slot,
+    ) -> Result<WitVersion, PluginError> {
+        Ok(self.pre(spec, world_for(slot))?.version())
+    }
+
+    /// Renders one interaction in parts of at most `entries_per_part`
+    /// entries and [`PART_BYTES`] of content, one call each (each with its
+    /// own deadline and output limit), and concatenates them: for an
+    /// interaction too large for one `render` call. `Ok(None)`: the
+    /// renderer is built against WIT 0.1.0, which cannot render in parts.
+    pub fn render_in_parts(
+        &self,
+        spec: &PluginSpec,
+        context: &RenderContext,
+        interaction: &Interaction,
+        entries_per_part: usize,
+    ) -> Result<Option<String>, PluginError> {
+        let Pre::Renderer(pre, version) = self.pre(spec, World::Renderer)? else {
+            unreachable!("pre() returns the world it was asked for")
+        };
+        if version < WitVersion::V0_2_0 {
+            return Ok(None);
+        }
+        let interface = World::Renderer.export(version);
+        let invalid = |message: String| PluginError::InvalidOutput {
+            plugin: spec.name(),
+            message,
+        };
+        let mut slices = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, entry) in interaction.entries.iter().enumerate() {
+            bytes += entry.event.content.len() + entry.heading.len() + 128;
+            if i + 1 - start >= entries_per_part.max(1) || bytes >= PART_BYTES {
+                slices.push(start..i + 1);
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+        if start < interaction.entries.len() || slices.is_empty() {
+            slices.push(start..interaction.entries.len());
+        }
+        let count = slices.len();
+        let mut block = String::new();
+        for (n, range) in slices.into_iter().enumerate() {
+            let entries: Vec<EntryView<'_>> = interaction.entries[range]
+                .iter()
+                .map(EntryView::of)
+                .collect();
+            let part = PartView {
+                number: interaction.number,
+                entries: &entries,
+                first: n == 0,
+                last: n + 1 == count,
+            };
+            let text = self.call(spec, |store| {
+                let instance = pre.instantiate(&mut *store)?;
+                if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)?
+                {
+                    return Ok(Err(Refusal::Configure(message)));
+                }
+                let (text,) = export::<(ContextView<'_>, PartView<'_>), (Result<String, String>,)>(
+                    &instance,
+                    &mut *store,
+                    &interface,
+                    "render-part",
+                )?
+                .call(&mut *store, (ContextView::of(context), part))?;
+                Ok(text.map_err(Refusal::Failed))
+            })?;
+            if text.len() > MAX_OUTPUT_BYTES {
+                return Err(invalid(format!(
+                    "returned {} bytes for part {} of interaction {}, over the limit of \
+                     {MAX_OUTPUT_BYTES} bytes per call",
+                    text.len(),
+                    n + 1,
+                    interaction.number
+                )));
+            }
+            if block.len() + text.len() > MAX_INTERACTION_BYTES {
+                return Err(invalid(format!(
+                    "interaction {} renders to more than {MAX_INTERACTION_BYTES} bytes",
+                    interaction.number
+                )));
+            }
+            block.push_str(&text);
+        }
+        Ok(Some(block))
+    }
+
     /// Delivers a batch of alerts in one call. `Ok(Err(..))` is the sink's
     /// own verdict (transient or permanent); `Err` is a contained failure.
     pub fn deliver(
@@ -740,33 +980,59 @@ impl PluginHost {
         spec: &PluginSpec,
         alerts: &[Alert],
     ) -> Result<Result<(), DeliveryError>, PluginError> {
-        let Pre::AlertSink(pre) = self.pre(spec, World::AlertSink)? else {
-            unreachable!("pre() returns the world it was asked for")
+        let pre = self.pre(spec, World::AlertSink)?;
+        let verdict = match pre {
+            Pre::AlertSinkV1(pre) => {
+                use v1::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
+                let wit: Vec<v1::types::Alert> = alerts
+                    .iter()
+                    .map(|a| v1::types::Alert {
+                        event: to_wit_event_v1(&a.event),
+                        count: a.count,
+                        source: a.source.clone(),
+                    })
+                    .collect();
+                self.call(spec, |store| {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    let sink = bindings.huddle_plugin_sink();
+                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
+                        return Ok(Err(Refusal::Configure(message)));
+                    }
+                    sink.call_deliver(&mut *store, &wit).map(Ok)
+                })?
+                .map_err(|e| match e {
+                    Wit::Transient(m) => DeliveryError::Transient(m),
+                    Wit::Permanent(m) => DeliveryError::Permanent(m),
+                })
+            }
+            Pre::AlertSinkV2(pre) => {
+                use v2::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
+                let wit: Vec<v2::types::Alert> = alerts
+                    .iter()
+                    .map(|a| v2::types::Alert {
+                        event: to_wit_event_v2(&a.event),
+                        count: a.count,
+                        source: a.source.clone(),
+                    })
+                    .collect();
+                self.call(spec, |store| {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    let sink = bindings.huddle_plugin_sink();
+                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
+                        return Ok(Err(Refusal::Configure(message)));
+                    }
+                    sink.call_deliver(&mut *store, &wit).map(Ok)
+                })?
+                .map_err(|e| match e {
+                    Wit::Transient(m) => DeliveryError::Transient(m),
+                    Wit::Permanent(m) => DeliveryError::Permanent(m),
+                })
+            }
+            Pre::HeadingMapper(..) | Pre::Renderer(..) => {
+                unreachable!("pre() returns the world it was asked for")
+            }
         };
-        let wit: Vec<v1::types::Alert> = alerts
-            .iter()
-            .map(|a| v1::types::Alert {
-                event: to_wit_event(&a.event),
-                count: a.count,
-                source: a.source.clone(),
-            })
-            .collect();
-        let verdict = self.call(spec, |store| {
-            let bindings = pre.instantiate(&mut *store)?;
-            let sink = bindings.huddle_plugin_sink();
-            if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
-                return Ok(Err(Refusal::Configure(message)));
-            }
-            sink.call_deliver(&mut *store, &wit).map(Ok)
-        })?;
-        Ok(verdict.map_err(|e| match e {
-            alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => {
-                DeliveryError::Transient(m)
-            }
-            alert_sink::exports::huddle::plugin::sink::DeliveryError::Permanent(m) => {
-                DeliveryError::Permanent(m)
-            }
-        }))
+        Ok(verdict)
     }
 }
 
@@ -835,9 +1101,22 @@ fn settle<T>(
     }
 }
 
-/// The exported interfaces the hot calls go through.
-const MAPPER_INTERFACE: &str = "huddle:plugin/mapper@0.1.0";
-const RENDER_INTERFACE: &str = "huddle:plugin/render@0.1.0";
+/// Calls the `configure` of `interface`.
+fn configure(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<HostState>,
+    interface: &str,
+    settings: &[(String, String)],
+) -> wasmtime::Result<Result<(), String>> {
+    let configure = export::<(&[(String, String)],), (Result<(), String>,)>(
+        instance,
+        &mut *store,
+        interface,
+        "configure",
+    )?;
+    let (outcome,) = configure.call(&mut *store, (settings,))?;
+    Ok(outcome)
+}
 
 /// A function of an exported interface, typed with the host's own
 /// parameter types. wasmtime checks them against the component's types.
@@ -917,7 +1196,51 @@ struct InteractionView<'a> {
     entries: &'a [EntryView<'a>],
 }
 
-fn to_wit_event(event: &Event) -> v1::types::Event {
+/// `huddle:plugin/types.render-context` (0.2.0).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct ContextView<'a> {
+    section: v2::types::Section,
+    k: u32,
+    directory: &'a str,
+}
+
+impl<'a> ContextView<'a> {
+    fn of(context: &'a RenderContext) -> ContextView<'a> {
+        ContextView {
+            section: match context.section {
+                Section::Communication => v2::types::Section::Communication,
+                Section::Archive => v2::types::Section::Archive,
+            },
+            k: context.k,
+            directory: &context.directory,
+        }
+    }
+}
+
+/// `huddle:plugin/types.interaction-part` (0.2.0).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct PartView<'a> {
+    number: u64,
+    entries: &'a [EntryView<'a>],
+    first: bool,
+    last: bool,
+}
+
+fn to_wit_event_v2(event: &Event) -> v2::types::Event {
+    v2::types::Event {
+        interaction: event.interaction,
+        actor: event.actor.clone(),
+        type_: event.kind.clone(),
+        content: event.content.clone(),
+        timestamp: event.timestamp.clone(),
+        id: event.id.clone(),
+        term: event.term,
+    }
+}
+
+fn to_wit_event_v1(event: &Event) -> v1::types::Event {
     v1::types::Event {
         interaction: event.interaction,
         actor: event.actor.clone(),
@@ -995,8 +1318,8 @@ fn world_for(slot: super::Slot) -> World {
 /// whatever file they come from; its sinks are told apart by their source.
 fn slot_key(spec: &PluginSpec, world: World) -> String {
     match world {
-        World::AlertSink => format!("{}/{}", spec.source.describe(), world.name()),
-        World::HeadingMapper | World::Renderer => world.name().to_string(),
+        World::AlertSink => format!("{}/{}", spec.source.describe(), world.base_name()),
+        World::HeadingMapper | World::Renderer => world.base_name().to_string(),
     }
 }
 

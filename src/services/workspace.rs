@@ -237,6 +237,11 @@ impl Workspace {
                     })?;
                 let mut grant = HttpGrant::new(allow);
                 grant.timeout = Duration::from_millis(sink.timeout_ms);
+                grant.allow_headers = sink
+                    .allow_headers
+                    .iter()
+                    .map(|name| name.to_ascii_lowercase())
+                    .collect();
                 grant.proxy = match &sink.proxy {
                     Some(proxy) => {
                         Some(crate::model::config::parse_proxy(proxy).map_err(|message| {

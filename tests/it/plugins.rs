@@ -492,12 +492,21 @@ fn plugins_check_names_the_world_or_the_reason() {
     for (file, world) in [
         (
             "plugins/dist/headings.wasm",
-            "huddle:plugin/heading-mapper@0.1.0",
+            "huddle:plugin/heading-mapper@0.2.0",
         ),
-        ("plugins/dist/markdown.wasm", "huddle:plugin/renderer@0.1.0"),
+        ("plugins/dist/markdown.wasm", "huddle:plugin/renderer@0.2.0"),
         (
             "plugins/dist/webhook.wasm",
+            "huddle:plugin/alert-sink@0.2.0",
+        ),
+        // Built against 0.1.0 and kept so: older plugins keep working.
+        (
+            "examples/dist/ntfy-sink.wasm",
             "huddle:plugin/alert-sink@0.1.0",
+        ),
+        (
+            "tests/plugins/dist/mapper-picky.wasm",
+            "huddle:plugin/heading-mapper@0.1.0",
         ),
         (
             "examples/dist/json-renderer.wasm",
