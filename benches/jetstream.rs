@@ -114,6 +114,29 @@ fn main() {
     }
     let file_batched = (batches * batch_len) as f64 / started.elapsed().as_secs_f64();
 
+    // `log next` in new processes once the logs hold the batches: the first
+    // reads the whole log for the highest number, later ones what is new.
+    let next_calls = mode.size(20, 2);
+    let log_next = |dir: &Path, i: usize| {
+        time(|| {
+            run(Command::new(exe).arg("--dir").arg(dir).args([
+                "log",
+                "next",
+                "bench",
+                "note",
+                &format!("numbered {i}"),
+            ]))
+        })
+    };
+    let (stream_next_first, file_next_first) = (log_next(&stream_dir, 0), log_next(&file_dir, 0));
+    let (mut stream_next, mut file_next) = (Vec::new(), Vec::new());
+    for i in 1..=next_calls {
+        stream_next.push(log_next(&stream_dir, i));
+        file_next.push(log_next(&file_dir, i));
+    }
+    let (stream_next, file_next) = (median(&mut stream_next), median(&mut file_next));
+    let log_len = sequential + batches * batch_len;
+
     // Append on machine A, visible in machine B's communication.md.
     let a = machine(exe, &root.path().join("machine-a"), Some(&toml("SHARED")));
     let b = machine(exe, &root.path().join("machine-b"), Some(&toml("SHARED")));
@@ -166,6 +189,16 @@ fn main() {
     println!(
         "| in-process batches of {batch_len:<5} (atomic batch / one fsync)    | {:>10.0} ev/s | {:>10.0} ev/s |",
         stream_batched, file_batched
+    );
+    println!(
+        "| CLI `log next` on {log_len:<6} events, first call               | {:>12.2} ms | {:>12.2} ms |",
+        ms(stream_next_first),
+        ms(file_next_first)
+    );
+    println!(
+        "| CLI `log next` on {log_len:<6} events, median of next {next_calls:<3}       | {:>12.2} ms | {:>12.2} ms |",
+        ms(stream_next),
+        ms(file_next)
     );
     println!(
         "| append on A -> in B's communication.md, p50 ({visible_rounds} appends)    | {:>12.1} ms | {:>15} |",

@@ -168,10 +168,9 @@ fn wait_for_leader(workspace: &Workspace, not: Option<&str>) -> Result<String> {
 
 fn wait_for_snapshot(workspace: &Workspace) -> Result<()> {
     let deadline = Instant::now() + PATIENCE;
-    while crate::services::status::status(workspace)?
+    while !crate::services::status::status(workspace)?
         .snapshot
-        .bytes_behind
-        > 0
+        .up_to_date()
     {
         if Instant::now() > deadline {
             bail!("the snapshot did not catch up within {PATIENCE:?}");

@@ -180,6 +180,13 @@ pub trait Backend: Send + Sync {
     /// Opens a reader of single events by position.
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError>;
 
+    /// Why the last reads were served from this machine's copy of the log
+    /// rather than the log itself (no server answered); None when they
+    /// were not. Only networked backends keep such a copy.
+    fn offline(&self) -> Option<String> {
+        None
+    }
+
     /// News of appends from now on.
     fn subscribe(&self) -> Result<Subscription, StoreError>;
 
@@ -456,6 +463,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {
         (**self).fetcher()
+    }
+
+    fn offline(&self) -> Option<String> {
+        (**self).offline()
     }
 
     fn subscribe(&self) -> Result<Subscription, StoreError> {

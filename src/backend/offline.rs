@@ -101,8 +101,12 @@ impl Pending {
     pub(crate) fn done(self) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.file.sync_all()?;
-        fs4::FileExt::unlock(&self.file)?;
-        std::fs::remove_file(&self.note)
+        // Under the queue's lock: the next flush must not find this note.
+        match std::fs::remove_file(&self.note) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        fs4::FileExt::unlock(&self.file)
     }
 }
 

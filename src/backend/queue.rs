@@ -309,6 +309,10 @@ impl<B: Backend> Backend for Queued<B> {
         self.inner.fetcher()
     }
 
+    fn offline(&self) -> Option<String> {
+        self.inner.offline()
+    }
+
     fn subscribe(&self) -> Result<Subscription, StoreError> {
         self.inner.subscribe()
     }

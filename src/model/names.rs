@@ -47,6 +47,16 @@ pub mod state {
     pub const INTERACTIONS_RECORDS: &str = "interactions.idx";
     /// The highest interaction number and where it was read to (file log).
     pub const TAIL: &str = "tail.json";
+    /// The highest interaction number of a JetStream stream and where it
+    /// was read to, named by the stream: `next` in a new process reads only
+    /// what came after.
+    pub const STREAM_TAIL_PREFIX: &str = "tail-";
+    /// What this machine has seen of a JetStream stream, named by the
+    /// stream: its messages, the end of each, and the stream it copies.
+    pub const MIRROR_PREFIX: &str = "mirror-";
+    pub const MIRROR_MESSAGES: &str = ".log";
+    pub const MIRROR_ENDS: &str = ".idx";
+    pub const MIRROR_HEADER: &str = ".json";
 }
 
 #[cfg(test)]

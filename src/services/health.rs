@@ -154,6 +154,15 @@ pub fn metrics(workspace: &Workspace, status: &Status) -> String {
     );
     family(
         &mut out,
+        "snapshot_events_behind",
+        "gauge",
+        "Entries of the log not yet in the snapshot, on any backend (absent before the first snapshot).",
+    );
+    if let Some(behind) = status.snapshot.events_behind {
+        let _ = writeln!(out, "huddle_snapshot_events_behind {behind}");
+    }
+    family(
+        &mut out,
         "snapshot_age_seconds",
         "gauge",
         "Seconds since the snapshot was last written (absent if never).",

@@ -139,14 +139,42 @@ pub struct SnapshotStatus {
     /// When communication.md was last brought up to date.
     pub updated_at: Option<String>,
     pub age_secs: Option<f64>,
-    /// Bytes of events.log not yet in the snapshot (0: up to date).
+    /// Bytes of events.log not yet in the snapshot (the file log only:
+    /// always 0 on other backends).
     pub bytes_behind: u64,
+    /// Entries of the log (events, and lines set aside) not yet in the
+    /// snapshot, on any backend: 0 is up to date. None before the first
+    /// snapshot this version of huddle recorded.
+    pub events_behind: Option<u64>,
+}
+
+impl SnapshotStatus {
+    /// Whether the snapshot has everything the log held when status read it.
+    pub fn up_to_date(&self) -> bool {
+        self.updated_at.is_some()
+            && self
+                .events_behind
+                .map_or(self.bytes_behind == 0, |behind| behind == 0)
+    }
+
+    /// What the snapshot lacks, for people: "12 events" or "4096 bytes".
+    pub fn lag(&self) -> String {
+        match self.events_behind {
+            Some(1) => "1 event".to_string(),
+            Some(behind) => format!("{behind} events"),
+            None => format!("{} bytes", self.bytes_behind),
+        }
+    }
 }
 
 /// Written by the snapshotter after each successful run.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotState {
     pub log_offset: u64,
+    /// Where the snapshot has read the log to (absent in states written
+    /// before it was kept).
+    #[serde(default)]
+    pub read_to: Option<Position>,
     pub updated_at: String,
     /// How long the snapshots took (for `/metrics`).
     #[serde(default)]
@@ -178,7 +206,7 @@ impl DurationHistogram {
 }
 
 /// Called by the snapshotter, under its lock, after each successful run.
-pub fn record_snapshot(dir: &Path, log_offset: u64, took: std::time::Duration) {
+pub fn record_snapshot(dir: &Path, read_to: Position, took: std::time::Duration) {
     let state_dir = StateDir::of(dir);
     let mut durations = state_dir
         .load::<SnapshotState>(SNAPSHOT_STATE_FILE)
@@ -186,7 +214,8 @@ pub fn record_snapshot(dir: &Path, log_offset: u64, took: std::time::Duration) {
         .unwrap_or_default();
     durations.observe(took);
     let state = SnapshotState {
-        log_offset,
+        log_offset: read_to.offset,
+        read_to: Some(read_to),
         updated_at: crate::model::event::now_rfc3339(),
         durations,
     };
@@ -338,11 +367,20 @@ impl StatusModel {
     }
 }
 
-/// Brings the saved read model up to date with the log. The daemon calls it
-/// after each snapshot, so that `status` on this machine serves what was
-/// seen here even when the backend stops answering, and answers at once.
-pub fn keep_read_model(workspace: &Workspace) -> Result<(), StoreError> {
-    let backend = workspace.backend();
+/// Keeps what this machine has seen: on JetStream its copy of the stream
+/// (what reads fall back to without a server), and status's read model.
+/// The daemon calls it after each snapshot, so that reads and `status`
+/// keep serving what was seen here when the backend stops answering, and
+/// `status` answers at once.
+pub fn keep_what_was_seen(workspace: &Workspace) -> Result<(), StoreError> {
+    let backend: std::sync::Arc<dyn Backend> = match workspace.config.backend.kind {
+        crate::model::config::BackendKind::Jetstream => {
+            let stream = workspace.jetstream();
+            stream.keep_copy()?;
+            std::sync::Arc::new(stream)
+        }
+        crate::model::config::BackendKind::File => workspace.backend(),
+    };
     let state = StateDir::of(&workspace.dir);
     StatusModel::load(&state, &*backend)?.catch_up(&state, &*backend)
 }
@@ -360,7 +398,7 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
     });
     // Without a server, status still says what this machine last saw.
     let (model, unreachable) = match caught_up {
-        Ok(model) => (model, None),
+        Ok(model) => (model, backend.offline()),
         Err(StoreError::Unreachable { reason, .. }) => (
             state.load::<StatusModel>(STATUS_MODEL).unwrap_or_default(),
             Some(reason),
@@ -409,6 +447,10 @@ pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
         snapshot: SnapshotStatus {
             age_secs: state.as_ref().and_then(|s| age(&s.updated_at)),
             bytes_behind: log_len.saturating_sub(state.as_ref().map_or(0, |s| s.log_offset)),
+            events_behind: state
+                .as_ref()
+                .and_then(|s| s.read_to)
+                .map(|snapshot| read_to.line.saturating_sub(snapshot.line)),
             updated_at: state.map(|s| s.updated_at),
         },
         alerts: crate::services::alerts::load_state(&workspace.dir).sinks,
@@ -476,13 +518,13 @@ impl std::fmt::Display for Status {
             )?;
         }
         match (&self.snapshot.updated_at, self.snapshot.age_secs) {
-            (Some(_), Some(age)) if self.snapshot.bytes_behind == 0 => {
+            (Some(_), Some(age)) if self.snapshot.up_to_date() => {
                 writeln!(f, "snapshot: up to date (written {age:.1}s ago)")?
             }
             (Some(_), Some(age)) => writeln!(
                 f,
-                "snapshot: {} bytes of the log not yet in it (last written {age:.1}s ago)",
-                self.snapshot.bytes_behind
+                "snapshot: {} of the log not yet in it (last written {age:.1}s ago)",
+                self.snapshot.lag()
             )?,
             _ => writeln!(f, "snapshot: never written")?,
         }

@@ -542,7 +542,7 @@ fn a_three_node_cluster_losing_a_node_mid_run_loses_no_acknowledged_event_and_du
 }
 
 #[test]
-fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_events_are_queued_then_published_once_in_order_and_a_stream_opened_meanwhile_misses_none(
+fn with_the_server_stopped_ten_seconds_reads_serve_what_was_seen_status_and_the_dashboard_say_offline_events_are_queued_then_published_once_in_order_and_a_stream_opened_meanwhile_misses_none(
 ) {
     let _machine = exclusive();
     let mut server = NatsServer::start();
@@ -615,6 +615,21 @@ fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_even
         assert!(status["events"].as_u64() > Some(0), "{status}");
         let shown = team.machines[0].ok(&["status"]);
         assert!(shown.contains("OFFLINE"), "{shown}");
+        // `next` serves what this machine saw of the stream, the other
+        // machine's events included.
+        let unread = team.machines[0].ok(&["next", "--agent", "watcher", "--json"]);
+        let seen: Vec<Value> = unread
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("next --json prints JSON lines"))
+            .collect();
+        assert!(
+            seen.iter().any(|event| event["actor"] == "agent1"),
+            "no event of the other machine in what `next` served offline: {unread}"
+        );
+        // The dashboard's events too.
+        let (code, _, served) = crate::dashboard::get(&page.url("/api/events?limit=10000"), &[]);
+        assert_eq!(code, 200, "{served}");
+        assert!(served.contains(r#""actor":"agent1""#), "{served}");
         // The dashboard says so too.
         let (code, _, html) = crate::dashboard::get(&page.url("/"), &[]);
         assert_eq!(code, 200, "{html}");
@@ -688,7 +703,20 @@ fn with_the_server_stopped_ten_seconds_status_and_the_dashboard_say_offline_even
         .map(|e| e.interaction)
         .collect();
     let distinct: HashSet<&u64> = numbered.iter().collect();
-    assert_eq!(distinct.len(), numbered.len(), "`next` gave a number twice");
+    let twice: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            e.actor.starts_with("agent")
+                && e.interaction > 1
+                && numbered.iter().filter(|n| **n == e.interaction).count() > 1
+        })
+        .map(|e| format!("{} {} {}", e.interaction, e.actor, e.content))
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        numbered.len(),
+        "`next` gave a number twice: {twice:?}"
+    );
     // The streams opened during the outage: from where the page stood,
     // every event once and in the log's order, the queued ones included.
     let last_id = events
@@ -948,6 +976,66 @@ fn the_cli_and_the_mcp_server_work_unchanged_on_the_jetstream_backend() {
 }
 
 #[test]
+fn status_on_the_jetstream_backend_counts_the_events_this_machines_snapshot_lacks() {
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "BEHIND", 2);
+    let (here, there) = (&team.machines[0], &team.machines[1]);
+    here.ok(&["log", "next", "alice", "question", "ready?"]);
+    here.ok(&["snapshot"]);
+    let snapshot = |dir: &HuddleDir| -> Value {
+        let status: Value = serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status");
+        status["snapshot"].clone()
+    };
+    assert_eq!(snapshot(here)["events_behind"], 0);
+    // Logged on the other machine: in the stream, not yet in this snapshot.
+    there.ok(&["log", "1", "bob", "answer", "yes"]);
+    there.ok(&["log", "1", "bob", "note", "and more"]);
+    let behind = snapshot(here);
+    assert_eq!(behind["events_behind"], 2, "{behind}");
+    let shown = here.ok(&["status"]);
+    assert!(
+        shown.contains("snapshot: 2 events of the log not yet in it"),
+        "{shown}"
+    );
+    here.ok(&["snapshot"]);
+    assert_eq!(snapshot(here)["events_behind"], 0);
+}
+
+#[test]
+fn next_in_a_new_process_reads_only_what_came_after_the_tail_kept_for_the_same_stream() {
+    let server = NatsServer::start();
+    let team = Team::new(&[server.url()], "TAIL", 1);
+    let dir = &team.machines[0];
+    assert_eq!(dir.ok(&["log", "next", "a", "note", "first"]).trim(), "1");
+    // This one read message 1, and keeps what it found.
+    assert_eq!(dir.ok(&["log", "next", "a", "note", "second"]).trim(), "2");
+    let tail_path = dir.file(".huddle/tail-TAIL.json");
+    let mut tail: Value =
+        serde_json::from_str(&read(dir, ".huddle/tail-TAIL.json")).expect("the kept tail");
+    assert_eq!(
+        (tail["seen"].as_u64(), tail["highest"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Had the next process read the stream from the start, it would say 2.
+    tail["highest"] = 1000.into();
+    std::fs::write(&tail_path, tail.to_string()).expect("write the tail");
+    assert_eq!(
+        dir.ok(&["log", "next", "a", "note", "second"]).trim(),
+        "1001"
+    );
+    // A tail kept for another stream of the same name is not trusted.
+    let mut tail: Value =
+        serde_json::from_str(&read(dir, ".huddle/tail-TAIL.json")).expect("the kept tail");
+    tail["identity"] = "created at another time".into();
+    tail["highest"] = 5000.into();
+    std::fs::write(&tail_path, tail.to_string()).expect("write the tail");
+    assert_eq!(
+        dir.ok(&["log", "next", "a", "note", "third"]).trim(),
+        "1002"
+    );
+}
+
+#[test]
 fn a_publish_retried_with_the_same_event_is_stored_once() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -976,6 +1064,55 @@ fn a_publish_retried_with_the_same_event_is_stored_once() {
     })
     .expect("read");
     assert_eq!(stored, events, "a retried publish was stored twice");
+}
+
+#[test]
+fn a_conditional_batch_holding_an_event_stored_already_is_still_refused_when_the_head_moved() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = open_stream(&backend_config(&[server.url()], "PARTLY"), dir.path());
+    let event = |content: &str| {
+        huddle::NewEvent::new(huddle::InteractionRef::Number(1), "a", "note", content).into_event(1)
+    };
+    let (stored_before, other, mine) = (event("stored"), event("other"), event("mine"));
+    use huddle::backend::Conditional;
+    use huddle::Backend;
+    // A retry whose first event the server already holds (its
+    // acknowledgement was lost), expecting the head before that event...
+    log.append_events(std::slice::from_ref(&stored_before))
+        .expect("publish one");
+    // ...while another writer appended meanwhile: the rest must not go in.
+    log.append_events(std::slice::from_ref(&other))
+        .expect("another writer");
+    let moved = log
+        .append_if_head(
+            Position::sequence(1),
+            &[stored_before.clone(), mine.clone()],
+        )
+        .expect("a conditional publish");
+    assert!(
+        matches!(moved, Conditional::Moved { .. }),
+        "appended after a moved head: {moved:?}"
+    );
+    // Expecting the true head, the event not stored yet goes in once, the
+    // other is not stored again.
+    let appended = log
+        .append_if_head(
+            Position::sequence(2),
+            &[stored_before.clone(), mine.clone()],
+        )
+        .expect("a conditional publish at the head");
+    assert!(
+        matches!(appended, Conditional::Appended { .. }),
+        "{appended:?}"
+    );
+    let mut stored = Vec::new();
+    scan(&log, Position::START, |s| {
+        stored.push(s.event);
+        Ok(())
+    })
+    .expect("read");
+    assert_eq!(stored, [stored_before, other, mine]);
 }
 
 #[test]

@@ -193,3 +193,37 @@ fn concurrent_next_calls_all_print_the_same_unread_events() {
         assert_eq!(answer, expected);
     }
 }
+
+#[test]
+fn status_counts_the_events_the_snapshot_lacks_and_says_up_to_date_once_it_has_them() {
+    let dir = HuddleDir::new();
+    let snapshot = |dir: &HuddleDir| -> Value {
+        let status: Value =
+            serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status --json is JSON");
+        status["snapshot"].clone()
+    };
+    dir.ok(&["log", "next", "alice", "question", "ready?"]);
+    assert_eq!(
+        snapshot(&dir)["events_behind"],
+        Value::Null,
+        "never snapshotted"
+    );
+    dir.ok(&["snapshot"]);
+    assert_eq!(snapshot(&dir)["events_behind"], 0);
+    assert!(dir.ok(&["status"]).contains("snapshot: up to date"));
+    for content in ["one", "two", "three"] {
+        dir.ok(&["log", "1", "bob", "answer", content]);
+    }
+    let behind = snapshot(&dir);
+    assert_eq!(behind["events_behind"], 3, "{behind}");
+    assert!(behind["bytes_behind"].as_u64() > Some(0), "{behind}");
+    let shown = dir.ok(&["status"]);
+    assert!(
+        shown.contains("snapshot: 3 events of the log not yet in it"),
+        "{shown}"
+    );
+    dir.ok(&["snapshot"]);
+    let caught_up = snapshot(&dir);
+    assert_eq!(caught_up["events_behind"], 0, "{caught_up}");
+    assert_eq!(caught_up["bytes_behind"], 0, "{caught_up}");
+}

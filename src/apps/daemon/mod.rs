@@ -183,6 +183,11 @@ impl Daemon {
             self.dirty = true;
             self.mark = self.log.mark(self.cursor)?;
         }
+        // Read from this machine's copy: no server answers, so nothing is
+        // written (no flush, claim or heartbeat can reach the log).
+        if let Some(why) = self.log.offline() {
+            anyhow::bail!(why);
+        }
         Ok(())
     }
 
@@ -586,7 +591,7 @@ impl SnapshotWorker {
                     let result = match snapshotter.update(&host, None) {
                         Ok(outcome) => {
                             tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
-                            keep_status_model(&dir);
+                            keep_what_was_seen(&dir);
                             Ok(())
                         }
                         Err(crate::services::snapshot::SnapshotError::Fenced) => {
@@ -658,17 +663,17 @@ impl SnapshotWorker {
 /// leader's resident memory grew about 150 bytes per event followed where
 /// it held about 50. One arena keeps it to what is held; the threads'
 /// allocation caches keep contention low.
-/// Keeps `status`'s read model as current as the snapshot, off the
-/// heartbeat's thread: what `status` and the dashboard serve when the
-/// backend stops answering.
-fn keep_status_model(dir: &Path) {
+/// Keeps what this machine has seen as current as the snapshot, off the
+/// heartbeat's thread: what reads, `status` and the dashboard serve when
+/// the backend stops answering.
+fn keep_what_was_seen(dir: &Path) {
     let kept = Workspace::open(dir)
         .map_err(|error| error.to_string())
         .and_then(|workspace| {
-            crate::services::status::keep_read_model(&workspace).map_err(|e| e.to_string())
+            crate::services::status::keep_what_was_seen(&workspace).map_err(|e| e.to_string())
         });
     if let Err(error) = kept {
-        tracing::debug!(%error, "status model not kept");
+        tracing::debug!(%error, "what was seen is not kept");
     }
 }
 

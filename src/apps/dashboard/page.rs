@@ -225,12 +225,12 @@ fn state(out: &mut String, status: &Status) {
     out.push_str(r#"<section class="card" id="state-card"><h2>Snapshot and sync</h2><dl>"#);
     let snapshot = &status.snapshot;
     let freshness = match (&snapshot.updated_at, snapshot.age_secs) {
-        (Some(_), age_secs) if snapshot.bytes_behind == 0 => {
+        (Some(_), age_secs) if snapshot.up_to_date() => {
             format!("up to date (written {} ago)", age(age_secs))
         }
         (Some(_), age_secs) => format!(
-            "{} bytes of the log not in it yet (written {} ago)",
-            snapshot.bytes_behind,
+            "{} of the log not in it yet (written {} ago)",
+            snapshot.lag(),
             age(age_secs)
         ),
         (None, _) => "never written".into(),

@@ -425,7 +425,12 @@ impl Connection {
             let mut last = None;
             for batch in messages.chunks(MAX_BATCH) {
                 let published = match publish_batch(&client, &settings, batch, expected).await {
-                    Err(PartlyStored) => publish_each(&client, &settings, batch).await,
+                    Err(PartlyStored) => match expected {
+                        Some(expected) => {
+                            publish_each_after(&client, &settings, batch, expected).await
+                        }
+                        None => publish_each(&client, &settings, batch).await,
+                    },
                     Ok(outcome) => outcome,
                 };
                 match published? {
@@ -625,6 +630,39 @@ async fn publish_each(
         }
     }
     Ok(last)
+}
+
+/// A conditional batch that is partly stored already, one message at a
+/// time, each only right after the one before: the numbers `next` gave
+/// them hold only if nothing else comes between. The messages stored by an
+/// earlier attempt are answered with their old sequence and stored again
+/// nowhere. `Ok(None)` when another writer came between.
+async fn publish_each_after(
+    client: &Client,
+    settings: &Settings,
+    batch: &[(Option<String>, Vec<u8>)],
+    mut expected: u64,
+) -> Result<Option<u64>, StoreError> {
+    for message in batch {
+        match publish_batch(
+            client,
+            settings,
+            std::slice::from_ref(message),
+            Some(expected),
+        )
+        .await
+        {
+            Ok(Ok(Some(sequence))) if sequence > expected => expected = sequence,
+            // A duplicate: where the earlier attempt stored it.
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(error)) => return Err(error),
+            Err(PartlyStored) => {
+                return Err(settings.refused("publish", "a single message refused as a duplicate"))
+            }
+        }
+    }
+    Ok(Some(expected))
 }
 
 /// One publish, or one atomic batch: all of `batch` or none of it.

@@ -15,9 +15,12 @@
 //!   gets no answer is [`StoreError::Unreachable`], which the offline queue
 //!   ([`crate::backend::queue::Queued`]) turns into a queued event.
 //! - **Local state**: messages that are not events are set aside in the
-//!   huddle directory's events.error.log, once each on each machine.
+//!   huddle directory's events.error.log, once each on each machine. The
+//!   machine's daemon keeps a copy of what it has seen ([`mirror`]), which
+//!   reads fall back to while no server answers.
 
 mod connection;
+mod mirror;
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -52,6 +55,9 @@ pub struct JetStreamLog {
     dir: PathBuf,
     max_content_bytes: usize,
     cache: Mutex<Cache>,
+    mirror: mirror::Mirror,
+    /// Why the last read was served from the copy, until one reaches a server.
+    offline: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -76,7 +82,85 @@ impl JetStreamLog {
             dir: dir.to_path_buf(),
             max_content_bytes,
             cache: Mutex::default(),
+            mirror: mirror::Mirror::new(dir, &config.stream),
+            offline: Mutex::default(),
         }
+    }
+
+    /// Brings this machine's copy of the stream up to the stream's end
+    /// (the daemon, after each snapshot: what was just read is cached).
+    /// Returns how many sequences the copy holds.
+    pub fn keep_copy(&self) -> Result<u64, StoreError> {
+        let identity = self.connection.identity()?;
+        let last = self.connection.last_sequence()?;
+        self.mirror.keep(&identity, |after, put| {
+            self.entries_between(after, last, &mut |sequence, bytes| {
+                put(sequence, &bytes)?;
+                Ok(ControlFlow::Continue(()))
+            })
+        })
+    }
+
+    /// `served` as the server answered; or, when no server answers and
+    /// this machine has a copy, what `copy` reads from it (noted, for
+    /// status to say it is offline).
+    fn or_copy<T>(
+        &self,
+        served: Result<T, StoreError>,
+        copy: impl FnOnce(&mirror::Mirror) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match served {
+            Err(error @ StoreError::Unreachable { .. }) if self.mirror.usable() => {
+                *self.offline_note() = Some(format!(
+                    "{error}; reads are served from what this machine saw"
+                ));
+                copy(&self.mirror)
+            }
+            Ok(value) => {
+                *self.offline_note() = None;
+                Ok(value)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn tail_file(&self) -> String {
+        format!(
+            "{}{}.json",
+            crate::model::names::state::STREAM_TAIL_PREFIX,
+            self.connection.stream()
+        )
+    }
+
+    /// The highest interaction up to a sequence, as a process before this
+    /// one found it on this same stream (one created at the same time).
+    /// Messages never change once stored, so it stays true; a deleted one
+    /// can only make it higher than needed, and numbers skipped are fine.
+    fn saved_tail(&self, identity: &str) -> Option<(u64, Option<u64>)> {
+        crate::backend::state::StateDir::of(&self.dir)
+            .load::<SavedTail>(&self.tail_file())
+            .filter(|tail| tail.identity == identity)
+            .map(|tail| (tail.seen, tail.highest))
+    }
+
+    fn save_tail(&self, identity: &str, seen: u64, highest: Option<u64>) {
+        let tail = SavedTail {
+            identity: identity.to_string(),
+            seen,
+            highest,
+        };
+        // A cache: without it the next process reads the stream again.
+        if let Err(error) =
+            crate::backend::state::StateDir::of(&self.dir).save_cache(&self.tail_file(), &tail)
+        {
+            tracing::debug!(%error, "stream tail not kept");
+        }
+    }
+
+    fn offline_note(&self) -> MutexGuard<'_, Option<String>> {
+        self.offline
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// What it was made from, to open another handle on the same stream.
@@ -139,7 +223,12 @@ impl JetStreamLog {
         if let Some(bytes) = self.cache().entries.get(&sequence) {
             return Ok(Some(bytes.clone()));
         }
-        let raw = self.connection.get(sequence)?;
+        let raw = self.or_copy(self.connection.get(sequence), |copy| {
+            Ok(copy.get(sequence)?.map(|payload| Raw {
+                sequence,
+                payload: payload.into(),
+            }))
+        })?;
         if let Some(raw) = &raw {
             self.remember(std::slice::from_ref(raw));
         }
@@ -224,6 +313,14 @@ impl JetStreamLog {
     }
 }
 
+/// What [`JetStreamLog::saved_tail`] keeps in the state directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedTail {
+    identity: String,
+    seen: u64,
+    highest: Option<u64>,
+}
+
 fn stored(event: Event, seq: u64) -> Stored {
     Stored {
         event,
@@ -265,12 +362,10 @@ impl Backend for JetStreamLog {
         from: Position,
         visit: &mut dyn FnMut(Stored) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(Position, Vec<Malformed>), StoreError> {
-        let last = self.connection.last_sequence()?;
         let mut broken_at = None;
         let mut malformed = Vec::new();
-        // A visitor may append: the cache lock is not held while visiting.
-        self.entries_between(from.entries_before(), last, &mut |seq, bytes| {
-            match self.parse(&bytes) {
+        let mut handle = |seq: u64, bytes: &[u8]| {
+            match self.parse(bytes) {
                 Ok(event) => {
                     if visit(stored(event, seq))?.is_break() {
                         broken_at = Some(Position::sequence(seq - 1));
@@ -285,6 +380,21 @@ impl Backend for JetStreamLog {
                 }),
             }
             Ok(ControlFlow::Continue(()))
+        };
+        // Handled so far: a server lost midway, the copy goes on from there.
+        let mut handled = from.entries_before();
+        let served = self.connection.last_sequence().and_then(|last| {
+            // A visitor may append: the cache lock is not held while visiting.
+            self.entries_between(from.entries_before(), last, &mut |seq, bytes| {
+                let flow = handle(seq, &bytes)?;
+                handled = seq;
+                Ok(flow)
+            })?;
+            Ok(last)
+        });
+        let last = self.or_copy(served, |copy| {
+            copy.read(handled, &mut |seq, bytes| handle(seq, bytes))?;
+            Ok(copy.count())
         })?;
         let resume = broken_at.unwrap_or(Position::sequence(last.max(from.entries_before())));
         let fresh = self.set_aside(&malformed)?;
@@ -301,14 +411,13 @@ impl Backend for JetStreamLog {
     }
 
     fn head(&self) -> Result<Position, StoreError> {
-        Ok(Position::sequence(self.connection.last_sequence()?))
+        let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
+        Ok(Position::sequence(last))
     }
 
     fn remaining(&self, from: Position) -> Result<u64, StoreError> {
-        Ok(self
-            .connection
-            .last_sequence()?
-            .saturating_sub(from.entries_before()))
+        let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
+        Ok(last.saturating_sub(from.entries_before()))
     }
 
     fn set_aside(&self, entries: &[Malformed]) -> Result<Vec<Malformed>, StoreError> {
@@ -317,19 +426,25 @@ impl Backend for JetStreamLog {
     }
 
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {
-        let last = self.connection.last_sequence()?;
-        let (from, mut highest) = match self.cache().highest {
+        let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
+        let identity = self.or_copy(self.connection.identity(), |copy| {
+            Ok(copy.identity().unwrap_or_default())
+        })?;
+        let known = self.cache().highest;
+        let (from, mut highest) = match known.or_else(|| self.saved_tail(&identity)) {
             Some((seen, highest)) if seen <= last => (seen, highest),
             _ => (0, None),
         };
-        self.entries_between(from, last, &mut |_, bytes| {
-            if let Ok(event) = self.parse(&bytes) {
-                highest = highest.max(Some(event.interaction));
-            }
+        // Through read_entries: from this machine's copy when no server answers.
+        let (end, _) = self.read_entries(Position::sequence(from), &mut |stored| {
+            highest = highest.max(Some(stored.event.interaction));
             Ok(ControlFlow::Continue(()))
         })?;
-        self.cache().highest = Some((last, highest));
-        Ok((Position::sequence(last), highest))
+        self.cache().highest = Some((end.entries_before(), highest));
+        if end.entries_before() != from {
+            self.save_tail(&identity, end.entries_before(), highest);
+        }
+        Ok((end, highest))
     }
 
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {
@@ -344,12 +459,39 @@ impl Backend for JetStreamLog {
         Ok(ReadMark {
             inode: 0,
             offset: at.offset,
-            tail_sha256: self.connection.identity()?,
+            tail_sha256: self.or_copy(self.connection.identity(), |copy| {
+                Ok(copy.identity().unwrap_or_default())
+            })?,
         })
     }
 
+    fn offline(&self) -> Option<String> {
+        self.offline_note().clone()
+    }
+
     fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError> {
-        let identity = self.connection.identity()?;
+        let identity = match self.connection.identity() {
+            // Offline, what was read from the stream copied is still read:
+            // a recreated stream shows once a server answers.
+            Err(error @ StoreError::Unreachable { .. }) => {
+                return self.or_copy(Err(error), |copy| {
+                    Ok(match copy.identity() {
+                        Some(copied)
+                            if mark.tail_sha256.is_empty() || mark.tail_sha256 == copied =>
+                        {
+                            Continuity::Same
+                        }
+                        copied => Continuity::Replaced(format!(
+                            "this machine's copy is of stream {} as created {}, not {}",
+                            self.connection.stream(),
+                            copied.unwrap_or_default(),
+                            mark.tail_sha256
+                        )),
+                    })
+                });
+            }
+            identity => identity?,
+        };
         if !mark.tail_sha256.is_empty() && mark.tail_sha256 != identity {
             return Ok(Continuity::Replaced(format!(
                 "stream {} was recreated ({} then, {identity} now)",

@@ -513,7 +513,7 @@ impl Snapshotter {
 
         crate::services::status::record_snapshot(
             &workspace.dir,
-            self.index.cursor.offset,
+            self.index.cursor,
             started.elapsed(),
         );
         let isolated = self.isolated.len();
