@@ -70,7 +70,7 @@ fn main() {
     for _ in 0..runs {
         let fresh = PluginHost::with_cache_dir(cache.clone()).expect("host");
         load_times.push(time(|| {
-            fresh.preload(&markdown, Slot::Renderer).expect("load")
+            fresh.preload(&markdown, Slot::Renderer).expect("load");
         }));
         let mut blocks = Vec::new();
         call_times.push(time(|| {
@@ -226,13 +226,23 @@ fn render_native(env: &Environment<'static>, interactions: &[Interaction]) -> Ve
                     ]))
                 })
                 .collect();
-            let context = BTreeMap::from([(
-                "interaction",
-                Value::from(BTreeMap::from([
-                    ("number", Value::from(interaction.number)),
-                    ("entries", Value::from(entries)),
-                ])),
-            )]);
+            // A whole interaction is its only part (WIT 0.2.0 `render-part`).
+            let context = BTreeMap::from([
+                (
+                    "interaction",
+                    Value::from(BTreeMap::from([
+                        ("number", Value::from(interaction.number)),
+                        ("entries", Value::from(entries)),
+                    ])),
+                ),
+                (
+                    "part",
+                    Value::from(BTreeMap::from([
+                        ("first", Value::from(true)),
+                        ("last", Value::from(true)),
+                    ])),
+                ),
+            ]);
             template.render(context).expect("render")
         })
         .collect()

@@ -236,6 +236,9 @@ enum PluginsCommand {
     List,
     /// Which world a .wasm file implements, or exactly why it implements none.
     Check { file: PathBuf },
+    /// Compile every configured plugin into the compiled-artifact cache now,
+    /// so no later command or daemon start pays for it.
+    Warm,
 }
 
 fn main() -> ExitCode {
@@ -527,6 +530,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plugins { command } => match command {
             PluginsCommand::List => plugins_list(&cli.dir),
+            PluginsCommand::Warm => plugins_warm(&cli.dir),
             PluginsCommand::Check { file } => {
                 let host = PluginHost::new()?;
                 let world = plugin::check_file(&host, &file)?;
@@ -651,31 +655,65 @@ impl snapshot::Progress for ReadingBar {
 
 fn plugins_list(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
-    let mut rows = vec![
-        (
-            Slot::HeadingMapper,
-            workspace.slot_spec(Slot::HeadingMapper),
-        ),
-        (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
-    ];
-    rows.extend(
-        workspace
-            .sink_specs()?
-            .into_iter()
-            .map(|spec| (Slot::AlertSink, spec)),
-    );
-    println!("{:<15} {:<40} SHA256", "SLOT", "PLUGIN");
-    for (slot, spec) in rows {
+    let host = PluginHost::new()?;
+    println!("{:<15} {:<40} {:<6} SHA256", "SLOT", "PLUGIN", "WIT");
+    for (slot, spec) in workspace.plugin_specs()? {
         let sha = match plugin::read_plugin(&spec) {
             Ok((_, sha)) => sha,
             Err(e) => format!("unreadable: {e}"),
         };
+        let wit = host
+            .wit_version(&spec, slot)
+            .map_or("?", |version| version.number());
         println!(
-            "{:<15} {:<40} {}",
+            "{:<15} {:<40} {:<6} {}",
             slot.name(),
             visible(&spec.source.describe()),
+            wit,
             visible(&sha)
         );
+    }
+    Ok(())
+}
+
+fn plugins_warm(dir: &std::path::Path) -> Result<()> {
+    let workspace = Workspace::open(dir)?;
+    let host = PluginHost::new()?;
+    let mut failed = 0;
+    for (slot, spec) in workspace.plugin_specs()? {
+        let described = spec.source.describe();
+        let plugin = visible(&described);
+        match host.preload(&spec, slot) {
+            Ok(ready) => {
+                println!(
+                    "{:<15} {plugin}: {} in {} ms",
+                    slot.name(),
+                    ready.origin.describe(),
+                    ready.elapsed.as_millis()
+                );
+                if let Some(reason) = ready.rejected {
+                    println!(
+                        "{:<15} (the cached artifact was not used: {})",
+                        "",
+                        visible(&reason)
+                    );
+                }
+            }
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "{:<15} {plugin}: {}",
+                    slot.name(),
+                    visible(&error.to_string())
+                );
+            }
+        }
+    }
+    if let Some(cache) = host.cache_dir() {
+        println!("cache: {}", visible(&cache.display().to_string()));
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} plugin(s) could not be compiled");
     }
     Ok(())
 }

@@ -444,6 +444,7 @@ impl Default for AlertsConfig {
                 from: SinkStart::End,
                 proxy: None,
                 allow: Vec::new(),
+                allow_headers: Vec::new(),
                 timeout_ms: DEFAULT_SINK_TIMEOUT_MS,
                 deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
                 memory_mb: DEFAULT_PLUGIN_MEMORY_MB,
@@ -485,6 +486,10 @@ pub struct SinkConfig {
     /// URLs this sink may POST to; empty denies all.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Request header names a sink built against WIT 0.2.0 may set (e.g.
+    /// `["Authorization"]`); empty allows none.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
     /// Timeout of one HTTP request, in milliseconds.
     #[serde(default = "default_sink_timeout")]
     pub timeout_ms: u64,
@@ -725,6 +730,18 @@ impl Config {
             }
             if let Some(proxy) = &sink.proxy {
                 parse_proxy(proxy).map_err(|e| format!("alerts.sinks[{i}].proxy: {e}"))?;
+            }
+            for (j, name) in sink.allow_headers.iter().enumerate() {
+                let token = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(format!(
+                        "alerts.sinks[{i}].allow_headers[{j}] must be an HTTP header name                          (1 to 64 letters, digits or !#$%&'*+-.^_`|~)"
+                    ));
+                }
             }
         }
         let ids = config.alerts.sink_ids();

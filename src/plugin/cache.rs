@@ -1,22 +1,80 @@
-//! Compiled components cached on disk, so a CLI call does not pay for
-//! compiling a plugin each time.
+//! Compiled components cached on disk, so neither a CLI call nor a daemon's
+//! start pays for compiling a plugin again (a component with a whole Python
+//! or JavaScript interpreter takes seconds to compile, milliseconds to load).
 //!
-//! Key: the wasm's sha256 and a hash of the engine's compatibility hash
-//! (wasmtime version, compiler settings, CPU features). Location:
-//! `$HUDDLE_CACHE_DIR`, else `$XDG_CACHE_HOME/huddle`, else `~/.cache/huddle`.
-//! Entries are written to a temp file and renamed, so a reader never sees a
-//! half-written artifact. The cache is only an accelerator: any failure to
-//! read or write it falls back to compiling.
+//! Location: `$HUDDLE_CACHE_DIR`, else `$XDG_CACHE_HOME/huddle`, else
+//! `~/.cache/huddle`: a per-user cache, not the huddle directory's `.huddle/`,
+//! because an artifact depends only on the component's bytes and the machine,
+//! so every huddle directory of the user shares it (the built-in plugins are
+//! compiled once per machine, not once per directory), and because the
+//! huddle directory may be shared through git or a network file system with
+//! people whose artifacts this process must not load.
+//!
+//! Loading an artifact maps machine code into the process without checking
+//! it (`Component::deserialize` is `unsafe`), so an entry is trusted only
+//! when all of these hold, and is otherwise compiled afresh and replaced:
+//! - the directory and the file belong to this user and nobody else may
+//!   write them (the directory is created `0700`, files `0600`);
+//! - the file starts with huddle's header, whose key equals the one asked
+//!   for: the sha256 of the component's bytes, the wasmtime version and the
+//!   engine's compatibility hash (compiler settings, CPU features);
+//! - the sha256 of the artifact, recorded in the header when huddle wrote
+//!   it, matches the bytes read (a damaged or truncated file fails here).
+//!
+//! Entries are written to a temporary file in the same directory and renamed,
+//! so a reader never sees a half-written artifact. The cache only speeds
+//! things up: when it cannot be read or written, the component is compiled.
 
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+/// First bytes of every entry; the digit is the header format.
+const MAGIC: &[u8; 16] = b"huddle-cwasm-v1\n";
+/// magic, component sha256, engine key, artifact length, artifact sha256.
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8 + 32;
+
+/// Where a loaded component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded from a cache entry whose key and checksum matched.
+    Cached,
+    /// Compiled now (no entry, or an entry that was not trusted).
+    Compiled,
+    /// Already loaded in this process.
+    InMemory,
+}
+
+impl Origin {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Cached => "loaded from the compiled-artifact cache",
+            Origin::Compiled => "compiled",
+            Origin::InMemory => "already loaded",
+        }
+    }
+}
+
+/// A component and how it was obtained.
+pub(crate) struct Loaded {
+    pub component: Component,
+    pub origin: Origin,
+    pub elapsed: Duration,
+    /// Why an entry on disk was not used (absent when there was none).
+    pub rejected: Option<String>,
+}
+
 pub(crate) struct ArtifactCache {
     dir: Option<PathBuf>,
-    engine_key: String,
+    /// sha256 of the wasmtime version and the engine's compatibility hash.
+    engine_key: [u8; 32],
 }
 
 impl ArtifactCache {
@@ -26,19 +84,26 @@ impl ArtifactCache {
             .or_else(|| std::env::var_os("HUDDLE_CACHE_DIR").map(PathBuf::from))
             .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("huddle")))
             .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/huddle")));
-        // DefaultHasher::new() uses fixed keys: stable for one build of huddle,
-        // which is all a cache key needs (wasmtime re-checks on load anyway).
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        // The compatibility hash covers the target, the compiler's flags,
+        // the engine's features and the wasmtime version (its
+        // `module_version`). It is only `Hash`: feed it to a hasher that
+        // forwards the bytes into sha256, so the key is stable across runs.
+        let mut hasher = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         ArtifactCache {
             dir,
-            engine_key: format!("{:016x}", hasher.finish()),
+            engine_key: hasher.0.finalize().into(),
         }
+    }
+
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     fn entry(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_key)))
+        let engine = hex(&self.engine_key[..8]);
+        Some(dir.join(format!("{sha256}-{engine}.cwasm")))
     }
 
     /// The compiled component for `wasm`, from the cache or freshly compiled.
@@ -47,33 +112,186 @@ impl ArtifactCache {
         engine: &Engine,
         wasm: &[u8],
         sha256: &str,
-    ) -> wasmtime::Result<Component> {
+    ) -> wasmtime::Result<Loaded> {
+        let started = Instant::now();
         let entry = self.entry(sha256);
+        let mut rejected = None;
         if let Some(path) = &entry {
-            if path.exists() {
-                // SAFETY: deserialising runs no code from the file, but trusts it
-                // to be a wasmtime artifact. Only huddle writes this directory,
-                // atomically, from components it compiled itself; wasmtime
-                // checks the header, version and engine compatibility.
-                if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
-                    return Ok(component);
+            match self.read_trusted(path, sha256) {
+                Ok(Some(artifact)) => {
+                    // SAFETY: the bytes are an artifact this user's huddle
+                    // wrote (owner and mode checked) for exactly this
+                    // component and engine (key checked), unchanged since
+                    // (checksum checked); wasmtime checks its own header too.
+                    match unsafe { Component::deserialize(engine, &artifact) } {
+                        Ok(component) => {
+                            return Ok(Loaded {
+                                component,
+                                origin: Origin::Cached,
+                                elapsed: started.elapsed(),
+                                rejected: None,
+                            })
+                        }
+                        Err(error) => rejected = Some(format!("{error:#}")),
+                    }
                 }
+                Ok(None) => {}
+                Err(reason) => rejected = Some(reason),
             }
+        }
+        if let (Some(reason), Some(path)) = (&rejected, &entry) {
+            tracing::warn!(
+                entry = %path.display(),
+                "compiled-artifact cache entry not used, compiling again: {reason}"
+            );
         }
         let component = Component::new(engine, wasm)?;
         if let Some(path) = entry {
-            let _ = store(&path, &component);
+            if let Err(error) = self.store(&path, sha256, &component) {
+                tracing::debug!(entry = %path.display(), "cannot write the compiled-artifact cache: {error:#}");
+            }
         }
-        Ok(component)
+        Ok(Loaded {
+            component,
+            origin: Origin::Compiled,
+            elapsed: started.elapsed(),
+            rejected,
+        })
+    }
+
+    /// The artifact in `path`, if it may be trusted; `Ok(None)` if there is
+    /// no entry, `Err` saying why an entry is refused.
+    fn read_trusted(&self, path: &Path, sha256: &str) -> Result<Option<Vec<u8>>, String> {
+        let dir = path.parent().ok_or("the entry has no directory")?;
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(format!("cannot open it: {error}")),
+        };
+        private_to_me(dir, "its directory")?;
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("it is not a regular file".into());
+        }
+        owned_and_unwritable_by_others(&meta, "it")?;
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        let Some((header, artifact)) = bytes.split_at_checked(HEADER_LEN) else {
+            return Err(format!(
+                "it is {} bytes, shorter than huddle's header",
+                bytes.len()
+            ));
+        };
+        let (magic, rest) = header.split_at(MAGIC.len());
+        if magic != MAGIC {
+            return Err("it does not start with huddle's header".into());
+        }
+        let (component_sha, rest) = rest.split_at(32);
+        let (engine_key, rest) = rest.split_at(32);
+        let (length, artifact_sha) = rest.split_at(8);
+        if hex(component_sha) != sha256 {
+            return Err(format!(
+                "it was compiled from another component (sha256 {}), not {sha256}",
+                hex(component_sha)
+            ));
+        }
+        if engine_key != self.engine_key {
+            return Err("it was compiled by another wasmtime or engine configuration".into());
+        }
+        let length = u64::from_le_bytes(length.try_into().map_err(|_| "bad length field")?);
+        if length != artifact.len() as u64 {
+            return Err(format!(
+                "its header announces {length} bytes of artifact but {} follow",
+                artifact.len()
+            ));
+        }
+        if Sha256::digest(artifact).as_slice() != artifact_sha {
+            return Err("its checksum does not match its bytes (damaged)".into());
+        }
+        let mut artifact = bytes;
+        artifact.drain(..HEADER_LEN);
+        Ok(Some(artifact))
+    }
+
+    fn store(&self, path: &Path, sha256: &str, component: &Component) -> anyhow::Result<()> {
+        let artifact = component.serialize()?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("the entry has no directory"))?;
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        private_to_me(dir, "the cache directory").map_err(anyhow::Error::msg)?;
+        let component_sha = unhex(sha256).ok_or_else(|| anyhow::anyhow!("bad sha256 {sha256}"))?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&component_sha);
+        header.extend_from_slice(&self.engine_key);
+        header.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
+        header.extend_from_slice(&Sha256::digest(&artifact));
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(dir)?;
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .mode(0o600)
+                .open(tmp.path())?;
+            file.write_all(&header)?;
+            file.write_all(&artifact)?;
+            file.sync_all()?;
+        }
+        tmp.persist(path)?;
+        Ok(())
     }
 }
 
-fn store(path: &std::path::Path, component: &Component) -> anyhow::Result<()> {
-    let bytes = component.serialize()?;
-    let dir = path.parent().ok_or_else(|| anyhow::anyhow!("no parent"))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(tmp.path(), bytes)?;
-    tmp.persist(path)?;
+/// The directory belongs to this user and only this user may write it.
+fn private_to_me(dir: &Path, what: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot stat {what}: {e}"))?;
+    owned_and_unwritable_by_others(&meta, what)
+}
+
+fn owned_and_unwritable_by_others(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "{what} belongs to uid {}, not to this user (uid {me})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{what} may be written by others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
     Ok(())
+}
+
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

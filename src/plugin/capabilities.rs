@@ -82,6 +82,18 @@ pub enum Reason {
     QueryInEntry,
     #[error("it is not on this sink's allowlist ({0})")]
     NotListed(String),
+    #[error("this plugin has no HTTP capability")]
+    NoCapability,
+}
+
+impl Refusal {
+    /// A request from a plugin granted no HTTP at all.
+    pub fn no_capability(url: &str) -> Refusal {
+        Refusal {
+            url: shown(url),
+            reason: Reason::NoCapability,
+        }
+    }
 }
 
 /// One allowlist entry: where requests may go.
@@ -329,6 +341,8 @@ pub struct HttpGrant {
     /// The proxy the operator configured for this sink; none means direct
     /// connections whatever the environment says.
     pub proxy: Option<ureq::Proxy>,
+    /// Request header names (lower case) a sink may set (`allow_headers`).
+    pub allow_headers: Vec<String>,
 }
 
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -348,6 +362,10 @@ pub enum HttpError {
     TooManyRequests,
     #[error("POST {url} failed: {message}")]
     Failed { url: String, message: String },
+    #[error("POST {url} failed: timeout after {after:?}")]
+    Timeout { url: String, after: Duration },
+    #[error("not allowed: request header {name:?} is not in the sink's allow_headers ({allowed})")]
+    HeaderNotAllowed { name: String, allowed: String },
 }
 
 /// A response: the status and at most `max_response_bytes` of the body.
@@ -366,7 +384,30 @@ impl HttpGrant {
             timeout: DEFAULT_HTTP_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             proxy: None,
+            allow_headers: Vec::new(),
         }
+    }
+
+    /// Refuses a header whose name the sink's configuration does not list.
+    fn check_headers(&self, headers: &[(String, String)]) -> Result<(), HttpError> {
+        for (name, _) in headers {
+            if !self
+                .allow_headers
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name))
+            {
+                let allowed = if self.allow_headers.is_empty() {
+                    "none are allowed".to_string()
+                } else {
+                    self.allow_headers.join(", ")
+                };
+                return Err(HttpError::HeaderNotAllowed {
+                    name: name.chars().take(100).collect(),
+                    allowed,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Performs the POST if the allowlist grants it.
@@ -376,7 +417,20 @@ impl HttpGrant {
         content_type: &str,
         body: &[u8],
     ) -> Result<HttpResponse, HttpError> {
+        self.post_with_headers(url, content_type, &[], body)
+    }
+
+    /// Performs the POST with `headers` if the allowlist grants the URL and
+    /// `allow_headers` every header name.
+    pub fn post_with_headers(
+        &self,
+        url: &str,
+        content_type: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<HttpResponse, HttpError> {
         let url = self.allow.grant(url)?;
+        self.check_headers(headers)?;
         let failed = |message: String| HttpError::Failed {
             url: shown(url.as_str()),
             message,
@@ -389,11 +443,19 @@ impl HttpGrant {
             .proxy(self.proxy.clone())
             .build()
             .into();
-        let mut response = agent
+        let mut request = agent
             .post(url.as_str())
-            .header("content-type", content_type)
-            .send(body)
-            .map_err(|e| failed(e.to_string()))?;
+            .header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let mut response = request.send(body).map_err(|e| match e {
+            ureq::Error::Timeout(_) => HttpError::Timeout {
+                url: shown(url.as_str()),
+                after: self.timeout,
+            },
+            other => failed(other.to_string()),
+        })?;
         let status = response.status().as_u16();
         // One byte past the limit tells a cut body from one that fits.
         let mut bytes = Vec::new();
@@ -443,16 +505,29 @@ impl HttpSession {
         content_type: &str,
         body: &[u8],
     ) -> Result<HttpResponse, HttpError> {
+        self.post_with_headers(url, content_type, &[], body)
+    }
+
+    pub fn post_with_headers(
+        &mut self,
+        url: &str,
+        content_type: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<HttpResponse, HttpError> {
         self.attempts = self.attempts.saturating_add(1);
         // Refusals cost nothing and do not use up the requests; they are
         // still bounded by the call's deadline.
         self.grant.allow.grant(url)?;
+        self.grant.check_headers(headers)?;
         if self.requests >= MAX_REQUESTS_PER_CALL {
             return Err(HttpError::TooManyRequests);
         }
         self.requests += 1;
         let started = Instant::now();
-        let outcome = self.grant.post(url, content_type, body);
+        let outcome = self
+            .grant
+            .post_with_headers(url, content_type, headers, body);
         self.waited += started.elapsed();
         outcome
     }
@@ -462,6 +537,10 @@ impl HttpSession {
     /// must not flood the log.
     pub fn worth_logging(&self) -> bool {
         self.attempts <= MAX_REQUESTS_PER_CALL
+    }
+
+    pub fn max_response_bytes(&self) -> u64 {
+        self.grant.max_response_bytes
     }
 
     /// Wall time spent in requests since the last call.

@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::v0_1_0::{self as v1, alert_sink, heading_mapper, renderer};
-use super::cache::ArtifactCache;
-use super::capabilities::HttpSession;
-use super::check::{world_of, World};
+use super::bindings::v0_1_0 as v1;
+use super::bindings::v0_2_0 as v2;
+use super::cache::{ArtifactCache, Origin};
+use super::capabilities::{HttpError, HttpResponse, HttpSession};
+use super::check::{world_of, Implements, WitVersion, World};
 use super::limits::Limiter;
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec, BUILTINS};
 use crate::model::event::Event;
@@ -33,6 +34,33 @@ const MAX_LOG_LINE_BYTES: usize = 4096;
 const STDERR_CAPTURE_BYTES: usize = 16 * 1024;
 
 pub use v1::types::Section;
+
+/// Content bytes (plus a per-entry allowance) in one `render-part` call.
+pub const PART_BYTES: usize = 4 * 1024 * 1024;
+/// Largest block one interaction may render to, all parts together.
+pub const MAX_INTERACTION_BYTES: usize = 256 * 1024 * 1024;
+
+/// What a render call is for (WIT 0.2.0 `render-context`; a 0.1.0
+/// renderer gets only the section).
+#[derive(Debug, Clone)]
+pub struct RenderContext {
+    pub section: Section,
+    /// How many recent interactions communication.md shows.
+    pub k: u32,
+    /// The huddle directory's name.
+    pub directory: String,
+}
+
+impl RenderContext {
+    /// A context with only the section known.
+    pub fn of(section: Section) -> RenderContext {
+        RenderContext {
+            section,
+            k: 0,
+            directory: String::new(),
+        }
+    }
+}
 
 /// An event with its heading, for the renderer.
 #[derive(Debug, Clone)]
@@ -77,9 +105,10 @@ impl WasiView for HostState {
 }
 
 impl v1::types::Host for HostState {}
+impl v2::types::Host for HostState {}
 
-impl v1::host_log::Host for HostState {
-    fn log(&mut self, level: v1::types::Level, message: String) {
+impl HostState {
+    fn log_line(&mut self, level: tracing::Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
             return;
@@ -94,11 +123,60 @@ impl v1::host_log::Host for HostState {
         }
         let plugin = self.plugin.as_str();
         match level {
-            v1::types::Level::Debug => tracing::debug!(plugin, "{message}"),
-            v1::types::Level::Info => tracing::info!(plugin, "{message}"),
-            v1::types::Level::Warn => tracing::warn!(plugin, "{message}"),
-            v1::types::Level::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::DEBUG | tracing::Level::TRACE => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
         }
+    }
+
+    /// A POST through the sink's grant; `Err` if it has none.
+    fn post(
+        &mut self,
+        url: &str,
+        content_type: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<HttpResponse, HttpError> {
+        let Some(session) = &mut self.http else {
+            return Err(HttpError::Refused(
+                super::capabilities::Refusal::no_capability(url),
+            ));
+        };
+        let outcome = session.post_with_headers(url, content_type, headers, body);
+        if let Err(refused) = &outcome {
+            if session.worth_logging() {
+                tracing::warn!(
+                    plugin = self.plugin.as_str(),
+                    "HTTP request refused or failed: {refused}"
+                );
+            }
+        }
+        outcome
+    }
+}
+
+impl v1::host_log::Host for HostState {
+    fn log(&mut self, level: v1::types::Level, message: String) {
+        let level = match level {
+            v1::types::Level::Debug => tracing::Level::DEBUG,
+            v1::types::Level::Info => tracing::Level::INFO,
+            v1::types::Level::Warn => tracing::Level::WARN,
+            v1::types::Level::Error => tracing::Level::ERROR,
+        };
+        self.log_line(level, message);
+    }
+}
+
+impl v2::host_log::Host for HostState {
+    fn log(&mut self, level: v2::types::Level, message: String) {
+        let level = match level {
+            v2::types::Level::Debug => tracing::Level::DEBUG,
+            v2::types::Level::Info => tracing::Level::INFO,
+            v2::types::Level::Warn => tracing::Level::WARN,
+            v2::types::Level::Error => tracing::Level::ERROR,
+        };
+        self.log_line(level, message);
     }
 }
 
@@ -109,24 +187,41 @@ impl v1::http::Host for HostState {
         content_type: String,
         body: Vec<u8>,
     ) -> Result<v1::http::Response, String> {
-        let Some(session) = &mut self.http else {
-            return Err(format!(
-                "{url} is not allowed: this plugin has no HTTP capability"
-            ));
-        };
-        match session.post(&url, &content_type, &body) {
+        // 0.1.0 had no typed errors and handed over a body cut at the limit.
+        match HostState::post(self, &url, &content_type, &[], &body) {
             Ok(response) => Ok(v1::http::Response {
                 status: response.status,
                 body: response.body,
             }),
-            Err(refused) => {
-                if session.worth_logging() {
-                    tracing::warn!(
-                        plugin = self.plugin.as_str(),
-                        "HTTP request refused or failed: {refused}"
-                    );
-                }
-                Err(refused.to_string())
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl v2::http::Host for HostState {
+    fn post(
+        &mut self,
+        url: String,
+        content_type: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<v2::http::Response, v2::http::HttpError> {
+        use v2::http::HttpError as Wit;
+        match HostState::post(self, &url, &content_type, &headers, &body) {
+            Ok(response) if response.truncated => Err(Wit::ResponseTooLarge(v2::http::Response {
+                status: response.status,
+                body: response.body,
+            })),
+            Ok(response) => Ok(v2::http::Response {
+                status: response.status,
+                body: response.body,
+            }),
+            Err(HttpError::Refused(refusal)) => Err(Wit::NotAllowed(refusal.to_string())),
+            Err(HttpError::HeaderNotAllowed { name, .. }) => Err(Wit::HeaderNotAllowed(name)),
+            Err(HttpError::TooManyRequests) => Err(Wit::TooManyRequests),
+            Err(timeout @ HttpError::Timeout { .. }) => Err(Wit::Timeout(timeout.to_string())),
+            Err(failed @ HttpError::Failed { .. }) => {
+                Err(Wit::ConnectionFailed(failed.to_string()))
             }
         }
     }
@@ -159,9 +254,22 @@ const FIXED_RANDOM: [u8; 8] = [0x68, 0x75, 0x64, 0x64, 0x6c, 0x65, 0x2d, 0x31];
 /// A compiled plugin, pre-linked for its world.
 #[derive(Clone)]
 enum Pre {
-    HeadingMapper(heading_mapper::HeadingMapperPre<HostState>),
-    Renderer(renderer::RendererPre<HostState>),
-    AlertSink(alert_sink::AlertSinkPre<HostState>),
+    /// Called through its exported interface at `version` (checked at link
+    /// time by the generated bindings).
+    HeadingMapper(InstancePre<HostState>, WitVersion),
+    Renderer(InstancePre<HostState>, WitVersion),
+    AlertSinkV1(v1::alert_sink::AlertSinkPre<HostState>),
+    AlertSinkV2(v2::alert_sink::AlertSinkPre<HostState>),
+}
+
+impl Pre {
+    fn version(&self) -> WitVersion {
+        match self {
+            Pre::HeadingMapper(_, version) | Pre::Renderer(_, version) => *version,
+            Pre::AlertSinkV1(_) => WitVersion::V0_1_0,
+            Pre::AlertSinkV2(_) => WitVersion::V0_2_0,
+        }
+    }
 }
 
 /// File identity used to notice that a plugin file changed.
@@ -172,14 +280,135 @@ struct FileStamp {
     inode: u64,
 }
 
+/// What compiles a component and links it for a world; cheap to clone, so a
+/// plugin swapped under a running daemon compiles on a thread of its own.
+#[derive(Clone)]
+struct Compiler {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Arc<ArtifactCache>,
+}
+
+/// A pre-instance and how its component was obtained.
+struct Prepared {
+    pre: Pre,
+    origin: Origin,
+    elapsed: Duration,
+    rejected: Option<String>,
+}
+
+impl Compiler {
+    /// Compiles (or loads from the cache) and pre-links a plugin for `world`.
+    fn prepare(
+        &self,
+        spec: &PluginSpec,
+        wasm: &[u8],
+        sha: &str,
+        world: World,
+    ) -> Result<Prepared, PluginError> {
+        let plugin = spec.name();
+        let loaded = self
+            .cache
+            .load_or_compile(&self.engine, wasm, sha)
+            .map_err(|e| PluginError::Load {
+                plugin: plugin.clone(),
+                source_desc: spec.source.describe(),
+                message: format!("{e:#}"),
+            })?;
+        let component = loaded.component;
+        let found = world_of(&self.engine, &component);
+        let Some(Implements { version, .. }) = found.filter(|found| found.world == world) else {
+            return Err(PluginError::WrongWorld {
+                plugin,
+                message: match found {
+                    Some(other) => format!(
+                        "implements the {} world, but this slot needs {}",
+                        other.name(),
+                        world.accepted()
+                    ),
+                    None => format!(
+                        "implements none of huddle's worlds; this slot needs {}",
+                        world.accepted()
+                    ),
+                },
+            });
+        };
+        let implements = Implements { world, version };
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: plugin.clone(),
+            message: format!("cannot be linked as {}: {e:#}", implements.name()),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = match (world, version) {
+            (World::HeadingMapper, WitVersion::V0_1_0) => {
+                v1::heading_mapper::HeadingMapperPre::new(instance_pre.clone())
+                    .map_err(wrong_world)?;
+                Pre::HeadingMapper(instance_pre, version)
+            }
+            (World::HeadingMapper, WitVersion::V0_2_0) => {
+                v2::heading_mapper::HeadingMapperPre::new(instance_pre.clone())
+                    .map_err(wrong_world)?;
+                Pre::HeadingMapper(instance_pre, version)
+            }
+            (World::Renderer, WitVersion::V0_1_0) => {
+                v1::renderer::RendererPre::new(instance_pre.clone()).map_err(wrong_world)?;
+                Pre::Renderer(instance_pre, version)
+            }
+            (World::Renderer, WitVersion::V0_2_0) => {
+                v2::renderer::RendererPre::new(instance_pre.clone()).map_err(wrong_world)?;
+                Pre::Renderer(instance_pre, version)
+            }
+            (World::AlertSink, WitVersion::V0_1_0) => Pre::AlertSinkV1(
+                v1::alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?,
+            ),
+            (World::AlertSink, WitVersion::V0_2_0) => Pre::AlertSinkV2(
+                v2::alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?,
+            ),
+        };
+        Ok(Prepared {
+            pre,
+            origin: loaded.origin,
+            elapsed: loaded.elapsed,
+            rejected: loaded.rejected,
+        })
+    }
+}
+
+/// What a slot's plugin currently is, to notice (and log) a swap.
+#[derive(Default)]
+struct Swaps {
+    /// Per plugin source and world: the sha256 serving and its pre-instance.
+    serving: HashMap<String, (String, Pre)>,
+    /// Pre-instance keys being compiled in the background.
+    compiling: std::collections::HashSet<String>,
+    /// Pre-instance keys whose background compile failed, with the error
+    /// every call of that version reports.
+    failed: HashMap<String, PluginError>,
+}
+
 /// One engine for the whole process, with its linker, the on-disk cache of
 /// compiled components and the pre-instances already made.
 pub struct PluginHost {
-    engine: Engine,
-    linker: Linker<HostState>,
-    cache: ArtifactCache,
-    pres: Mutex<HashMap<String, Pre>>,
+    compiler: Compiler,
+    pres: Arc<Mutex<HashMap<String, Pre>>>,
     file_hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+    swaps: Arc<Mutex<Swaps>>,
+    /// A changed plugin compiles on a thread of its own while the one it
+    /// replaces keeps serving (the daemon); otherwise the call compiles it.
+    background_reload: std::sync::atomic::AtomicBool,
+}
+
+/// How [`PluginHost::preload`] got a plugin ready.
+#[derive(Debug, Clone)]
+pub struct Preloaded {
+    pub origin: Origin,
+    /// Time spent loading or compiling (zero when already in memory).
+    pub elapsed: Duration,
+    /// Why a compiled artifact found in the cache was not trusted.
+    pub rejected: Option<String>,
 }
 
 impl PluginHost {
@@ -207,19 +436,39 @@ impl PluginHost {
         v1::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v1::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::host_log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::http::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v2::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
 
-        let cache = ArtifactCache::new(&engine, cache_dir);
+        let cache = Arc::new(ArtifactCache::new(&engine, cache_dir));
         Ok(PluginHost {
-            engine,
-            linker,
-            cache,
-            pres: Mutex::new(HashMap::new()),
+            compiler: Compiler {
+                engine,
+                linker,
+                cache,
+            },
+            pres: Arc::new(Mutex::new(HashMap::new())),
             file_hashes: Mutex::new(HashMap::new()),
+            swaps: Arc::new(Mutex::new(Swaps::default())),
+            background_reload: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.compiler.engine
+    }
+
+    /// Where compiled components are cached, if anywhere.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.compiler.cache.dir()
+    }
+
+    /// From now on, a plugin whose bytes changed is compiled on a thread of
+    /// its own and the version it replaces keeps serving until it is ready,
+    /// so a daemon never stalls on a big component. The switch is logged.
+    pub fn reload_in_background(&self) {
+        self.background_reload
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The plugin's bytes and their sha256 (hex); a file's hash is
@@ -255,71 +504,149 @@ impl PluginHost {
         sha
     }
 
-    /// Compiles (or loads from the cache) and pre-links a plugin for `world`.
     fn pre(&self, spec: &PluginSpec, world: World) -> Result<Pre, PluginError> {
+        self.pre_timed(spec, world).map(|(pre, _)| pre)
+    }
+
+    /// The pre-instance of a plugin for `world`: already in memory, loaded
+    /// from the cache, or compiled.
+    fn pre_timed(&self, spec: &PluginSpec, world: World) -> Result<(Pre, Preloaded), PluginError> {
         let (wasm, sha) = self.read_plugin(spec)?;
-        let key = format!("{sha}/{}", world.name());
-        if let Some(pre) = lock(&self.pres).get(&key) {
-            return Ok(pre.clone());
+        let key = format!("{sha}/{}", world.base_name());
+        let slot = slot_key(spec, world);
+        if let Some(pre) = lock(&self.pres).get(&key).cloned() {
+            self.now_serving(spec, &slot, &sha, &pre);
+            let ready = Preloaded {
+                origin: Origin::InMemory,
+                elapsed: Duration::ZERO,
+                rejected: None,
+            };
+            return Ok((pre, ready));
         }
-        let plugin = spec.name();
-        let component = self
-            .cache
-            .load_or_compile(&self.engine, &wasm, &sha)
-            .map_err(|e| PluginError::Load {
-                plugin: plugin.clone(),
-                source_desc: spec.source.describe(),
-                message: format!("{e:#}"),
-            })?;
-        let found = world_of(&self.engine, &component);
-        if found != Some(world) {
-            return Err(PluginError::WrongWorld {
-                plugin,
-                message: match found {
-                    Some(other) => format!(
-                        "implements the {} world, but this slot needs {}",
-                        other.name(),
-                        world.name()
-                    ),
-                    None => format!(
-                        "implements none of huddle's worlds; this slot needs {}",
-                        world.name()
-                    ),
-                },
-            });
+        if self
+            .background_reload
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let mut swaps = lock(&self.swaps);
+            if let Some(error) = swaps.failed.get(&key) {
+                return Err(error.clone());
+            }
+            if let Some((_, serving)) = swaps.serving.get(&slot) {
+                let serving = serving.clone();
+                if swaps.compiling.insert(key.clone()) {
+                    self.compile_in_background(spec, wasm, sha, world, key);
+                }
+                let ready = Preloaded {
+                    origin: Origin::InMemory,
+                    elapsed: Duration::ZERO,
+                    rejected: None,
+                };
+                return Ok((serving, ready));
+            }
         }
-        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
-            plugin: plugin.clone(),
-            message: format!("cannot be linked as {}: {e:#}", world.name()),
+        let prepared = self.compiler.prepare(spec, &wasm, &sha, world)?;
+        lock(&self.pres).insert(key, prepared.pre.clone());
+        self.now_serving(spec, &slot, &sha, &prepared.pre);
+        let ready = Preloaded {
+            origin: prepared.origin,
+            elapsed: prepared.elapsed,
+            rejected: prepared.rejected,
         };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(wrong_world)?;
-        let pre = match world {
-            World::HeadingMapper => Pre::HeadingMapper(
-                heading_mapper::HeadingMapperPre::new(instance_pre).map_err(wrong_world)?,
-            ),
-            World::Renderer => {
-                Pre::Renderer(renderer::RendererPre::new(instance_pre).map_err(wrong_world)?)
+        Ok((prepared.pre, ready))
+    }
+
+    /// The sha256 of the version of `spec` a call made now would run: the
+    /// file's, or, while a changed file compiles in the background, the
+    /// version still serving. Whatever caches a plugin's output keys it by
+    /// this, so output of the previous version is never filed under the new.
+    pub fn serving_sha(&self, spec: &PluginSpec, slot: super::Slot) -> Result<String, PluginError> {
+        let (_, sha) = self.read_plugin(spec)?;
+        let world = world_for(slot);
+        if !self
+            .background_reload
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || lock(&self.pres).contains_key(&format!("{sha}/{}", world.base_name()))
+        {
+            return Ok(sha);
+        }
+        let swaps = lock(&self.swaps);
+        match swaps.serving.get(&slot_key(spec, world)) {
+            Some((serving, _)) => Ok(serving.clone()),
+            None => Ok(sha),
+        }
+    }
+
+    /// Records which version of a slot's plugin serves; a change of version
+    /// is a reload, and huddle's log names it.
+    fn now_serving(&self, spec: &PluginSpec, slot: &str, sha: &str, pre: &Pre) {
+        let mut swaps = lock(&self.swaps);
+        let previous = swaps
+            .serving
+            .insert(slot.to_string(), (sha.to_string(), pre.clone()));
+        if let Some((was, _)) = previous {
+            if was != sha {
+                tracing::info!(
+                    plugin = spec.name().as_str(),
+                    source = %spec.source.describe(),
+                    "plugin reloaded: sha256 {} replaces {}",
+                    short(sha),
+                    short(&was)
+                );
             }
-            World::AlertSink => {
-                Pre::AlertSink(alert_sink::AlertSinkPre::new(instance_pre).map_err(wrong_world)?)
+        }
+    }
+
+    fn compile_in_background(
+        &self,
+        spec: &PluginSpec,
+        wasm: Arc<[u8]>,
+        sha: String,
+        world: World,
+        key: String,
+    ) {
+        let compiler = self.compiler.clone();
+        let pres = self.pres.clone();
+        let swaps = self.swaps.clone();
+        let spec = spec.clone();
+        tracing::info!(
+            plugin = spec.name().as_str(),
+            "plugin changed (sha256 {}): preparing it while the previous version keeps serving",
+            short(&sha)
+        );
+        let work = move || {
+            let outcome = compiler.prepare(&spec, &wasm, &sha, world);
+            let mut swaps = lock(&swaps);
+            swaps.compiling.remove(&key);
+            match outcome {
+                Ok(prepared) => {
+                    tracing::info!(
+                        plugin = spec.name().as_str(),
+                        "plugin sha256 {} ready ({} in {} ms); it serves from the next call",
+                        short(&sha),
+                        prepared.origin.describe(),
+                        prepared.elapsed.as_millis()
+                    );
+                    lock(&pres).insert(key, prepared.pre);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the changed plugin cannot be used");
+                    swaps.failed.insert(key, error);
+                }
             }
         };
-        lock(&self.pres).insert(key, pre.clone());
-        Ok(pre)
+        if let Err(error) = std::thread::Builder::new()
+            .name("huddle-plugin-compile".into())
+            .spawn(work)
+        {
+            tracing::error!(%error, "cannot start a thread to compile a changed plugin");
+        }
     }
 
     /// Compiles (or loads from the cache) and links a plugin for `slot`
     /// without calling it, so the first real call pays no compile time.
-    pub fn preload(&self, spec: &PluginSpec, slot: super::Slot) -> Result<(), PluginError> {
-        let world = match slot {
-            super::Slot::HeadingMapper => World::HeadingMapper,
-            super::Slot::Renderer => World::Renderer,
-            super::Slot::AlertSink => World::AlertSink,
-        };
-        self.pre(spec, world).map(|_| ())
+    pub fn preload(&self, spec: &PluginSpec, slot: super::Slot) -> Result<Preloaded, PluginError> {
+        self.pre_timed(spec, world_for(slot))
+            .map(|(_, ready)| ready)
     }
 
     /// Links a plugin for `world` without calling it (for `plugins check`).
@@ -351,7 +678,7 @@ impl PluginHost {
             http: spec.http.clone().map(HttpSession::new),
             log_lines: 0,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.compiler.engine, state);
         store.limiter(|state| &mut state.limiter);
         let ticks = spec
             .deadline
@@ -421,21 +748,20 @@ impl PluginHost {
         spec: &PluginSpec,
         events: &[Event],
     ) -> Result<Vec<Option<String>>, PluginError> {
-        let Pre::HeadingMapper(pre) = self.pre(spec, World::HeadingMapper)? else {
+        let Pre::HeadingMapper(pre, version) = self.pre(spec, World::HeadingMapper)? else {
             unreachable!("pre() returns the world it was asked for")
         };
+        let interface = World::HeadingMapper.export(version);
         let views: Vec<EventView<'_>> = events.iter().map(EventView::of).collect();
         let headings = self.call(spec, |store| {
-            let instance = pre.instance_pre().instantiate(&mut *store)?;
-            let bindings = heading_mapper::HeadingMapper::new(&mut *store, &instance)?;
-            let mapper = bindings.huddle_plugin_mapper();
-            if let Err(message) = mapper.call_configure(&mut *store, &spec.settings)? {
+            let instance = pre.instantiate(&mut *store)?;
+            if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)? {
                 return Ok(Err(Refusal::Configure(message)));
             }
             let headings = export::<(&[EventView<'_>],), (Vec<Option<String>>,)>(
                 &instance,
                 &mut *store,
-                MAPPER_INTERFACE,
+                &interface,
                 "headings",
             )?;
             let (headings,) = headings.call(&mut *store, (&views,))?;
@@ -476,16 +802,28 @@ impl PluginHost {
         Ok(headings)
     }
 
-    /// One block of text per interaction, in one call.
+    /// One block of text per interaction, in one call, for `section`
+    /// (a 0.2.0 renderer gets K = 0 and no directory name).
     pub fn render(
         &self,
         spec: &PluginSpec,
         section: Section,
         interactions: &[Interaction],
     ) -> Result<Vec<String>, PluginError> {
-        let Pre::Renderer(pre) = self.pre(spec, World::Renderer)? else {
+        self.render_in(spec, &RenderContext::of(section), interactions)
+    }
+
+    /// One block of text per interaction, in one call.
+    pub fn render_in(
+        &self,
+        spec: &PluginSpec,
+        context: &RenderContext,
+        interactions: &[Interaction],
+    ) -> Result<Vec<String>, PluginError> {
+        let Pre::Renderer(pre, version) = self.pre(spec, World::Renderer)? else {
             unreachable!("pre() returns the world it was asked for")
         };
+        let interface = World::Renderer.export(version);
         let entries: Vec<Vec<EntryView<'_>>> = interactions
             .iter()
             .map(|interaction| interaction.entries.iter().map(EntryView::of).collect())
@@ -498,21 +836,29 @@ impl PluginHost {
                 entries,
             })
             .collect();
-        let blocks =
-            self.call(spec, |store| {
-                let instance = pre.instance_pre().instantiate(&mut *store)?;
-                let bindings = renderer::Renderer::new(&mut *store, &instance)?;
-                let render = bindings.huddle_plugin_render();
-                if let Err(message) = render.call_configure(&mut *store, &spec.settings)? {
-                    return Ok(Err(Refusal::Configure(message)));
-                }
-                let render = export::<
+        let blocks = self.call(spec, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)? {
+                return Ok(Err(Refusal::Configure(message)));
+            }
+            let (blocks,) = match version {
+                WitVersion::V0_1_0 => export::<
                     (Section, &[InteractionView<'_>]),
                     (Result<Vec<String>, String>,),
-                >(&instance, &mut *store, RENDER_INTERFACE, "render")?;
-                let (blocks,) = render.call(&mut *store, (section, &views))?;
-                Ok(blocks.map_err(Refusal::Failed))
-            })?;
+                >(
+                    &instance, &mut *store, &interface, "render"
+                )?
+                .call(&mut *store, (context.section, &views))?,
+                WitVersion::V0_2_0 => {
+                    export::<
+                        (ContextView<'_>, &[InteractionView<'_>]),
+                        (Result<Vec<String>, String>,),
+                    >(&instance, &mut *store, &interface, "render")?
+                    .call(&mut *store, (ContextView::of(context), &views))?
+                }
+            };
+            Ok(blocks.map_err(Refusal::Failed))
+        })?;
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
@@ -533,6 +879,100 @@ impl PluginHost {
         Ok(blocks)
     }
 
+    /// The WIT version a plugin was built against (loading it if needed).
+    pub fn wit_version(
+        &self,
+        spec: &PluginSpec,
+        slot: super::Slot,
+    ) -> Result<WitVersion, PluginError> {
+        Ok(self.pre(spec, world_for(slot))?.version())
+    }
+
+    /// Renders one interaction in parts of at most `entries_per_part`
+    /// entries and [`PART_BYTES`] of content, one call each (each with its
+    /// own deadline and output limit), and concatenates them: for an
+    /// interaction too large for one `render` call. `Ok(None)`: the
+    /// renderer is built against WIT 0.1.0, which cannot render in parts.
+    pub fn render_in_parts(
+        &self,
+        spec: &PluginSpec,
+        context: &RenderContext,
+        interaction: &Interaction,
+        entries_per_part: usize,
+    ) -> Result<Option<String>, PluginError> {
+        let Pre::Renderer(pre, version) = self.pre(spec, World::Renderer)? else {
+            unreachable!("pre() returns the world it was asked for")
+        };
+        if version < WitVersion::V0_2_0 {
+            return Ok(None);
+        }
+        let interface = World::Renderer.export(version);
+        let invalid = |message: String| PluginError::InvalidOutput {
+            plugin: spec.name(),
+            message,
+        };
+        let mut slices = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, entry) in interaction.entries.iter().enumerate() {
+            bytes += entry.event.content.len() + entry.heading.len() + 128;
+            if i + 1 - start >= entries_per_part.max(1) || bytes >= PART_BYTES {
+                slices.push(start..i + 1);
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+        if start < interaction.entries.len() || slices.is_empty() {
+            slices.push(start..interaction.entries.len());
+        }
+        let count = slices.len();
+        let mut block = String::new();
+        for (n, range) in slices.into_iter().enumerate() {
+            let entries: Vec<EntryView<'_>> = interaction.entries[range]
+                .iter()
+                .map(EntryView::of)
+                .collect();
+            let part = PartView {
+                number: interaction.number,
+                entries: &entries,
+                first: n == 0,
+                last: n + 1 == count,
+            };
+            let text = self.call(spec, |store| {
+                let instance = pre.instantiate(&mut *store)?;
+                if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)?
+                {
+                    return Ok(Err(Refusal::Configure(message)));
+                }
+                let (text,) = export::<(ContextView<'_>, PartView<'_>), (Result<String, String>,)>(
+                    &instance,
+                    &mut *store,
+                    &interface,
+                    "render-part",
+                )?
+                .call(&mut *store, (ContextView::of(context), part))?;
+                Ok(text.map_err(Refusal::Failed))
+            })?;
+            if text.len() > MAX_OUTPUT_BYTES {
+                return Err(invalid(format!(
+                    "returned {} bytes for part {} of interaction {}, over the limit of \
+                     {MAX_OUTPUT_BYTES} bytes per call",
+                    text.len(),
+                    n + 1,
+                    interaction.number
+                )));
+            }
+            if block.len() + text.len() > MAX_INTERACTION_BYTES {
+                return Err(invalid(format!(
+                    "interaction {} renders to more than {MAX_INTERACTION_BYTES} bytes",
+                    interaction.number
+                )));
+            }
+            block.push_str(&text);
+        }
+        Ok(Some(block))
+    }
+
     /// Delivers a batch of alerts in one call. `Ok(Err(..))` is the sink's
     /// own verdict (transient or permanent); `Err` is a contained failure.
     pub fn deliver(
@@ -540,33 +980,59 @@ impl PluginHost {
         spec: &PluginSpec,
         alerts: &[Alert],
     ) -> Result<Result<(), DeliveryError>, PluginError> {
-        let Pre::AlertSink(pre) = self.pre(spec, World::AlertSink)? else {
-            unreachable!("pre() returns the world it was asked for")
+        let pre = self.pre(spec, World::AlertSink)?;
+        let verdict = match pre {
+            Pre::AlertSinkV1(pre) => {
+                use v1::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
+                let wit: Vec<v1::types::Alert> = alerts
+                    .iter()
+                    .map(|a| v1::types::Alert {
+                        event: to_wit_event_v1(&a.event),
+                        count: a.count,
+                        source: a.source.clone(),
+                    })
+                    .collect();
+                self.call(spec, |store| {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    let sink = bindings.huddle_plugin_sink();
+                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
+                        return Ok(Err(Refusal::Configure(message)));
+                    }
+                    sink.call_deliver(&mut *store, &wit).map(Ok)
+                })?
+                .map_err(|e| match e {
+                    Wit::Transient(m) => DeliveryError::Transient(m),
+                    Wit::Permanent(m) => DeliveryError::Permanent(m),
+                })
+            }
+            Pre::AlertSinkV2(pre) => {
+                use v2::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
+                let wit: Vec<v2::types::Alert> = alerts
+                    .iter()
+                    .map(|a| v2::types::Alert {
+                        event: to_wit_event_v2(&a.event),
+                        count: a.count,
+                        source: a.source.clone(),
+                    })
+                    .collect();
+                self.call(spec, |store| {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    let sink = bindings.huddle_plugin_sink();
+                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
+                        return Ok(Err(Refusal::Configure(message)));
+                    }
+                    sink.call_deliver(&mut *store, &wit).map(Ok)
+                })?
+                .map_err(|e| match e {
+                    Wit::Transient(m) => DeliveryError::Transient(m),
+                    Wit::Permanent(m) => DeliveryError::Permanent(m),
+                })
+            }
+            Pre::HeadingMapper(..) | Pre::Renderer(..) => {
+                unreachable!("pre() returns the world it was asked for")
+            }
         };
-        let wit: Vec<v1::types::Alert> = alerts
-            .iter()
-            .map(|a| v1::types::Alert {
-                event: to_wit_event(&a.event),
-                count: a.count,
-                source: a.source.clone(),
-            })
-            .collect();
-        let verdict = self.call(spec, |store| {
-            let bindings = pre.instantiate(&mut *store)?;
-            let sink = bindings.huddle_plugin_sink();
-            if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
-                return Ok(Err(Refusal::Configure(message)));
-            }
-            sink.call_deliver(&mut *store, &wit).map(Ok)
-        })?;
-        Ok(verdict.map_err(|e| match e {
-            alert_sink::exports::huddle::plugin::sink::DeliveryError::Transient(m) => {
-                DeliveryError::Transient(m)
-            }
-            alert_sink::exports::huddle::plugin::sink::DeliveryError::Permanent(m) => {
-                DeliveryError::Permanent(m)
-            }
-        }))
+        Ok(verdict)
     }
 }
 
@@ -635,9 +1101,22 @@ fn settle<T>(
     }
 }
 
-/// The exported interfaces the hot calls go through.
-const MAPPER_INTERFACE: &str = "huddle:plugin/mapper@0.1.0";
-const RENDER_INTERFACE: &str = "huddle:plugin/render@0.1.0";
+/// Calls the `configure` of `interface`.
+fn configure(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<HostState>,
+    interface: &str,
+    settings: &[(String, String)],
+) -> wasmtime::Result<Result<(), String>> {
+    let configure = export::<(&[(String, String)],), (Result<(), String>,)>(
+        instance,
+        &mut *store,
+        interface,
+        "configure",
+    )?;
+    let (outcome,) = configure.call(&mut *store, (settings,))?;
+    Ok(outcome)
+}
 
 /// A function of an exported interface, typed with the host's own
 /// parameter types. wasmtime checks them against the component's types.
@@ -717,7 +1196,51 @@ struct InteractionView<'a> {
     entries: &'a [EntryView<'a>],
 }
 
-fn to_wit_event(event: &Event) -> v1::types::Event {
+/// `huddle:plugin/types.render-context` (0.2.0).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct ContextView<'a> {
+    section: v2::types::Section,
+    k: u32,
+    directory: &'a str,
+}
+
+impl<'a> ContextView<'a> {
+    fn of(context: &'a RenderContext) -> ContextView<'a> {
+        ContextView {
+            section: match context.section {
+                Section::Communication => v2::types::Section::Communication,
+                Section::Archive => v2::types::Section::Archive,
+            },
+            k: context.k,
+            directory: &context.directory,
+        }
+    }
+}
+
+/// `huddle:plugin/types.interaction-part` (0.2.0).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct PartView<'a> {
+    number: u64,
+    entries: &'a [EntryView<'a>],
+    first: bool,
+    last: bool,
+}
+
+fn to_wit_event_v2(event: &Event) -> v2::types::Event {
+    v2::types::Event {
+        interaction: event.interaction,
+        actor: event.actor.clone(),
+        type_: event.kind.clone(),
+        content: event.content.clone(),
+        timestamp: event.timestamp.clone(),
+        id: event.id.clone(),
+        term: event.term,
+    }
+}
+
+fn to_wit_event_v1(event: &Event) -> v1::types::Event {
     v1::types::Event {
         interaction: event.interaction,
         actor: event.actor.clone(),
@@ -781,6 +1304,28 @@ fn builtin_sha256(name: &str, wasm: &[u8]) -> String {
         .entry(name.to_string())
         .or_insert_with(|| hex_sha256(wasm))
         .clone()
+}
+
+fn world_for(slot: super::Slot) -> World {
+    match slot {
+        super::Slot::HeadingMapper => World::HeadingMapper,
+        super::Slot::Renderer => World::Renderer,
+        super::Slot::AlertSink => World::AlertSink,
+    }
+}
+
+/// What a plugin serves as: a directory has one mapper and one renderer,
+/// whatever file they come from; its sinks are told apart by their source.
+fn slot_key(spec: &PluginSpec, world: World) -> String {
+    match world {
+        World::AlertSink => format!("{}/{}", spec.source.describe(), world.base_name()),
+        World::HeadingMapper | World::Renderer => world.base_name().to_string(),
+    }
+}
+
+/// The first 12 hex digits of a sha256, enough to tell versions apart in a log.
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
 /// A poisoned mutex here only guards caches: keep using the data.

@@ -17,9 +17,15 @@
 //! Load, link and configure failures never depend on the input: they fail
 //! the call at once.
 
-use super::host::{Entry, Interaction, MAX_HEADING_BYTES, MAX_OUTPUT_BYTES};
-use super::{PluginError, PluginHost, PluginSpec, Section};
+use super::host::{
+    Entry, Interaction, RenderContext, MAX_HEADING_BYTES, MAX_OUTPUT_BYTES, PART_BYTES,
+};
+use super::{PluginError, PluginHost, PluginSpec};
 use crate::model::event::Event;
+
+/// Entries of one interaction beyond which a renderer that can render in
+/// parts (WIT 0.2.0) is called part by part.
+pub const ENTRIES_PER_CALL: usize = 8192;
 
 /// Failing calls one isolation may make before it blames the plugin.
 pub const FAILED_CALL_BUDGET: usize = 32;
@@ -200,10 +206,98 @@ impl PluginHost {
     /// One block per interaction; an interaction the renderer fails on is
     /// rendered without the entries it fails on, or left out whole (see the
     /// module docs). `check` judges each block (e.g. no marker lines).
+    ///
+    /// An interaction over the limits of one call (more than
+    /// [`ENTRIES_PER_CALL`] entries or [`PART_BYTES`] of content) is rendered
+    /// in parts by a renderer built against WIT 0.2.0 or later, and left
+    /// out whole if that fails; a 0.1.0 renderer gets it like any other.
     pub fn render_isolating(
         &self,
         spec: &PluginSpec,
-        section: Section,
+        context: &RenderContext,
+        interactions: &[Interaction],
+        check: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Rendered, PluginError> {
+        let oversized = |interaction: &Interaction| {
+            interaction.entries.len() > ENTRIES_PER_CALL
+                || interaction
+                    .entries
+                    .iter()
+                    .map(|e| e.event.content.len() + e.heading.len() + 128)
+                    .sum::<usize>()
+                    > PART_BYTES
+        };
+        if !interactions.iter().any(oversized) {
+            return self.render_batch_isolating(spec, context, interactions, check);
+        }
+        // The oversized ones one by one, in parts; the rest in one batch.
+        let mut in_parts: Vec<Option<Result<String, PluginError>>> = Vec::new();
+        for interaction in interactions {
+            in_parts.push(if oversized(interaction) {
+                self.render_in_parts(spec, context, interaction, ENTRIES_PER_CALL)
+                    .transpose()
+                    .map(|rendered| {
+                        rendered.and_then(|block| match check(&block) {
+                            Some(problem) => Err(PluginError::InvalidOutput {
+                                plugin: spec.name(),
+                                message: format!(
+                                    "the block for interaction {}: {problem}",
+                                    interaction.number
+                                ),
+                            }),
+                            None => Ok(block),
+                        })
+                    })
+            } else {
+                None
+            });
+        }
+        let batch: Vec<Interaction> = interactions
+            .iter()
+            .zip(&in_parts)
+            .filter(|(_, parts)| parts.is_none())
+            .map(|(interaction, _)| interaction.clone())
+            .collect();
+        let mut rest = self.render_batch_isolating(spec, context, &batch, check)?;
+        let mut rest_isolated = rest.isolated.into_iter().peekable();
+        let mut rest_blocks = rest.blocks.drain(..);
+        let mut rendered = Rendered::default();
+        let mut batch_index = 0;
+        for (index, parts) in in_parts.into_iter().enumerate() {
+            match parts {
+                Some(Ok(block)) => rendered.blocks.push(block),
+                Some(Err(error)) => {
+                    if !error.may_be_caused_by_input() {
+                        return Err(error);
+                    }
+                    rendered.blocks.push(String::new());
+                    rendered.isolated.push(IsolatedEntry {
+                        interaction: index,
+                        entry: None,
+                        reason: error.to_string(),
+                    });
+                }
+                None => {
+                    rendered.blocks.push(rest_blocks.next().unwrap_or_default());
+                    while let Some(isolated) =
+                        rest_isolated.next_if(|isolated| isolated.interaction == batch_index)
+                    {
+                        rendered.isolated.push(IsolatedEntry {
+                            interaction: index,
+                            ..isolated
+                        });
+                    }
+                    batch_index += 1;
+                }
+            }
+        }
+        Ok(rendered)
+    }
+
+    fn render_batch_isolating(
+        &self,
+        spec: &PluginSpec,
+        context: &RenderContext,
         interactions: &[Interaction],
         check: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Rendered, PluginError> {
@@ -220,7 +314,7 @@ impl PluginHost {
             }],
         };
         let mut call = |batch: &[Interaction]| -> Result<ItemResults<String>, PluginError> {
-            let blocks = self.render(spec, section, batch)?;
+            let blocks = self.render_in(spec, context, batch)?;
             Ok(blocks
                 .into_iter()
                 .zip(batch)

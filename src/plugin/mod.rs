@@ -19,13 +19,17 @@ mod isolate;
 mod limits;
 
 pub use builtin::{builtin_wasm, BUILTINS};
+pub use cache::Origin;
 pub use capabilities::{
     Allowlist, HttpError, HttpGrant, HttpResponse, HttpSession, Reason, Refusal,
     MAX_REQUESTS_PER_CALL,
 };
-pub use check::{check_file, CheckError, World};
-pub use host::{read_plugin, Alert, DeliveryError, Entry, Interaction, PluginHost, Section};
-pub use isolate::{Heading, IsolatedEntry, Rendered, FAILED_CALL_BUDGET};
+pub use check::{check_file, CheckError, Implements, WitVersion, World};
+pub use host::{
+    read_plugin, Alert, DeliveryError, Entry, Interaction, PluginHost, Preloaded, RenderContext,
+    Section, MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES, PART_BYTES,
+};
+pub use isolate::{Heading, IsolatedEntry, Rendered, ENTRIES_PER_CALL, FAILED_CALL_BUDGET};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -237,6 +237,11 @@ impl Workspace {
                     })?;
                 let mut grant = HttpGrant::new(allow);
                 grant.timeout = Duration::from_millis(sink.timeout_ms);
+                grant.allow_headers = sink
+                    .allow_headers
+                    .iter()
+                    .map(|name| name.to_ascii_lowercase())
+                    .collect();
                 grant.proxy = match &sink.proxy {
                     Some(proxy) => {
                         Some(crate::model::config::parse_proxy(proxy).map_err(|message| {
@@ -257,6 +262,21 @@ impl Workspace {
                 })
             })
             .collect()
+    }
+
+    /// Every plugin this directory runs, with its slot: the heading mapper,
+    /// the renderer, then each alert sink.
+    pub fn plugin_specs(&self) -> Result<Vec<(Slot, PluginSpec)>, ConfigError> {
+        let mut plugins = vec![
+            (Slot::HeadingMapper, self.slot_spec(Slot::HeadingMapper)),
+            (Slot::Renderer, self.slot_spec(Slot::Renderer)),
+        ];
+        plugins.extend(
+            self.sink_specs()?
+                .into_iter()
+                .map(|spec| (Slot::AlertSink, spec)),
+        );
+        Ok(plugins)
     }
 }
 

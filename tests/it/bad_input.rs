@@ -839,7 +839,7 @@ fn toml_rows() -> Vec<TomlRow> {
         toml_row("allow not a URL", &sink("allow = [\"hooks.slack.com\"]\n"), PluginsList, &["alerts.sinks[0].allow", "\"hooks.slack.com\" is refused: not a URL"]),
         toml_row("renderer neither built-in nor file", "[plugins.renderer]\nplugin = \"markdwn\"\n", Snapshot, &["plugin markdwn: cannot load", "no such file, and \"markdwn\" is not a built-in plugin either (built-ins: headings, markdown, webhook, stderr)"]),
         toml_row("mapper .wasm path missing", "[plugins.heading-mapper]\nplugin = \"plugins/mine.wasm\"\n", Snapshot, &["plugin mine.wasm: cannot load", "plugins/mine.wasm", "no such file"]),
-        toml_row("a mapper in the renderer slot", "[plugins.renderer]\nplugin = \"headings\"\n", Snapshot, &["plugin headings: implements the huddle:plugin/heading-mapper@0.1.0 world, but this slot needs huddle:plugin/renderer@0.1.0"]),
+        toml_row("a mapper in the renderer slot", "[plugins.renderer]\nplugin = \"headings\"\n", Snapshot, &["plugin headings: implements the huddle:plugin/heading-mapper@0.2.0 world, but this slot needs huddle:plugin/renderer (WIT 0.1.0 or 0.2.0)"]),
         toml_row("unknown mapper setting", "[plugins.heading-mapper.settings]\ncolour = \"red\"\n", Snapshot, &["plugin headings: configure refused its settings", "unknown setting `colour`"]),
         toml_row("unknown renderer setting", "[plugins.renderer.settings]\ncolour = \"red\"\n", Snapshot, &["plugin markdown: configure refused its settings", "unknown setting `colour`"]),
         toml_row("renderer template that does not parse", "[plugins.renderer.settings]\ncommunication_template = \"{% for %}\"\n", Snapshot, &["plugin markdown", "communication_template"]),
@@ -1734,7 +1734,7 @@ fn plugin_rows() -> Vec<PluginRow> {
                 repo_file("plugins/dist/markdown.wasm").display().to_string()
             ),
             events: PLAIN,
-            outcome: FailsTheSnapshot(&["plugin markdown.wasm: implements the huddle:plugin/renderer@0.1.0 world, but this slot needs huddle:plugin/heading-mapper@0.1.0"]),
+            outcome: FailsTheSnapshot(&["plugin markdown.wasm: implements the huddle:plugin/renderer@0.2.0 world, but this slot needs huddle:plugin/heading-mapper (WIT 0.1.0 or 0.2.0)"]),
         },
         PluginRow {
             input: "mapper heading with a bell (refused by the stock mapper's configure)",

@@ -294,6 +294,8 @@ pub struct RecordedRequest {
     pub path: String,
     pub content_type: String,
     pub body: String,
+    /// Every header line as received, name lower-cased: (name, value).
+    pub headers: Vec<(String, String)>,
     /// When the whole request had arrived.
     pub received_at: std::time::Instant,
 }
@@ -355,12 +357,16 @@ impl HttpRecorder {
                 let method = parts.next().unwrap_or_default().to_string();
                 let path = parts.next().unwrap_or_default().to_string();
                 let (mut length, mut content_type) = (0usize, String::new());
+                let mut headers = Vec::new();
                 loop {
                     let mut header = String::new();
                     if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
                         break;
                     }
                     let lower = header.to_ascii_lowercase();
+                    if let Some((name, value)) = header.split_once(':') {
+                        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+                    }
                     if let Some(v) = lower.strip_prefix("content-length:") {
                         length = v.trim().parse().unwrap_or(0);
                     }
@@ -379,6 +385,7 @@ impl HttpRecorder {
                     path,
                     content_type,
                     body: String::from_utf8_lossy(&body).into_owned(),
+                    headers,
                     received_at: std::time::Instant::now(),
                 });
                 let code = status.load(Ordering::SeqCst);

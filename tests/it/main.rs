@@ -19,6 +19,8 @@ mod log_store;
 mod mcp;
 mod nats;
 mod pause;
+mod plugin_cache;
+mod plugin_wit;
 mod plugins;
 mod queue;
 mod reads;

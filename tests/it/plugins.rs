@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use huddle::event::Event;
 use huddle::plugin::{
-    Alert, Allowlist, DeliveryError, Entry, HttpGrant, Interaction, PluginError, PluginHost,
-    PluginSource, PluginSpec, Section, Slot,
+    Alert, Allowlist, DeliveryError, Entry, HttpGrant, Interaction, Origin, PluginError,
+    PluginHost, PluginSource, PluginSpec, Section, Slot,
 };
 use huddle::workspace::Workspace;
 
@@ -468,59 +468,22 @@ fn a_plugin_named_in_huddle_toml_replaces_the_default_without_a_rebuild() {
 fn a_second_host_loads_the_compiled_artifact_instead_of_compiling() {
     let cache = tempfile::tempdir().unwrap();
     let first = PluginHost::with_cache_dir(cache.path().to_path_buf()).unwrap();
-    first
-        .render(
-            &PluginSpec::builtin("markdown"),
-            Section::Archive,
-            &sample(),
-        )
-        .unwrap();
+    let markdown = PluginSpec::builtin("markdown");
+    let compiled = first.preload(&markdown, Slot::Renderer).unwrap();
+    assert_eq!(compiled.origin, Origin::Compiled);
     let entries: Vec<std::path::PathBuf> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(entries.len(), 1, "one compiled artifact");
-    let markdown_artifact = entries[0].clone();
 
-    // Put another plugin's compiled artifact (an alert sink) under the
-    // markdown renderer's key: a host that uses the cache loads that one and
-    // finds the wrong world; a host that compiled afresh would render.
-    let other = tempfile::tempdir().unwrap();
-    PluginHost::with_cache_dir(other.path().to_path_buf())
-        .unwrap()
-        .preload(&PluginSpec::builtin("stderr"), Slot::AlertSink)
-        .unwrap();
-    let sink_artifact = std::fs::read_dir(other.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    std::fs::copy(&sink_artifact, &markdown_artifact).unwrap();
     let second = PluginHost::with_cache_dir(cache.path().to_path_buf()).unwrap();
-    let err = second
-        .render(
-            &PluginSpec::builtin("markdown"),
-            Section::Archive,
-            &sample(),
-        )
-        .unwrap_err();
-    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
-
-    // A damaged artifact is no artifact: the host compiles and replaces it.
-    std::fs::write(&markdown_artifact, b"not a compiled component").unwrap();
-    let third = PluginHost::with_cache_dir(cache.path().to_path_buf()).unwrap();
-    third
-        .render(
-            &PluginSpec::builtin("markdown"),
-            Section::Archive,
-            &sample(),
-        )
+    let loaded = second.preload(&markdown, Slot::Renderer).unwrap();
+    assert_eq!(loaded.origin, Origin::Cached, "{loaded:?}");
+    let blocks = second
+        .render(&markdown, Section::Archive, &sample())
         .unwrap();
-    assert_ne!(
-        std::fs::read(&markdown_artifact).unwrap(),
-        b"not a compiled component"
-    );
+    assert!(blocks[0].starts_with("## Interaction #7"), "{blocks:?}");
 }
 
 #[test]
@@ -529,12 +492,21 @@ fn plugins_check_names_the_world_or_the_reason() {
     for (file, world) in [
         (
             "plugins/dist/headings.wasm",
-            "huddle:plugin/heading-mapper@0.1.0",
+            "huddle:plugin/heading-mapper@0.2.0",
         ),
-        ("plugins/dist/markdown.wasm", "huddle:plugin/renderer@0.1.0"),
+        ("plugins/dist/markdown.wasm", "huddle:plugin/renderer@0.2.0"),
         (
             "plugins/dist/webhook.wasm",
+            "huddle:plugin/alert-sink@0.2.0",
+        ),
+        // Built against 0.1.0 and kept so: older plugins keep working.
+        (
+            "examples/dist/ntfy-sink.wasm",
             "huddle:plugin/alert-sink@0.1.0",
+        ),
+        (
+            "tests/plugins/dist/mapper-picky.wasm",
+            "huddle:plugin/heading-mapper@0.1.0",
         ),
         (
             "examples/dist/json-renderer.wasm",

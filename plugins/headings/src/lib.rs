@@ -23,7 +23,7 @@ use exports::huddle::plugin::mapper::Guest;
 use huddle::plugin::types::{Event, Settings};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/since_v0.2.0",
     world: "heading-mapper",
 });
 

@@ -27,13 +27,15 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use exports::huddle::plugin::render::Guest;
-use huddle::plugin::types::{Entry, Event, Interaction, Section, Settings};
+use huddle::plugin::types::{
+    Entry, Event, Interaction, InteractionPart, RenderContext, Section, Settings,
+};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Enumerator, Object};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/since_v0.2.0",
     world: "renderer",
 });
 
@@ -111,15 +113,32 @@ fn record<const N: usize>(keys: &'static [&'static str; N], values: [Value; N]) 
     Value::from_object(Record { keys, values })
 }
 
-/// The template context of one interaction:
-/// `{ interaction: { number, entries: [{ heading, event: { ... } }] } }`.
-fn context(interaction: Interaction) -> Value {
+/// Which part of an interaction is rendered: the whole is first and last.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    first: bool,
+    last: bool,
+}
+
+const WHOLE: Part = Part {
+    first: true,
+    last: true,
+};
+
+/// The template context of one interaction (or one part of it):
+/// `{ interaction: { number, entries: [{ heading, event: { ... } }] },
+///    part: { first, last } }`.
+fn context(interaction: Interaction, part: Part) -> Value {
     let entries: Vec<Value> = interaction.entries.into_iter().map(entry_value).collect();
     let interaction = record(
         &["number", "entries"],
         [Value::from(interaction.number), Value::from(entries)],
     );
-    record(&["interaction"], [interaction])
+    let part = record(
+        &["first", "last"],
+        [Value::from(part.first), Value::from(part.last)],
+    );
+    record(&["interaction", "part"], [interaction, part])
 }
 
 fn entry_value(entry: Entry) -> Value {
@@ -157,19 +176,26 @@ fn render_blocks(
     section: Section,
     interactions: Vec<Interaction>,
 ) -> Result<Vec<String>, String> {
+    interactions
+        .into_iter()
+        .map(|interaction| render_template(env, section, interaction, WHOLE))
+        .collect()
+}
+
+fn render_template(
+    env: &Environment<'static>,
+    section: Section,
+    interaction: Interaction,
+    part: Part,
+) -> Result<String, String> {
     let name = match section {
         Section::Communication => COMMUNICATION_TEMPLATE,
         Section::Archive => ARCHIVE_TEMPLATE,
     };
     let template = env.get_template(name).map_err(|err| err.to_string())?;
-    interactions
-        .into_iter()
-        .map(|interaction| {
-            template
-                .render(context(interaction))
-                .map_err(|err| err.to_string())
-        })
-        .collect()
+    template
+        .render(context(interaction, part))
+        .map_err(|err| err.to_string())
 }
 
 /// The templates in force, and which of them are the stock ones: those are
@@ -202,14 +228,43 @@ fn render_configured(
         Section::Archive => configured.stock_archive,
     };
     if stock {
-        Ok(interactions.iter().map(|i| render_stock(section, i)).collect())
+        Ok(interactions
+            .iter()
+            .map(|i| render_stock(section, i, WHOLE))
+            .collect())
     } else {
         render_blocks(&configured.env, section, interactions)
     }
 }
 
+/// One part of an interaction too large for one call; the parts together
+/// equal the whole block.
+fn render_part_configured(
+    configured: &Configured,
+    section: Section,
+    part: InteractionPart,
+) -> Result<String, String> {
+    let stock = match section {
+        Section::Communication => configured.stock_communication,
+        Section::Archive => configured.stock_archive,
+    };
+    let flags = Part {
+        first: part.first,
+        last: part.last,
+    };
+    let interaction = Interaction {
+        number: part.number,
+        entries: part.entries,
+    };
+    if stock {
+        Ok(render_stock(section, &interaction, flags))
+    } else {
+        render_template(&configured.env, section, interaction, flags)
+    }
+}
+
 /// The stock templates, written out in Rust.
-fn render_stock(section: Section, interaction: &Interaction) -> String {
+fn render_stock(section: Section, interaction: &Interaction, part: Part) -> String {
     let size: usize = interaction
         .entries
         .iter()
@@ -218,9 +273,11 @@ fn render_stock(section: Section, interaction: &Interaction) -> String {
     let mut block = String::with_capacity(size + 32);
     match section {
         Section::Communication => {
-            block.push_str("### Interaction #");
-            block.push_str(&interaction.number.to_string());
-            block.push('\n');
+            if part.first {
+                block.push_str("### Interaction #");
+                block.push_str(&interaction.number.to_string());
+                block.push('\n');
+            }
             for entry in &interaction.entries {
                 block.push_str("#### ");
                 block.push_str(&entry.heading);
@@ -230,9 +287,11 @@ fn render_stock(section: Section, interaction: &Interaction) -> String {
             }
         }
         Section::Archive => {
-            block.push_str("## Interaction #");
-            block.push_str(&interaction.number.to_string());
-            block.push('\n');
+            if part.first {
+                block.push_str("## Interaction #");
+                block.push_str(&interaction.number.to_string());
+                block.push('\n');
+            }
             for entry in &interaction.entries {
                 let event = &entry.event;
                 block.push_str("- [");
@@ -247,7 +306,9 @@ fn render_stock(section: Section, interaction: &Interaction) -> String {
             }
         }
     }
-    block.push('\n');
+    if part.last {
+        block.push('\n');
+    }
     block
 }
 
@@ -266,16 +327,27 @@ impl Guest for MarkdownRenderer {
         Ok(())
     }
 
-    fn render(section: Section, interactions: Vec<Interaction>) -> Result<Vec<String>, String> {
-        CONFIGURED.with(|current| {
-            let mut current = current.borrow_mut();
-            let configured = match current.as_ref() {
-                Some(configured) => configured,
-                None => current.insert(configure_from_settings(Vec::new())?),
-            };
-            render_configured(configured, section, interactions)
-        })
+    fn render(
+        context: RenderContext,
+        interactions: Vec<Interaction>,
+    ) -> Result<Vec<String>, String> {
+        with_configured(|configured| render_configured(configured, context.section, interactions))
     }
+
+    fn render_part(context: RenderContext, part: InteractionPart) -> Result<String, String> {
+        with_configured(|configured| render_part_configured(configured, context.section, part))
+    }
+}
+
+fn with_configured<T>(work: impl FnOnce(&Configured) -> Result<T, String>) -> Result<T, String> {
+    CONFIGURED.with(|current| {
+        let mut current = current.borrow_mut();
+        let configured = match current.as_ref() {
+            Some(configured) => configured,
+            None => current.insert(configure_from_settings(Vec::new())?),
+        };
+        work(configured)
+    })
 }
 
 export!(MarkdownRenderer);
@@ -345,6 +417,47 @@ mod tests {
             let fast = render_configured(&configured, section, interactions.clone()).unwrap();
             let templated = render_blocks(&configured.env, section, interactions.clone()).unwrap();
             assert_eq!(fast, templated);
+        }
+    }
+
+    #[test]
+    fn parts_concatenated_equal_the_whole_block() {
+        let mut interaction = sample().remove(0);
+        for n in 0..5 {
+            let mut entry = interaction.entries[n % 2].clone();
+            entry.event.content = format!("entry {n}");
+            interaction.entries.push(entry);
+        }
+        let stock_template = vec![
+            (
+                COMMUNICATION_TEMPLATE.to_owned(),
+                STOCK_COMMUNICATION.to_owned(),
+            ),
+            (ARCHIVE_TEMPLATE.to_owned(), STOCK_ARCHIVE.to_owned()),
+        ];
+        for configured in [
+            configure_from_settings(Vec::new()).unwrap(),
+            configure_from_settings(stock_template).unwrap(),
+        ] {
+            for section in [Section::Communication, Section::Archive] {
+                let whole =
+                    render_configured(&configured, section, vec![interaction.clone()]).unwrap();
+                let chunks: Vec<&[Entry]> = interaction.entries.chunks(3).collect();
+                let parts: String = chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, entries)| {
+                        let part = InteractionPart {
+                            number: interaction.number,
+                            entries: entries.to_vec(),
+                            first: i == 0,
+                            last: i + 1 == chunks.len(),
+                        };
+                        render_part_configured(&configured, section, part).unwrap()
+                    })
+                    .collect();
+                assert_eq!(parts, whole[0]);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use huddle::plugin::host_log;
 use huddle::plugin::types::{Alert, Level, Settings};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/since_v0.2.0",
     world: "alert-sink",
 });
 

@@ -29,7 +29,7 @@ use huddle::plugin::types::{Alert, Settings};
 use serde_json::json;
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/since_v0.2.0",
     world: "alert-sink",
 });
 
@@ -201,6 +201,21 @@ fn classify_status(status: u16, body: &str) -> Result<(), DeliveryError> {
 /// refused, DNS) may pass later.
 const REFUSAL_PHRASES: &[&str] = &["allowlist", "not allowed", "not a url"];
 
+/// The host's typed refusal or failure, in words; refusals say "not allowed".
+fn describe_http_error(error: http::HttpError) -> String {
+    use http::HttpError as E;
+    match error {
+        E::NotAllowed(reason) => format!("not allowed: {reason}"),
+        E::HeaderNotAllowed(name) => format!("not allowed: request header {name}"),
+        E::TooManyRequests => "too many requests in one call".to_owned(),
+        E::Timeout(message) => message,
+        E::ConnectionFailed(reason) => reason,
+        E::ResponseTooLarge(response) => {
+            format!("HTTP {} with a body over the limit", response.status)
+        }
+    }
+}
+
 fn classify_host_error(error: String) -> DeliveryError {
     let lowercase = error.to_lowercase();
     if REFUSAL_PHRASES
@@ -239,9 +254,13 @@ impl Guest for WebhookSink {
                 ));
             };
             let body = request_body(config.format, &alerts).to_string();
-            match http::post(&config.url, "application/json", body.as_bytes()) {
+            match http::post(&config.url, "application/json", &[], body.as_bytes()) {
                 Ok(response) => classify_status(response.status, &response.body),
-                Err(error) => Err(classify_host_error(error)),
+                // The body was cut at the host's limit: the status decides.
+                Err(http::HttpError::ResponseTooLarge(response)) => {
+                    classify_status(response.status, &response.body)
+                }
+                Err(error) => Err(classify_host_error(describe_http_error(error))),
             }
         })
     }
@@ -311,12 +330,21 @@ mod tests {
         let body = request_body(Format::Alertmanager, &[alert(&content, 1)]);
         let summary = body[0]["annotations"]["summary"].as_str().unwrap();
         let description = body[0]["annotations"]["description"].as_str().unwrap();
-        assert!(summary.starts_with("first line \\u{1b}]52;c;aGk=\\u{7}x"), "{summary}");
+        assert!(
+            summary.starts_with("first line \\u{1b}]52;c;aGk=\\u{7}x"),
+            "{summary}"
+        );
         assert_eq!(summary.chars().count(), MAX_SUMMARY_CHARS + 1);
-        assert!(description.starts_with("first line\n\\u{1b}]52"), "{description}");
+        assert!(
+            description.starts_with("first line\n\\u{1b}]52"),
+            "{description}"
+        );
         assert_eq!(description.chars().count(), MAX_DESCRIPTION_CHARS + 1);
         for text in [summary, description] {
-            assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
         }
     }
 

@@ -89,25 +89,32 @@ impl Daemon {
         let host = Arc::new(PluginHost::new().context("cannot start the plugin host")?);
         // Compile the plugins now, before this daemon can lead: compiling on
         // a cold cache takes long enough to miss heartbeats.
-        let mut plugins = vec![
-            (
-                Slot::HeadingMapper,
-                workspace.slot_spec(Slot::HeadingMapper),
-            ),
-            (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
-        ];
-        plugins.extend(
-            workspace
-                .sink_specs()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|spec| (Slot::AlertSink, spec)),
-        );
+        let plugins = workspace.plugin_specs().unwrap_or_else(|_| {
+            vec![
+                (
+                    Slot::HeadingMapper,
+                    workspace.slot_spec(Slot::HeadingMapper),
+                ),
+                (Slot::Renderer, workspace.slot_spec(Slot::Renderer)),
+            ]
+        });
         for (slot, spec) in plugins {
-            if let Err(error) = host.preload(&spec, slot) {
-                tracing::warn!(%error, "plugin not loaded ahead (the call that needs it will report it)");
+            match host.preload(&spec, slot) {
+                Ok(ready) => tracing::debug!(
+                    plugin = spec.name().as_str(),
+                    "plugin {} in {} ms",
+                    ready.origin.describe(),
+                    ready.elapsed.as_millis()
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "plugin not loaded ahead (the call that needs it will report it)"
+                ),
             }
         }
+        // From here on this daemon may lead: a plugin swapped in huddle.toml
+        // or rebuilt in place compiles beside the one serving, not in its way.
+        host.reload_in_background();
         let leader_lease = crate::services::alerts::LeaderLease::default();
         // On a shared stream every machine renders its own files; on a
         // directory's events.log, the leader renders them for everyone.

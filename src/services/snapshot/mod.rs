@@ -67,8 +67,8 @@ use crate::backend::{
 use crate::model::config::ConfigError;
 use crate::model::event::{types, Event, InteractionRef, NewEvent, HOST_ACTOR};
 use crate::plugin::{
-    self, Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, Rendered as Blocks,
-    Section, Slot,
+    Entry, Heading, Interaction, PluginError, PluginHost, PluginSpec, RenderContext,
+    Rendered as Blocks, Section, Slot,
 };
 use crate::services::workspace::Workspace;
 use std::sync::Arc;
@@ -269,6 +269,20 @@ const PROGRESS_ABOVE: u64 = 32 * 1024 * 1024;
 pub type Fence = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Snapshotter {
+    /// What a renderer is told about the call (WIT 0.2.0): the section, K
+    /// and the directory's name. K is part of the renderer's cache key.
+    fn render_context(&self, section: Section) -> RenderContext {
+        RenderContext {
+            section,
+            k: u32::try_from(self.rendered.k).unwrap_or(u32::MAX),
+            directory: self
+                .dir
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn new(dir: impl Into<PathBuf>) -> Snapshotter {
         Snapshotter {
             dir: dir.into(),
@@ -375,8 +389,8 @@ impl Snapshotter {
         let k = k.unwrap_or(workspace.config.snapshot.k);
         let mapper = workspace.slot_spec(Slot::HeadingMapper);
         let renderer = workspace.slot_spec(Slot::Renderer);
-        let mapper_key = plugin_key(&mapper)?;
-        let renderer_key = plugin_key(&renderer)?;
+        let mapper_key = plugin_key(host, &mapper, Slot::HeadingMapper)?;
+        let renderer_key = plugin_key(host, &renderer, Slot::Renderer)?;
         if self.index.mapper_key != mapper_key {
             self.index = Index {
                 mapper_key,
@@ -670,12 +684,9 @@ impl Snapshotter {
                 .iter()
                 .map(|n| self.index.interaction(fetcher, *n))
                 .collect::<Result<Vec<_>, _>>()?;
-            let rendered = host.render_isolating(
-                renderer,
-                Section::Communication,
-                &interactions,
-                &block_problem,
-            )?;
+            let context = self.render_context(Section::Communication);
+            let rendered =
+                host.render_isolating(renderer, &context, &interactions, &block_problem)?;
             self.note_isolated(&stale, &rendered);
             for (number, block) in stale.iter().zip(rendered.blocks) {
                 let count = self.index.interactions[number].len();
@@ -757,6 +768,7 @@ impl Snapshotter {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Rendered>();
         let job_rx = std::sync::Mutex::new(job_rx);
         let index = &self.index;
+        let context = &self.render_context(Section::Archive);
         std::thread::scope(|scope| {
             for _ in 0..RENDER_WORKERS {
                 let (job_rx, done_tx) = (&job_rx, done_tx.clone());
@@ -771,8 +783,14 @@ impl Snapshotter {
                     loop {
                         let job = job_rx.lock().map(|rx| rx.recv());
                         let Ok(Ok((seq, batch))) = job else { return };
-                        let blocks =
-                            render_archive_batch(index, host, renderer, &mut *fetcher, &batch);
+                        let blocks = render_archive_batch(
+                            index,
+                            context,
+                            host,
+                            renderer,
+                            &mut *fetcher,
+                            &batch,
+                        );
                         if done_tx.send((seq, batch, blocks)).is_err() {
                             return;
                         }
@@ -922,6 +940,7 @@ fn block_problem(block: &str) -> Option<String> {
 /// overflow the plugin's memory.
 fn render_archive_batch(
     index: &Index,
+    context: &RenderContext,
     host: &PluginHost,
     renderer: &PluginSpec,
     fetcher: &mut dyn Fetch,
@@ -943,7 +962,7 @@ fn render_archive_batch(
         call.push(interaction);
         if i + 1 == numbers.len() || bytes >= RENDER_BATCH_BYTES {
             let first = rendered.blocks.len();
-            let part = host.render_isolating(renderer, Section::Archive, &call, &block_problem)?;
+            let part = host.render_isolating(renderer, context, &call, &block_problem)?;
             rendered.blocks.extend(part.blocks);
             rendered
                 .isolated
@@ -1073,9 +1092,11 @@ fn append_in_place(path: &Path, blocks: &mut File) -> Result<(), SnapshotError> 
     Ok(())
 }
 
-/// What identifies a plugin's behaviour: its code and its settings.
-fn plugin_key(spec: &PluginSpec) -> Result<String, SnapshotError> {
-    let (_, sha) = plugin::read_plugin(spec)?;
+/// What identifies a plugin's behaviour: its code and its settings. The
+/// code is the version that serves now (while a changed plugin compiles in
+/// the daemon, the previous one), so blocks are filed under what made them.
+fn plugin_key(host: &PluginHost, spec: &PluginSpec, slot: Slot) -> Result<String, SnapshotError> {
+    let sha = host.serving_sha(spec, slot)?;
     Ok(format!("{sha}:{:?}", spec.settings))
 }
 
