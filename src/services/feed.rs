@@ -122,6 +122,9 @@ pub fn after_token(
     });
     match checked {
         Ok(true) => Ok(Cursor::After(at)),
+        // Read from this machine's copy, which may not hold it yet: checked
+        // by reading from it once a server answers.
+        Ok(false) if backend.offline().is_some() => Ok(Cursor::After(at)),
         Ok(false) => Err(no_event().into()),
         // Not checkable while no server answers: a follower reads from it
         // once one does, as it would from a token checked a moment before.
