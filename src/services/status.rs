@@ -386,14 +386,19 @@ pub fn keep_what_was_seen(workspace: &Workspace) -> Result<(), StoreError> {
 }
 
 pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {
+    status_from(workspace, &*workspace.backend())
+}
+
+/// [`status`] through a backend the caller keeps open (a server: the
+/// dashboard, `huddle mcp`), so that no call connects anew.
+pub fn status_from(workspace: &Workspace, backend: &dyn Backend) -> Result<Status, StoreError> {
     let now = Utc::now();
     let age = |timestamp: &str| {
         parse_time(timestamp).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
     };
-    let backend = workspace.backend();
     let state = StateDir::of(&workspace.dir);
-    let caught_up = StatusModel::load(&state, &*backend).and_then(|mut model| {
-        model.catch_up(&state, &*backend)?;
+    let caught_up = StatusModel::load(&state, backend).and_then(|mut model| {
+        model.catch_up(&state, backend)?;
         Ok(model)
     });
     // Without a server, status still says what this machine last saw.

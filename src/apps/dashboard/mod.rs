@@ -293,7 +293,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn read_status(app: &App) -> Result<Status, Failure> {
-    status::status(&app.workspace).map_err(|error| internal(&error))
+    status::status_from(&app.workspace, &*app.backend).map_err(|error| internal(&error))
 }
 
 async fn index(State(app): State<Arc<App>>) -> Result<Response, Failure> {
@@ -442,7 +442,7 @@ async fn api_stream(
 
 async fn healthz(State(app): State<Arc<App>>) -> Result<Response, Failure> {
     blocking(move || {
-        let status = status::status(&app.workspace);
+        let status = status::status_from(&app.workspace, &*app.backend);
         let health = health::health(status.as_ref().map_err(|e| e as &dyn std::error::Error));
         let code = if health.healthy {
             StatusCode::OK

@@ -347,7 +347,7 @@ fn call_blocking(
         }
         "status" => {
             Args::new(arguments, &[])?;
-            status_json(&shared.workspace)
+            status_json(&shared.workspace, &*shared.backend)
         }
         other => Err(ToolError(format!(
             "unknown tool {:?}; the tools are log, next, ack, wait, read, heartbeat, status",
@@ -368,8 +368,8 @@ fn unread_json(unread: inbox::Unread) -> Value {
     })
 }
 
-fn status_json(workspace: &Workspace) -> ToolAnswer {
-    let status = status::status(workspace).map_err(failure)?;
+fn status_json(workspace: &Workspace, backend: &dyn Backend) -> ToolAnswer {
+    let status = status::status_from(workspace, backend).map_err(failure)?;
     serde_json::to_value(&status).map_err(failure)
 }
 
@@ -559,7 +559,7 @@ fn read_resource(shared: &Shared, uri: &str) -> Result<ResourceContents, ErrorDa
         COMMUNICATION_URI => file(COMMUNICATION_FILE),
         ARCHIVE_URI => file(ARCHIVE_FILE),
         _ => {
-            let status = status_json(&shared.workspace)
+            let status = status_json(&shared.workspace, &*shared.backend)
                 .map_err(|ToolError(message)| ErrorData::internal_error(message, None))?;
             let text = serde_json::to_string_pretty(&status)
                 .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
