@@ -161,6 +161,10 @@ struct EventRef {
     /// The `offset` of the event's position (the fetch needs no line number).
     offset: u64,
     heading: u32,
+    /// About what rendering it costs: its content's length plus a bit
+    /// ([`render_weight`]), so that archive batches are cut by size before
+    /// any event is read back (in the padding: the ref stays 16 bytes).
+    weight: u32,
 }
 
 impl EventRef {
@@ -571,6 +575,7 @@ impl Snapshotter {
                     line: record.at.line,
                     offset: record.at.offset,
                     interaction: record.event.interaction,
+                    weight: u32::try_from(render_weight(&record.event)).unwrap_or(u32::MAX),
                 });
                 events.push(record.event);
                 batch_bytes += len;
@@ -635,6 +640,7 @@ impl Snapshotter {
                         at: EventRef {
                             offset: place.offset,
                             heading: 0,
+                            weight: place.weight,
                         },
                         interaction: place.interaction,
                         reason,
@@ -655,6 +661,7 @@ impl Snapshotter {
                 .push(EventRef {
                     offset: place.offset,
                     heading,
+                    weight: place.weight,
                 });
         }
     }
@@ -803,16 +810,26 @@ impl Snapshotter {
             let mut sent = 0usize;
             let mut batch = Vec::new();
             let mut events = 0usize;
+            // Cut by size too: a worker holds its whole batch's blocks until
+            // they are written, so long contents would fill memory.
+            let mut weight = 0usize;
             for (i, number) in numbers.iter().enumerate() {
                 batch.push(*number);
-                events += index.interactions[number].len();
+                let refs = &index.interactions[number];
+                events += refs.len();
+                weight += refs.iter().map(|r| r.weight as usize).sum::<usize>();
                 let last = i + 1 == numbers.len();
-                if last || batch.len() >= RENDER_BATCH || events >= RENDER_BATCH_EVENTS {
+                if last
+                    || batch.len() >= RENDER_BATCH
+                    || events >= RENDER_BATCH_EVENTS
+                    || weight >= RENDER_BATCH_BYTES
+                {
                     if job_tx.send((sent, std::mem::take(&mut batch))).is_err() {
                         break;
                     }
                     sent += 1;
                     events = 0;
+                    weight = 0;
                     while let Ok(done) = done_rx.try_recv() {
                         writer.accept(done, sink)?;
                     }
@@ -957,7 +974,7 @@ fn render_archive_batch(
         bytes += interaction
             .entries
             .iter()
-            .map(|e| e.event.content.len() + 128)
+            .map(|e| render_weight(&e.event))
             .sum::<usize>();
         call.push(interaction);
         if i + 1 == numbers.len() || bytes >= RENDER_BATCH_BYTES {
@@ -982,6 +999,13 @@ struct Place {
     line: u64,
     offset: u64,
     interaction: u64,
+    weight: u32,
+}
+
+/// What an event weighs in a render call: its content and the rest of its
+/// fields, roughly.
+fn render_weight(event: &Event) -> usize {
+    event.content.len() + 128
 }
 type MapperJob = (Vec<Place>, Vec<Event>);
 type Mapped = (Vec<Place>, Vec<Heading>);
