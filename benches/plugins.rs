@@ -1,5 +1,7 @@
 //! Plugin benchmarks: the wasm renderer against the same rendering in native
-//! Rust, loading a cached plugin, and a cold `huddle plugins list`.
+//! Rust, the Python renderer (componentize-py) against it, cold compile and
+//! cached load of the Python and JavaScript examples (12-18 MB components),
+//! loading a cached plugin, and a cold `huddle plugins list`.
 //! Run with `cargo bench --bench plugins`; prints a table of medians.
 
 mod support;
@@ -9,7 +11,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use huddle::event::{InteractionRef, NewEvent};
-use huddle::plugin::{Entry, Interaction, PluginHost, PluginSpec, Section, Slot};
+use huddle::plugin::{
+    Entry, Interaction, Origin, PluginHost, PluginSource, PluginSpec, Section, Slot,
+};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, Value};
 use sha2::{Digest, Sha256};
@@ -61,6 +65,61 @@ fn main() {
     let (wasm_stock, native_stock) = (median(&mut wasm_stock), median(&mut native_stock));
     let (wasm_template, native_template) =
         (median(&mut wasm_template), median(&mut native_template));
+
+    // The Python renderer on the same interactions, one call (its output is
+    // a table, not the markdown plugin's: the work is the same shape).
+    let python = PluginSpec::new(PluginSource::File(repo_file(PYTHON_RENDERER)));
+    host.preload(&python, Slot::Renderer)
+        .expect("load the Python renderer");
+    let mut python_times = Vec::new();
+    for _ in 0..runs {
+        let mut blocks = Vec::new();
+        python_times.push(time(|| {
+            blocks = host
+                .render(&python, Section::Communication, &interactions)
+                .expect("render with Python")
+        }));
+        assert_eq!(blocks.len(), interactions.len());
+        for (block, interaction) in blocks.iter().zip(&interactions) {
+            assert!(
+                block.starts_with(&format!("### Interaction #{}\n", interaction.number)),
+                "{block}"
+            );
+        }
+    }
+    let python_render = median(&mut python_times);
+
+    // The big components: the first compile (into an empty cache when
+    // measuring), then loads from the cache by fresh hosts.
+    let mut big = Vec::new();
+    for (name, file, slot) in [
+        ("Python renderer", PYTHON_RENDERER, Slot::Renderer),
+        ("JavaScript sink", JS_SINK, Slot::AlertSink),
+    ] {
+        let spec = PluginSpec::new(PluginSource::File(repo_file(file)));
+        let size = std::fs::metadata(repo_file(file)).expect("component").len();
+        let empty = tempfile::tempdir().expect("temp dir");
+        let cold_cache = mode.plugin_cache(empty.path().to_path_buf());
+        let first = PluginHost::with_cache_dir(cold_cache.clone())
+            .expect("host")
+            .preload(&spec, slot)
+            .expect("compile");
+        if mode == Mode::Measure {
+            assert_eq!(
+                first.origin,
+                Origin::Compiled,
+                "{name}: the cache was empty"
+            );
+        }
+        let mut loads = Vec::new();
+        for _ in 0..runs {
+            let fresh = PluginHost::with_cache_dir(cold_cache.clone()).expect("host");
+            let loaded = fresh.preload(&spec, slot).expect("load");
+            assert_eq!(loaded.origin, Origin::Cached, "{name}: {loaded:?}");
+            loads.push(loaded.elapsed);
+        }
+        big.push((name, size, first.elapsed, median(&mut loads)));
+    }
 
     // A fresh host (new engine) loading the compiled component from the disk
     // cache, then one call: deserialize + link + instantiate + configure + render.
@@ -142,6 +201,25 @@ fn main() {
         ms(native_template)
     );
     println!(
+        "| wasm Python renderer (componentize-py), {interaction_count} interactions, one call | {:>7.2} ms | {:>4.2}x |",
+        ms(python_render),
+        python_render.as_secs_f64() / wasm_stock.as_secs_f64()
+    );
+    println!(
+        "|   (ratio against the wasm markdown plugin, stock templates)       |            |       |"
+    );
+    for (name, size, compile, load) in &big {
+        println!(
+            "| {name}, {:>5.1} MB: cold compile                            | {:>7.0} ms |     - |",
+            *size as f64 / 1e6,
+            ms(*compile)
+        );
+        println!(
+            "| {name}: load from the compiled cache, fresh engine          | {:>7.2} ms |     - |",
+            ms(*load)
+        );
+    }
+    println!(
         "| load cached plugin in a fresh engine (deserialize + link)          | {:>7.2} ms |     - |",
         ms(load)
     );
@@ -153,6 +231,13 @@ fn main() {
         "| `huddle plugins list`, new process, warm cache                    | {:>7.2} ms |     - |",
         ms(list)
     );
+}
+
+const PYTHON_RENDERER: &str = "examples/python-renderer/python-renderer.wasm";
+const JS_SINK: &str = "examples/js-sink/js-sink.wasm";
+
+fn repo_file(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
 fn sample(count: usize) -> Vec<Interaction> {

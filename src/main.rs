@@ -539,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
                     visible(&file.display().to_string()),
                     world.name()
                 );
-                Ok(())
+                configure_where_used(&cli.dir, &host, &file)
             }
         },
         Command::Demo { out, rounds } => demo::run(&out, rounds),
@@ -657,6 +657,7 @@ fn plugins_list(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
     let host = PluginHost::new()?;
     println!("{:<15} {:<40} {:<6} SHA256", "SLOT", "PLUGIN", "WIT");
+    let mut refused = 0;
     for (slot, spec) in workspace.plugin_specs()? {
         let sha = match plugin::read_plugin(&spec) {
             Ok((_, sha)) => sha,
@@ -672,6 +673,57 @@ fn plugins_list(dir: &std::path::Path) -> Result<()> {
             wit,
             visible(&sha)
         );
+        // A setting the plugin refuses shows here, not as an `error` event
+        // in the team's log at the next snapshot or delivery.
+        if let Err(error) = host.configure_only(&spec, slot) {
+            refused += 1;
+            println!("{:<15} ! {}", "", visible(&error.to_string()));
+        }
+    }
+    if refused > 0 {
+        anyhow::bail!(
+            "{refused} plugin(s) refused their settings in huddle.toml or could not be loaded"
+        );
+    }
+    Ok(())
+}
+
+/// `plugins check FILE` in a huddle directory: calls `configure` with the
+/// settings of every slot of huddle.toml that names FILE, so a setting the
+/// plugin refuses is caught now rather than as an `error` event later.
+fn configure_where_used(
+    dir: &std::path::Path,
+    host: &PluginHost,
+    file: &std::path::Path,
+) -> Result<()> {
+    // Outside a huddle directory there are no settings to try.
+    let Ok(workspace) = Workspace::open(dir) else {
+        return Ok(());
+    };
+    let Ok(wanted) = file.canonicalize() else {
+        return Ok(());
+    };
+    let mut refused = 0;
+    for (slot, spec) in workspace.plugin_specs()? {
+        let plugin::PluginSource::File(path) = &spec.source else {
+            continue;
+        };
+        if path.canonicalize().ok().as_ref() != Some(&wanted) {
+            continue;
+        }
+        match host.configure_only(&spec, slot) {
+            Ok(()) => println!(
+                "{}: configure accepts its settings in huddle.toml",
+                slot.name()
+            ),
+            Err(error) => {
+                refused += 1;
+                println!("{}: {}", slot.name(), visible(&error.to_string()));
+            }
+        }
+    }
+    if refused > 0 {
+        anyhow::bail!("the plugin refused its settings in huddle.toml in {refused} slot(s)");
     }
     Ok(())
 }

@@ -649,6 +649,36 @@ impl PluginHost {
             .map(|(_, ready)| ready)
     }
 
+    /// Instantiates a plugin for `slot` and calls only its `configure`, with
+    /// the spec's settings: `plugins check` and `plugins list` catch a
+    /// refused (say misspelt) setting before a snapshot or a delivery does.
+    pub fn configure_only(&self, spec: &PluginSpec, slot: super::Slot) -> Result<(), PluginError> {
+        let world = world_for(slot);
+        let pre = self.pre(spec, world)?;
+        self.call(spec, |store| {
+            let outcome = match &pre {
+                Pre::HeadingMapper(pre, version) | Pre::Renderer(pre, version) => {
+                    let instance = pre.instantiate(&mut *store)?;
+                    configure(
+                        &instance,
+                        &mut *store,
+                        &world.export(*version),
+                        &spec.settings,
+                    )?
+                }
+                Pre::AlertSinkV1(pre) => pre
+                    .instantiate(&mut *store)?
+                    .huddle_plugin_sink()
+                    .call_configure(&mut *store, &spec.settings)?,
+                Pre::AlertSinkV2(pre) => pre
+                    .instantiate(&mut *store)?
+                    .huddle_plugin_sink()
+                    .call_configure(&mut *store, &spec.settings)?,
+            };
+            Ok(outcome.map_err(Refusal::Configure))
+        })
+    }
+
     /// Links a plugin for `world` without calling it (for `plugins check`).
     pub(crate) fn pre_for_check(&self, spec: &PluginSpec, world: World) -> Result<(), PluginError> {
         self.pre(spec, world).map(|_| ())

@@ -20,6 +20,7 @@ mod mcp;
 mod nats;
 mod pause;
 mod plugin_cache;
+mod plugin_polyglot;
 mod plugin_wit;
 mod plugins;
 mod queue;

@@ -768,3 +768,35 @@ fn webhook_escapes_slack_control_sequences() {
          &lt;https://evil.example|the docs&gt; &amp; ping &lt;@U024BE7LH&gt;"
     );
 }
+
+#[test]
+fn plugins_check_and_list_call_configure_with_the_slots_settings_and_name_a_misspelt_one() {
+    let json = repo_file("examples/dist/json-renderer.wasm")
+        .display()
+        .to_string();
+    let config = |settings: &str| {
+        format!("[plugins.renderer]\nplugin = {json:?}\n[plugins.renderer.settings]\n{settings}\n")
+    };
+    let dir = HuddleDir::with_config(&config("headng = true"));
+    let checked = dir.run(&["plugins", "check", &json]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{said}");
+    assert!(
+        said.contains("implements huddle:plugin/renderer@0.1.0"),
+        "{said}"
+    );
+    assert!(said.contains("unknown setting `headng`"), "{said}");
+    let listed = dir.run(&["plugins", "list"]);
+    let said = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listed.status.success(), "{said}");
+    assert!(said.contains("unknown setting `headng`"), "{said}");
+
+    std::fs::write(dir.file("huddle.toml"), config("heading = true")).unwrap();
+    let said = dir.ok(&["plugins", "check", &json]);
+    assert!(
+        said.contains("renderer: configure accepts its settings"),
+        "{said}"
+    );
+    let said = dir.ok(&["plugins", "list"]);
+    assert!(!said.contains("unknown setting"), "{said}");
+}
