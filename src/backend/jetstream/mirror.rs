@@ -85,21 +85,9 @@ impl Mirror {
     ) -> Result<u64, StoreError> {
         std::fs::create_dir_all(self.dir.join(STATE_DIR))
             .map_err(StoreError::io("create", &self.dir.join(STATE_DIR)))?;
-        let mut ends = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.ends)
-            .map_err(StoreError::io("open", &self.ends))?;
+        let mut ends = open_for_update(&self.ends)?;
         fs4::FileExt::lock(&ends).map_err(StoreError::io("lock", &self.ends))?;
-        let mut messages = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.messages)
-            .map_err(StoreError::io("open", &self.messages))?;
+        let mut messages = open_for_update(&self.messages)?;
         if self.identity().as_deref() != Some(identity) {
             ends.set_len(0)
                 .map_err(StoreError::io("empty", &self.ends))?;
@@ -244,6 +232,17 @@ impl Mirror {
         })?;
         Ok(found)
     }
+}
+
+/// Opens one of the copy's files to read and extend, creating it if missing.
+fn open_for_update(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(StoreError::io("open", path))
 }
 
 #[cfg(test)]

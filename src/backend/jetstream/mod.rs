@@ -124,6 +124,18 @@ impl JetStreamLog {
         }
     }
 
+    /// The stream's last sequence, or without a server the copy's.
+    fn last_sequence(&self) -> Result<u64, StoreError> {
+        self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))
+    }
+
+    /// The stream's identity, or without a server the one the copy is of.
+    fn identity(&self) -> Result<String, StoreError> {
+        self.or_copy(self.connection.identity(), |copy| {
+            Ok(copy.identity().unwrap_or_default())
+        })
+    }
+
     fn tail_file(&self) -> String {
         format!(
             "{}{}.json",
@@ -411,12 +423,12 @@ impl Backend for JetStreamLog {
     }
 
     fn head(&self) -> Result<Position, StoreError> {
-        let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
+        let last = self.last_sequence()?;
         Ok(Position::sequence(last))
     }
 
     fn remaining(&self, from: Position) -> Result<u64, StoreError> {
-        let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
+        let last = self.last_sequence()?;
         Ok(last.saturating_sub(from.entries_before()))
     }
 
@@ -426,10 +438,8 @@ impl Backend for JetStreamLog {
     }
 
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {
-        let last = self.or_copy(self.connection.last_sequence(), |copy| Ok(copy.count()))?;
-        let identity = self.or_copy(self.connection.identity(), |copy| {
-            Ok(copy.identity().unwrap_or_default())
-        })?;
+        let last = self.last_sequence()?;
+        let identity = self.identity()?;
         let known = self.cache().highest;
         let (from, mut highest) = match known.or_else(|| self.saved_tail(&identity)) {
             Some((seen, highest)) if seen <= last => (seen, highest),
@@ -459,9 +469,7 @@ impl Backend for JetStreamLog {
         Ok(ReadMark {
             inode: 0,
             offset: at.offset,
-            tail_sha256: self.or_copy(self.connection.identity(), |copy| {
-                Ok(copy.identity().unwrap_or_default())
-            })?,
+            tail_sha256: self.identity()?,
         })
     }
 
