@@ -635,3 +635,49 @@ fn failed_snapshots_back_off_then_declare_snapshots_offline_once_then_recover() 
         "snapshots recover on their own"
     );
 }
+
+/// A leader killed mid-snapshot leaves its temp file; the next daemon
+/// removes it as it starts, before it leads or even if it never does (it may
+/// be stopped before the leader timeout lets it claim), but not while
+/// another snapshot writer holds the lock: that writer's temp files are live.
+#[test]
+fn a_starting_daemon_removes_killed_snapshots_temp_files_even_if_it_never_leads_but_not_a_live_writers(
+) {
+    let dir = HuddleDir::with_config(FAST);
+    let abandoned = [".archive.md.Ab12Cd.tmp", ".communication.md.Xy34Zw.tmp"];
+    let other = ".notes.md.Ab12Cd.tmp";
+    for name in abandoned.iter().chain([&other]) {
+        std::fs::write(dir.file(name), "half of something").unwrap();
+    }
+    std::fs::create_dir_all(dir.file(".huddle")).unwrap();
+    let lock = std::fs::File::create(dir.file(".huddle/snapshot.lock")).unwrap();
+    fs4::FileExt::lock(&lock).expect("hold the snapshot lock as a live writer would");
+    let observer = Daemon::start_with(&dir, "observer", &["--no-elect"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || observer
+            .log_text()
+            .contains("a snapshot writer is at work")),
+        "the observer never looked for temp files: {}",
+        observer.log_text()
+    );
+    for name in abandoned {
+        assert!(
+            dir.file(name).exists(),
+            "{name} was removed while a writer held the lock"
+        );
+    }
+    drop(observer);
+    drop(lock);
+    let observer = Daemon::start_with(&dir, "observer2", &["--no-elect"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || abandoned
+            .iter()
+            .all(|name| !dir.file(name).exists())),
+        "a killed snapshot's temp files were left: {}",
+        observer.log_text()
+    );
+    assert!(
+        dir.file(other).exists(),
+        "{other} is not a snapshot's temp file, yet it was removed"
+    );
+}

@@ -585,6 +585,15 @@ impl SnapshotWorker {
         let thread = std::thread::Builder::new()
             .name("huddle-snapshot".into())
             .spawn(move || {
+                match snapshotter.remove_abandoned_temps_if_idle() {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(
+                        "a snapshot writer is at work: its temp files are left to it"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot remove temp files left by a killed snapshot")
+                    }
+                }
                 for () in request_rx {
                     tracing::debug!("snapshot started");
                     let started = Instant::now();
@@ -656,13 +665,6 @@ impl SnapshotWorker {
     }
 }
 
-/// The daemon runs for days and its snapshot thread keeps an index that
-/// grows with the log, while every thread allocates and frees in bursts:
-/// with glibc's default of an arena per thread (up to 8 per core), the free
-/// space left between long-lived allocations in each arena adds up, and the
-/// leader's resident memory grew about 150 bytes per event followed where
-/// it held about 50. One arena keeps it to what is held; the threads'
-/// allocation caches keep contention low.
 /// Keeps what this machine has seen as current as the snapshot, off the
 /// heartbeat's thread: what reads, `status` and the dashboard serve when
 /// the backend stops answering.
@@ -677,6 +679,13 @@ fn keep_what_was_seen(dir: &Path) {
     }
 }
 
+/// The daemon runs for days and its snapshot thread keeps an index that
+/// grows with the log, while every thread allocates and frees in bursts:
+/// with glibc's default of an arena per thread (up to 8 per core), the free
+/// space left between long-lived allocations in each arena adds up, and the
+/// leader's resident memory grew about 150 bytes per event followed where
+/// it held about 50. One arena keeps it to what is held; the threads'
+/// allocation caches keep contention low.
 fn one_allocator_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt sets an allocator parameter; called before the

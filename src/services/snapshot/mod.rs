@@ -348,6 +348,12 @@ impl Snapshotter {
 
     /// Serialises snapshot writers (a daemon and a `huddle snapshot`, say).
     fn lock(&self) -> Result<File, SnapshotError> {
+        let (file, path) = self.lock_file()?;
+        fs4::FileExt::lock(&file).map_err(io_error("lock", &path))?;
+        Ok(file)
+    }
+
+    fn lock_file(&self) -> Result<(File, PathBuf), SnapshotError> {
         let state = self.dir.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(io_error("create", &state))?;
         let path = state.join("snapshot.lock");
@@ -357,8 +363,24 @@ impl Snapshotter {
             .write(true)
             .open(&path)
             .map_err(io_error("open", &path))?;
-        fs4::FileExt::lock(&file).map_err(io_error("lock", &path))?;
-        Ok(file)
+        Ok((file, path))
+    }
+
+    /// Removes the temp files a killed snapshot writer left, if no writer
+    /// is at work now. A daemon calls it as it starts, leader or not: the
+    /// next leader may be a while coming, and a follower that stops before
+    /// then must not leave a killed leader's litter in the directory.
+    /// Returns false when a writer holds the lock (its temp files are live).
+    pub fn remove_abandoned_temps_if_idle(&self) -> Result<bool, SnapshotError> {
+        let (file, path) = self.lock_file()?;
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {
+                self.remove_abandoned_temps();
+                Ok(true)
+            }
+            Err(fs4::TryLockError::WouldBlock) => Ok(false),
+            Err(fs4::TryLockError::Error(error)) => Err(io_error("lock", &path)(error)),
+        }
     }
 
     /// A snapshot writer killed mid-write (kill -9, a crash) leaves its temp
