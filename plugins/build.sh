@@ -54,6 +54,7 @@ components=(
     "tests/plugins hostile_sink_trap sink-trap"
     "tests/plugins hostile_sink_loop sink-loop"
     "tests/plugins hostile_sink_hang_configure sink-hang-configure"
+    "tests/plugins test_context context"
     "examples json_renderer json-renderer"
     "examples ntfy_sink ntfy-sink"
 )

@@ -239,6 +239,43 @@ enum PluginsCommand {
     /// Compile every configured plugin into the compiled-artifact cache now,
     /// so no later command or daemon start pays for it.
     Warm,
+    /// Run a plugin once, outside any huddle directory, on sample events
+    /// (or --events FILE): prints its output on stdout, and its host-log
+    /// lines and any trap on stderr.
+    Test {
+        file: PathBuf,
+        /// A setting for configure, KEY=VALUE, as in huddle.toml (repeatable).
+        #[arg(long = "settings", value_name = "KEY=VALUE", num_args = 1.., value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// Events to use instead of the sample: JSON Lines, as in events.log.
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// A URL prefix an alert sink may POST to (repeatable); none denies all.
+        #[arg(long, value_name = "URL")]
+        allow: Vec<String>,
+        /// The section a renderer renders.
+        #[arg(long, value_enum, default_value_t = SectionArg::Communication)]
+        section: SectionArg,
+        /// K, the number of recent interactions, in the render context.
+        #[arg(long, default_value_t = 3)]
+        k: u32,
+        /// CPU time the call may take.
+        #[arg(long, default_value_t = 2000)]
+        deadline_ms: u64,
+        /// Cap on the plugin's memory.
+        #[arg(long, default_value_t = 64)]
+        memory_mb: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SectionArg {
+    Communication,
+    Archive,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    huddle::services::plugin_trial::parse_setting(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -531,6 +568,38 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plugins { command } => match command {
             PluginsCommand::List => plugins_list(&cli.dir),
             PluginsCommand::Warm => plugins_warm(&cli.dir),
+            PluginsCommand::Test {
+                file,
+                settings,
+                events,
+                allow,
+                section,
+                k,
+                deadline_ms,
+                memory_mb,
+            } => {
+                let directory = cli
+                    .dir
+                    .canonicalize()
+                    .ok()
+                    .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                let trial = huddle::services::plugin_trial::Trial {
+                    plugin: file,
+                    settings,
+                    events,
+                    allow,
+                    section: match section {
+                        SectionArg::Communication => plugin::Section::Communication,
+                        SectionArg::Archive => plugin::Section::Archive,
+                    },
+                    k,
+                    directory,
+                    deadline: std::time::Duration::from_millis(deadline_ms),
+                    memory_bytes: memory_mb.saturating_mul(1024 * 1024),
+                };
+                plugins_test(&trial)
+            }
             PluginsCommand::Check { file } => {
                 let host = PluginHost::new()?;
                 let world = plugin::check_file(&host, &file)?;
@@ -724,6 +793,46 @@ fn configure_where_used(
     }
     if refused > 0 {
         anyhow::bail!("the plugin refused its settings in huddle.toml in {refused} slot(s)");
+    }
+    Ok(())
+}
+
+/// `huddle plugins test`: the output on stdout, the rest on stderr, so the
+/// output can be kept or compared.
+fn plugins_test(trial: &huddle::services::plugin_trial::Trial) -> Result<()> {
+    use huddle::services::plugin_trial::TrialOutput;
+    let report = huddle::services::plugin_trial::run(trial)?;
+    for line in &report.log {
+        eprintln!(
+            "host-log {}: {}",
+            line.level.as_str().to_ascii_lowercase(),
+            visible(&line.message)
+        );
+    }
+    eprintln!(
+        "{} implements {}; the call took {} ms",
+        visible(&trial.plugin.display().to_string()),
+        report.implements.name(),
+        report.took.as_millis()
+    );
+    match report.outcome? {
+        TrialOutput::Headings(mapped) => {
+            for (event, heading) in mapped {
+                let shown = heading.map_or("(hidden)".to_string(), |h| format!("{h:?}"));
+                println!(
+                    "#{} {} ({}) -> {}",
+                    event.interaction,
+                    visible(&event.kind),
+                    visible(&event.actor),
+                    visible(&shown)
+                );
+            }
+        }
+        TrialOutput::Rendered { text, .. } => print!("{}", visible(&text)),
+        TrialOutput::Delivered { alerts } => println!("delivered {alerts} alert(s)"),
+        TrialOutput::Refused { alerts, verdict } => {
+            anyhow::bail!("the sink refused the batch of {alerts} alert(s): {verdict}")
+        }
     }
     Ok(())
 }

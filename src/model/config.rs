@@ -703,7 +703,21 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            if message.contains("duplicate key") {
+                // The usual cause: a snippet pasted at the end of the file
+                // `huddle init` wrote, which already has every table.
+                format!(
+                    "{}\n(a table or key appears twice: `huddle init` writes each table once, \
+                     with its keys commented out; set the keys in that table instead of adding \
+                     another)",
+                    message.trim_end()
+                )
+            } else {
+                message
+            }
+        })?;
         config.check_ranges()?;
         for (slot, cfg) in [
             ("heading-mapper", &config.plugins.heading_mapper),

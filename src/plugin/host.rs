@@ -93,6 +93,27 @@ pub(crate) struct HostState {
     limiter: Limiter,
     http: Option<HttpSession>,
     log_lines: usize,
+    /// Where `host-log` lines go instead of huddle's log (`huddle plugins test`).
+    log_tap: Option<LogTap>,
+}
+
+/// A `host-log` line as the plugin wrote it (after the per-line cut).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLogLine {
+    pub level: tracing::Level,
+    pub message: String,
+}
+
+/// The `host-log` lines of every call made through a host since
+/// [`PluginHost::tap_logs`], instead of huddle's own log.
+#[derive(Debug, Clone, Default)]
+pub struct LogTap(Arc<Mutex<Vec<PluginLogLine>>>);
+
+impl LogTap {
+    /// The lines written so far, leaving none behind.
+    pub fn take(&self) -> Vec<PluginLogLine> {
+        std::mem::take(&mut *lock(&self.0))
+    }
 }
 
 impl WasiView for HostState {
@@ -120,6 +141,11 @@ impl HostState {
                 end -= 1;
             }
             message.truncate(end);
+        }
+        // The tap's owner shows the lines itself (`huddle plugins test`).
+        if let Some(tap) = &self.log_tap {
+            lock(&tap.0).push(PluginLogLine { level, message });
+            return;
         }
         let plugin = self.plugin.as_str();
         match level {
@@ -399,6 +425,7 @@ pub struct PluginHost {
     /// A changed plugin compiles on a thread of its own while the one it
     /// replaces keeps serving (the daemon); otherwise the call compiles it.
     background_reload: std::sync::atomic::AtomicBool,
+    log_tap: Option<LogTap>,
 }
 
 /// How [`PluginHost::preload`] got a plugin ready.
@@ -451,7 +478,14 @@ impl PluginHost {
             file_hashes: Mutex::new(HashMap::new()),
             swaps: Arc::new(Mutex::new(Swaps::default())),
             background_reload: std::sync::atomic::AtomicBool::new(false),
+            log_tap: None,
         })
+    }
+
+    /// From now on every `host-log` line a plugin writes through this host
+    /// goes to the returned tap instead of huddle's log.
+    pub fn tap_logs(&mut self) -> LogTap {
+        self.log_tap.get_or_insert_with(LogTap::default).clone()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -707,6 +741,7 @@ impl PluginHost {
             limiter: Limiter::new(spec.memory_bytes),
             http: spec.http.clone().map(HttpSession::new),
             log_lines: 0,
+            log_tap: self.log_tap.clone(),
         };
         let mut store = Store::new(&self.compiler.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -1111,7 +1146,8 @@ fn settle<T>(
             // wrapped around it, nor the guest's hint about RUST_BACKTRACE
             // (which cannot reach a plugin).
             let what = match error.downcast_ref::<Trap>() {
-                Some(trap) => format!("wasm trap: {trap}"),
+                // A trap says "wasm trap: …" itself.
+                Some(trap) => trap.to_string(),
                 None => format!("{error:#}"),
             };
             let said = String::from_utf8_lossy(&stderr.contents())

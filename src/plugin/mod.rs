@@ -26,8 +26,8 @@ pub use capabilities::{
 };
 pub use check::{check_file, CheckError, Implements, WitVersion, World};
 pub use host::{
-    read_plugin, Alert, DeliveryError, Entry, Interaction, PluginHost, Preloaded, RenderContext,
-    Section, MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES, PART_BYTES,
+    read_plugin, Alert, DeliveryError, Entry, Interaction, LogTap, PluginHost, PluginLogLine,
+    Preloaded, RenderContext, Section, MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES, PART_BYTES,
 };
 pub use isolate::{Heading, IsolatedEntry, Rendered, ENTRIES_PER_CALL, FAILED_CALL_BUDGET};
 

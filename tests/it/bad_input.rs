@@ -787,6 +787,7 @@ fn toml_rows() -> Vec<TomlRow> {
     vec![
         toml_row("not TOML", "[log\nk = 3\n", Log, &["huddle.toml is not valid", "TOML parse error at line 1", "unclosed table"]),
         toml_row("unknown top-level key", "k = 3\n", Log, &["huddle.toml is not valid", "unknown field `k`", "`snapshot`"]),
+        toml_row("a table pasted twice", "[plugins.renderer]\n\n[snapshot]\nk = 3\n\n[plugins.renderer]\nplugin = \"x.wasm\"\n", Log, &["line 6", "duplicate key", "`huddle init` writes each table once", "set the keys in that table instead of adding another"]),
         toml_row("misspelt key", "[snapshot]\nkk = 3\n", Log, &["unknown field `kk`, expected `k`"]),
         toml_row("misspelt log key", "[log]\nlock_atempts = 3\n", Log, &["unknown field `lock_atempts`"]),
         toml_row("unknown table", "[plugins.frobnicator]\nplugin = \"x\"\n", Log, &["unknown field `frobnicator`", "`heading-mapper` or `renderer`"]),

@@ -176,6 +176,26 @@ impl EventRef {
     }
 }
 
+/// Events grouped into interactions as the snapshot hands them to a
+/// renderer: the events `headings` shows (one entry per event, `None`
+/// hides it), by interaction number, in log order, every field neutralised.
+/// For running a renderer outside a huddle directory (`huddle plugins test`).
+pub fn interactions_of(events: Vec<Event>, headings: Vec<Option<String>>) -> Vec<Interaction> {
+    let mut grouped: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+    for (mut event, heading) in events.into_iter().zip(headings) {
+        let Some(heading) = heading else { continue };
+        region::neutralise_event(&mut event);
+        grouped.entry(event.interaction).or_default().push(Entry {
+            heading: region::neutralise_field(&heading).into_owned(),
+            event,
+        });
+    }
+    grouped
+        .into_iter()
+        .map(|(number, entries)| Interaction { number, entries })
+        .collect()
+}
+
 #[derive(Default)]
 struct Index {
     mapper_key: String,
