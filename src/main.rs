@@ -602,12 +602,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             PluginsCommand::Check { file } => {
                 let host = PluginHost::new()?;
-                let world = plugin::check_file(&host, &file)?;
+                let checked = plugin::check_file(&host, &file)?;
                 println!(
-                    "{} implements {}",
+                    "{} implements {} ({} in {} ms)",
                     visible(&file.display().to_string()),
-                    world.name()
+                    checked.implements.name(),
+                    checked.ready.origin.describe(),
+                    checked.ready.elapsed.as_millis()
                 );
+                if let Some(reason) = &checked.ready.rejected {
+                    println!("(the cached artifact was not used: {})", visible(reason));
+                }
                 configure_where_used(&cli.dir, &host, &file)
             }
         },

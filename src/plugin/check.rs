@@ -128,8 +128,15 @@ pub enum CheckError {
     },
 }
 
+/// What [`check_file`] found, and how it got the compiled component.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub implements: Implements,
+    pub ready: super::Preloaded,
+}
+
 /// Reads a file and says which world it implements, or exactly why it does not.
-pub fn check_file(host: &super::PluginHost, path: &Path) -> Result<Implements, CheckError> {
+pub fn check_file(host: &super::PluginHost, path: &Path) -> Result<Checked, CheckError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| CheckError::Read {
         path: shown.clone(),
@@ -143,10 +150,12 @@ pub fn check_file(host: &super::PluginHost, path: &Path) -> Result<Implements, C
         return Err(CheckError::CoreModule { path: shown });
     }
     let engine = host.engine();
-    let component = Component::new(engine, &bytes).map_err(|e| CheckError::Invalid {
-        path: shown.clone(),
-        message: format!("{e:#}"),
-    })?;
+    let (component, ready) =
+        host.component_of_file(path, &bytes)
+            .map_err(|e| CheckError::Invalid {
+                path: shown.clone(),
+                message: format!("{e:#}"),
+            })?;
     let Some(world) = world_of(engine, &component) else {
         let exports: Vec<String> = component
             .component_type()
@@ -165,5 +174,8 @@ pub fn check_file(host: &super::PluginHost, path: &Path) -> Result<Implements, C
             world: world.name(),
             message: e.to_string(),
         })?;
-    Ok(world)
+    Ok(Checked {
+        implements: world,
+        ready,
+    })
 }

@@ -714,6 +714,27 @@ impl PluginHost {
     }
 
     /// Links a plugin for `world` without calling it (for `plugins check`).
+    /// The component in `wasm`, the bytes of the file at `path`: loaded from
+    /// the compiled-artifact cache, or compiled into it, so `plugins check`
+    /// (and `plugins test`) pay for an interpreter-sized component once.
+    pub(crate) fn component_of_file(
+        &self,
+        path: &std::path::Path,
+        wasm: &[u8],
+    ) -> wasmtime::Result<(wasmtime::component::Component, Preloaded)> {
+        let sha = self.file_sha256(path, wasm);
+        let loaded = self
+            .compiler
+            .cache
+            .load_or_compile(&self.compiler.engine, wasm, &sha)?;
+        let ready = Preloaded {
+            origin: loaded.origin,
+            elapsed: loaded.elapsed,
+            rejected: loaded.rejected,
+        };
+        Ok((loaded.component, ready))
+    }
+
     pub(crate) fn pre_for_check(&self, spec: &PluginSpec, world: World) -> Result<(), PluginError> {
         self.pre(spec, world).map(|_| ())
     }

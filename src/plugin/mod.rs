@@ -24,10 +24,11 @@ pub use capabilities::{
     Allowlist, HttpError, HttpGrant, HttpResponse, HttpSession, Reason, Refusal,
     MAX_REQUESTS_PER_CALL,
 };
-pub use check::{check_file, CheckError, Implements, WitVersion, World};
+pub use check::{check_file, CheckError, Checked, Implements, WitVersion, World};
 pub use host::{
-    read_plugin, Alert, DeliveryError, Entry, Interaction, LogTap, PluginHost, PluginLogLine,
-    Preloaded, RenderContext, Section, MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES, PART_BYTES,
+    hex_sha256, read_plugin, Alert, DeliveryError, Entry, Interaction, LogTap, PluginHost,
+    PluginLogLine, Preloaded, RenderContext, Section, MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES,
+    PART_BYTES,
 };
 pub use isolate::{Heading, IsolatedEntry, Rendered, ENTRIES_PER_CALL, FAILED_CALL_BUDGET};
 

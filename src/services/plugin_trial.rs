@@ -112,7 +112,7 @@ pub fn parse_setting(text: &str) -> Result<(String, String), TrialError> {
 pub fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
     let mut host = PluginHost::new().map_err(|e| TrialError::Host(format!("{e:#}")))?;
     let tap = host.tap_logs();
-    let implements = check_file(&host, &trial.plugin)?;
+    let implements = check_file(&host, &trial.plugin)?.implements;
     let events = read_events(trial.events.as_deref())?;
     let mut spec = PluginSpec {
         settings: trial.settings.clone(),

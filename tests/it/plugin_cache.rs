@@ -224,3 +224,59 @@ fn a_plugin_rebuilt_under_a_running_daemon_is_prepared_aside_then_named_in_the_l
         "the log names the plugin: {line}"
     );
 }
+
+/// `plugins check` (and `plugins test`, which starts with it) inspects the
+/// component through the cache: the first check compiles it into the cache,
+/// later ones load that entry instead of compiling again (seconds for an
+/// interpreter-sized component).
+#[test]
+fn plugins_check_compiles_into_the_cache_once_and_later_checks_load_the_entry() {
+    use std::os::unix::fs::MetadataExt;
+    let temp = tempfile::tempdir().unwrap();
+    let cache = temp.path().join("cache");
+    let plugin = repo_file("tests/plugins/dist/context.wasm");
+    let check = || -> String {
+        let out = std::process::Command::new(crate::common::huddle_exe())
+            .current_dir(temp.path())
+            .env_remove("HUDDLE_DIR")
+            .env("HUDDLE_CACHE_DIR", &cache)
+            .arg("plugins")
+            .arg("check")
+            .arg(&plugin)
+            .output()
+            .expect("run huddle plugins check");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = check();
+    assert!(
+        first.contains("implements huddle:plugin/renderer@0.2.0 (compiled in "),
+        "{first}"
+    );
+    let entry = only_entry(&cache);
+    let sha = huddle::plugin::hex_sha256(&std::fs::read(&plugin).unwrap());
+    assert!(
+        entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&sha),
+        "{entry:?} is not the entry of {sha}"
+    );
+    let written = std::fs::metadata(&entry).unwrap();
+    let second = check();
+    assert!(
+        second.contains("(loaded from the compiled-artifact cache in "),
+        "{second}"
+    );
+    let after = std::fs::metadata(only_entry(&cache)).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (written.ino(), written.mtime(), written.mtime_nsec()),
+        "the second check compiled the component again and replaced the entry"
+    );
+}
