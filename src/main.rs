@@ -239,6 +239,36 @@ enum PluginsCommand {
     /// Compile every configured plugin into the compiled-artifact cache now,
     /// so no later command or daemon start pays for it.
     Warm,
+    /// Write a new plugin project into ./NAME: the WIT, a working skeleton,
+    /// its build script and a README; it builds and passes `plugins check` as is.
+    New {
+        /// Lowercase ASCII letters, digits and '-', starting with a letter, at most 64 characters.
+        #[arg(value_parser = Utf8Text)]
+        name: String,
+        /// The world (slot) the plugin implements.
+        #[arg(long, value_enum)]
+        world: NewWorld,
+        /// The language of the skeleton.
+        #[arg(long, value_enum)]
+        lang: NewLang,
+        /// Where to write the project instead of ./NAME (must not exist, or be an empty directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NewWorld {
+    Renderer,
+    HeadingMapper,
+    AlertSink,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NewLang {
+    Rust,
+    Python,
+    Js,
 }
 
 fn main() -> ExitCode {
@@ -298,6 +328,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 Some(checkpoint::CheckpointError::Damaged { .. })
             )
             || cause.is::<CheckError>()
+            || cause
+                .downcast_ref::<plugin::ScaffoldError>()
+                .is_some_and(plugin::ScaffoldError::is_bad_input)
             || cause
                 .downcast_ref::<inbox::InboxError>()
                 .is_some_and(inbox::InboxError::is_bad_input)
@@ -531,6 +564,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plugins { command } => match command {
             PluginsCommand::List => plugins_list(&cli.dir),
             PluginsCommand::Warm => plugins_warm(&cli.dir),
+            PluginsCommand::New {
+                name,
+                world,
+                lang,
+                out,
+            } => {
+                let slot = match world {
+                    NewWorld::Renderer => Slot::Renderer,
+                    NewWorld::HeadingMapper => Slot::HeadingMapper,
+                    NewWorld::AlertSink => Slot::AlertSink,
+                };
+                let language = match lang {
+                    NewLang::Rust => plugin::scaffold::Language::Rust,
+                    NewLang::Python => plugin::scaffold::Language::Python,
+                    NewLang::Js => plugin::scaffold::Language::Js,
+                };
+                let dir = out.unwrap_or_else(|| PathBuf::from(&name));
+                let created = plugin::scaffold::create(&dir, &name, slot, language)?;
+                println!("{}", visible(&created.to_string()));
+                Ok(())
+            }
             PluginsCommand::Check { file } => {
                 let host = PluginHost::new()?;
                 let world = plugin::check_file(&host, &file)?;
