@@ -334,7 +334,11 @@ pub fn create(
         .prefix(&format!(".{name}.new-"))
         .tempdir_in(parent)
         .map_err(write_error(parent))?;
-    write_files(staging.path(), &files)?;
+    // Named as it would be in place: the staging name means nothing to anyone.
+    write_files(staging.path(), &files).map_err(|(file, source)| ScaffoldError::Write {
+        path: dir.join(file),
+        source,
+    })?;
     // rename(2) puts a directory in place of an empty one, never of one
     // that has gained files since the check above.
     if let Err(source) = std::fs::rename(staging.path(), dir) {
@@ -387,31 +391,26 @@ fn ensure_vacant(dir: &Path) -> Result<(), ScaffoldError> {
     }
 }
 
-fn write_files(root: &Path, files: &[ProjectFile]) -> Result<(), ScaffoldError> {
+/// Writes `files` under `root`; on failure, which file and why.
+fn write_files(root: &Path, files: &[ProjectFile]) -> Result<(), (&'static str, io::Error)> {
     use std::os::unix::fs::PermissionsExt;
-    let set_mode = |path: &Path, mode| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-            ScaffoldError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })
-    };
+    let set_mode =
+        |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
     // tempfile makes the directory private; a project is an ordinary one.
-    set_mode(root, 0o755)?;
+    set_mode(root, 0o755).map_err(|error| (".", error))?;
     for file in files {
         let path = root.join(file.path);
-        let write_error = |source| ScaffoldError::Write {
-            path: path.clone(),
-            source,
+        let write = || {
+            if let Some(folder) = path.parent() {
+                std::fs::create_dir_all(folder)?;
+            }
+            std::fs::write(&path, &file.contents)?;
+            if file.executable {
+                set_mode(&path, 0o755)?;
+            }
+            Ok(())
         };
-        if let Some(folder) = path.parent() {
-            std::fs::create_dir_all(folder).map_err(write_error)?;
-        }
-        std::fs::write(&path, &file.contents).map_err(write_error)?;
-        if file.executable {
-            set_mode(&path, 0o755)?;
-        }
+        write().map_err(|error| (file.path, error))?;
     }
     Ok(())
 }
