@@ -251,8 +251,9 @@ enum PluginsCommand {
         /// The language of the skeleton.
         #[arg(long, value_enum)]
         lang: NewLang,
-        /// Where to write the project instead of ./NAME (must not exist, or be an empty directory).
-        #[arg(long)]
+        /// Where to write the project instead of ./NAME: a directory that does not exist
+        /// or is empty (not --dir, which names a huddle directory and is not used here).
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
 }

@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::Slot;
 
@@ -95,6 +95,11 @@ pub enum ScaffoldError {
         path.display()
     )]
     Occupied { path: PathBuf },
+    #[error(
+        "--out {} does not name a directory to create: it must end in a name, not '.', '..' or '/'",
+        path.display()
+    )]
+    NotADirectoryName { path: PathBuf },
     #[error("cannot write the new project to {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -108,7 +113,9 @@ impl ScaffoldError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            ScaffoldError::BadName { .. } | ScaffoldError::Occupied { .. }
+            ScaffoldError::BadName { .. }
+                | ScaffoldError::Occupied { .. }
+                | ScaffoldError::NotADirectoryName { .. }
         )
     }
 }
@@ -318,6 +325,13 @@ pub fn create(
     language: Language,
 ) -> Result<Created, ScaffoldError> {
     let files = project_files(name, slot, language)?;
+    // `.` or `..` would rename the project over a directory someone may be
+    // standing in; `a/./b/` is just `a/b`.
+    let dir: PathBuf = dir.components().collect();
+    if !matches!(dir.components().next_back(), Some(Component::Normal(_))) {
+        return Err(ScaffoldError::NotADirectoryName { path: dir });
+    }
+    let dir = dir.as_path();
     let write_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ScaffoldError::Write { path, source }

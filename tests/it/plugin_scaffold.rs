@@ -579,6 +579,12 @@ fn plugins_new_refuses_a_bad_name_an_unknown_world_or_language_and_an_occupied_d
         &["link already exists"],
     );
     assert!(listing(&cwd.join("empty-target")).is_empty());
+    for out in [".", "..", "/", "taken/.."] {
+        refused(
+            &["ok", "--world", "renderer", "--lang", "rust", "--out", out],
+            &["does not name a directory to create"],
+        );
+    }
     // --out names another place; an empty directory there is filled.
     refused(
         &[
