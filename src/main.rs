@@ -266,6 +266,23 @@ enum PluginsCommand {
         #[arg(long, default_value_t = 64)]
         memory_mb: usize,
     },
+    /// Write a new plugin project into ./NAME: the WIT, a working skeleton,
+    /// its build script and a README; it builds and passes `plugins check` as is.
+    New {
+        /// Lowercase ASCII letters, digits and '-', starting with a letter, at most 64 characters.
+        #[arg(value_parser = Utf8Text)]
+        name: String,
+        /// The world (slot) the plugin implements.
+        #[arg(long, value_enum)]
+        world: NewWorld,
+        /// The language of the skeleton.
+        #[arg(long, value_enum)]
+        lang: NewLang,
+        /// Where to write the project instead of ./NAME: a directory that does not exist
+        /// or is empty (not --dir, which names a huddle directory and is not used here).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -276,6 +293,20 @@ enum SectionArg {
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
     huddle::services::plugin_trial::parse_setting(text).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NewWorld {
+    Renderer,
+    HeadingMapper,
+    AlertSink,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NewLang {
+    Rust,
+    Python,
+    Js,
 }
 
 fn main() -> ExitCode {
@@ -335,6 +366,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 Some(checkpoint::CheckpointError::Damaged { .. })
             )
             || cause.is::<CheckError>()
+            || cause
+                .downcast_ref::<plugin::ScaffoldError>()
+                .is_some_and(plugin::ScaffoldError::is_bad_input)
             || cause
                 .downcast_ref::<inbox::InboxError>()
                 .is_some_and(inbox::InboxError::is_bad_input)
@@ -599,6 +633,27 @@ fn run(cli: Cli) -> Result<()> {
                     memory_bytes: memory_mb.saturating_mul(1024 * 1024),
                 };
                 plugins_test(&trial)
+            }
+            PluginsCommand::New {
+                name,
+                world,
+                lang,
+                out,
+            } => {
+                let slot = match world {
+                    NewWorld::Renderer => Slot::Renderer,
+                    NewWorld::HeadingMapper => Slot::HeadingMapper,
+                    NewWorld::AlertSink => Slot::AlertSink,
+                };
+                let language = match lang {
+                    NewLang::Rust => plugin::scaffold::Language::Rust,
+                    NewLang::Python => plugin::scaffold::Language::Python,
+                    NewLang::Js => plugin::scaffold::Language::Js,
+                };
+                let dir = out.unwrap_or_else(|| PathBuf::from(&name));
+                let created = plugin::scaffold::create(&dir, &name, slot, language)?;
+                println!("{}", visible(&created.to_string()));
+                Ok(())
             }
             PluginsCommand::Check { file } => {
                 let host = PluginHost::new()?;

@@ -17,6 +17,7 @@ mod check;
 mod host;
 mod isolate;
 mod limits;
+pub mod scaffold;
 
 pub use builtin::{builtin_wasm, BUILTINS};
 pub use cache::Origin;
@@ -31,6 +32,7 @@ pub use host::{
     PART_BYTES,
 };
 pub use isolate::{Heading, IsolatedEntry, Rendered, ENTRIES_PER_CALL, FAILED_CALL_BUDGET};
+pub use scaffold::ScaffoldError;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -21,6 +21,7 @@ mod nats;
 mod pause;
 mod plugin_cache;
 mod plugin_polyglot;
+mod plugin_scaffold;
 mod plugin_trial;
 mod plugin_wit;
 mod plugins;
