@@ -4,6 +4,10 @@
 #
 #   examples/python-renderer/python-renderer.wasm  componentize-py (PyPI)
 #   examples/js-sink/js-sink.wasm                  componentize-js (npm)
+#   examples/js-renderer/js-renderer.wasm          componentize-js (npm; the
+#                                                  project `huddle plugins new
+#                                                  js-renderer --world renderer
+#                                                  --lang js` writes)
 #
 # Usage:
 #   examples/build-polyglot.sh           install the tools if missing, build
@@ -80,11 +84,13 @@ install_tools
 if [[ $mode == build ]]; then
     python_out=$root/examples/python-renderer/python-renderer.wasm
     js_out=$root/examples/js-sink/js-sink.wasm
+    js_renderer_out=$root/examples/js-renderer/js-renderer.wasm
 else
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' EXIT
     python_out=$scratch/python-renderer.wasm
     js_out=$scratch/js-sink.wasm
+    js_renderer_out=$scratch/js-renderer.wasm
 fi
 
 echo "building examples/python-renderer/" >&2
@@ -100,10 +106,15 @@ echo "building examples/js-sink/" >&2
     --wit wit/since_v0.2.0 --world-name alert-sink \
     --disable http fetch-event -o "$js_out" >/dev/null)
 
-chmod 0644 "$python_out" "$js_out"
+echo "building examples/js-renderer/" >&2
+(cd "$root/examples/js-renderer" && "$npm_dir/node_modules/.bin/componentize-js" plugin.js \
+    --wit wit --world-name renderer \
+    --disable http fetch-event -o "$js_renderer_out" >/dev/null)
+
+chmod 0644 "$python_out" "$js_out" "$js_renderer_out"
 
 if [[ $mode == build ]]; then
-    for file in "$python_out" "$js_out"; do
+    for file in "$python_out" "$js_out" "$js_renderer_out"; do
         printf '%s  %8d  %s\n' "$(sha256sum "$file" | cut -d' ' -f1)" \
             "$(stat -c %s "$file")" "${file#"$root"/}"
     done
@@ -115,7 +126,8 @@ cargo build --locked --quiet --manifest-path "$root/Cargo.toml" --bin huddle
 huddle=$root/target/debug/huddle
 export HUDDLE_CACHE_DIR=$scratch/cache
 failed=0
-for pair in "$python_out huddle:plugin/renderer@0.2.0" "$js_out huddle:plugin/alert-sink@0.2.0"; do
+for pair in "$python_out huddle:plugin/renderer@0.2.0" "$js_out huddle:plugin/alert-sink@0.2.0" \
+    "$js_renderer_out huddle:plugin/renderer@0.2.0"; do
     read -r file world <<<"$pair"
     if ! verdict=$("$huddle" plugins check "$file" 2>&1) || [[ $verdict != *"implements $world"* ]]; then
         echo "$0 --check: a fresh build of $(basename "$file") is not accepted as $world:" >&2
@@ -124,4 +136,4 @@ for pair in "$python_out huddle:plugin/renderer@0.2.0" "$js_out huddle:plugin/al
     fi
 done
 ((failed == 0)) || exit 1
-echo "$0 --check: both fresh components are accepted by huddle plugins check." >&2
+echo "$0 --check: the fresh components are accepted by huddle plugins check." >&2
