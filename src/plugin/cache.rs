@@ -27,6 +27,14 @@
 //! The entry is mapped, not read: its bytes are checked and handed to
 //! wasmtime straight from the page cache.
 //!
+//! A component is known by the sha256 of its bytes, and hashing an 18 MB
+//! component costs more than loading its artifact. So the cache also keeps,
+//! per plugin file, the sha256 it had with its stamp (device, inode, size,
+//! modification and change times, in `stamps/`): a process that finds the
+//! file with the same stamp takes the recorded sha256 without reading the
+//! file. A file modified less than [`SETTLE`] ago is not recorded: two
+//! writes within one tick of the file system's clock leave the same stamp.
+//!
 //! Entries are written to a temporary file in the same directory and renamed,
 //! so a reader never sees a half-written artifact. The cache only speeds
 //! things up: when it cannot be read or written, the component is compiled.
@@ -47,6 +55,60 @@ use wasmtime::Engine;
 const MAGIC: &[u8; 16] = b"huddle-cwasm-v2\n";
 /// magic, component sha256, engine key, artifact length, artifact CRC-32.
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8 + 4;
+
+/// How long a file's stamp must have stood still before its sha256 is
+/// recorded with it (the file systems' timestamps tick in milliseconds).
+const SETTLE: Duration = Duration::from_secs(2);
+const STAMP_MAGIC: &str = "huddle-stamp-v1";
+
+/// What identifies a file's contents without reading them: a change of the
+/// contents changes the change time, which no one can set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    inode: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Unchanged for [`SETTLE`]: a write in the same clock tick as the
+    /// last one would have shown by now.
+    pub(crate) fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let settle = SETTLE.as_nanos() as i128;
+        now - self.mtime_ns.max(self.ctime_ns) >= settle
+    }
+
+    fn line(&self, path: &Path, sha256: &str) -> String {
+        format!(
+            "{STAMP_MAGIC} {} {} {} {} {} {sha256} {}\n",
+            self.dev,
+            self.inode,
+            self.len,
+            self.mtime_ns,
+            self.ctime_ns,
+            path.display()
+        )
+    }
+}
 
 /// Where a loaded component came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +169,57 @@ impl ArtifactCache {
         }
     }
 
+    /// The sha256 recorded for the file at `path` with this stamp, if any
+    /// (and if the record may be trusted, like an entry).
+    pub(crate) fn known_sha256(&self, path: &Path, stamp: &FileStamp) -> Option<String> {
+        let (record, absolute) = self.stamp_record(path)?;
+        let dir = record.parent()?;
+        private_to_me(dir, "the stamps directory").ok()?;
+        let meta = std::fs::symlink_metadata(&record).ok()?;
+        if !meta.is_file() || owned_and_unwritable_by_others(&meta, "the stamp").is_err() {
+            return None;
+        }
+        let text = std::fs::read_to_string(&record).ok()?;
+        let sha = text
+            .split(' ')
+            .nth(6)
+            .filter(|sha| sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        (text == stamp.line(&absolute, sha)).then(|| sha.to_string())
+    }
+
+    /// Records that the file at `path`, with this (settled) stamp, has
+    /// this sha256. Best effort: without a record the file is hashed again.
+    pub(crate) fn remember_sha256(&self, path: &Path, stamp: &FileStamp, sha256: &str) {
+        let Some((record, absolute)) = self.stamp_record(path) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            let dir = record.parent().ok_or(std::io::ErrorKind::NotFound)?;
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            private_to_me(dir, "the stamps directory").map_err(std::io::Error::other)?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".tmp-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .tempfile_in(dir)?;
+            tmp.write_all(stamp.line(&absolute, sha256).as_bytes())?;
+            tmp.persist(&record).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(error) = write() {
+            tracing::debug!(record = %record.display(), "cannot record a plugin's sha256: {error}");
+        }
+    }
+
+    /// The record of `path`, named by the sha256 of its absolute path, and
+    /// that path.
+    fn stamp_record(&self, path: &Path) -> Option<(PathBuf, PathBuf)> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self.dir.as_ref()?;
+        let absolute = std::path::absolute(path).ok()?;
+        let name = hex(&Sha256::digest(absolute.as_os_str().as_bytes())[..20]);
+        Some((dir.join("stamps").join(name), absolute))
+    }
+
     pub(crate) fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }
@@ -118,10 +231,11 @@ impl ArtifactCache {
     }
 
     /// The compiled component for `wasm`, from the cache or freshly compiled.
+    /// `wasm` gives the component's bytes, read only to compile.
     pub(crate) fn load_or_compile(
         &self,
         engine: &Engine,
-        wasm: &[u8],
+        wasm: &dyn Fn() -> wasmtime::Result<std::sync::Arc<[u8]>>,
         sha256: &str,
     ) -> wasmtime::Result<Loaded> {
         let started = Instant::now();
@@ -149,7 +263,7 @@ impl ArtifactCache {
     fn load_or_compile_anew(
         &self,
         engine: &Engine,
-        wasm: &[u8],
+        wasm: &dyn Fn() -> wasmtime::Result<std::sync::Arc<[u8]>>,
         sha256: &str,
         started: Instant,
     ) -> wasmtime::Result<Loaded> {
@@ -184,7 +298,7 @@ impl ArtifactCache {
                 "compiled-artifact cache entry not used, compiling again: {reason}"
             );
         }
-        let component = Component::new(engine, wasm)?;
+        let component = Component::new(engine, &*wasm()?)?;
         if let Some(path) = entry {
             if let Err(error) = self.store(&path, sha256, &component) {
                 tracing::debug!(entry = %path.display(), "cannot write the compiled-artifact cache: {error:#}");
@@ -339,4 +453,79 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache_in(dir: &Path) -> ArtifactCache {
+        let engine = Engine::default();
+        ArtifactCache::new(&engine, Some(dir.join("cache")))
+    }
+
+    fn stamp_of(path: &Path) -> FileStamp {
+        FileStamp::of(&std::fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn a_recorded_sha256_is_found_for_the_same_file_and_stamp_only() {
+        let temp = tempfile::tempdir().unwrap();
+        let cache = cache_in(temp.path());
+        let plugin = temp.path().join("plugin.wasm");
+        std::fs::write(&plugin, b"first version").unwrap();
+        let first = stamp_of(&plugin);
+        let sha = "a".repeat(64);
+        assert_eq!(cache.known_sha256(&plugin, &first), None);
+        cache.remember_sha256(&plugin, &first, &sha);
+        assert_eq!(cache.known_sha256(&plugin, &first), Some(sha.clone()));
+        // Rewritten in place with as many bytes: another stamp, no answer.
+        std::fs::write(&plugin, b"other version").unwrap();
+        let second = stamp_of(&plugin);
+        assert_ne!(first, second);
+        assert_eq!(cache.known_sha256(&plugin, &second), None);
+        // Another path with the same stamp is another file.
+        let elsewhere = temp.path().join("elsewhere.wasm");
+        assert_eq!(cache.known_sha256(&elsewhere, &first), None);
+    }
+
+    #[test]
+    fn a_record_others_may_write_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let temp = tempfile::tempdir().unwrap();
+        let cache = cache_in(temp.path());
+        let plugin = temp.path().join("plugin.wasm");
+        std::fs::write(&plugin, b"bytes").unwrap();
+        let stamp = stamp_of(&plugin);
+        let sha = "b".repeat(64);
+        cache.remember_sha256(&plugin, &stamp, &sha);
+        let (record, _) = cache.stamp_record(&plugin).unwrap();
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(cache.known_sha256(&plugin, &stamp), None);
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(cache.known_sha256(&plugin, &stamp), Some(sha));
+        let stamps = record.parent().unwrap();
+        std::fs::set_permissions(stamps, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(cache.known_sha256(&plugin, &stamp), None);
+    }
+
+    #[test]
+    fn a_file_written_just_now_is_not_settled_an_old_one_is() {
+        let temp = tempfile::tempdir().unwrap();
+        let plugin = temp.path().join("plugin.wasm");
+        std::fs::write(&plugin, b"bytes").unwrap();
+        let fresh = stamp_of(&plugin);
+        assert!(!fresh.settled());
+        let old = FileStamp {
+            mtime_ns: fresh.mtime_ns - 3_000_000_000,
+            ctime_ns: fresh.ctime_ns - 3_000_000_000,
+            ..fresh
+        };
+        assert!(old.settled());
+        let touched_back = FileStamp {
+            mtime_ns: fresh.mtime_ns - 3_000_000_000,
+            ..fresh
+        };
+        assert!(!touched_back.settled(), "a recent change time counts");
+    }
 }

@@ -1,7 +1,6 @@
 //! The engine, the linker and the per-call stores.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -14,7 +13,7 @@ use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::v0_1_0 as v1;
 use super::bindings::v0_2_0 as v2;
-use super::cache::{ArtifactCache, Origin};
+use super::cache::{ArtifactCache, FileStamp, Origin};
 use super::capabilities::{HttpError, HttpResponse, HttpSession};
 use super::check::{world_of, Implements, WitVersion, World};
 use super::limits::Limiter;
@@ -298,13 +297,8 @@ impl Pre {
     }
 }
 
-/// File identity used to notice that a plugin file changed.
-#[derive(Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    mtime_ns: i128,
-    inode: u64,
-}
+/// A plugin's sha256, and its bytes when they had to be read to know it.
+type Identified = (Option<Arc<[u8]>>, String);
 
 /// What compiles a component and links it for a world; cheap to clone, so a
 /// plugin swapped under a running daemon compiles on a thread of its own.
@@ -328,14 +322,19 @@ impl Compiler {
     fn prepare(
         &self,
         spec: &PluginSpec,
-        wasm: &[u8],
+        wasm: Option<Arc<[u8]>>,
         sha: &str,
         world: World,
     ) -> Result<Prepared, PluginError> {
         let plugin = spec.name();
+        // The bytes are read only to compile: a cached artifact needs none.
+        let bytes = || match &wasm {
+            Some(wasm) => Ok(wasm.clone()),
+            None => read_bytes_of(spec, sha).map_err(wasmtime::Error::msg),
+        };
         let loaded = self
             .cache
-            .load_or_compile(&self.engine, wasm, sha)
+            .load_or_compile(&self.engine, &bytes, sha)
             .map_err(|e| PluginError::Load {
                 plugin: plugin.clone(),
                 source_desc: spec.source.describe(),
@@ -505,35 +504,45 @@ impl PluginHost {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The plugin's bytes and their sha256 (hex); a file's hash is
-    /// remembered while its size, mtime and inode stay the same.
-    fn read_plugin(&self, spec: &PluginSpec) -> Result<(Arc<[u8]>, String), PluginError> {
-        match &spec.source {
-            PluginSource::Builtin(_) => read_plugin(spec),
-            PluginSource::File(path) => {
-                let wasm: Arc<[u8]> = std::fs::read(path)
-                    .map_err(|e| file_error(spec, &e))?
-                    .into();
-                Ok((wasm.clone(), self.file_sha256(path, &wasm)))
+    /// A plugin's sha256 (hex), and its bytes if they had to be read to
+    /// know it. A file's hash is remembered (in memory, and in the cache
+    /// for later processes) with its stamp, and taken from there while the
+    /// stamp stays the same: the file is then not read at all.
+    fn identify(&self, spec: &PluginSpec) -> Result<Identified, PluginError> {
+        let PluginSource::File(path) = &spec.source else {
+            let (wasm, sha) = read_plugin(spec)?;
+            return Ok((Some(wasm), sha));
+        };
+        let stamp = std::fs::metadata(path)
+            .map(|meta| FileStamp::of(&meta))
+            .map_err(|e| file_error(spec, &e))?;
+        if let Some((seen, sha)) = lock(&self.file_hashes).get(path) {
+            if *seen == stamp {
+                return Ok((None, sha.clone()));
             }
         }
+        if let Some(sha) = self.compiler.cache.known_sha256(path, &stamp) {
+            lock(&self.file_hashes).insert(path.clone(), (stamp, sha.clone()));
+            return Ok((None, sha));
+        }
+        let wasm: Arc<[u8]> = std::fs::read(path)
+            .map_err(|e| file_error(spec, &e))?
+            .into();
+        let sha = self.remember_file(path, stamp, &wasm);
+        Ok((Some(wasm), sha))
     }
 
-    fn file_sha256(&self, path: &std::path::Path, wasm: &[u8]) -> String {
-        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp {
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            inode: m.ino(),
-        });
-        let mut known = lock(&self.file_hashes);
-        if let (Some(stamp), Some((seen, sha))) = (&stamp, known.get(path)) {
-            if seen == stamp && stamp.len == wasm.len() as u64 {
-                return sha.clone();
-            }
-        }
+    /// The sha256 of `wasm`, read from `path` when it had `stamp`;
+    /// remembered with the stamp if the file did not change meanwhile.
+    fn remember_file(&self, path: &std::path::Path, stamp: FileStamp, wasm: &[u8]) -> String {
         let sha = hex_sha256(wasm);
-        if let Some(stamp) = stamp {
-            known.insert(path.to_path_buf(), (stamp, sha.clone()));
+        let unchanged = std::fs::metadata(path).is_ok_and(|meta| FileStamp::of(&meta) == stamp)
+            && stamp.len() == wasm.len() as u64;
+        // A stamp younger than a tick of the file system's clock could
+        // also be the stamp of a write still to come: hash such a file again.
+        if unchanged && stamp.settled() {
+            lock(&self.file_hashes).insert(path.to_path_buf(), (stamp, sha.clone()));
+            self.compiler.cache.remember_sha256(path, &stamp, &sha);
         }
         sha
     }
@@ -545,7 +554,7 @@ impl PluginHost {
     /// The pre-instance of a plugin for `world`: already in memory, loaded
     /// from the cache, or compiled.
     fn pre_timed(&self, spec: &PluginSpec, world: World) -> Result<(Pre, Preloaded), PluginError> {
-        let (wasm, sha) = self.read_plugin(spec)?;
+        let (wasm, sha) = self.identify(spec)?;
         let key = format!("{sha}/{}", world.base_name());
         let slot = slot_key(spec, world);
         if let Some(pre) = lock(&self.pres).get(&key).cloned() {
@@ -578,7 +587,7 @@ impl PluginHost {
                 return Ok((serving, ready));
             }
         }
-        let prepared = self.compiler.prepare(spec, &wasm, &sha, world)?;
+        let prepared = self.compiler.prepare(spec, wasm, &sha, world)?;
         lock(&self.pres).insert(key, prepared.pre.clone());
         self.now_serving(spec, &slot, &sha, &prepared.pre);
         let ready = Preloaded {
@@ -594,7 +603,7 @@ impl PluginHost {
     /// version still serving. Whatever caches a plugin's output keys it by
     /// this, so output of the previous version is never filed under the new.
     pub fn serving_sha(&self, spec: &PluginSpec, slot: super::Slot) -> Result<String, PluginError> {
-        let (_, sha) = self.read_plugin(spec)?;
+        let (_, sha) = self.identify(spec)?;
         let world = world_for(slot);
         if !self
             .background_reload
@@ -633,7 +642,7 @@ impl PluginHost {
     fn compile_in_background(
         &self,
         spec: &PluginSpec,
-        wasm: Arc<[u8]>,
+        wasm: Option<Arc<[u8]>>,
         sha: String,
         world: World,
         key: String,
@@ -648,7 +657,7 @@ impl PluginHost {
             short(&sha)
         );
         let work = move || {
-            let outcome = compiler.prepare(&spec, &wasm, &sha, world);
+            let outcome = compiler.prepare(&spec, wasm, &sha, world);
             let mut swaps = lock(&swaps);
             swaps.compiling.remove(&key);
             match outcome {
@@ -722,11 +731,13 @@ impl PluginHost {
         path: &std::path::Path,
         wasm: &[u8],
     ) -> wasmtime::Result<(wasmtime::component::Component, Preloaded)> {
-        let sha = self.file_sha256(path, wasm);
+        let stamp = FileStamp::of(&std::fs::metadata(path)?);
+        let sha = self.remember_file(path, stamp, wasm);
+        let bytes = || Ok(Arc::from(wasm));
         let loaded = self
             .compiler
             .cache
-            .load_or_compile(&self.compiler.engine, wasm, &sha)?;
+            .load_or_compile(&self.compiler.engine, &bytes, &sha)?;
         let ready = Preloaded {
             origin: loaded.origin,
             elapsed: loaded.elapsed,
@@ -1360,6 +1371,21 @@ fn file_error(spec: &PluginSpec, error: &std::io::Error) -> PluginError {
         );
     }
     load_error(spec, message)
+}
+
+/// The bytes of a plugin whose sha256 is known to be `sha`: read again,
+/// and refused if the file changed since (they would be compiled under the
+/// old version's key).
+fn read_bytes_of(spec: &PluginSpec, sha: &str) -> Result<Arc<[u8]>, String> {
+    let (wasm, now) = read_plugin(spec).map_err(|e| e.to_string())?;
+    if now != sha {
+        return Err(format!(
+            "the file changed while it was being loaded (sha256 {} instead of {}); the next call loads the new version",
+            short(&now),
+            short(sha)
+        ));
+    }
+    Ok(wasm)
 }
 
 /// A plugin's bytes and their sha256 (hex), without an engine: enough for
