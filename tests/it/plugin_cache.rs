@@ -167,7 +167,9 @@ fn plugins_warm_compiles_every_configured_plugin_then_a_second_run_loads_them() 
     assert_eq!(entries, 3, "one artifact per plugin");
     // And the sha256 of each plugin file with its stamp, so the next
     // process knows the (unchanged) files without reading them.
-    let stamps = std::fs::read_dir(cache.path().join("stamps")).unwrap().count();
+    let stamps = std::fs::read_dir(cache.path().join("stamps"))
+        .unwrap()
+        .count();
     assert_eq!(stamps, 2, "one record per plugin file");
     warm(": loaded from the compiled-artifact cache in ");
 }

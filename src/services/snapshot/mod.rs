@@ -480,7 +480,7 @@ impl Snapshotter {
 
         // Render everything first: a failure here leaves both files untouched.
         let phase = std::time::Instant::now();
-        let region = self.render_region(host, &renderer, &mut *fetcher, recent)?;
+        self.render_region(host, &renderer, &mut *fetcher, recent)?;
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the region");
         let communication_path = workspace.dir.join(COMMUNICATION_FILE);
         let existing = match std::fs::read_to_string(&communication_path) {
@@ -488,7 +488,11 @@ impl Snapshotter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_error("read", &communication_path)(e)),
         };
-        let communication = region::splice(&existing, &region);
+        let blocks: Vec<&str> = recent
+            .iter()
+            .map(|number| self.rendered.blocks[number].1.as_str())
+            .collect();
+        let communication = region::splice_blocks(&existing, &blocks);
 
         let archive_path = workspace.dir.join(ARCHIVE_FILE);
         let plan = self.plan_archive(&archive_path, archived);
@@ -710,13 +714,17 @@ impl Snapshotter {
 
     /// The text between the markers: one block per recent interaction,
     /// re-rendering only those whose events changed.
+    /// Brings the blocks of the `recent` interactions up to date (those
+    /// whose event count changed are rendered again) and drops the others.
+    /// The stale ones are read back and rendered a bounded batch at a time,
+    /// so a few huge interactions are never all in memory at once.
     fn render_region(
         &mut self,
         host: &PluginHost,
         renderer: &PluginSpec,
         fetcher: &mut dyn Fetch,
         recent: &[u64],
-    ) -> Result<String, SnapshotError> {
+    ) -> Result<(), SnapshotError> {
         let stale: Vec<u64> = recent
             .iter()
             .copied()
@@ -728,28 +736,37 @@ impl Snapshotter {
                     .is_none_or(|(shown, _)| *shown != count)
             })
             .collect();
-        if !stale.is_empty() {
-            let interactions = stale
+        let context = self.render_context(Section::Communication);
+        let mut start = 0;
+        while start < stale.len() {
+            let mut end = start;
+            let mut weight = 0usize;
+            while end < stale.len() && (end == start || weight < RENDER_BATCH_BYTES) {
+                weight += self.index.interactions[&stale[end]]
+                    .iter()
+                    .map(|r| r.weight as usize)
+                    .sum::<usize>();
+                end += 1;
+            }
+            let batch = &stale[start..end];
+            let interactions = batch
                 .iter()
                 .map(|n| self.index.interaction(fetcher, *n))
                 .collect::<Result<Vec<_>, _>>()?;
-            let context = self.render_context(Section::Communication);
             let rendered =
                 host.render_isolating(renderer, &context, &interactions, &block_problem)?;
-            self.note_isolated(&stale, &rendered);
-            for (number, block) in stale.iter().zip(rendered.blocks) {
+            drop(interactions);
+            self.note_isolated(batch, &rendered);
+            for (number, block) in batch.iter().zip(rendered.blocks) {
                 let count = self.index.interactions[number].len();
                 self.rendered.blocks.insert(*number, (count, block));
             }
+            start = end;
         }
         self.rendered
             .blocks
             .retain(|n, _| recent.binary_search(n).is_ok());
-        let mut region = String::new();
-        for number in recent {
-            region.push_str(&self.rendered.blocks[number].1);
-        }
-        Ok(region)
+        Ok(())
     }
 
     fn plan_archive(&self, path: &Path, archived: &[u64]) -> ArchivePlan {

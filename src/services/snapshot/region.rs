@@ -437,29 +437,39 @@ pub(crate) fn has_marker_line(block: &str) -> bool {
 /// markers is kept byte for byte. Without both markers (in order), the region
 /// is appended at the end and the rest kept.
 pub(crate) fn splice(existing: &str, region: &str) -> String {
-    let mut out = String::with_capacity(existing.len() + region.len() + 64);
+    splice_blocks(existing, &[region])
+}
+
+/// [`splice`] with a region made of `blocks`, joined as they go in: the
+/// region is not built apart first (the blocks of a few huge interactions
+/// weigh hundreds of megabytes).
+pub(crate) fn splice_blocks(existing: &str, blocks: &[&str]) -> String {
+    let region_len: usize = blocks.iter().map(|b| b.len()).sum();
+    let mut out = String::with_capacity(existing.len() + region_len + 64);
     if let Some((before, after)) = find_region(existing) {
         out.push_str(&existing[..before]);
-        push_region(&mut out, region);
+        push_region(&mut out, blocks);
         out.push_str(&existing[after..]);
     } else {
         out.push_str(existing);
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
-        push_region(&mut out, region);
+        push_region(&mut out, blocks);
     }
     out
 }
 
-fn push_region(out: &mut String, region: &str) {
+fn push_region(out: &mut String, blocks: &[&str]) {
     out.push_str(BEGIN_MARKER);
     out.push('\n');
-    out.push_str(region);
+    for block in blocks {
+        out.push_str(block);
+    }
     // A template without a final newline must not glue the END marker to
     // its last line: the marker would no longer be found, nor be a comment
     // of its own for a markdown reader.
-    if !region.is_empty() && !region.ends_with('\n') {
+    if !out.ends_with('\n') {
         out.push('\n');
     }
     out.push_str(END_MARKER);
