@@ -482,17 +482,6 @@ impl Snapshotter {
         let phase = std::time::Instant::now();
         self.render_region(host, &renderer, &mut *fetcher, recent)?;
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the region");
-        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
-        let existing = match std::fs::read_to_string(&communication_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_error("read", &communication_path)(e)),
-        };
-        let blocks: Vec<&str> = recent
-            .iter()
-            .map(|number| self.rendered.blocks[number].1.as_str())
-            .collect();
-        let communication = region::splice_blocks(&existing, &blocks);
 
         let archive_path = workspace.dir.join(ARCHIVE_FILE);
         let plan = self.plan_archive(&archive_path, archived);
@@ -515,6 +504,19 @@ impl Snapshotter {
         };
 
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the archive");
+        // Spliced only now: the new communication.md is as large as the
+        // region's blocks, and need not sit in memory beside the archive's.
+        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
+        let existing = match std::fs::read_to_string(&communication_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_error("read", &communication_path)(e)),
+        };
+        let blocks: Vec<&str> = recent
+            .iter()
+            .map(|number| self.rendered.blocks[number].1.as_str())
+            .collect();
+        let communication = region::splice_blocks(&existing, &blocks);
         if self.fence.as_ref().is_some_and(|may_write| !may_write()) {
             return Err(SnapshotError::Fenced);
         }
