@@ -153,54 +153,30 @@ struct Cost {
     time: Duration,
     /// Peak RSS of the huddle process itself (VmHWM, read until it exits).
     huddle_kb: u64,
-    /// Peak RSS of the largest process of the command, git's included.
+    /// Peak RSS of the largest process of the command, git's included
+    /// (`ru_maxrss`: never less than this bench's own resident set when it
+    /// forked, see `support::Watched`).
     all_kb: u64,
 }
 
 /// Runs `huddle sync` in `dir` and measures it.
-#[allow(
-    clippy::zombie_processes,
-    reason = "the child is reaped by wait4, which also gives its rusage"
-)]
 fn measured_sync(dir: &Path) -> Cost {
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .arg("--dir")
-        .arg(dir)
-        .arg("sync")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run huddle sync");
-    let pid = child.id() as libc::pid_t;
-    let mut huddle_kb = 0;
-    let (status, all_kb) = loop {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                huddle_kb = huddle_kb.max(kb);
-            }
-        }
-        let mut status = 0;
-        // SAFETY: plain libc calls on our own child, with valid out-pointers.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if done == pid {
-            break (status, usage.ru_maxrss as u64);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let watched = support::run_watching_memory(
+        Command::new(env!("CARGO_BIN_EXE_huddle"))
+            .arg("--dir")
+            .arg(dir)
+            .arg("sync")
+            .stdout(std::process::Stdio::null()),
+    );
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        libc::WIFEXITED(watched.status) && libc::WEXITSTATUS(watched.status) == 0,
         "huddle sync in {} failed",
         dir.display()
     );
     Cost {
-        time: started.elapsed(),
-        huddle_kb,
-        all_kb,
+        time: watched.wall,
+        huddle_kb: watched.peak_kib,
+        all_kb: watched.maxrss_kib,
     }
 }
 

@@ -207,3 +207,54 @@ pub fn fill(dir: &Path, events: u64) {
         .and_then(|f| f.sync_all())
         .expect("sync the log");
 }
+
+/// What [`run_watching_memory`] saw of a child process.
+pub struct Watched {
+    pub wall: Duration,
+    pub status: i32,
+    /// The child's own peak resident set (VmHWM, KiB), read every 2 ms
+    /// until it exits: the high-water mark of its memory after exec.
+    pub peak_kib: u64,
+    /// `ru_maxrss` of the child (KiB): the largest of its processes, but
+    /// never less than this bench's own resident set when it forked,
+    /// which Linux carries over into the child's count. Not a measure of
+    /// the child alone.
+    pub maxrss_kib: u64,
+}
+
+/// Runs `command` to its end, watching its memory.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also reports its rusage"
+)]
+pub fn run_watching_memory(command: &mut Command) -> Watched {
+    let started = Instant::now();
+    let child = command.spawn().expect("spawn the measured command");
+    let pid = child.id() as libc::pid_t;
+    let mut peak_kib = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kib) = text
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child, writing into the two locals above.
+        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if done == pid {
+            return Watched {
+                wall: started.elapsed(),
+                status,
+                peak_kib,
+                maxrss_kib: usage.ru_maxrss as u64,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
