@@ -722,7 +722,6 @@ impl PluginHost {
         })
     }
 
-    /// Links a plugin for `world` without calling it (for `plugins check`).
     /// The component in `wasm`, the bytes of the file at `path`: loaded from
     /// the compiled-artifact cache, or compiled into it, so `plugins check`
     /// (and `plugins test`) pay for an interpreter-sized component once.
@@ -746,6 +745,7 @@ impl PluginHost {
         Ok((loaded.component, ready))
     }
 
+    /// Links a plugin for `world` without calling it (for `plugins check`).
     pub(crate) fn pre_for_check(&self, spec: &PluginSpec, world: World) -> Result<(), PluginError> {
         self.pre(spec, world).map(|_| ())
     }
