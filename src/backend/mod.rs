@@ -187,6 +187,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Brings this machine's copy of the log up to the log's end, for
+    /// [`Backend::offline`] reads; nothing to do for a log that is local.
+    fn keep_local_copy(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// News of appends from now on.
     fn subscribe(&self) -> Result<Subscription, StoreError>;
 
@@ -467,6 +473,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn offline(&self) -> Option<String> {
         (**self).offline()
+    }
+
+    fn keep_local_copy(&self) -> Result<(), StoreError> {
+        (**self).keep_local_copy()
     }
 
     fn subscribe(&self) -> Result<Subscription, StoreError> {

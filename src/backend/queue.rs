@@ -313,6 +313,10 @@ impl<B: Backend> Backend for Queued<B> {
         self.inner.offline()
     }
 
+    fn keep_local_copy(&self) -> Result<(), StoreError> {
+        self.inner.keep_local_copy()
+    }
+
     fn subscribe(&self) -> Result<Subscription, StoreError> {
         self.inner.subscribe()
     }

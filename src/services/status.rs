@@ -371,18 +371,12 @@ impl StatusModel {
 /// (what reads fall back to without a server), and status's read model.
 /// The daemon calls it after each snapshot, so that reads and `status`
 /// keep serving what was seen here when the backend stops answering, and
-/// `status` answers at once.
-pub fn keep_what_was_seen(workspace: &Workspace) -> Result<(), StoreError> {
-    let backend: std::sync::Arc<dyn Backend> = match workspace.config.backend.kind {
-        crate::model::config::BackendKind::Jetstream => {
-            let stream = workspace.jetstream();
-            stream.keep_copy()?;
-            std::sync::Arc::new(stream)
-        }
-        crate::model::config::BackendKind::File => workspace.backend(),
-    };
+/// `status` answers at once. Through the caller's `backend` (the snapshot
+/// worker's), so that it opens no connection of its own.
+pub fn keep_what_was_seen(workspace: &Workspace, backend: &dyn Backend) -> Result<(), StoreError> {
+    backend.keep_local_copy()?;
     let state = StateDir::of(&workspace.dir);
-    StatusModel::load(&state, &*backend)?.catch_up(&state, &*backend)
+    StatusModel::load(&state, backend)?.catch_up(&state, backend)
 }
 
 pub fn status(workspace: &Workspace) -> Result<Status, StoreError> {

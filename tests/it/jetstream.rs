@@ -1159,3 +1159,57 @@ fn a_token_is_used_but_never_shown_and_a_wrong_one_is_refused_not_queued() {
         "an event was queued behind credentials that will never work"
     );
 }
+
+/// Connections the server has accepted since it started (its monitoring
+/// endpoint's `total_connections`).
+fn connections_accepted(monitor: u16) -> u64 {
+    let (status, _, body) = crate::dashboard::get(&format!("http://127.0.0.1:{monitor}/varz"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let varz: Value = serde_json::from_str(&body).expect("varz is JSON");
+    varz["total_connections"]
+        .as_u64()
+        .expect("varz has total_connections")
+}
+
+/// The daemon's snapshot thread reads the stream through one connection for
+/// as long as `[backend]` stays the same: ten snapshots open none (each
+/// opened two or three before, and keeping the local copy one more).
+#[test]
+fn a_daemons_snapshots_reuse_one_connection_to_the_server() {
+    use huddle::Backend;
+    let _machine = exclusive();
+    let monitor = crate::nats::free_port();
+    let server = NatsServer::start_with(&["-m", &monitor.to_string()]);
+    let team = Team::new(&[server.url()], "CONNECTIONS", 1);
+    let dir = &team.machines[0];
+    let _daemon = Daemon::start(dir, "d0");
+    // Appends through the test's own open handle: a `huddle log` process
+    // would open a connection of its own each time.
+    let snapshot_shows = |n: u64| {
+        let content = format!("question {n} for the snapshot");
+        team.reader
+            .append_events(&[huddle::NewEvent::new(
+                huddle::InteractionRef::Number(n),
+                "Agent A",
+                "question",
+                content.clone(),
+            )
+            .into_event(n)])
+            .expect("append through the reader");
+        assert!(
+            wait_for(Duration::from_secs(20), || read(dir, "communication.md")
+                .contains(&content)),
+            "the daemon never snapshotted {content}"
+        );
+    };
+    snapshot_shows(1);
+    let before = connections_accepted(monitor);
+    for n in 2..=11 {
+        snapshot_shows(n);
+    }
+    let opened = connections_accepted(monitor) - before;
+    assert!(
+        opened <= 1,
+        "ten snapshots opened {opened} connections to the server"
+    );
+}

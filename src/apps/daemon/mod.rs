@@ -600,7 +600,7 @@ impl SnapshotWorker {
                     let result = match snapshotter.update(&host, None) {
                         Ok(outcome) => {
                             tracing::debug!(took = ?started.elapsed(), new_events = outcome.new_events, archive = ?outcome.archive, isolated = outcome.isolated, "snapshot");
-                            keep_what_was_seen(&dir);
+                            keep_what_was_seen(&dir, &mut snapshotter);
                             Ok(())
                         }
                         Err(crate::services::snapshot::SnapshotError::Fenced) => {
@@ -668,11 +668,14 @@ impl SnapshotWorker {
 /// Keeps what this machine has seen as current as the snapshot, off the
 /// heartbeat's thread: what reads, `status` and the dashboard serve when
 /// the backend stops answering.
-fn keep_what_was_seen(dir: &Path) {
+fn keep_what_was_seen(dir: &Path, snapshotter: &mut Snapshotter) {
     let kept = Workspace::open(dir)
         .map_err(|error| error.to_string())
         .and_then(|workspace| {
-            crate::services::status::keep_what_was_seen(&workspace).map_err(|e| e.to_string())
+            // The snapshotter's own backend: no connection of its own.
+            let backend = snapshotter.backend(&workspace);
+            crate::services::status::keep_what_was_seen(&workspace, &*backend)
+                .map_err(|e| e.to_string())
         });
     if let Err(error) = kept {
         tracing::debug!(%error, "what was seen is not kept");

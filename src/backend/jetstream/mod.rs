@@ -477,6 +477,10 @@ impl Backend for JetStreamLog {
         self.offline_note().clone()
     }
 
+    fn keep_local_copy(&self) -> Result<(), StoreError> {
+        self.keep_copy().map(|_| ())
+    }
+
     fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError> {
         let identity = match self.connection.identity() {
             // Offline, what was read from the stream copied is still read:

@@ -275,6 +275,10 @@ pub struct Snapshotter {
     /// Asked just before anything is written: false means this process may
     /// no longer write the files (a leader replaced while a snapshot ran).
     fence: Option<Fence>,
+    /// The backend the runs read, with what it was opened from: kept while
+    /// `[backend]` and `[log]` stay the same (on JetStream a new handle is
+    /// a new connection; huddle.toml is read again at every run).
+    backend: Option<(String, Arc<dyn Backend>)>,
 }
 
 /// Reports on a long read of the log, in the backend's units (bytes of the
@@ -316,6 +320,27 @@ impl Snapshotter {
             mark: ReadMark::default(),
             progress: None,
             fence: None,
+            backend: None,
+        }
+    }
+
+    /// The backend of `workspace`: the handle of the last run while its
+    /// settings are unchanged, else a new one.
+    pub fn backend(&mut self, workspace: &Workspace) -> Arc<dyn Backend> {
+        let config = &workspace.config;
+        let key = format!(
+            "{:?} {:?} {:?}",
+            config.backend,
+            config.log,
+            config.backend.token.as_ref().map(|t| t.expose())
+        );
+        match &self.backend {
+            Some((kept, backend)) if *kept == key => backend.clone(),
+            _ => {
+                let backend = workspace.backend();
+                self.backend = Some((key, backend.clone()));
+                backend
+            }
         }
     }
 
@@ -361,7 +386,7 @@ impl Snapshotter {
             )
             .cut_to_fit();
             // If the log is not writable either, the caller still gets the error.
-            let _ = workspace.backend().append(report);
+            let _ = self.backend(&workspace).append(report);
         }
         result
     }
@@ -453,7 +478,7 @@ impl Snapshotter {
         }
 
         self.isolated.clear();
-        let log = workspace.backend();
+        let log = self.backend(workspace);
         if let Continuity::Replaced(why) = log.continuity(&self.mark)? {
             // Every offset in the index points into the old file: start cold.
             tracing::warn!(%why, "events.log was replaced: rebuilding the snapshot from scratch");
@@ -468,7 +493,7 @@ impl Snapshotter {
             };
         }
         let phase = std::time::Instant::now();
-        let new_events = self.index_new_events(workspace, host, &mapper)?;
+        let new_events = self.index_new_events(&*log, host, &mapper)?;
         tracing::debug!(new_events, elapsed = ?phase.elapsed(), "snapshot: indexed the new events");
         self.mark = log.mark(self.index.cursor)?;
 
@@ -584,11 +609,10 @@ impl Snapshotter {
     /// headings (in batches) and records the visible ones.
     fn index_new_events(
         &mut self,
-        workspace: &Workspace,
+        log: &dyn Backend,
         host: &PluginHost,
         mapper: &PluginSpec,
     ) -> Result<usize, SnapshotError> {
-        let log = workspace.backend();
         let unread = log.remaining(self.index.cursor)?;
         let bar = self
             .progress
