@@ -20,6 +20,23 @@ use super::limits::Limiter;
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec, BUILTINS};
 use crate::model::event::Event;
 
+/// An event as a WIT version's generated `event` record (the same fields
+/// in every version so far).
+macro_rules! wit_event {
+    ($version:ident, $event:expr) => {{
+        let event: &Event = $event;
+        $version::types::Event {
+            interaction: event.interaction,
+            actor: event.actor.clone(),
+            type_: event.kind.clone(),
+            content: event.content.clone(),
+            timestamp: event.timestamp.clone(),
+            id: event.id.clone(),
+            term: event.term,
+        }
+    }};
+}
+
 /// How often the epoch advances: the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Largest total text one call may return.
@@ -1078,53 +1095,35 @@ impl PluginHost {
         alerts: &[Alert],
     ) -> Result<Result<(), DeliveryError>, PluginError> {
         let pre = self.pre(spec, World::AlertSink)?;
+        // The same call through each version's generated types.
+        macro_rules! deliver_through {
+            ($version:ident, $pre:expr) => {{
+                use $version::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
+                let wit: Vec<$version::types::Alert> = alerts
+                    .iter()
+                    .map(|a| $version::types::Alert {
+                        event: wit_event!($version, &a.event),
+                        count: a.count,
+                        source: a.source.clone(),
+                    })
+                    .collect();
+                self.call(spec, |store| {
+                    let bindings = $pre.instantiate(&mut *store)?;
+                    let sink = bindings.huddle_plugin_sink();
+                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
+                        return Ok(Err(Refusal::Configure(message)));
+                    }
+                    sink.call_deliver(&mut *store, &wit).map(Ok)
+                })?
+                .map_err(|e| match e {
+                    Wit::Transient(m) => DeliveryError::Transient(m),
+                    Wit::Permanent(m) => DeliveryError::Permanent(m),
+                })
+            }};
+        }
         let verdict = match pre {
-            Pre::AlertSinkV1(pre) => {
-                use v1::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
-                let wit: Vec<v1::types::Alert> = alerts
-                    .iter()
-                    .map(|a| v1::types::Alert {
-                        event: to_wit_event_v1(&a.event),
-                        count: a.count,
-                        source: a.source.clone(),
-                    })
-                    .collect();
-                self.call(spec, |store| {
-                    let bindings = pre.instantiate(&mut *store)?;
-                    let sink = bindings.huddle_plugin_sink();
-                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
-                        return Ok(Err(Refusal::Configure(message)));
-                    }
-                    sink.call_deliver(&mut *store, &wit).map(Ok)
-                })?
-                .map_err(|e| match e {
-                    Wit::Transient(m) => DeliveryError::Transient(m),
-                    Wit::Permanent(m) => DeliveryError::Permanent(m),
-                })
-            }
-            Pre::AlertSinkV2(pre) => {
-                use v2::alert_sink::exports::huddle::plugin::sink::DeliveryError as Wit;
-                let wit: Vec<v2::types::Alert> = alerts
-                    .iter()
-                    .map(|a| v2::types::Alert {
-                        event: to_wit_event_v2(&a.event),
-                        count: a.count,
-                        source: a.source.clone(),
-                    })
-                    .collect();
-                self.call(spec, |store| {
-                    let bindings = pre.instantiate(&mut *store)?;
-                    let sink = bindings.huddle_plugin_sink();
-                    if let Err(message) = sink.call_configure(&mut *store, &spec.settings)? {
-                        return Ok(Err(Refusal::Configure(message)));
-                    }
-                    sink.call_deliver(&mut *store, &wit).map(Ok)
-                })?
-                .map_err(|e| match e {
-                    Wit::Transient(m) => DeliveryError::Transient(m),
-                    Wit::Permanent(m) => DeliveryError::Permanent(m),
-                })
-            }
+            Pre::AlertSinkV1(pre) => deliver_through!(v1, pre),
+            Pre::AlertSinkV2(pre) => deliver_through!(v2, pre),
             Pre::HeadingMapper(..) | Pre::Renderer(..) => {
                 unreachable!("pre() returns the world it was asked for")
             }
@@ -1324,30 +1323,6 @@ struct PartView<'a> {
     entries: &'a [EntryView<'a>],
     first: bool,
     last: bool,
-}
-
-fn to_wit_event_v2(event: &Event) -> v2::types::Event {
-    v2::types::Event {
-        interaction: event.interaction,
-        actor: event.actor.clone(),
-        type_: event.kind.clone(),
-        content: event.content.clone(),
-        timestamp: event.timestamp.clone(),
-        id: event.id.clone(),
-        term: event.term,
-    }
-}
-
-fn to_wit_event_v1(event: &Event) -> v1::types::Event {
-    v1::types::Event {
-        interaction: event.interaction,
-        actor: event.actor.clone(),
-        type_: event.kind.clone(),
-        content: event.content.clone(),
-        timestamp: event.timestamp.clone(),
-        id: event.id.clone(),
-        term: event.term,
-    }
 }
 
 fn load_error(spec: &PluginSpec, message: String) -> PluginError {
