@@ -100,6 +100,34 @@ impl HuddleDir {
     pub fn events(&self) -> Vec<Value> {
         parse_lines(&self.log_bytes())
     }
+
+    /// Appends `(interaction, actor, type, content)` events with fixed
+    /// timestamps and ids, written as huddle would, so rendered files are exact.
+    pub fn append_fixed_events(&self, events: &[(u64, &str, &str, &str)]) {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.file("events.log"))
+            .expect("open events.log");
+        for (n, (interaction, actor, kind, content)) in events.iter().enumerate() {
+            let line = serde_json::json!({
+                "interaction": interaction, "actor": actor, "type": kind,
+                "content": content, "timestamp": format!("2026-11-25T14:00:{n:02}Z"),
+                "id": format!("evt-{n}"),
+            });
+            writeln!(log, "{line}").expect("append to events.log");
+        }
+    }
+
+    /// Fails naming them if the log holds `error` events (a plugin failed).
+    pub fn assert_no_error_events(&self) {
+        let errors: Vec<_> = self
+            .events()
+            .into_iter()
+            .filter(|e| e["type"] == "error")
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
 }
 
 pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {

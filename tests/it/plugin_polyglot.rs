@@ -2,7 +2,6 @@
 //! (componentize-js), committed as built by examples/build-polyglot.sh, run
 //! by the real binary like any other component.
 
-use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -75,20 +74,7 @@ fn a_snapshot_rendered_by_the_python_renderer_equals_its_expected_files_byte_for
         ),
         (3, "Agent B", "answer", "ok"),
     ];
-    {
-        let mut log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.file("events.log"))
-            .unwrap();
-        for (n, (interaction, actor, kind, content)) in events.iter().enumerate() {
-            let line = serde_json::json!({
-                "interaction": interaction, "actor": actor, "type": kind,
-                "content": content, "timestamp": format!("2026-11-25T14:00:{n:02}Z"),
-                "id": format!("evt-{n}"),
-            });
-            writeln!(log, "{line}").unwrap();
-        }
-    }
+    dir.append_fixed_events(&events);
     ok_compiling(&dir, &["snapshot", "-k", "2"]);
     for name in ["communication.md", "archive.md"] {
         let rendered = std::fs::read(dir.file(name)).unwrap();

@@ -10,7 +10,6 @@
 //! on PATH; componentize-js in target/polyglot-npm, linked as the project's
 //! node_modules where `npm ci` would install it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -275,32 +274,6 @@ fn assert_misspelt_setting_refused(project: &Project, config: &str, key: &str) {
     );
 }
 
-/// Events with fixed timestamps and ids, written as huddle would, so the
-/// rendered files are exact.
-fn write_events(dir: &HuddleDir, events: &[(u64, &str, &str, &str)]) {
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.file("events.log"))
-        .unwrap();
-    for (n, (interaction, actor, kind, content)) in events.iter().enumerate() {
-        let line = serde_json::json!({
-            "interaction": interaction, "actor": actor, "type": kind,
-            "content": content, "timestamp": format!("2026-11-25T14:00:{n:02}Z"),
-            "id": format!("evt-{n}"),
-        });
-        writeln!(log, "{line}").unwrap();
-    }
-}
-
-fn assert_no_error_events(dir: &HuddleDir) {
-    let errors: Vec<_> = dir
-        .events()
-        .into_iter()
-        .filter(|e| e["type"] == "error")
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
-}
-
 /// The communication region of communication.md, markers excluded.
 fn communication_region(dir: &HuddleDir) -> String {
     let text = std::fs::read_to_string(dir.file("communication.md")).unwrap();
@@ -327,15 +300,12 @@ fn renderer_case(lang: Lang) {
         checked.contains("renderer: configure accepts its settings"),
         "{checked}"
     );
-    write_events(
-        &dir,
-        &[
-            (1, "Agent A", "question", "Who owns the deploy script?"),
-            (1, "Agent B", "answer", "I do\nsince Monday"),
-            (1, "Agent B", "heartbeat", "alive"),
-            (2, "Agent A", "status", "deployed"),
-        ],
-    );
+    dir.append_fixed_events(&[
+        (1, "Agent A", "question", "Who owns the deploy script?"),
+        (1, "Agent B", "answer", "I do\nsince Monday"),
+        (1, "Agent B", "heartbeat", "alive"),
+        (2, "Agent A", "status", "deployed"),
+    ]);
     ok_compiling(&dir, &["snapshot", "-k", "1"]);
     assert_eq!(
         communication_region(&dir),
@@ -352,7 +322,7 @@ fn renderer_case(lang: Lang) {
          - **B → A** from Agent B at 2026-11-25T14:00:01Z: I do\n  since Monday\n\
          \n"
     );
-    assert_no_error_events(&dir);
+    dir.assert_no_error_events();
 }
 
 fn heading_mapper_case(lang: Lang) {
@@ -366,15 +336,12 @@ fn heading_mapper_case(lang: Lang) {
     assert_misspelt_setting_refused(&project, &slot("hdie = [\"note\"]"), "hdie");
 
     let dir = HuddleDir::with_config(&slot("hide = [\"note\"]"));
-    write_events(
-        &dir,
-        &[
-            (1, "Agent A", "question", "Is the build green?"),
-            (1, "Agent B", "note", "a private scribble"),
-            (1, "Agent B", "answer", "Yes"),
-            (1, "Agent C", "status", "deploying"),
-        ],
-    );
+    dir.append_fixed_events(&[
+        (1, "Agent A", "question", "Is the build green?"),
+        (1, "Agent B", "note", "a private scribble"),
+        (1, "Agent B", "answer", "Yes"),
+        (1, "Agent C", "status", "deploying"),
+    ]);
     ok_compiling(&dir, &["snapshot"]);
     // The stock renderer puts each heading above its event: the table's
     // headings, a type outside it under its own name, `note` hidden.
@@ -386,7 +353,7 @@ fn heading_mapper_case(lang: Lang) {
          #### status\n - deploying\n\
          \n"
     );
-    assert_no_error_events(&dir);
+    dir.assert_no_error_events();
 }
 
 fn alert_sink_case(lang: Lang) {

@@ -182,25 +182,9 @@ fn plugins_test_shows_a_mappers_heading_for_every_event_with_the_settings_given(
 fn plugins_test_delivers_the_error_events_through_a_sink_to_an_allowed_server_only() {
     let server = HttpRecorder::start();
     let outside = Outside::named("sink");
-    let url = server.url("/hook");
-    let setting = format!("url={url}");
     let webhook = repo_file("plugins/dist/webhook.wasm");
-    let out = outside.plugins_test(&[
-        shown(&webhook),
-        "--settings",
-        &setting,
-        "--allow",
-        &server.url("/"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "delivered 1 alert(s)\n");
-    let requests = server.requests();
-    assert_eq!(requests.len(), 1, "{requests:?}");
-    let body = &requests[0].body;
-    assert!(
-        body.contains("Failed to acquire lock on events.log"),
-        "{body}"
-    );
+    assert_delivers_the_sample_error(&outside, &webhook, &server);
+    let setting = format!("url={}", server.url("/hook"));
     // Without --allow the allowlist is empty, as in huddle.toml: refused,
     // said so, and nothing reaches the server.
     let out = outside.plugins_test(&[shown(&webhook), "--settings", &setting]);
@@ -306,9 +290,15 @@ fn plugins_test_runs_the_python_renderer_and_the_js_sink_as_the_guide_says() {
     );
     let server = HttpRecorder::start();
     let js = repo_file("examples/js-sink/js-sink.wasm");
+    assert_delivers_the_sample_error(&outside, &js, &server);
+}
+
+/// `plugins test SINK --settings url=… --allow …` delivers the sample's one
+/// error event to `server`, once, and says so.
+fn assert_delivers_the_sample_error(outside: &Outside, sink: &Path, server: &HttpRecorder) {
     let setting = format!("url={}", server.url("/hook"));
     let out = outside.plugins_test(&[
-        shown(&js),
+        shown(sink),
         "--settings",
         &setting,
         "--allow",
@@ -317,12 +307,10 @@ fn plugins_test_runs_the_python_renderer_and_the_js_sink_as_the_guide_says() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "delivered 1 alert(s)\n");
     let requests = server.requests();
-    assert_eq!(requests.len(), 1);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let body = &requests[0].body;
     assert!(
-        requests[0]
-            .body
-            .contains("Failed to acquire lock on events.log"),
-        "{}",
-        requests[0].body
+        body.contains("Failed to acquire lock on events.log"),
+        "{body}"
     );
 }

@@ -93,12 +93,7 @@ fn a_hundred_thousand_event_interaction_renders_in_parts_instead_of_being_left_o
         !dir.file("events.error.log").exists(),
         "nothing was set aside"
     );
-    let errors: Vec<_> = dir
-        .events()
-        .into_iter()
-        .filter(|e| e["type"] == "error")
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    dir.assert_no_error_events();
 }
 
 #[test]
