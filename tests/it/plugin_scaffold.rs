@@ -676,3 +676,59 @@ fn plugins_new_on_a_full_disk_leaves_no_half_written_project() {
     );
     assert!(listing(&fs.path).is_empty(), "{:?}", listing(&fs.path));
 }
+
+/// examples/js-renderer is what `plugins new js-renderer --world renderer
+/// --lang js` writes, file for file (plus its built component): a template
+/// that changes without the example (or the other way round) fails here.
+#[test]
+fn the_js_renderer_example_is_exactly_what_plugins_new_writes() {
+    let temp = tempfile::tempdir().unwrap();
+    let out = plugins_new(
+        temp.path(),
+        &["js-renderer", "--world", "renderer", "--lang", "js"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated = temp.path().join("js-renderer");
+    let example = repo_path("examples/js-renderer");
+    let written = files_below(&generated);
+    // The built component is committed beside the sources; node_modules is
+    // what a local `npm ci` leaves (ignored by git).
+    let committed: Vec<String> = files_below(&example)
+        .into_iter()
+        .filter(|name| name != "js-renderer.wasm" && !name.starts_with("node_modules"))
+        .collect();
+    assert_eq!(
+        written, committed,
+        "the example's files are not the template's"
+    );
+    for name in &written {
+        assert_eq!(
+            std::fs::read(generated.join(name)).unwrap(),
+            std::fs::read(example.join(name)).unwrap(),
+            "{name} differs from what plugins new writes"
+        );
+    }
+}
+
+/// Every file below `dir`, as sorted paths relative to it.
+fn files_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap();
+                found.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
