@@ -80,6 +80,25 @@ impl HuddleDir {
         self.command(args).output_within(COMMAND_LIMIT)
     }
 
+    /// Runs huddle on a command that may compile a 12-18 MB component (a
+    /// whole interpreter) in a debug build: given [`COMPILE_LIMIT`].
+    pub fn run_compiling(&self, args: &[&str]) -> Output {
+        self.command(args).output_within(COMPILE_LIMIT)
+    }
+
+    /// [`HuddleDir::run_compiling`], insisting on success; returns stdout.
+    pub fn ok_compiling(&self, args: &[&str]) -> String {
+        let out = self.run_compiling(args);
+        assert!(
+            out.status.success(),
+            "huddle {args:?}: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs huddle and insists on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -143,6 +162,20 @@ pub fn parse_lines(bytes: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// huddle run from `cwd` outside any huddle directory (no `--dir`, no
+/// `HUDDLE_DIR`), as a plugin author runs `plugins new`, `check` and `test`,
+/// with the tests' shared compiled-plugin cache.
+pub fn huddle_outside(cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(huddle_exe());
+    command
+        .current_dir(cwd)
+        .args(args)
+        .env_remove("HUDDLE_DIR")
+        .env("HUDDLE_CACHE_DIR", plugin_cache())
+        .stdin(Stdio::null());
+    command
+}
+
 /// Runs huddle on a directory that is not a `HuddleDir` (one on a tmpfs, say).
 pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
     Command::new(huddle_exe())
@@ -157,6 +190,10 @@ pub fn huddle_at(dir: &Path, args: &[&str]) -> Output {
 /// The longest any one command of a test may take before the test fails
 /// (instead of hanging): far beyond what any of them needs.
 pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The longest a command that compiles a 12-18 MB component (a whole
+/// interpreter) may take in a debug build of huddle.
+pub const COMPILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `Command::output` with a deadline: a command still running at `limit`
 /// is killed and the test fails, naming it.

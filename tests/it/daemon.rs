@@ -84,6 +84,19 @@ pub(crate) fn status(dir: &HuddleDir) -> Value {
     serde_json::from_str(&dir.ok(&["status", "--json"])).expect("status --json")
 }
 
+/// Waits (30 s at most) until `leader` leads and has taken up the alert
+/// sink named `sink`: a new sink starts at the end of the log as the leader
+/// first takes it up, so alerts logged before would not reach it.
+pub(crate) fn leading_with_sink(dir: &HuddleDir, leader: &str, sink: &str) -> bool {
+    wait_for(Duration::from_secs(30), || {
+        let status = status(dir);
+        status["leader"] == leader
+            && status["alerts"]
+                .as_array()
+                .is_some_and(|sinks| sinks.iter().any(|s| s["sink"] == sink))
+    })
+}
+
 #[test]
 fn three_daemons_elect_exactly_one_leader() {
     let _machine = crate::common::exclusive();

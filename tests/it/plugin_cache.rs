@@ -251,15 +251,11 @@ fn plugins_check_compiles_into_the_cache_once_and_later_checks_load_the_entry() 
     let cache = temp.path().join("cache");
     let plugin = repo_file("tests/plugins/dist/context.wasm");
     let check = || -> String {
-        let out = std::process::Command::new(crate::common::huddle_exe())
-            .current_dir(temp.path())
-            .env_remove("HUDDLE_DIR")
-            .env("HUDDLE_CACHE_DIR", &cache)
-            .arg("plugins")
-            .arg("check")
+        use crate::common::OutputWithin;
+        let out = crate::common::huddle_outside(temp.path(), &["plugins", "check"])
             .arg(&plugin)
-            .output()
-            .expect("run huddle plugins check");
+            .env("HUDDLE_CACHE_DIR", &cache)
+            .output_within(crate::common::COMMAND_LIMIT);
         assert!(
             out.status.success(),
             "{}",

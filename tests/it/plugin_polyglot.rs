@@ -2,36 +2,13 @@
 //! (componentize-js), committed as built by examples/build-polyglot.sh, run
 //! by the real binary like any other component.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{repo_file, wait_for, wait_output_within, HttpRecorder, HuddleDir};
+use crate::common::{repo_file, wait_for, HttpRecorder, HuddleDir};
 use crate::daemon::{Daemon, FAST};
 
 const PYTHON_RENDERER: &str = "examples/python-renderer/python-renderer.wasm";
 const JS_SINK: &str = "examples/js-sink/js-sink.wasm";
-
-/// Compiling a 12-18 MB component (a whole interpreter) takes a while in a
-/// debug build of huddle; these commands are allowed that once.
-const COMPILE_LIMIT: Duration = Duration::from_secs(300);
-
-/// Runs huddle in `dir` with room for a first compile; insists on success.
-fn ok_compiling(dir: &HuddleDir, args: &[&str]) -> String {
-    let child = dir
-        .command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output_within(child, COMPILE_LIMIT, &format!("huddle {args:?}"));
-    assert!(
-        out.status.success(),
-        "huddle {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn plugin_path(relative: &str) -> String {
     repo_file(relative).display().to_string()
@@ -44,7 +21,7 @@ fn plugins_check_accepts_the_python_renderer_and_the_js_sink_for_their_worlds() 
         (PYTHON_RENDERER, "huddle:plugin/renderer@0.2.0"),
         (JS_SINK, "huddle:plugin/alert-sink@0.2.0"),
     ] {
-        let out = ok_compiling(&dir, &["plugins", "check", &plugin_path(file)]);
+        let out = dir.ok_compiling(&["plugins", "check", &plugin_path(file)]);
         assert!(out.contains(&format!("implements {world}")), "{out}");
     }
 }
@@ -75,7 +52,7 @@ fn a_snapshot_rendered_by_the_python_renderer_equals_its_expected_files_byte_for
         (3, "Agent B", "answer", "ok"),
     ];
     dir.append_fixed_events(&events);
-    ok_compiling(&dir, &["snapshot", "-k", "2"]);
+    dir.ok_compiling(&["snapshot", "-k", "2"]);
     for name in ["communication.md", "archive.md"] {
         let rendered = std::fs::read(dir.file(name)).unwrap();
         let expected = std::fs::read(repo_file(&format!(
@@ -107,20 +84,11 @@ fn an_alert_delivered_through_the_js_sink_reaches_a_real_http_server_with_its_to
         server.url("/")
     ));
     // Compiling is set-up, not what this test is about.
-    let warmed = ok_compiling(&dir, &["plugins", "warm"]);
+    let warmed = dir.ok_compiling(&["plugins", "warm"]);
     assert!(warmed.contains("js-sink.wasm"), "{warmed}");
     let daemon = Daemon::start(&dir, "d");
-    // A new sink starts at the end of the log as the leader first takes it up.
-    let taken_up = wait_for(Duration::from_secs(30), || {
-        let status: serde_json::Value =
-            serde_json::from_str(&dir.ok(&["status", "--json"])).unwrap();
-        status["leader"] == "d"
-            && status["alerts"]
-                .as_array()
-                .is_some_and(|sinks| sinks.iter().any(|sink| sink["sink"] == "js"))
-    });
     assert!(
-        taken_up,
+        crate::daemon::leading_with_sink(&dir, "d", "js"),
         "the leader took up the sink: {}",
         daemon.log_text()
     );

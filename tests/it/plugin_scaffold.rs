@@ -15,16 +15,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    exclusive, huddle_exe, is_root, plugin_cache, wait_for, wait_output_within, wait_until,
-    HttpRecorder, HuddleDir, OutputWithin, Tmpfs, COMMAND_LIMIT,
+    exclusive, huddle_outside, is_root, wait_for, wait_until, HttpRecorder, HuddleDir,
+    OutputWithin, Tmpfs, COMMAND_LIMIT, COMPILE_LIMIT,
 };
 use crate::daemon::{status, Daemon, FAST};
 
 /// A first Rust build compiles the bindings generator; on a loaded machine
 /// that and an interpreter's snapshot take minutes, not hours.
 const BUILD_LIMIT: Duration = Duration::from_secs(900);
-/// Compiling a 12-18 MB component (a whole interpreter) in a debug huddle.
-const COMPILE_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug)]
 enum Lang {
@@ -69,12 +67,19 @@ fn repo_path(relative: &str) -> PathBuf {
 fn new_project(world: &'static str, lang: Lang) -> Project {
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("my-{}-{world}", lang.arg());
-    let out = Command::new(huddle_exe())
-        .current_dir(tmp.path())
-        .args(["plugins", "new", &name, "--world", world, "--lang"])
-        .arg(lang.arg())
-        .env_remove("HUDDLE_DIR")
-        .output_within(COMMAND_LIMIT);
+    let out = huddle_outside(
+        tmp.path(),
+        &[
+            "plugins",
+            "new",
+            &name,
+            "--world",
+            world,
+            "--lang",
+            lang.arg(),
+        ],
+    )
+    .output_within(COMMAND_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -170,17 +175,8 @@ fn build(project: &Project, lang: Lang) -> PathBuf {
 /// huddle directory: the README's command.
 fn assert_checked(project: &Project) {
     let file = format!("{}.wasm", project.name);
-    let child = Command::new(huddle_exe())
-        .current_dir(&project.dir)
-        .args(["plugins", "check", &file])
-        .env_remove("HUDDLE_DIR")
-        .env("HUDDLE_CACHE_DIR", plugin_cache())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output_within(child, COMPILE_LIMIT, "huddle plugins check");
+    let out =
+        huddle_outside(&project.dir, &["plugins", "check", &file]).output_within(COMPILE_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -202,12 +198,7 @@ fn assert_checked(project: &Project) {
     if project.world == "alert-sink" {
         args.extend(["--settings", "url=http://127.0.0.1:9/hook"]);
     }
-    let out = Command::new(huddle_exe())
-        .current_dir(&project.dir)
-        .args(&args)
-        .env_remove("HUDDLE_DIR")
-        .env("HUDDLE_CACHE_DIR", plugin_cache())
-        .output_within(COMPILE_LIMIT);
+    let out = huddle_outside(&project.dir, &args).output_within(COMPILE_LIMIT);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -237,34 +228,11 @@ fn built(world: &'static str, lang: Lang) -> Project {
     project
 }
 
-/// Runs huddle in `dir`, allowing for a compile; returns the output.
-fn run_compiling(dir: &HuddleDir, args: &[&str]) -> std::process::Output {
-    let child = dir
-        .command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_output_within(child, COMPILE_LIMIT, &format!("huddle {args:?}"))
-}
-
-fn ok_compiling(dir: &HuddleDir, args: &[&str]) -> String {
-    let out = run_compiling(dir, args);
-    assert!(
-        out.status.success(),
-        "huddle {args:?}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `plugins check` in a huddle directory whose huddle.toml gives the plugin
 /// a setting it does not know: refused, naming the key.
 fn assert_misspelt_setting_refused(project: &Project, config: &str, key: &str) {
     let dir = HuddleDir::with_config(config);
-    let out = run_compiling(&dir, &["plugins", "check", &project.wasm_text()]);
+    let out = dir.run_compiling(&["plugins", "check", &project.wasm_text()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "a misspelt setting passed: {stdout}");
     assert!(
@@ -295,7 +263,7 @@ fn renderer_case(lang: Lang) {
 
     let dir = HuddleDir::with_config(&slot("show_time = true"));
     // The configured settings are accepted where the slot uses them.
-    let checked = ok_compiling(&dir, &["plugins", "check", &project.wasm_text()]);
+    let checked = dir.ok_compiling(&["plugins", "check", &project.wasm_text()]);
     assert!(
         checked.contains("renderer: configure accepts its settings"),
         "{checked}"
@@ -306,7 +274,7 @@ fn renderer_case(lang: Lang) {
         (1, "Agent B", "heartbeat", "alive"),
         (2, "Agent A", "status", "deployed"),
     ]);
-    ok_compiling(&dir, &["snapshot", "-k", "1"]);
+    dir.ok_compiling(&["snapshot", "-k", "1"]);
     assert_eq!(
         communication_region(&dir),
         "### Interaction #2\n\
@@ -342,7 +310,7 @@ fn heading_mapper_case(lang: Lang) {
         (1, "Agent B", "answer", "Yes"),
         (1, "Agent C", "status", "deploying"),
     ]);
-    ok_compiling(&dir, &["snapshot"]);
+    dir.ok_compiling(&["snapshot"]);
     // The stock renderer puts each heading above its event: the table's
     // headings, a type outside it under its own name, `note` hidden.
     assert_eq!(
@@ -371,18 +339,10 @@ fn alert_sink_case(lang: Lang) {
     assert_misspelt_setting_refused(&project, &sink("colour = \"red\"\n"), "colour");
 
     let dir = HuddleDir::with_config(&sink(""));
-    ok_compiling(&dir, &["plugins", "warm"]);
+    dir.ok_compiling(&["plugins", "warm"]);
     let daemon = Daemon::start(&dir, "d");
-    // A new sink starts at the end of the log as the leader takes it up.
-    let taken_up = wait_for(Duration::from_secs(30), || {
-        let status = status(&dir);
-        status["leader"] == "d"
-            && status["alerts"]
-                .as_array()
-                .is_some_and(|sinks| sinks.iter().any(|sink| sink["sink"] == "new"))
-    });
     assert!(
-        taken_up,
+        crate::daemon::leading_with_sink(&dir, "d", "new"),
         "the leader took up the sink: {}",
         daemon.log_text()
     );
@@ -501,11 +461,8 @@ fn listing(dir: &Path) -> Vec<String> {
 }
 
 fn plugins_new(cwd: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(huddle_exe())
-        .current_dir(cwd)
-        .args(["plugins", "new"])
+    huddle_outside(cwd, &["plugins", "new"])
         .args(args)
-        .env_remove("HUDDLE_DIR")
         .output_within(COMMAND_LIMIT)
 }
 

@@ -3,11 +3,10 @@
 //! context reaching a 0.2.0 renderer in a real snapshot.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::{
-    hostile_plugin, huddle_exe, plugin_cache, repo_file, HttpRecorder, HuddleDir, OutputWithin,
-    COMMAND_LIMIT,
+    hostile_plugin, huddle_outside, repo_file, HttpRecorder, HuddleDir, OutputWithin, COMMAND_LIMIT,
 };
 
 /// An empty directory named `name`, holding no huddle.toml.
@@ -26,11 +25,7 @@ impl Outside {
 
     /// `huddle plugins test ARGS` run from inside the directory.
     fn plugins_test(&self, args: &[&str]) -> Output {
-        Command::new(huddle_exe())
-            .current_dir(&self.path)
-            .env_remove("HUDDLE_DIR")
-            .env("HUDDLE_CACHE_DIR", plugin_cache())
-            .args(["plugins", "test"])
+        huddle_outside(&self.path, &["plugins", "test"])
             .args(args)
             .output_within(COMMAND_LIMIT)
     }
