@@ -87,20 +87,6 @@ impl JetStreamLog {
         }
     }
 
-    /// Brings this machine's copy of the stream up to the stream's end
-    /// (the daemon, after each snapshot: what was just read is cached).
-    /// Returns how many sequences the copy holds.
-    pub fn keep_copy(&self) -> Result<u64, StoreError> {
-        let identity = self.connection.identity()?;
-        let last = self.connection.last_sequence()?;
-        self.mirror.keep(&identity, |after, put| {
-            self.entries_between(after, last, &mut |sequence, bytes| {
-                put(sequence, &bytes)?;
-                Ok(ControlFlow::Continue(()))
-            })
-        })
-    }
-
     /// `served` as the server answered; or, when no server answers and
     /// this machine has a copy, what `copy` reads from it (noted, for
     /// status to say it is offline).
@@ -477,8 +463,19 @@ impl Backend for JetStreamLog {
         self.offline_note().clone()
     }
 
+    /// Brings this machine's copy of the stream up to the stream's end
+    /// (the daemon, after each snapshot: what was just read is cached).
     fn keep_local_copy(&self) -> Result<(), StoreError> {
-        self.keep_copy().map(|_| ())
+        let identity = self.connection.identity()?;
+        let last = self.connection.last_sequence()?;
+        self.mirror
+            .keep(&identity, |after, put| {
+                self.entries_between(after, last, &mut |sequence, bytes| {
+                    put(sequence, &bytes)?;
+                    Ok(ControlFlow::Continue(()))
+                })
+            })
+            .map(|_| ())
     }
 
     fn continuity(&self, mark: &ReadMark) -> Result<Continuity, StoreError> {
