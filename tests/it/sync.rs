@@ -129,7 +129,7 @@ fn count(lines: &HashMap<String, usize>, content: &str) -> usize {
 #[test]
 fn three_clones_converge_with_every_event_once() {
     let root = tempfile::tempdir().unwrap();
-    let (_remote, clones) = clones(root.path(), 3);
+    let (remote, clones) = clones(root.path(), 3);
     let script = baseline_script("log_event.sh");
     let mut seed = 0x2545F4914F6CDD1Du64;
     let mut next = || {
@@ -179,35 +179,31 @@ fn three_clones_converge_with_every_event_once() {
     for clone in &clones[1..] {
         assert_eq!(lines(clone), first, "{} differs", clone.display());
     }
-    // People's own `git pull` merges the log through the driver, without conflicts.
-    ok(
-        &clones[0],
-        &["log", "5", "agent", "note", "before a manual pull"],
-    );
-    git(&clones[0], &["commit", "-qam", "local"]);
-    ok(
-        &clones[1],
-        &["log", "5", "agent", "note", "pushed by another clone"],
-    );
-    ok(&clones[1], &["sync"]);
-    git(
-        &clones[0],
-        &["pull", "-q", "--no-rebase", "--no-edit", "origin", "main"],
-    );
-    let merged = lines(&clones[0]);
-    assert_eq!(count(&merged, "pushed by another clone"), 1, "{merged:?}");
-    assert_eq!(
-        count(&merged, "before a manual pull"),
-        1,
-        "the local event survives the pull: {merged:?}"
-    );
-    assert!(merged.values().all(|&n| n == 1));
-    // What the pull committed holds both events too (the driver's output).
-    let committed = git(&clones[0], &["show", "HEAD:events.log"]);
-    for content in ["pushed by another clone", "before a manual pull"] {
-        let copies = committed.lines().filter(|l| l.contains(content)).count();
-        assert_eq!(copies, 1, "{content} in the merge commit:\n{committed}");
+    // The log travels on its own ref, each event once; no branch carries it,
+    // and each clone's git sees nothing of sync's but the config it wrote.
+    let travelled = remote_log(&remote);
+    assert_eq!(travelled, first, "the remote's log");
+    assert!(!git_output(&remote, &["cat-file", "-e", "main:events.log"])
+        .status
+        .success());
+    for clone in &clones {
+        assert_eq!(git(clone, &["status", "--porcelain"]), "?? huddle.toml\n");
     }
+}
+
+/// Every line of the remote's log (its segments in order), with how often
+/// it occurs.
+fn remote_log(remote: &Path) -> HashMap<String, usize> {
+    let names = git(remote, &["ls-tree", "--name-only", "refs/huddle/main"]);
+    let mut counts = HashMap::new();
+    for (i, name) in names.lines().enumerate() {
+        assert_eq!(name, format!("{i:06}.jsonl"), "segment names");
+        let text = git(remote, &["show", &format!("refs/huddle/main:{name}")]);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            *counts.entry(line.to_string()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 #[test]
@@ -332,15 +328,6 @@ fn remote_ref(remote: &Path, name: &str) -> String {
     git(remote, &["rev-parse", name]).trim().to_string()
 }
 
-/// The index as `git ls-files -s` shows it (mode, object, stage, path), minus the log.
-fn index_without_log(clone: &Path) -> Vec<String> {
-    git(clone, &["ls-files", "-s"])
-        .lines()
-        .filter(|l| !l.ends_with("\tevents.log"))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Content and modification time of a file.
 fn snapshot(path: &Path) -> (Vec<u8>, std::time::SystemTime) {
     let bytes = std::fs::read(path).unwrap();
@@ -359,13 +346,14 @@ fn status(clone: &Path) -> Vec<String> {
 }
 
 #[test]
-fn sync_commits_only_events_log_and_leaves_staging_and_other_files_alone() {
+fn sync_leaves_branches_the_index_and_every_file_but_events_log_alone() {
     let root = tempfile::tempdir().unwrap();
     let (remote, clones) = clones(root.path(), 2);
     let (a, b) = (&clones[0], &clones[1]);
     std::fs::write(a.join("code.txt"), "v1\n").unwrap();
     git(a, &["add", "code.txt"]);
     git(a, &["commit", "-qm", "code"]);
+    git(a, &["push", "-q", "origin", "main"]);
     let before = git(a, &["rev-parse", "HEAD"]).trim().to_string();
     ok(b, &["log", "1", "agent", "note", "from b"]);
     ok(b, &["sync"]);
@@ -374,24 +362,35 @@ fn sync_commits_only_events_log_and_leaves_staging_and_other_files_alone() {
     std::fs::write(a.join("staged.txt"), "staged, not committed\n").unwrap();
     git(a, &["add", "staged.txt"]);
     std::fs::write(a.join("scratch.txt"), "untracked\n").unwrap();
-    let index_before = index_without_log(a);
+    let index_before = git(a, &["ls-files", "-s"]);
     let files = ["code.txt", "staged.txt", "scratch.txt", "huddle.toml"];
     let files_before: Vec<_> = files.iter().map(|f| snapshot(&a.join(f))).collect();
+    let branches = git(a, &["for-each-ref", "refs/heads", "refs/remotes"]);
+    let remote_branches = git(&remote, &["for-each-ref", "refs/heads"]);
     ok(a, &["log", "1", "agent", "note", "from a"]);
 
     ok(a, &["sync"]);
 
+    assert_eq!(git(a, &["ls-files", "-s"]), index_before, "the index");
     assert_eq!(
         git(a, &["diff", "--cached", "--name-only"]),
         "staged.txt\n",
         "what the person staged stays staged, and nothing else is"
     );
-    assert_eq!(index_without_log(a), index_before);
     for (file, before) in files.iter().zip(&files_before) {
         assert_eq!(&snapshot(&a.join(file)), before, "{file} was touched");
     }
-    // The log is committed and git sees the file as the branch has it; the
-    // derived files are ignored; the person's changes show as they were.
+    assert_eq!(git(a, &["rev-parse", "HEAD"]).trim(), before);
+    assert_eq!(
+        git(a, &["for-each-ref", "refs/heads", "refs/remotes"]),
+        branches
+    );
+    assert_eq!(
+        git(&remote, &["for-each-ref", "refs/heads"]),
+        remote_branches
+    );
+    // events.log and the derived files are ignored; the person's changes
+    // show as they were.
     assert_eq!(
         status(a),
         [
@@ -401,23 +400,19 @@ fn sync_commits_only_events_log_and_leaves_staging_and_other_files_alone() {
             "A  staged.txt"
         ],
     );
-    // Sync's commits change events.log only: from the person's commit to the
-    // branch, and nowhere in any history does the staged or untracked work appear.
-    assert_eq!(
-        git(a, &["diff", "--name-only", &before, "HEAD"]),
-        "events.log\n"
-    );
+    // No history but the log's own ref holds anything of sync's, and the
+    // staged or untracked work appears nowhere.
     let touched: std::collections::BTreeSet<String> =
-        git(a, &["log", "--all", "--format=", "--name-only"])
+        git(&remote, &["log", "--branches", "--format=", "--name-only"])
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect();
+    assert_eq!(touched.into_iter().collect::<Vec<_>>(), ["code.txt"]);
     assert_eq!(
-        touched.into_iter().collect::<Vec<_>>(),
-        ["code.txt", "events.log"]
+        git(&remote, &["ls-tree", "--name-only", "refs/huddle/main"]),
+        "000000.jsonl\n"
     );
-    assert_eq!(git(&remote, &["show", "main:code.txt"]), "v1\n");
     assert!(huddle_leftovers(&a.join(".git")).is_empty());
     let mine = lines(a);
     assert_eq!(count(&mine, "from a"), 1);
@@ -429,141 +424,57 @@ fn sync_commits_only_events_log_and_leaves_staging_and_other_files_alone() {
 }
 
 #[test]
-fn sync_leaves_local_edits_alone_when_the_remote_changed_other_files() {
+fn sync_carries_events_on_any_branch_or_a_detached_head_and_moves_no_branch() {
     let root = tempfile::tempdir().unwrap();
-    let (remote, clones) = clones(root.path(), 1);
-    let a = &clones[0];
-    std::fs::write(a.join("shared.txt"), "v1\n").unwrap();
-    git(a, &["add", "shared.txt"]);
-    git(a, &["commit", "-qm", "shared"]);
-    ok(a, &["log", "1", "agent", "note", "first"]);
-    ok(a, &["sync"]);
-    // Another person clones, changes shared.txt and pushes it with git.
-    let b = &clone(root.path(), &remote, 1);
-    std::fs::write(b.join("shared.txt"), "v2 from b\n").unwrap();
-    git(b, &["commit", "-qam", "b's change"]);
-    git(b, &["push", "-q", "origin", "main"]);
-    ok(b, &["log", "1", "agent", "note", "from b"]);
-    ok(b, &["sync"]);
-    // Meanwhile a edits shared.txt without committing.
-    std::fs::write(a.join("shared.txt"), "a's edit in progress\n").unwrap();
-    let edit = snapshot(&a.join("shared.txt"));
-    let head = git(a, &["rev-parse", "HEAD"]).trim().to_string();
-    let index = index_without_log(a);
-    ok(a, &["log", "1", "agent", "note", "from a"]);
-
-    ok(a, &["sync"]);
-
-    assert_eq!(
-        snapshot(&a.join("shared.txt")),
-        edit,
-        "the edit was overwritten"
-    );
-    // The branch takes the events and nothing else (following the remote
-    // would change shared.txt under the person); the index is the person's.
-    assert_eq!(
-        git(a, &["diff", "--name-only", &head, "HEAD"]),
-        "events.log\n"
-    );
-    assert_eq!(index_without_log(a), index);
-    assert_eq!(status(a), [" M shared.txt", "?? huddle.toml"]);
-    // The events went both ways all the same, each once.
-    let mine = lines(a);
-    assert_eq!(count(&mine, "from b"), 1);
-    assert_eq!(count(&mine, "from a"), 1);
-    assert_eq!(git(&remote, &["show", "main:shared.txt"]), "v2 from b\n");
-    ok(b, &["sync"]);
-    let theirs = lines(b);
-    assert_eq!(count(&theirs, "from a"), 1);
-    assert_eq!(count(&theirs, "first"), 1);
-    assert_eq!(
-        std::fs::read_to_string(b.join("shared.txt")).unwrap(),
-        "v2 from b\n"
-    );
-    // The person's own pull, when they choose, is a fast-forward on a clean log.
-    git(a, &["checkout", "--", "shared.txt"]);
-    git(a, &["pull", "-q", "--ff-only", "origin", "main"]);
-    assert_eq!(
-        std::fs::read_to_string(a.join("shared.txt")).unwrap(),
-        "v2 from b\n"
-    );
-    let mine = lines(a);
-    assert_eq!(count(&mine, "from b"), 1);
-    assert_eq!(count(&mine, "from a"), 1);
-}
-
-#[test]
-fn sync_on_another_branch_or_a_detached_head_refuses_and_pushes_nothing() {
-    let root = tempfile::tempdir().unwrap();
-    let (remote, clones) = clones(root.path(), 1);
-    let a = &clones[0];
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
     ok(a, &["log", "1", "agent", "note", "on main"]);
     ok(a, &["sync"]);
     git(a, &["switch", "-q", "-c", "feature"]);
     std::fs::write(a.join("feature.txt"), "work in progress\n").unwrap();
     git(a, &["add", "feature.txt"]);
     git(a, &["commit", "-qm", "feature work"]);
-    ok(a, &["log", "1", "agent", "note", "while on feature"]);
-    let remote_refs = git(&remote, &["for-each-ref"]);
-    let local_refs = git(a, &["for-each-ref", "refs/heads"]);
-    let log = std::fs::read(a.join("events.log")).unwrap();
+    let remote_branches = git(&remote, &["for-each-ref", "refs/heads"]);
+    let local_branches = git(a, &["for-each-ref", "refs/heads", "refs/remotes"]);
 
-    let out = huddle(a, &["sync"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let message = stderr(&out);
-    for needle in ["`main`", "`feature`", "git switch main", "sync.branch"] {
-        assert!(message.contains(needle), "{needle} missing from: {message}");
-    }
-    // Not retried: one refusal is one failure, short of the two that mean offline.
-    let status: Value = serde_json::from_str(&ok(a, &["status", "--json"])).unwrap();
-    assert_eq!(status["sync"]["offline"], false, "{status}");
-    assert_eq!(std::fs::read(a.join("events.log")).unwrap(), log);
+    ok(a, &["log", "1", "agent", "note", "while on feature"]);
+    ok(a, &["sync"]);
     git(a, &["checkout", "-q", "--detach"]);
-    let out = huddle(a, &["sync"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let message = stderr(&out);
-    assert!(
-        message.contains("detached") && message.contains("`main`"),
-        "{message}"
-    );
+    let head = git(a, &["rev-parse", "HEAD"]);
+    ok(a, &["log", "1", "agent", "note", "while detached"]);
+    ok(a, &["sync"]);
 
     assert_eq!(
-        git(&remote, &["for-each-ref"]),
-        remote_refs,
-        "the remote moved"
+        git(&remote, &["for-each-ref", "refs/heads"]),
+        remote_branches
     );
-    assert_eq!(git(a, &["for-each-ref", "refs/heads"]), local_refs);
-    // The log gained nothing but huddle's own report that sync needs a person.
-    let now = std::fs::read(a.join("events.log")).unwrap();
-    assert!(now.starts_with(&log));
-    let reports = crate::common::parse_lines(&now[log.len()..]);
-    assert!(
-        reports.iter().all(|event| event["actor"] == "huddle"
-            && event["type"] == "error"
-            && event["content"]
-                .as_str()
-                .is_some_and(|text| text.contains("git switch main"))),
-        "{reports:?}"
+    assert_eq!(
+        git(a, &["for-each-ref", "refs/heads", "refs/remotes"]),
+        local_branches
     );
-    // Back on the sync branch, the events go, and the feature's commit does not.
-    git(a, &["switch", "-q", "main"]);
-    ok(a, &["sync"]);
-    assert!(git(&remote, &["show", "main:events.log"]).contains("while on feature"));
-    assert!(
-        !git_output(&remote, &["cat-file", "-e", "main:feature.txt"])
-            .status
-            .success()
-    );
+    assert_eq!(git(a, &["rev-parse", "HEAD"]), head, "HEAD moved");
+    let travelled = remote_log(&remote);
+    for content in ["on main", "while on feature", "while detached"] {
+        assert_eq!(count(&travelled, content), 1, "{content}");
+    }
+    // The feature's work went nowhere.
+    let everything = git(&remote, &["log", "--all", "--format=", "--name-only"]);
+    assert!(!everything.contains("feature.txt"), "{everything}");
+    ok(b, &["sync"]);
+    let theirs = lines(b);
+    for content in ["on main", "while on feature", "while detached"] {
+        assert_eq!(count(&theirs, content), 1, "{content}");
+    }
 }
 
 #[test]
-fn sync_refuses_while_a_merge_rebase_cherry_pick_or_revert_is_under_way() {
+fn sync_in_the_middle_of_a_merge_rebase_cherry_pick_or_revert_leaves_it_as_it_was() {
     let root = tempfile::tempdir().unwrap();
     let (remote, clones) = clones(root.path(), 1);
     let a = &clones[0];
     ok(a, &["log", "1", "agent", "note", "first"]);
     ok(a, &["sync"]);
-    // Commits a sync would push, and a clean tree for the operations to start.
+    // A clean tree for the operations to start, and a conflict for each to stop on.
     std::fs::write(a.join("code.txt"), "base\n").unwrap();
     git(a, &["add", "code.txt"]);
     git(a, &["commit", "-qm", "base"]);
@@ -573,9 +484,7 @@ fn sync_refuses_while_a_merge_rebase_cherry_pick_or_revert_is_under_way() {
     git(a, &["switch", "-q", "main"]);
     std::fs::write(a.join("code.txt"), "main\n").unwrap();
     git(a, &["commit", "-qam", "main"]);
-    let remote_refs = git(&remote, &["for-each-ref"]);
-    let local_refs = git(a, &["for-each-ref", "refs/heads"]);
-    // Each operation stops on the conflict in code.txt.
+    let remote_branches = git(&remote, &["for-each-ref", "refs/heads"]);
     let operations: [(&str, &[&str], &[&str]); 4] = [
         ("merge", &["merge", "-q", "other"], &["merge", "--abort"]),
         ("rebase", &["rebase", "-q", "other"], &["rebase", "--abort"]),
@@ -596,93 +505,39 @@ fn sync_refuses_while_a_merge_rebase_cherry_pick_or_revert_is_under_way() {
             "{operation} should stop on the conflict"
         );
         let index = git(a, &["ls-files", "-s"]);
-
-        let out = huddle(a, &["sync"]);
-
-        assert_eq!(out.status.code(), Some(1), "{operation}");
-        let message = stderr(&out);
-        assert!(
-            message.contains(&format!("a git {operation} is in progress")),
-            "{operation}: {message}"
+        let work = std::fs::read(a.join("code.txt")).unwrap();
+        let refs = git(a, &["for-each-ref", "refs/heads"]);
+        let head = git(a, &["rev-parse", "HEAD"]);
+        ok(
+            a,
+            &["log", "1", "agent", "note", &format!("during {operation}")],
         );
-        assert_eq!(git(&remote, &["for-each-ref"]), remote_refs, "{operation}");
-        assert_eq!(git(a, &["for-each-ref", "refs/heads"]), local_refs);
+
+        ok(a, &["sync"]);
+
         assert_eq!(git(a, &["ls-files", "-s"]), index, "{operation}: the index");
+        assert_eq!(
+            std::fs::read(a.join("code.txt")).unwrap(),
+            work,
+            "{operation}"
+        );
+        assert_eq!(git(a, &["for-each-ref", "refs/heads"]), refs, "{operation}");
+        assert_eq!(git(a, &["rev-parse", "HEAD"]), head, "{operation}");
+        assert_eq!(
+            count(&remote_log(&remote), &format!("during {operation}")),
+            1,
+            "{operation}"
+        );
+        // git still knows the operation under way, and ends it as usual.
         git(a, abort);
     }
-    // With the operations over, the same sync pushes.
-    ok(a, &["sync"]);
     assert_eq!(
-        remote_ref(&remote, "main"),
-        git(a, &["rev-parse", "main"]).trim()
+        git(&remote, &["for-each-ref", "refs/heads"]),
+        remote_branches
     );
 }
 
-#[test]
-fn a_conflict_outside_the_log_stops_the_sync_and_names_the_path() {
-    let root = tempfile::tempdir().unwrap();
-    let (remote, clones) = clones(root.path(), 1);
-    let a = &clones[0];
-    std::fs::write(a.join("shared.txt"), "v1\n").unwrap();
-    git(a, &["add", "shared.txt"]);
-    git(a, &["commit", "-qm", "shared"]);
-    ok(a, &["sync"]);
-    let b = &clone(root.path(), &remote, 1);
-    std::fs::write(b.join("shared.txt"), "b's version\n").unwrap();
-    git(b, &["commit", "-qam", "b's change"]);
-    git(b, &["push", "-q", "origin", "main"]);
-    ok(b, &["log", "1", "agent", "note", "from b"]);
-    ok(b, &["sync"]);
-    std::fs::write(a.join("shared.txt"), "a's version\n").unwrap();
-    git(a, &["commit", "-qam", "a's change"]);
-    ok(a, &["log", "1", "agent", "note", "from a"]);
-    let head = git(a, &["rev-parse", "HEAD"]);
-    let remote_head = remote_ref(&remote, "main");
-
-    let out = huddle(a, &["sync"]);
-
-    assert_eq!(out.status.code(), Some(1));
-    let message = stderr(&out);
-    assert!(
-        message.contains("shared.txt") && message.contains("git pull"),
-        "{message}"
-    );
-    // The branch took a's events (so the person's pull runs on a clean
-    // log), nothing else; the remote has nothing new; shared.txt is a's.
-    assert_eq!(
-        git(a, &["diff", "--name-only", head.trim(), "HEAD"]),
-        "events.log\n"
-    );
-    assert_eq!(status(a), ["?? huddle.toml"]);
-    assert_eq!(remote_ref(&remote, "main"), remote_head);
-    assert_eq!(
-        std::fs::read_to_string(a.join("shared.txt")).unwrap(),
-        "a's version\n"
-    );
-    // Once the person has merged, the events go both ways, each once.
-    assert!(!git_output(
-        a,
-        &["pull", "-q", "--no-rebase", "--no-edit", "origin", "main"]
-    )
-    .status
-    .success());
-    assert_eq!(
-        git(a, &["diff", "--name-only", "--diff-filter=U"]),
-        "shared.txt\n",
-        "the pull stops on shared.txt alone: the driver merged the log"
-    );
-    std::fs::write(a.join("shared.txt"), "both\n").unwrap();
-    git(a, &["commit", "-qam", "resolved"]);
-    ok(a, &["sync"]);
-    ok(b, &["sync"]);
-    for clone in [a, b] {
-        let events = lines(clone);
-        assert_eq!(count(&events, "from a"), 1, "{}", clone.display());
-        assert_eq!(count(&events, "from b"), 1, "{}", clone.display());
-    }
-}
-
-/// Files huddle left in a git directory (a private index, say).
+/// Files huddle left in a git directory (a journal or a lock, say).
 fn huddle_leftovers(git_dir: &Path) -> Vec<String> {
     std::fs::read_dir(git_dir)
         .unwrap()
@@ -691,12 +546,14 @@ fn huddle_leftovers(git_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// That git gives the log the merge driver and ignores the derived files here.
+/// That git ignores the log and the derived files here, and gives the log
+/// the merge driver (for history from before the segmented log).
 fn assert_registered(dir: &Path) {
     assert_eq!(
         git(dir, &["check-attr", "merge", "--", "events.log"]),
         "events.log: merge: huddle-events\n"
     );
+    git(dir, &["check-ignore", "-q", "events.log"]);
     git(dir, &["check-ignore", "-q", "communication.md"]);
     git(dir, &["check-ignore", "-q", ".huddle/"]);
 }
@@ -706,6 +563,7 @@ fn sync_works_in_a_linked_worktree() {
     let root = tempfile::tempdir().unwrap();
     let (_remote, clones) = clones(root.path(), 2);
     let (a, b) = (&clones[0], &clones[1]);
+    git(a, &["commit", "-q", "--allow-empty", "-m", "start"]);
     ok(b, &["log", "1", "agent", "note", "from b, first"]);
     ok(b, &["sync"]);
     ok(a, &["sync"]);
@@ -748,6 +606,8 @@ fn sync_works_in_a_submodule() {
     let root = tempfile::tempdir().unwrap();
     let (remote, clones) = clones(root.path(), 1);
     let b = &clones[0];
+    git(b, &["commit", "-q", "--allow-empty", "-m", "start"]);
+    git(b, &["push", "-q", "origin", "main"]);
     ok(b, &["log", "1", "agent", "note", "from b, first"]);
     ok(b, &["sync"]);
     let superproject = root.path().join("super");
@@ -839,8 +699,10 @@ fn a_remote_log_that_cannot_be_read_is_not_merged_and_arrives_once_at_the_next_s
     ok(a, &["sync"]);
     ok(b, &["log", "1", "agent", "note", "from b"]);
     ok(b, &["sync"]);
-    let their_commit = remote_ref(&remote, "main");
-    let their_log = git(b, &["rev-parse", "main:events.log"]).trim().to_string();
+    let their_commit = remote_ref(&remote, "refs/huddle/main");
+    let their_log = git(&remote, &["rev-parse", "refs/huddle/main:000000.jsonl"])
+        .trim()
+        .to_string();
     ok(a, &["log", "1", "agent", "note", "from a"]);
     // Two attempts, each read failing (an error, then a timeout).
     std::fs::write(
@@ -850,7 +712,12 @@ fn a_remote_log_that_cannot_be_read_is_not_merged_and_arrives_once_at_the_next_s
     .unwrap();
     let counter = root.path().join("reads");
     let path = git_that_fails_to_read(&root.path().join("shim"), &their_log, &counter);
-    let head = git(a, &["rev-parse", "main"]);
+    let merged = || {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(a.join(".huddle/sync.json")).unwrap()).unwrap();
+        state["merged"].as_str().unwrap().to_string()
+    };
+    let merged_before = merged();
     let reads = || {
         std::fs::read_to_string(&counter)
             .unwrap()
@@ -866,19 +733,15 @@ fn a_remote_log_that_cannot_be_read_is_not_merged_and_arrives_once_at_the_next_s
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);
     assert!(
-        message.contains("cannot read events.log") && message.contains("timed out"),
+        message.contains("cannot read 000000.jsonl of the log") && message.contains("timed out"),
         "{message}"
     );
     assert_eq!(reads(), "2", "both attempts read the remote's log");
     assert_eq!(count(&lines(a), "from b"), 0);
-    // Nothing recorded the remote commit as merged: not the branch, not the remote.
-    assert_eq!(git(a, &["rev-parse", "main"]), head);
-    assert!(
-        !git_output(a, &["merge-base", "--is-ancestor", &their_commit, "main"])
-            .status
-            .success()
-    );
-    assert_eq!(remote_ref(&remote, "main"), their_commit);
+    // Nothing recorded the remote commit as merged, and nothing was pushed on it.
+    assert_eq!(merged(), merged_before);
+    assert_ne!(merged(), their_commit);
+    assert_eq!(remote_ref(&remote, "refs/huddle/main"), their_commit);
     // The next sync, with the usual timeout, through the same git.
     std::fs::write(a.join("huddle.toml"), QUICK).unwrap();
 
@@ -899,7 +762,7 @@ fn a_remote_log_that_cannot_be_read_is_not_merged_and_arrives_once_at_the_next_s
 }
 
 #[test]
-fn clones_holding_the_same_events_stop_committing() {
+fn clones_holding_the_same_events_in_different_orders_stop_committing() {
     let root = tempfile::tempdir().unwrap();
     let (remote, clones) = clones(root.path(), 2);
     let (a, b) = (&clones[0], &clones[1]);
@@ -914,15 +777,19 @@ fn clones_holding_the_same_events_stop_committing() {
         std::fs::read(b.join("events.log")).unwrap(),
         "the two files should differ in order for this test to mean anything"
     );
-    let settled = remote_ref(&remote, "main");
+    let settled = remote_ref(&remote, "refs/huddle/main");
     for _ in 0..2 {
         for clone in [a, b] {
-            ok(clone, &["sync"]);
-            assert_eq!(git(clone, &["rev-parse", "main"]).trim(), settled);
+            let out = ok(clone, &["sync"]);
+            assert!(out.contains("nothing to push"), "{out}");
+            assert_eq!(
+                git(clone, &["rev-parse", "refs/huddle/remotes/origin/main"]).trim(),
+                settled
+            );
         }
     }
     assert_eq!(
-        remote_ref(&remote, "main"),
+        remote_ref(&remote, "refs/huddle/main"),
         settled,
         "a sync with nothing new committed"
     );
@@ -940,23 +807,10 @@ fn git_that_stops_holding(shim_dir: &Path, subcommand: &str, lock: &str) -> Stri
         .unwrap();
     let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
     std::fs::create_dir_all(shim_dir).unwrap();
-    // The person's index is the one without GIT_INDEX_FILE; the private
-    // index's lock is beside GIT_INDEX_FILE.
-    let lock_path = if lock == "<private>" {
-        "\"$GIT_INDEX_FILE.lock\"".to_string()
-    } else {
-        format!("\"$('{real}' rev-parse --path-format=absolute --git-path '{lock}')\"")
-    };
-    let wanted = if lock == "<private>" {
-        "[ -n \"$GIT_INDEX_FILE\" ]"
-    } else if lock == "index.lock" {
-        "[ -z \"$GIT_INDEX_FILE\" ]"
-    } else {
-        "true"
-    };
+    let lock_path = format!("\"$('{real}' rev-parse --path-format=absolute --git-path '{lock}')\"");
     let script = format!(
         "#!/bin/sh\n\
-         if [ -n \"$HUDDLE_SYNC_RUN\" ] && {wanted}; then\n\
+         if [ -n \"$HUDDLE_SYNC_RUN\" ]; then\n\
            for arg in \"$@\"; do\n\
              if [ \"$arg\" = {subcommand} ]; then\n\
                : > {lock_path}\n\
@@ -1005,101 +859,46 @@ fn git_path(clone: &Path, name: &str) -> PathBuf {
     )
 }
 
-/// A sync (remote ahead, local events to commit: it fetches, moves the
-/// branch and the index entry, commits on a private index, pushes) killed
-/// with its git while git holds each lock in turn: the next sync removes
-/// the lock and finishes the job, every event once on both sides.
+/// A sync (remote ahead, local events to push: it fetches, pushes, points
+/// its tracking ref at what it pushed) killed with its git while git holds
+/// each lock in turn: the next sync removes the lock and finishes the job,
+/// every event once on both sides and on the remote.
 #[test]
 fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() {
-    let cases = [
-        ("fetch", "refs/remotes/origin/main.lock"),
-        ("update-ref", "refs/heads/main.lock"),
-        ("update-ref", "HEAD.lock"),
-        ("update-index", "index.lock"),
-        ("read-tree", "<private>"),
-        ("push", "refs/remotes/origin/main.lock"),
-    ];
-    for (subcommand, lock) in cases {
+    let tracking = "refs/huddle/remotes/origin/main.lock";
+    for subcommand in ["fetch", "update-ref"] {
         let root = tempfile::tempdir().unwrap();
-        let (_remote, clones) = clones(root.path(), 2);
+        let (remote, clones) = clones(root.path(), 2);
         let (a, b) = (&clones[0], &clones[1]);
         ok(a, &["log", "1", "agent", "note", "first"]);
         ok(a, &["sync"]);
         ok(b, &["log", "1", "agent", "note", "from b"]);
         ok(b, &["sync"]);
         ok(a, &["log", "1", "agent", "note", "from a"]);
-        let path = git_that_stops_holding(&root.path().join("shim"), subcommand, lock);
-        let lock_file = if lock == "<private>" {
-            // Whichever private index the killed sync made: found by name.
-            PathBuf::new()
-        } else {
-            git_path(a, lock)
-        };
-        if lock == "<private>" {
-            let git_dir = git_path(a, "");
-            let private_lock = || {
-                std::fs::read_dir(&git_dir).unwrap().any(|entry| {
-                    let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-                    name.starts_with("huddle-sync.") && name.ends_with(".index.lock")
-                })
-            };
-            use std::os::unix::process::CommandExt;
-            let mut child = huddle_command(a, &["sync"])
-                .env("PATH", &path)
-                .process_group(0)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let held = crate::common::wait_for(std::time::Duration::from_secs(20), private_lock);
-            // SAFETY: signals the process group of the child this test spawned.
-            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-            child.wait().unwrap();
-            assert!(held, "the sync never took a private index's lock");
-            assert!(private_lock());
-        } else {
-            kill_sync_once_it_holds(a, &path, &lock_file);
-            assert!(lock_file.exists(), "{subcommand}: {lock}");
-        }
+        let path = git_that_stops_holding(&root.path().join("shim"), subcommand, tracking);
+        let lock_file = git_path(a, tracking);
+        kill_sync_once_it_holds(a, &path, &lock_file);
+        assert!(lock_file.exists(), "{subcommand}");
 
         let out = huddle(a, &["sync"]);
 
         assert!(
             out.status.success(),
-            "{subcommand} killed holding {lock}: {}",
+            "{subcommand} killed holding {tracking}: {}",
             stderr(&out)
         );
-        if lock != "<private>" {
-            assert!(!lock_file.exists(), "{subcommand}: {lock} is still there");
-        }
+        assert!(!lock_file.exists(), "{subcommand}: the lock is still there");
         assert!(
             huddle_leftovers(&git_path(a, "")).is_empty(),
-            "{subcommand}: {lock}: {:?}",
+            "{subcommand}: {:?}",
             huddle_leftovers(&git_path(a, ""))
         );
         ok(b, &["sync"]);
-        for clone in [a, b] {
-            let events = lines(clone);
+        for events in [lines(a), lines(b), remote_log(&remote)] {
             for content in ["first", "from a", "from b"] {
-                assert_eq!(
-                    count(&events, content),
-                    1,
-                    "{subcommand}: {lock}: {content}"
-                );
+                assert_eq!(count(&events, content), 1, "{subcommand}: {content}");
             }
         }
-        // The branch holds the log and the person's git works again.
-        assert_eq!(
-            git(a, &["show", "main:events.log"]).as_bytes(),
-            std::fs::read(a.join("events.log")).unwrap()
-        );
-        let refresh = git_output(a, &["update-index", "--refresh"]);
-        assert!(
-            refresh.status.success(),
-            "{subcommand}: {lock}: {}{}",
-            String::from_utf8_lossy(&refresh.stdout),
-            stderr(&refresh)
-        );
         assert_eq!(git(a, &["status", "--porcelain"]), "?? huddle.toml\n");
     }
 }
@@ -1110,51 +909,38 @@ fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() 
 #[test]
 fn a_lock_the_killed_sync_did_not_leave_or_a_live_git_may_hold_stays() {
     let root = tempfile::tempdir().unwrap();
-    let (_remote, clones) = clones(root.path(), 2);
+    let (remote, clones) = clones(root.path(), 2);
     let (a, b) = (&clones[0], &clones[1]);
     ok(a, &["log", "1", "agent", "note", "first"]);
     ok(a, &["sync"]);
     ok(b, &["log", "1", "agent", "note", "from b"]);
     ok(b, &["sync"]);
     ok(a, &["log", "1", "agent", "note", "from a"]);
-    let branch_lock = git_path(a, "refs/heads/main.lock");
-    let tracking_lock = git_path(a, "refs/remotes/origin/main.lock");
+    let tracking = "refs/huddle/remotes/origin/main.lock";
+    let tracking_lock = git_path(a, tracking);
 
-    // Someone's branch lock from before; the sync dies in its fetch.
-    std::fs::write(&branch_lock, "").unwrap();
-    let two_seconds_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    // The sync dies in its fetch; the lock found afterwards is older than
+    // that fetch: someone else's, taken before it.
+    let path = git_that_stops_holding(&root.path().join("shim"), "fetch", tracking);
+    kill_sync_once_it_holds(a, &path, &tracking_lock);
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
     std::fs::File::options()
         .write(true)
-        .open(&branch_lock)
+        .open(&tracking_lock)
         .unwrap()
-        .set_modified(two_seconds_ago)
+        .set_modified(long_ago)
         .unwrap();
-    let path = git_that_stops_holding(
-        &root.path().join("shim"),
-        "fetch",
-        "refs/remotes/origin/main.lock",
-    );
-    kill_sync_once_it_holds(a, &path, &tracking_lock);
 
     let out = huddle(a, &["sync"]);
 
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("refs/heads/main.lock"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(branch_lock.exists(), "someone else's lock was removed");
-    assert!(!tracking_lock.exists(), "the killed fetch's lock stays");
-    std::fs::remove_file(&branch_lock).unwrap();
+    assert!(stderr(&out).contains(tracking), "{}", stderr(&out));
+    assert!(tracking_lock.exists(), "someone else's lock was removed");
+    std::fs::remove_file(&tracking_lock).unwrap();
 
-    // The sync dies holding the branch's lock while a git process runs here.
-    let path = git_that_stops_holding(
-        &root.path().join("shim2"),
-        "update-ref",
-        "refs/heads/main.lock",
-    );
-    kill_sync_once_it_holds(a, &path, &branch_lock);
+    // The sync dies holding the lock while a git process runs here.
+    let path = git_that_stops_holding(&root.path().join("shim2"), "update-ref", tracking);
+    kill_sync_once_it_holds(a, &path, &tracking_lock);
     let mut live_git = Command::new("git")
         .current_dir(a)
         .args(["hash-object", "--stdin"])
@@ -1166,17 +952,220 @@ fn a_lock_the_killed_sync_did_not_leave_or_a_live_git_may_hold_stays() {
     let out = huddle(a, &["sync"]);
 
     assert!(!out.status.success());
-    assert!(branch_lock.exists(), "a lock removed while git ran here");
+    assert!(tracking_lock.exists(), "a lock removed while git ran here");
     drop(live_git.stdin.take());
     live_git.wait().unwrap();
 
     ok(a, &["sync"]);
 
-    assert!(!branch_lock.exists());
+    assert!(!tracking_lock.exists());
     ok(b, &["sync"]);
-    for clone in [a, b] {
-        let events = lines(clone);
+    for events in [lines(a), lines(b), remote_log(&remote)] {
         for content in ["first", "from a", "from b"] {
+            assert_eq!(count(&events, content), 1, "{content}");
+        }
+    }
+}
+
+/// A `git` first on PATH that records the arguments of every command a sync
+/// runs (one line each) in `record`, then runs it.
+fn git_that_records(shim_dir: &Path, record: &Path) -> String {
+    let real = Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    std::fs::create_dir_all(shim_dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         if [ -n \"$HUDDLE_SYNC_RUN\" ]; then echo \"$*\" >> '{}'; fi\n\
+         exec '{real}' \"$@\"\n",
+        record.display()
+    );
+    let path = shim_dir.join("git");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Appends `n` events of about 1 KB straight to a clone's log, as another
+/// tool writing the file would.
+fn append_kilobyte_events(clone: &Path, n: usize, tag: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(clone.join("events.log"))
+        .unwrap();
+    let filler = "x".repeat(900);
+    for i in 0..n {
+        writeln!(
+            file,
+            r#"{{"interaction":{},"actor":"bulk","type":"note","content":"{tag} {i} {filler}","timestamp":"2026-11-25T14:00:31Z","id":"{tag}-{i}"}}"#,
+            i + 1
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_sync_reads_and_writes_only_the_segment_that_changed() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    // About 3 MB: the remote's log is three segments of at most 1 MiB.
+    append_kilobyte_events(a, 3000, "bulk");
+    ok(a, &["sync"]);
+    ok(b, &["sync"]);
+    let segments = git(&remote, &["ls-tree", "-l", "refs/huddle/main"]);
+    let sizes: Vec<u64> = segments
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 3, "{segments}");
+    assert!(sizes.iter().all(|&size| size <= 1 << 20), "{segments}");
+    assert_eq!(lines(b).len(), 3000);
+    let last_before = git(&remote, &["rev-parse", "refs/huddle/main:000002.jsonl"]);
+    let record = root.path().join("commands");
+    let path = git_that_records(&root.path().join("shim"), &record);
+
+    ok(a, &["log", "1", "agent", "note", "one more"]);
+    let out = huddle_command(a, &["sync"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = std::fs::read_to_string(&record).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    let out = huddle_command(b, &["sync"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let received = std::fs::read_to_string(&record).unwrap();
+
+    // The sender read the open segment (to add to it) and wrote it back:
+    // no other segment was read or written.
+    let written: Vec<&str> = sent.lines().filter(|l| l.contains("hash-object")).collect();
+    assert_eq!(written.len(), 1, "{sent}");
+    let read: Vec<&str> = sent.lines().filter(|l| l.contains("cat-file")).collect();
+    assert_eq!(read.len(), 1, "{sent}");
+    assert!(read[0].ends_with(last_before.trim()), "{sent}");
+    let last_after = git(&remote, &["rev-parse", "refs/huddle/main:000002.jsonl"]);
+    assert_ne!(last_after, last_before);
+    for closed in ["000000.jsonl", "000001.jsonl"] {
+        assert_eq!(
+            git(
+                &remote,
+                &["rev-parse", &format!("refs/huddle/main:{closed}")]
+            ),
+            git(
+                &remote,
+                &["rev-parse", &format!("refs/huddle/main~1:{closed}")]
+            ),
+        );
+    }
+    // The receiver read one blob, the segment that grew.
+    let reads: Vec<&str> = received
+        .lines()
+        .filter(|l| l.contains("cat-file"))
+        .collect();
+    assert_eq!(reads.len(), 1, "{received}");
+    assert!(reads[0].ends_with(last_after.trim()), "{received}");
+    let theirs = lines(b);
+    assert_eq!(count(&theirs, "one more"), 1);
+    assert_eq!(theirs.len(), 3001);
+}
+
+#[test]
+fn a_sync_killed_after_its_push_before_recording_it_sends_and_receives_nothing_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(a, &["log", "1", "agent", "note", "first"]);
+    ok(a, &["sync"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    // What a sync records only once its push went through: as if it was
+    // killed between the two, the record is put back as it was before.
+    let record = a.join(".huddle/sync.json");
+    let before = std::fs::read(&record).unwrap();
+    let out = ok(a, &["sync"]);
+    assert!(out.contains("1 events received, pushed"), "{out}");
+    let pushed = remote_ref(&remote, "refs/huddle/main");
+    std::fs::write(&record, &before).unwrap();
+
+    let out = ok(a, &["sync"]);
+
+    assert!(out.contains("0 events received, nothing to push"), "{out}");
+    assert_eq!(remote_ref(&remote, "refs/huddle/main"), pushed);
+    ok(b, &["sync"]);
+    for events in [lines(a), lines(b), remote_log(&remote)] {
+        for content in ["first", "from a", "from b"] {
+            assert_eq!(count(&events, content), 1, "{content}");
+        }
+    }
+}
+
+#[test]
+fn a_remote_whose_log_was_replaced_gets_every_event_again_once() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    ok(a, &["sync"]);
+    ok(b, &["log", "1", "agent", "note", "from b"]);
+    ok(b, &["sync"]);
+    ok(a, &["sync"]);
+    // Someone replaces the remote's log with a new one holding one event of
+    // its own and one a clone already has.
+    let stranger = root.path().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    git(&stranger, &["init", "-q"]);
+    let from_a = lines(a)
+        .into_keys()
+        .find(|line| line.contains("\"from a\""))
+        .unwrap();
+    let foreign = r#"{"interaction":7,"actor":"stranger","type":"note","content":"from the stranger","timestamp":"2026-11-25T14:00:31Z","id":"stranger-1"}"#;
+    std::fs::write(
+        stranger.join("000000.jsonl"),
+        format!("{from_a}\n{foreign}\n"),
+    )
+    .unwrap();
+    git(&stranger, &["add", "000000.jsonl"]);
+    git(
+        &stranger,
+        &[
+            "-c",
+            "user.name=s",
+            "-c",
+            "user.email=s@example.com",
+            "commit",
+            "-qm",
+            "new log",
+        ],
+    );
+    git(
+        &stranger,
+        &[
+            "push",
+            "-q",
+            "--force",
+            remote.to_str().unwrap(),
+            "HEAD:refs/huddle/main",
+        ],
+    );
+
+    ok(a, &["sync"]);
+    ok(b, &["sync"]);
+
+    for events in [lines(a), lines(b), remote_log(&remote)] {
+        for content in ["from a", "from b", "from the stranger"] {
             assert_eq!(count(&events, content), 1, "{content}");
         }
     }

@@ -1,13 +1,16 @@
-//! git through its command line: the checks of the checkout, the files
-//! sync keeps in the git directory, and the plumbing it builds commits with.
+//! git through its command line: the files sync keeps in the git directory,
+//! and the plumbing it reads and builds the log's commits with.
 
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::recover::{Places, SyncRun, PRIVATE_INDEX_PREFIX, TOKEN_VARIABLE};
+use super::recover::{Places, SyncRun, TOKEN_VARIABLE};
+use super::segments::{self, Segment};
 use super::SyncError;
 use crate::backend::file::LOG_FILE;
 use crate::model::config::SyncConfig;
@@ -17,6 +20,7 @@ const DRIVER: &str = "huddle-events";
 /// Files in the huddle directory that are derived per clone and never
 /// committed (patterns relative to the huddle directory).
 const IGNORED: &[&str] = &[
+    names::LOG_FILE,
     names::COMMUNICATION_FILE,
     names::BACKUP_FILE,
     names::ARCHIVE_FILE,
@@ -26,16 +30,8 @@ const IGNORED: &[&str] = &[
     names::CHECKPOINT_PATTERN,
     "*.log.new",
 ];
-/// Files git keeps while an operation that owns the index is under way.
-const OPERATIONS: &[(&str, &str)] = &[
-    ("MERGE_HEAD", "merge"),
-    ("CHERRY_PICK_HEAD", "cherry-pick"),
-    ("REVERT_HEAD", "revert"),
-    ("rebase-merge", "rebase"),
-    ("rebase-apply", "rebase (or am)"),
-];
-/// The log is a plain file in every commit sync makes.
-const LOG_MODE: &str = "100644";
+/// Every segment is a plain file in the log's commits.
+const SEGMENT_MODE: &str = "100644";
 
 /// A git command that did not succeed: what ran and what it said.
 #[derive(Debug)]
@@ -131,6 +127,51 @@ fn ensure_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
     crate::backend::files::write_atomic(path, &text)
 }
 
+/// What git said, without the progress meters `--progress` asks for
+/// (lines it rewrites with `\r`, and the summaries that end them).
+fn without_progress(stderr: &str) -> String {
+    const METERS: &[&str] = &[
+        "Enumerating objects",
+        "Counting objects",
+        "Compressing objects",
+        "Writing objects",
+        "Receiving objects",
+        "Resolving deltas",
+        "Total ",
+        "Delta compression",
+        "Unpacking objects",
+    ];
+    stderr
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|line| {
+            let said = line.strip_prefix("remote:").map_or(*line, str::trim);
+            !said.is_empty() && !METERS.iter().any(|meter| said.starts_with(meter))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Everything a pipe gives until it closes, calling `touch` at each read.
+fn read_touching(pipe: Option<impl std::io::Read>, touch: impl Fn()) -> Vec<u8> {
+    let mut all = Vec::new();
+    let Some(mut pipe) = pipe else {
+        return all;
+    };
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => return all,
+            Ok(n) => {
+                all.extend_from_slice(&chunk[..n]);
+                touch();
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return all,
+        }
+    }
+}
+
 /// What a git command printed and how it exited.
 struct Ran {
     code: Option<i32>,
@@ -154,23 +195,9 @@ pub(super) struct Repo {
 
 /// Lock files git takes in the person's repository for sync's commands.
 pub(super) struct Locks {
-    index: PathBuf,
-    head: PathBuf,
-    branch: PathBuf,
+    /// The ref the fetched log is kept under here.
     tracking: PathBuf,
     config: PathBuf,
-}
-
-/// A private index in the git directory (git accepts an empty file as an
-/// empty index), removed with the lock file git may leave beside it.
-struct TempIndex(tempfile::NamedTempFile);
-
-impl Drop for TempIndex {
-    fn drop(&mut self) {
-        let mut lock = self.0.path().as_os_str().to_os_string();
-        lock.push(".lock");
-        let _ = std::fs::remove_file(lock);
-    }
 }
 
 impl Repo {
@@ -221,11 +248,9 @@ impl Repo {
     /// sync that died (see `recover`).
     pub(super) fn start_sync(&mut self, config: &SyncConfig) -> Result<(), SyncError> {
         let names = [
-            "index.lock".to_string(),
-            "HEAD.lock".to_string(),
-            format!("refs/heads/{}.lock", config.branch),
-            format!("refs/remotes/{}/{}.lock", config.remote, config.branch),
+            format!("{}.lock", tracking_ref(&config.remote, &config.branch)),
             "config.lock".to_string(),
+            // Where versions before the segmented log kept private indexes.
             "huddle-sync.index".to_string(),
         ];
         let mut args = vec![
@@ -243,10 +268,10 @@ impl Repo {
             path.canonicalize().unwrap_or(path)
         };
         let paths: Vec<PathBuf> = out.lines().map(canonical).collect();
-        let [git_dir, common_dir, index, head, branch, tracking, config_lock, private] =
-            <[PathBuf; 8]>::try_from(paths).map_err(|paths| SyncError::Git {
+        let [git_dir, common_dir, tracking, config_lock, private] = <[PathBuf; 5]>::try_from(paths)
+            .map_err(|paths| SyncError::Git {
                 command: args.join(" "),
-                message: format!("expected 8 paths, got {paths:?}"),
+                message: format!("expected 5 paths, got {paths:?}"),
             })?;
         let places = Places {
             common_dir,
@@ -255,19 +280,11 @@ impl Repo {
             top: self.top.clone(),
         };
         self.locks = Some(Locks {
-            index,
-            head,
-            branch,
             tracking,
             config: config_lock,
         });
         self.run = Some(SyncRun::begin(&places, self.timeout)?);
         Ok(())
-    }
-
-    /// Whether this sync found the journal of one that died.
-    pub(super) fn recovered(&self) -> bool {
-        self.run.as_ref().is_some_and(|run| run.recovered)
     }
 
     /// Runs a git command that may take the person's `locks`, recording it
@@ -331,34 +348,75 @@ impl Repo {
             command.env(key, value);
         }
         let mut child = command.spawn().map_err(|e| failed(e.to_string()))?;
-        // Feed and read while waiting (a full pipe would stall git), and
-        // give up after the timeout.
+        // Feed and read while waiting (a full pipe would stall git). The
+        // timeout counts from git's last output, not from its start: a
+        // fetch of a large log that keeps reporting progress is working,
+        // one that says nothing for the whole timeout is stuck.
         let pid = child.id();
+        let started = Instant::now();
+        let last_output = Arc::new(AtomicU64::new(0));
+        let touch = {
+            let last_output = last_output.clone();
+            move || last_output.store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
+        };
         let input = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
-                // A git that exits early closes the pipe; its exit status says why.
-                let _ = pipe.write_all(&bytes);
-            }
-            let _ = tx.send(child.wait_with_output());
+            let feeder = std::thread::spawn(move || {
+                if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
+                    // A git that exits early closes the pipe; its exit status says why.
+                    let _ = pipe.write_all(&bytes);
+                }
+            });
+            let errors = {
+                let touch = touch.clone();
+                std::thread::spawn(move || read_touching(stderr, touch))
+            };
+            let out = read_touching(stdout, touch);
+            let err = errors.join().unwrap_or_default();
+            let _ = feeder.join();
+            let _ = tx.send(child.wait().map(|status| (status, out, err)));
         });
-        let out = match rx.recv_timeout(self.timeout) {
-            Ok(result) => result.map_err(|e| failed(e.to_string()))?,
-            Err(_) => {
-                // SAFETY: signals the git process we started; the waiting
-                // thread has not reaped it, since it has not finished.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                return Err(Failed {
-                    timed_out: true,
-                    ..failed(format!("timed out after {:?}", self.timeout))
-                });
+        let (status, stdout, stderr) = loop {
+            let idle = started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last_output.load(Ordering::Relaxed)));
+            match rx.recv_timeout(self.timeout.saturating_sub(idle)) {
+                Ok(result) => break result.map_err(|e| failed(e.to_string()))?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let idle = started
+                        .elapsed()
+                        .saturating_sub(Duration::from_millis(last_output.load(Ordering::Relaxed)));
+                    if idle < self.timeout {
+                        continue;
+                    }
+                    // SAFETY: signals the git process we started; the waiting
+                    // thread has not reaped it, since it has not finished.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    return Err(Failed {
+                        timed_out: true,
+                        ..failed(format!(
+                            "timed out: no word from git for {:?}",
+                            self.timeout
+                        ))
+                    });
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(failed("the thread waiting for git ended".into()))
+                }
             }
+        };
+        let out = std::process::Output {
+            status,
+            stdout,
+            stderr,
         };
         Ok(Ran {
             code: out.status.code(),
             stderr: {
-                let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                let message = without_progress(&String::from_utf8_lossy(&out.stderr));
                 if message.is_empty() {
                     out.status.to_string()
                 } else {
@@ -460,55 +518,22 @@ impl Repo {
         }
         let valid_branch = !config.branch.starts_with('-')
             && self
-                .git(&["check-ref-format", &format!("refs/heads/{}", config.branch)])
+                .git(&["check-ref-format", &log_ref(&config.branch)])
+                .is_ok()
+            && self
+                .git(&[
+                    "check-ref-format",
+                    &tracking_ref(&config.remote, &config.branch),
+                ])
                 .is_ok();
         if !valid_branch {
             return Err(SyncError::Config {
                 field: "branch",
                 value: config.branch.clone(),
-                reason: "not a valid branch name (see `git check-ref-format`)".into(),
+                reason: "not a valid ref name (see `git check-ref-format`)".into(),
             });
         }
         Ok(())
-    }
-
-    /// Refuses unless `branch` is checked out with no operation under way.
-    pub(super) fn check_checkout(&self, branch: &str) -> Result<(), SyncError> {
-        let names: Vec<&str> = OPERATIONS.iter().map(|(name, _)| *name).collect();
-        let top = self.top.display().to_string();
-        for (path, (_, operation)) in self.git_paths(&names)?.iter().zip(OPERATIONS) {
-            if path.exists() {
-                return Err(SyncError::OperationInProgress { operation, top });
-            }
-        }
-        let ran = self.run(&["symbolic-ref", "-q", "HEAD"], &[], None)?;
-        let checked_out = match ran.code {
-            Some(0) => {
-                let head = String::from_utf8_lossy(&ran.stdout).trim().to_string();
-                if head == format!("refs/heads/{branch}") {
-                    return Ok(());
-                }
-                let name = head.strip_prefix("refs/heads/").unwrap_or(&head);
-                format!("branch `{name}` is checked out")
-            }
-            Some(1) => {
-                let at = self
-                    .name(&["rev-parse", "--short", "HEAD"])
-                    .unwrap_or_else(|_| "?".into());
-                format!("HEAD is detached (at {at})")
-            }
-            _ => {
-                return Err(SyncError::Git {
-                    command: "symbolic-ref -q HEAD".into(),
-                    message: ran.stderr,
-                })
-            }
-        };
-        Err(SyncError::WrongBranch {
-            expected: branch.to_string(),
-            checked_out,
-            top,
-        })
     }
 
     /// The merge driver in the config, the log's attribute and the derived
@@ -553,31 +578,60 @@ impl Repo {
         ensure_lines(&exclude, &exclude_lines(&self.dir_path)).map_err(|e| written(&exclude, e))
     }
 
-    /// Pushes `commit` to the remote's `branch` (git updates the
-    /// remote-tracking branch on success).
-    pub(super) fn push(&self, remote: &str, commit: &str, branch: &str) -> Result<String, Failed> {
-        self.git_taking(
-            |locks| vec![&locks.tracking],
-            &[
-                "push",
-                "-q",
-                remote,
-                &format!("{commit}:refs/heads/{branch}"),
-            ],
-        )
+    /// Pushes `commit` to the log's ref on the remote; git refuses when the
+    /// remote's ref is not an ancestor of it (another clone pushed first).
+    pub(super) fn push_log(
+        &self,
+        remote: &str,
+        commit: &str,
+        branch: &str,
+    ) -> Result<String, Failed> {
+        self.git(&[
+            "push",
+            "--progress",
+            remote,
+            &format!("{commit}:{}", log_ref(branch)),
+        ])
     }
 
-    /// Fetches the remote branch; its commit, or `None` if it has no such branch.
-    pub(super) fn fetch(&self, remote: &str, branch: &str) -> Result<Option<String>, SyncError> {
-        let tracking = format!("refs/remotes/{remote}/{branch}");
+    /// Fetches the log's ref from the remote into this clone's tracking ref;
+    /// its commit, or `None` when the remote has no log yet.
+    pub(super) fn fetch_log(
+        &self,
+        remote: &str,
+        branch: &str,
+    ) -> Result<Option<String>, SyncError> {
+        let tracking = tracking_ref(remote, branch);
         match self.git_taking(
             |locks| vec![&locks.tracking],
-            &["fetch", "-q", remote, &format!("+{branch}:{tracking}")],
+            &[
+                "fetch",
+                "--progress",
+                "--no-tags",
+                remote,
+                &format!("+{}:{tracking}", log_ref(branch)),
+            ],
         ) {
             Ok(_) => self.resolve(&tracking),
             Err(failed) if failed.message.contains("couldn't find remote ref") => Ok(None),
             Err(failed) => Err(self.remote_error(remote, failed.message)),
         }
+    }
+
+    /// Points the tracking ref at a commit we pushed: its objects stay
+    /// reachable here, and the next fetch starts from it.
+    pub(super) fn track_pushed(
+        &self,
+        remote: &str,
+        branch: &str,
+        commit: &str,
+    ) -> Result<(), SyncError> {
+        let tracking = tracking_ref(remote, branch);
+        self.git_taking(
+            |locks| vec![&locks.tracking],
+            &["update-ref", "-m", "huddle: pushed", &tracking, commit],
+        )?;
+        Ok(())
     }
 
     /// The commit a ref names, or `None` if there is no such ref.
@@ -608,270 +662,90 @@ impl Repo {
         }
     }
 
-    /// The log as committed in `commit`: `None` if the commit has no log;
-    /// an error if it has one that cannot be read (missing object, git
-    /// failing or timing out) — never "no events".
-    pub(super) fn read_log(&self, commit: &str) -> Result<Option<Vec<u8>>, SyncError> {
+    /// The segments of the log in `commit`, in order; an error if the
+    /// commit cannot be read or is not a huddle log — never "no events".
+    pub(super) fn segments(&self, commit: &str) -> Result<Vec<Segment>, SyncError> {
         let unreadable = |message: String| SyncError::UnreadableLog {
             commit: commit.to_string(),
-            path: self.log_path.clone(),
+            path: "its list of segments".into(),
             message,
         };
         let listing = self
-            .git_bytes(
-                &["ls-tree", "-z", "--full-tree", commit, "--", &self.log_path],
-                &[],
-                None,
-            )
+            .git_bytes(&["ls-tree", "-l", "-z", commit], &[], None)
             .map_err(|failed| unreadable(failed.message))?;
-        let entry = listing.split(|b| *b == 0).next().unwrap_or_default();
-        if entry.is_empty() {
-            return Ok(None);
+        segments::parse_listing(&listing).map_err(unreadable)
+    }
+
+    /// The bytes of one segment of the log in `commit`.
+    pub(super) fn read_segment(
+        &self,
+        commit: &str,
+        segment: &Segment,
+    ) -> Result<Vec<u8>, SyncError> {
+        let bytes = self
+            .git_bytes(&["cat-file", "blob", &segment.blob], &[], None)
+            .map_err(|failed| SyncError::UnreadableLog {
+                commit: commit.to_string(),
+                path: segment.name.clone(),
+                message: failed.message,
+            })?;
+        if bytes.len() as u64 != segment.size {
+            return Err(SyncError::UnreadableLog {
+                commit: commit.to_string(),
+                path: segment.name.clone(),
+                message: format!(
+                    "git gave {} bytes of a blob of {} bytes",
+                    bytes.len(),
+                    segment.size
+                ),
+            });
         }
-        // "<mode> SP <type> SP <object> TAB <path>"
-        let entry = String::from_utf8_lossy(entry);
-        let (info, _path) = entry.split_once('\t').unwrap_or((&entry, ""));
-        let fields: Vec<&str> = info.split(' ').collect();
-        let [_mode, "blob", object] = fields.as_slice() else {
-            return Err(unreadable(format!(
-                "it is not a file in that commit ({info})"
-            )));
-        };
-        self.git_bytes(&["cat-file", "blob", *object], &[], None)
-            .map(Some)
-            .map_err(|failed| unreadable(failed.message))
+        Ok(bytes)
     }
 
-    pub(super) fn write_blob(&self, bytes: &[u8]) -> Result<String, SyncError> {
+    /// Stores `bytes` as a segment named `name`.
+    pub(super) fn write_segment(&self, name: String, bytes: &[u8]) -> Result<Segment, SyncError> {
         let out = self.git_bytes(&["hash-object", "-w", "--stdin"], &[], Some(bytes.to_vec()))?;
-        Ok(String::from_utf8_lossy(&out).trim().to_string())
+        Ok(Segment {
+            name,
+            blob: String::from_utf8_lossy(&out).trim().to_string(),
+            size: bytes.len() as u64,
+        })
     }
 
-    pub(super) fn tree(&self, commit: &str) -> Result<String, SyncError> {
-        self.name(&["rev-parse", &format!("{commit}^{{tree}}")])
-    }
-
-    /// The tree of `commit`, or `None` for an unborn branch.
-    pub(super) fn tree_of(&self, commit: Option<&str>) -> Result<Option<String>, SyncError> {
-        commit.map(|commit| self.tree(commit)).transpose()
-    }
-
-    /// A fresh private index, with a unique name where git keeps
-    /// `huddle-sync.index` for this work tree.
-    fn temp_index(&self) -> Result<TempIndex, SyncError> {
-        let place = self.git_paths(&["huddle-sync.index"])?.remove(0);
-        let dir = place.parent().unwrap_or(&self.top);
-        tempfile::Builder::new()
-            .prefix(PRIVATE_INDEX_PREFIX)
-            .suffix(".index")
-            .tempfile_in(dir)
-            .map(TempIndex)
-            .map_err(|error| SyncError::Git {
-                command: format!("create a private index in {}", dir.display()),
-                message: error.to_string(),
-            })
-    }
-
-    /// `tree` (or an empty tree) with the log replaced by `blob`, built in a
-    /// private index: the person's index is not read or written.
-    pub(super) fn tree_with_log(
+    /// A commit of the log made of `segments`, on `parent` (none for the
+    /// first). No index is involved, the person's or a private one.
+    pub(super) fn commit_segments(
         &self,
-        tree: Option<&str>,
-        blob: &str,
-    ) -> Result<String, SyncError> {
-        let index = self.temp_index()?;
-        let env = [("GIT_INDEX_FILE", index.0.path().as_os_str())];
-        match tree {
-            Some(tree) => self.git_bytes(&["read-tree", tree], &env, None)?,
-            None => self.git_bytes(&["read-tree", "--empty"], &env, None)?,
-        };
-        self.git_bytes(
-            &[
-                "update-index",
-                "--add",
-                "--cacheinfo",
-                &format!("{LOG_MODE},{blob},{}", self.log_path),
-            ],
-            &env,
-            None,
-        )?;
-        let out = self.git_bytes(&["write-tree"], &env, None)?;
-        Ok(String::from_utf8_lossy(&out).trim().to_string())
-    }
-
-    pub(super) fn commit_tree(
-        &self,
-        tree: &str,
-        parents: &[&str],
+        segments: &[Segment],
+        parent: Option<&str>,
         message: &str,
     ) -> Result<String, SyncError> {
-        let mut args = vec!["commit-tree", tree];
-        for parent in parents {
+        let mut listing = Vec::new();
+        for segment in segments {
+            listing.extend_from_slice(
+                format!("{SEGMENT_MODE} blob {}\t{}\n", segment.blob, segment.name).as_bytes(),
+            );
+        }
+        let tree = self.git_bytes(&["mktree"], &[], Some(listing))?;
+        let tree = String::from_utf8_lossy(&tree).trim().to_string();
+        let mut args = vec!["commit-tree", tree.as_str()];
+        if let Some(parent) = parent {
             args.extend(["-p", parent]);
         }
         args.extend(["-m", message]);
         self.name(&args)
     }
-
-    /// Whether going from tree `from` (`None`: nothing) to `to` changes the
-    /// log and nothing else.
-    pub(super) fn changes_only_log(
-        &self,
-        from: &Option<String>,
-        to: &str,
-    ) -> Result<bool, SyncError> {
-        let paths = match from {
-            Some(from) => self.git_bytes(
-                &[
-                    "diff-tree",
-                    "-r",
-                    "-z",
-                    "--name-only",
-                    "--no-renames",
-                    from,
-                    to,
-                ],
-                &[],
-                None,
-            )?,
-            None => self.git_bytes(&["ls-tree", "-r", "-z", "--name-only", to], &[], None)?,
-        };
-        Ok(paths
-            .split(|b| *b == 0)
-            .filter(|path| !path.is_empty())
-            .all(|path| path == self.log_path.as_bytes()))
-    }
-
-    /// The tree of a three-way merge of the two commits, written without
-    /// touching the work tree or the index. A conflict in the log does not
-    /// matter (the caller replaces it); one anywhere else is the person's.
-    pub(super) fn merge_trees(
-        &self,
-        ours: &str,
-        theirs: &str,
-        branch: &str,
-    ) -> Result<String, SyncError> {
-        let args = [
-            "merge-tree",
-            "--write-tree",
-            "--name-only",
-            "-z",
-            "--allow-unrelated-histories",
-            ours,
-            theirs,
-        ];
-        let ran = self.run(&args, &[], None)?;
-        if !matches!(ran.code, Some(0 | 1)) {
-            return Err(SyncError::Git {
-                command: args.join(" "),
-                message: ran.stderr,
-            });
-        }
-        // "<tree> NUL (<conflicted path> NUL)* NUL <messages>"
-        let mut fields = ran.stdout.split(|b| *b == 0);
-        let tree = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
-        let conflicts: Vec<String> = fields
-            .take_while(|path| !path.is_empty())
-            .map(|path| String::from_utf8_lossy(path).into_owned())
-            .filter(|path| *path != self.log_path)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !conflicts.is_empty() {
-            return Err(SyncError::Conflict {
-                branch: branch.to_string(),
-                paths: conflicts.join(", "),
-            });
-        }
-        if ran.code == Some(1) && tree.is_empty() {
-            return Err(SyncError::Git {
-                command: args.join(" "),
-                message: ran.stderr,
-            });
-        }
-        Ok(tree)
-    }
 }
 
-/// The checked-out sync branch.
-pub(super) struct Branch<'a> {
-    pub(super) repo: &'a Repo,
-    pub(super) reference: &'a str,
+/// The ref the log travels under, on the remote and in every clone.
+pub(super) fn log_ref(branch: &str) -> String {
+    format!("refs/huddle/{branch}")
 }
 
-impl Branch<'_> {
-    /// Moves the branch from `old` (`None`: it must not exist yet) to `new`,
-    /// and the person's index entry for the log with it. `false` if the
-    /// branch moved meanwhile (the person committed): nothing changed.
-    pub(super) fn advance(&self, new: &str, old: Option<&str>) -> Result<bool, SyncError> {
-        if old == Some(new) {
-            return Ok(true);
-        }
-        let args = [
-            "update-ref",
-            "-m",
-            "huddle sync",
-            self.reference,
-            new,
-            old.unwrap_or(""),
-        ];
-        if let Err(failed) = self
-            .repo
-            .git_taking(|locks| vec![&locks.branch, &locks.head], &args)
-        {
-            return if self.repo.resolve(self.reference)?.as_deref() != old {
-                Ok(false)
-            } else {
-                Err(failed.into())
-            };
-        }
-        self.follow_index(new);
-        Ok(true)
-    }
-
-    /// [`Branch::follow_index`] if the index entry for the log is not the
-    /// log of `commit`: a sync killed between moving the branch and the
-    /// entry left it behind.
-    pub(super) fn follow_index_if_behind(&self, commit: &str) -> Result<(), SyncError> {
-        let repo = self.repo;
-        let blob = |spec: String| -> Result<Option<String>, SyncError> {
-            let ran = repo.run(&["rev-parse", "--verify", "-q", &spec], &[], None)?;
-            Ok((ran.code == Some(0))
-                .then(|| String::from_utf8_lossy(&ran.stdout).trim().to_string()))
-        };
-        let committed = blob(format!("{commit}:{}", repo.log_path))?;
-        if committed.is_some() && blob(format!(":{}", repo.log_path))? != committed {
-            self.follow_index(commit);
-        }
-        Ok(())
-    }
-
-    /// Points the person's index entry for the log at the log of `commit`
-    /// (where the branch now is), so `git status` and `git commit` see the
-    /// branch's log and not an older one. Only that entry changes. A failure
-    /// (the person's git holds the index lock) costs nothing but a stale
-    /// entry: it is reported, not fatal.
-    pub(super) fn follow_index(&self, commit: &str) {
-        let repo = self.repo;
-        let spec = format!("{commit}:{}", repo.log_path);
-        let result = repo
-            .name(&["rev-parse", "--verify", "-q", &spec])
-            .and_then(|blob| {
-                repo.git_taking(
-                    |locks| vec![&locks.index],
-                    &[
-                        "update-index",
-                        "--add",
-                        "--cacheinfo",
-                        &format!("{LOG_MODE},{blob},{}", repo.log_path),
-                    ],
-                )
-                .map_err(SyncError::from)
-            });
-        if let Err(error) = result {
-            tracing::warn!(%error, "the index entry of {} still shows the previous commit's log", repo.log_path);
-        }
-    }
+/// Where a clone keeps the log it last fetched from (or pushed to) `remote`.
+pub(super) fn tracking_ref(remote: &str, branch: &str) -> String {
+    format!("refs/huddle/remotes/{remote}/{branch}")
 }
 
 #[cfg(test)]

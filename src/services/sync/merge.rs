@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Event identity for merging: the id, or the whole line for lines without one.
-fn identity(line: &[u8]) -> Vec<u8> {
+pub(super) fn identity(line: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<IdOnly>(line) {
         Ok(IdOnly(Some(id))) => [b"id:".as_slice(), id.as_bytes()].concat(),
         _ => [b"line:".as_slice(), line].concat(),
@@ -119,7 +119,7 @@ fn raw_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
 }
 
-fn without_cr(line: &[u8]) -> &[u8] {
+pub(super) fn without_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 

@@ -1,52 +1,39 @@
 //! Git sync: teams on several machines share one log through a git remote.
 //!
-//! The contract: a sync touches `events.log` and nothing else of the
-//! person's. It runs no porcelain that reads or writes the work tree or the
-//! index (`git add`, `git commit`, `git checkout`); it builds commits with
-//! plumbing and a private index (`GIT_INDEX_FILE` in the git directory,
-//! found with `git rev-parse --git-path`, so linked worktrees and submodules
-//! work). Whatever the person staged stays staged and uncommitted, their
-//! other files — tracked, modified or untracked — are not opened, and of
-//! their index only the entry for `events.log` changes, to follow the branch.
+//! The log travels on a ref of its own, `refs/huddle/<sync.branch>`, as
+//! append-only segment files (see `segments`), never on the person's
+//! branch: a sync runs no command that reads or writes the work tree, the
+//! index or any branch, and it works whatever is checked out, in the middle
+//! of a merge or a rebase too. `events.log` stays the file people and agents
+//! read; each clone keeps it, and the git directory's `info/exclude` lists
+//! it with the derived files.
 //!
-//! One round:
+//! One round costs what is new since the last one:
 //!
-//! 1. check the checkout: the configured `sync.branch` must be checked out
-//!    and no merge, rebase, cherry-pick or revert be in progress; otherwise
-//!    refuse, naming both branches — the log in the work tree belongs to the
-//!    checked-out branch, so syncing it into another branch, or pushing
-//!    another branch's commits to the sync branch, would mix two histories;
-//! 2. fetch the remote branch;
-//! 3. read the committed logs whose events the file must hold: the branch's
-//!    own, and the remote's when it has commits we lack. A read that fails or
-//!    times out fails the sync *before* anything is merged or recorded: the
-//!    remote commit does not become a parent of ours, so the next sync reads
-//!    it again and no event is lost;
-//! 4. under the log lock, append the events the file lacks (by `id`; lines
-//!    without one by their text) — the file stays append-only and git never
-//!    writes it;
-//! 5. commit the file as `events.log`: on top of the branch when the remote
-//!    has nothing we lack; on top of the remote when the branch can simply
-//!    follow it (the branch then fast-forwards); otherwise on the branch
-//!    first — so the work tree's log is the branch's and the person's own
-//!    `git pull` runs on a clean log — then as a merge whose other paths
-//!    come from `git merge-tree`. The branch moves only to commits that
-//!    differ from it in `events.log` alone: when the remote changed other
-//!    files the branch stays short of them (a conflict in them stops the
-//!    sync, naming them) and the person's `git pull` brings them;
-//! 6. push that commit to the sync branch; if the remote moved meanwhile,
-//!    go round again.
+//! 1. fetch the log's ref into `refs/huddle/remotes/<remote>/<branch>`;
+//! 2. read of the remote's log only what this clone has not merged: the
+//!    segments that differ from those of the commit it merged last, and of
+//!    the one that grew only the bytes after its old length (`sync.json`
+//!    keeps that commit). A read that fails or times out fails the sync
+//!    *before* anything is recorded: the next sync reads it again;
+//! 3. append to `events.log` the events it lacks (by `id`; lines without one
+//!    by their text), under the log lock, a segment at a time;
+//! 4. put the file's events that the remote's log lacks — those after the
+//!    point up to which the file is known to be on the remote — on top of
+//!    the remote's last segment, as a new commit whose parent is the remote's;
+//! 5. push it; if another clone pushed first, go round again.
 //!
-//! A sync commits only when the file holds events the target log lacks, so
-//! clones whose files list the same events in different orders settle
-//! instead of committing each other's order back and forth.
+//! Only after a push (or a round with nothing to push) does `sync.json`
+//! move on. A sync killed in between is redone: the events the file and
+//! the remote both hold are recognised by id, so nothing is sent or
+//! received twice. When the remote's log does not continue the commit
+//! merged last (it was replaced), or none was merged yet, the round reads
+//! both logs whole.
 //!
 //! The first sync registers a merge driver for `events.log` (the
-//! repository's config and `info/attributes`), so a person's `git pull`
-//! merges the log by event id too, and lists the derived files (snapshots,
-//! huddle's state) in `info/exclude`: both live in the git directory, per
-//! clone, like the driver itself; the work tree gets no `.gitattributes` or
-//! `.gitignore` edits.
+//! repository's config and `info/attributes`): versions before the
+//! segmented log committed the file on the branch, and a person's `git
+//! pull` of such history merges it by event id.
 //!
 //! Failures retry with backoff; after `sync.attempts` failures the sync is
 //! offline (an `error` event, `huddle status` says so) and local appends go
@@ -57,25 +44,29 @@
 mod git;
 mod merge;
 mod recover;
+mod segments;
 
+use std::io::{BufRead, Read, Seek};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::file::{EventStore, FileLog, StoreError, LOG_FILE};
+use crate::backend::file::{EventStore, FileLog, StoreError};
 use crate::model::config::SyncConfig;
 use crate::model::event::{types, InteractionRef, NewEvent};
 use crate::services::workspace::Workspace;
-use git::{Branch, Repo};
+use git::Repo;
 pub use merge::{lines_to_append, log_lines, merge_driver, merged_log, with_lines_appended};
+use segments::{Appender, Keys};
 
 pub use crate::model::names::state::SYNC as SYNC_STATE_FILE;
 /// Rounds of fetch-merge-push before giving up on a remote that keeps moving.
 const ROUNDS: usize = 5;
-/// Messages of the commits sync makes.
+/// A push carries at most about this much of the log.
+const PUSH_BYTES: usize = 16 << 20;
+/// Message of the commits sync makes.
 const EVENTS: &str = "huddle: events";
-const MERGE: &str = "huddle: merge events";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -88,26 +79,7 @@ pub enum SyncError {
         reason: String,
     },
     #[error(
-        "huddle syncs branch `{expected}` (sync.branch in huddle.toml), but {checked_out} in {top}; \
-         sync commits events.log only on `{expected}` and never pushes another branch to it, so it did nothing. \
-         Switch back with `git switch {expected}`, or sync the branch you are on by setting \
-         `branch` under [sync] in huddle.toml"
-    )]
-    WrongBranch {
-        expected: String,
-        checked_out: String,
-        top: String,
-    },
-    #[error(
-        "a git {operation} is in progress in {top}; sync does not commit in the middle of one: \
-         finish or abort it, then sync again"
-    )]
-    OperationInProgress {
-        operation: &'static str,
-        top: String,
-    },
-    #[error(
-        "cannot read {path} of commit {commit}: {message}; nothing was merged from it, \
+        "cannot read {path} of the log in commit {commit}: {message}; nothing was merged from it, \
          the next sync reads it again"
     )]
     UnreadableLog {
@@ -115,11 +87,6 @@ pub enum SyncError {
         path: String,
         message: String,
     },
-    #[error(
-        "the remote's changes to {paths} conflict with this clone's commits on `{branch}`; \
-         sync merges events.log only: run `git pull`, resolve, then sync again"
-    )]
-    Conflict { branch: String, paths: String },
     #[error(
         "git remote {remote} ({url}) refused our credentials: {message}\n\
          refresh the credentials for {url} (credential helper, token or SSH key), then start again"
@@ -158,9 +125,6 @@ impl SyncError {
             SyncError::Authentication { .. }
                 | SyncError::NotARepository { .. }
                 | SyncError::Config { .. }
-                | SyncError::WrongBranch { .. }
-                | SyncError::OperationInProgress { .. }
-                | SyncError::Conflict { .. }
         )
     }
 }
@@ -174,8 +138,13 @@ pub struct SyncState {
     pub offline: bool,
     /// Consecutive failures.
     pub failures: u32,
-    /// Length of the log at the last push: what came after is not on the remote yet.
+    /// How much of events.log the remote's log holds: what comes after may
+    /// not be on the remote yet.
     pub pushed_log_bytes: u64,
+    /// The commit of the remote's log whose every event events.log holds
+    /// (the next sync reads only what came after it).
+    #[serde(default)]
+    pub merged: Option<String>,
 }
 
 pub fn load_state(dir: &Path) -> Option<SyncState> {
@@ -228,17 +197,26 @@ pub fn record_success(workspace: &Workspace) {
     state.last_success = Some(crate::model::event::now_rfc3339());
     state.offline = false;
     state.failures = 0;
-    state.pushed_log_bytes = std::fs::metadata(workspace.dir.join(LOG_FILE)).map_or(0, |m| m.len());
     save_state(&workspace.dir, &state);
+}
+
+/// Records where the file and the remote's log agree: the commit merged,
+/// and how much of the file the remote's log holds.
+fn record_merged(dir: &Path, merged: Option<String>, pushed_log_bytes: u64) {
+    let mut state = load_state(dir).unwrap_or_default();
+    state.merged = merged;
+    state.pushed_log_bytes = pushed_log_bytes;
+    save_state(dir, &state);
 }
 
 /// What one successful sync did.
 #[derive(Debug, Clone, Default)]
 pub struct SyncReport {
     pub committed: bool,
-    /// Events from committed logs (the remote's, or the branch's own)
-    /// appended to the local log.
+    /// Events from the remote's log appended to the local log.
     pub received: usize,
+    /// Events of the local log put on the remote's.
+    pub sent: usize,
     pub pushed: bool,
     /// Time the log lock was held, in total.
     pub lock_held: Duration,
@@ -296,189 +274,231 @@ pub fn sync_once(workspace: &Workspace) -> Result<SyncReport, SyncError> {
     let mut repo = Repo::open(&workspace.dir, Duration::from_secs(config.timeout_secs))?;
     repo.check_config(config)?;
     repo.start_sync(config)?;
-    repo.check_checkout(&config.branch)?;
     repo.register()?;
     let log = workspace.log();
     let mut report = SyncReport::default();
     for _ in 0..ROUNDS {
-        if let Round::Done = round(&repo, &log, config, &mut report)? {
-            if repo.recovered() {
-                let reference = format!("refs/heads/{}", config.branch);
-                if let Some(tip) = repo.resolve(&reference)? {
-                    Branch {
-                        repo: &repo,
-                        reference: &reference,
-                    }
-                    .follow_index_if_behind(&tip)?;
-                }
-            }
+        if let Round::Done = round(&repo, &workspace.dir, &log, config, &mut report)? {
             return Ok(report);
         }
     }
     Err(SyncError::Git {
         command: "push".into(),
         message: format!(
-            "the remote (or the branch `{}`) kept moving through {ROUNDS} rounds; try again",
-            config.branch
+            "the remote's log ({}) kept moving through {ROUNDS} rounds; try again",
+            git::log_ref(&config.branch)
         ),
     })
 }
 
 fn round(
     repo: &Repo,
+    dir: &Path,
     log: &FileLog,
     config: &SyncConfig,
     report: &mut SyncReport,
 ) -> Result<Round, SyncError> {
-    let branch_ref = format!("refs/heads/{}", config.branch);
-    let theirs = repo.fetch(&config.remote, &config.branch)?;
-    let ours = repo.resolve(&branch_ref)?;
-    let remote_ahead = match (&theirs, &ours) {
-        (Some(theirs), Some(ours)) => !repo.is_ancestor(theirs, ours)?,
-        (Some(_), None) => true,
-        (None, _) => false,
+    let state = load_state(dir).unwrap_or_default();
+    let theirs = repo.fetch_log(&config.remote, &config.branch)?;
+    let their_segments = match &theirs {
+        Some(commit) => repo.segments(commit)?,
+        None => Vec::new(),
     };
-    // Every event of these logs must be in the file before anything is
-    // committed on top of them; an unreadable one stops the sync here.
-    let our_log = match &ours {
-        Some(commit) => repo.read_log(commit)?,
-        None => None,
-    };
-    let their_log = match &theirs {
-        Some(commit) if remote_ahead => repo.read_log(commit)?,
+    // What of their log is new to this clone: after the commit merged last,
+    // when their log still continues it and so does the file.
+    let unread = match (&state.merged, &theirs) {
+        (Some(merged), Some(theirs)) if merged == theirs => Some(Vec::new()),
+        (Some(merged), Some(theirs)) if repo.is_ancestor(merged, theirs).unwrap_or(false) => repo
+            .segments(merged)
+            .ok()
+            .and_then(|had| segments::unread(&had, &their_segments)),
         _ => None,
+    }
+    .filter(|_| continues_at(log.path(), state.pushed_log_bytes));
+    let (unread, from) = match unread {
+        Some(unread) => (unread, state.pushed_log_bytes),
+        None => (their_segments.iter().map(|s| (s, 0)).collect(), 0),
     };
 
-    let started = Instant::now();
-    let locked = log.with_lock(|lock| {
-        let mut file = std::fs::read(log.path()).map_err(|source| StoreError::Io {
-            action: "read",
-            path: log.path().to_path_buf(),
-            source,
-        })?;
-        let mut appended = 0;
-        for committed in [&our_log, &their_log].into_iter().flatten() {
-            let fresh = lines_to_append(&file, committed);
-            lock.append_raw_lines(&fresh)?;
-            appended += fresh.len();
-            file = with_lines_appended(file, &fresh);
+    // Events of the file that may also be among theirs: those after `from`.
+    let mut ours = Keys::new();
+    let mut lines = LogLines::open(log.path(), from)?;
+    while let Some(line) = lines.next_line()? {
+        ours.insert(segments::key(merge::without_cr(line)));
+    }
+    let mut known = Keys::new();
+    let mut their_last = None;
+    for (segment, skip) in unread {
+        let commit = theirs.as_deref().unwrap_or_default();
+        let bytes = repo.read_segment(commit, segment)?;
+        let fresh: Vec<&[u8]> = segments::lines(&bytes[skip as usize..])
+            .filter(|line| {
+                let key = segments::key(merge::without_cr(line));
+                known.insert(key) && !ours.contains(&key)
+            })
+            .collect();
+        if !fresh.is_empty() {
+            let started = Instant::now();
+            let appended = log.with_lock(|lock| lock.append_raw_lines(&fresh));
+            report.lock_held += started.elapsed();
+            appended?;
+            report.received += fresh.len();
         }
-        Ok((file, appended))
-    });
-    report.lock_held += started.elapsed();
-    let (file, appended) = locked?;
-    report.received += appended;
+        if their_segments.last() == Some(segment) {
+            their_last = Some(bytes);
+        }
+    }
+    drop(ours);
 
-    // Whether the file holds events that a committed log lacks.
-    let news_for = |committed: &Option<Vec<u8>>| {
-        !lines_to_append(committed.as_deref().unwrap_or_default(), &file).is_empty()
-    };
-    // A commit of the file as the log, on a tree (or on nothing), with
-    // these parents; the file's blob is written once.
-    let blob = std::cell::OnceCell::new();
-    let commit_file = |tree: Option<&str>, parents: &[&str], message: &str| {
-        if blob.get().is_none() {
-            let _ = blob.set(repo.write_blob(&file)?);
-        }
-        let blob = blob.get().map_or("", String::as_str);
-        repo.commit_tree(&repo.tree_with_log(tree, blob)?, parents, message)
-    };
-    let branch = Branch {
-        repo,
-        reference: &branch_ref,
-    };
-    let publish = match theirs.as_deref() {
-        Some(theirs) if remote_ahead => {
-            let behind = match &ours {
-                Some(ours) => repo.is_ancestor(ours, theirs)?,
-                None => true,
-            };
-            let their_tree = repo.tree(theirs)?;
-            if behind && repo.changes_only_log(&repo.tree_of(ours.as_deref())?, &their_tree)? {
-                // The branch follows the remote, with our events on top.
-                let commit = if news_for(&their_log) {
-                    report.committed = true;
-                    Some(commit_file(Some(&their_tree), &[theirs], EVENTS)?)
-                } else {
-                    None
-                };
-                if !branch.advance(commit.as_deref().unwrap_or(theirs), ours.as_deref())? {
-                    return Ok(Round::Again);
-                }
-                commit
-            } else {
-                // The branch cannot simply follow (the remote changed other
-                // files, or both sides have commits). First the file goes on
-                // the branch, so the work tree's log is the branch's and the
-                // person's own `git pull` runs on a clean log.
-                let mut ours = ours;
-                if let (Some(base), true) = (ours.as_deref(), news_for(&our_log)) {
-                    report.committed = true;
-                    let commit = commit_file(Some(&repo.tree(base)?), &[base], EVENTS)?;
-                    if !branch.advance(&commit, Some(base))? {
-                        return Ok(Round::Again);
-                    }
-                    ours = Some(commit);
-                }
-                match ours.as_deref() {
-                    Some(ours) if !repo.is_ancestor(ours, theirs)? => {
-                        // A merge: other paths from a three-way merge, the log
-                        // from the file. The branch takes it only if that
-                        // changes nothing but the log.
-                        let merged = repo.merge_trees(ours, theirs, &config.branch)?;
-                        let commit = commit_file(Some(&merged), &[ours, theirs], MERGE)?;
-                        report.committed = true;
-                        if repo
-                            .changes_only_log(&repo.tree_of(Some(ours))?, &repo.tree(&commit)?)?
-                            && !branch.advance(&commit, Some(ours))?
-                        {
-                            return Ok(Round::Again);
+    // The file's events their log lacks go on top of their last segment,
+    // pushed a few segments per commit: one push of a whole large log
+    // could outlast `sync.timeout_secs` and never get through.
+    let mut store = |name: String, bytes: &[u8]| repo.write_segment(name, bytes);
+    let mut appender: Option<Appender> = None;
+    let mut parent = theirs;
+    let mut lines = LogLines::open(log.path(), from)?;
+    loop {
+        let at_end = match lines.next_line()? {
+            Some(line) => {
+                if known.insert(segments::key(merge::without_cr(line))) {
+                    let appender = match &mut appender {
+                        Some(appender) => appender,
+                        None => {
+                            let last = match (their_last.take(), their_segments.last()) {
+                                (Some(bytes), _) => Some(bytes),
+                                (None, Some(last)) if Appender::reopens(&their_segments) => Some(
+                                    repo.read_segment(parent.as_deref().unwrap_or_default(), last)?,
+                                ),
+                                _ => None,
+                            };
+                            appender.insert(Appender::after(their_segments.clone(), last))
                         }
-                        Some(commit)
-                    }
-                    _ if news_for(&their_log) => {
-                        // Still behind, in other files only: our events go
-                        // on top of the remote; the branch waits for `git pull`.
-                        report.committed = true;
-                        Some(commit_file(Some(&their_tree), &[theirs], EVENTS)?)
-                    }
-                    _ => None,
+                    };
+                    appender.push(line, &mut store)?;
                 }
+                false
             }
-        }
-        _ => {
-            // The remote has nothing we lack: commit what the branch's log
-            // lacks, push what the remote lacks.
-            let mut tip = ours.clone();
-            if news_for(&our_log) {
-                report.committed = true;
-                let parents: Vec<&str> = ours.as_deref().into_iter().collect();
-                let commit =
-                    commit_file(repo.tree_of(ours.as_deref())?.as_deref(), &parents, EVENTS)?;
-                if !branch.advance(&commit, ours.as_deref())? {
-                    return Ok(Round::Again);
-                }
-                tip = Some(commit);
+            None => true,
+        };
+        let Some(batch) = appender.as_mut().filter(|batch| {
+            if at_end {
+                batch.added > 0
+            } else {
+                batch.bytes_added >= PUSH_BYTES
             }
-            tip.filter(|tip| theirs.as_ref() != Some(tip))
+        }) else {
+            if at_end {
+                break;
+            }
+            continue;
+        };
+        let segments = batch.store_all(&mut store)?;
+        let commit = repo.commit_segments(&segments, parent.as_deref(), EVENTS)?;
+        report.committed = true;
+        match repo.push_log(&config.remote, &commit, &config.branch) {
+            Ok(_) => {
+                repo.track_pushed(&config.remote, &config.branch, &commit)?;
+                report.pushed = true;
+                report.sent += batch.added;
+                batch.added = 0;
+                batch.bytes_added = 0;
+                record_merged(dir, Some(commit.clone()), lines.end());
+                parent = Some(commit);
+            }
+            Err(failed)
+                if ["rejected", "fetch first", "non-fast-forward"]
+                    .iter()
+                    .any(|needle| failed.message.contains(needle)) =>
+            {
+                return Ok(Round::Again);
+            }
+            Err(failed) => return Err(repo.remote_error(&config.remote, failed.message)),
         }
-    };
+        if at_end {
+            break;
+        }
+    }
+    // Every line up to here is on the remote: pushed, or known to be there.
+    record_merged(dir, parent, lines.end());
+    Ok(Round::Done)
+}
 
-    let Some(commit) = publish else {
-        return Ok(Round::Done);
-    };
-    match repo.push(&config.remote, &commit, &config.branch) {
-        Ok(_) => {
-            report.pushed = true;
-            Ok(Round::Done)
+fn read_error(path: &Path) -> impl Fn(std::io::Error) -> SyncError + '_ {
+    move |source| {
+        SyncError::Log(StoreError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// Whether `offset` is where a line of the file starts (or its end): a
+/// file that was replaced or cut short since is read whole instead.
+fn continues_at(path: &Path, offset: u64) -> bool {
+    if offset == 0 {
+        return true;
+    }
+    let mut byte = [0u8];
+    std::fs::File::open(path)
+        .and_then(|mut file| {
+            file.seek(std::io::SeekFrom::Start(offset - 1))?;
+            file.read_exact(&mut byte)
+        })
+        .is_ok_and(|()| byte[0] == b'\n')
+}
+
+/// The complete, non-blank lines of the file from a byte on (each without
+/// its `\n`, a `\r` before it kept), streamed. A line still being written
+/// is left for the next sync.
+struct LogLines<'a> {
+    path: &'a Path,
+    reader: Option<std::io::BufReader<std::fs::File>>,
+    line: Vec<u8>,
+    /// Where the last complete line read ends.
+    end: u64,
+}
+
+impl<'a> LogLines<'a> {
+    fn open(path: &'a Path, from: u64) -> Result<LogLines<'a>, SyncError> {
+        let reader = match std::fs::File::open(path) {
+            Ok(mut file) => {
+                file.seek(std::io::SeekFrom::Start(from))
+                    .map_err(read_error(path))?;
+                Some(std::io::BufReader::with_capacity(1 << 16, file))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && from == 0 => None,
+            Err(error) => return Err(read_error(path)(error)),
+        };
+        Ok(LogLines {
+            path,
+            reader,
+            line: Vec::new(),
+            end: from,
+        })
+    }
+
+    fn next_line(&mut self) -> Result<Option<&[u8]>, SyncError> {
+        let Some(reader) = &mut self.reader else {
+            return Ok(None);
+        };
+        loop {
+            self.line.clear();
+            let read = reader
+                .read_until(b'\n', &mut self.line)
+                .map_err(read_error(self.path))?;
+            if read == 0 || !self.line.ends_with(b"\n") {
+                self.reader = None;
+                return Ok(None);
+            }
+            self.end += read as u64;
+            if !segments::is_blank(&self.line[..read - 1]) {
+                return Ok(Some(&self.line[..read - 1]));
+            }
         }
-        Err(failed)
-            if ["rejected", "fetch first", "non-fast-forward"]
-                .iter()
-                .any(|needle| failed.message.contains(needle)) =>
-        {
-            Ok(Round::Again)
-        }
-        Err(failed) => Err(repo.remote_error(&config.remote, failed.message)),
+    }
+
+    fn end(&self) -> u64 {
+        self.end
     }
 }

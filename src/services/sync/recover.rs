@@ -15,10 +15,11 @@
 //!   next sync waits until no process carrying the dead sync's token is left
 //!   (an orphaned git still finishing its work, which removes its own locks);
 //!   after `sync.timeout_secs` it kills them, as the dead sync would have.
-//! * The private indexes (`huddle-sync.*.index` and their `.lock`) are
-//!   huddle's: with the dead sync's processes gone they are removed.
-//! * Locks in the person's repository (`index.lock`, `HEAD.lock`, the
-//!   branch's and the remote-tracking branch's ref locks, `config.lock`) are
+//! * Private indexes (`huddle-sync.*.index` and their `.lock`), which
+//!   versions before the segmented log used, are huddle's: with the dead
+//!   sync's processes gone they are removed.
+//! * Locks in the person's repository (the lock of the ref the log is
+//!   fetched into, `config.lock`) are
 //!   removed only when all of these hold: the journal shows that the dead
 //!   sync was running a command that takes that very lock; the lock file was
 //!   created after that command started (a lock that was there before is
@@ -39,8 +40,8 @@ use super::SyncError;
 pub(super) const TOKEN_VARIABLE: &str = "HUDDLE_SYNC_RUN";
 const LOCK_FILE: &str = "huddle-sync.lock";
 const JOURNAL_FILE: &str = "huddle-sync.journal";
-/// Prefix and suffixes of the private indexes (see `Repo::temp_index`).
-pub(super) const PRIVATE_INDEX_PREFIX: &str = "huddle-sync.";
+/// Prefix and suffixes of the private indexes of earlier versions.
+const PRIVATE_INDEX_PREFIX: &str = "huddle-sync.";
 const PRIVATE_INDEX_SUFFIXES: &[&str] = &[".index", ".index.lock"];
 /// Filesystem timestamps may lag the clock by a tick: a lock created just
 /// after a command started may carry a time just before it.
@@ -91,8 +92,6 @@ pub(super) struct SyncRun {
     /// the journal stays for the next sync to recover.
     keep_journal: std::cell::Cell<bool>,
     pending: Option<InFlight>,
-    /// This sync found the journal of one that died.
-    pub(super) recovered: bool,
 }
 
 fn now_ms() -> u128 {
@@ -145,13 +144,11 @@ impl SyncRun {
         };
         let journal = places.common_dir.join(JOURNAL_FILE);
         let previous = read_journal(&journal);
-        let recovered = previous.is_some();
         let pending = match previous {
             Some(previous) => recover(places, previous, wait)?,
             None => None,
         };
         let run = SyncRun {
-            recovered,
             pending,
             _lock: lock,
             lock_path,
