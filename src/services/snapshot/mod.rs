@@ -626,13 +626,18 @@ impl Snapshotter {
         let mut scanned = Ok(self.index.cursor);
         std::thread::scope(|scope| {
             let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<MapperJob>(2);
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Mapped, PluginError>>();
+            let (done_tx, done_rx) =
+                std::sync::mpsc::channel::<(Result<Mapped, PluginError>, Vec<Event>)>();
             scope.spawn(move || {
                 for (places, events) in job_rx {
                     let mapped = host
                         .headings_isolating(mapper, &events)
                         .map(|headings| (places, headings));
-                    if done_tx.send(mapped).is_err() {
+                    // The events go back to be freed by the thread that
+                    // allocated them: glibc's malloc locks the allocating
+                    // thread's arena for a free from another thread, and
+                    // the parser, allocating all the while, would wait on it.
+                    if done_tx.send((mapped, events)).is_err() {
                         return;
                     }
                 }
@@ -660,8 +665,9 @@ impl Snapshotter {
                     let job = (std::mem::take(&mut places), std::mem::take(&mut events));
                     // A closed channel means the worker stopped; its result says why.
                     let _ = job_tx.send(job);
-                    while let Ok(done) = done_rx.try_recv() {
+                    while let Ok((done, events)) = done_rx.try_recv() {
                         self.apply_mapped(done, &mut failure);
+                        drop(events);
                     }
                 }
                 Ok(())
@@ -671,8 +677,9 @@ impl Snapshotter {
                 let _ = job_tx.send((places, events));
             }
             drop(job_tx);
-            for done in done_rx {
+            for (done, events) in done_rx {
                 self.apply_mapped(done, &mut failure);
+                drop(events);
             }
         });
         let cursor = scanned?;
