@@ -12,7 +12,7 @@ use huddle::config::ConfigError;
 use huddle::event::{InteractionRef, ValidationError};
 use huddle::log::Backend;
 use huddle::plugin::{self, CheckError, PluginHost, Slot};
-use huddle::services::{election, inbox, post, resume};
+use huddle::services::{election, inbox, plugin_slots, post, resume};
 use huddle::visible::{visible, visible_entry, VisibleWriter};
 use huddle::workspace::{self, Workspace};
 use huddle::{checkpoint, daemon, demo, snapshot, status, StoreError};
@@ -785,30 +785,25 @@ impl snapshot::Progress for ReadingBar {
 fn plugins_list(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
     let host = PluginHost::new()?;
+    let slots = plugin_slots::list(&workspace, &host)?;
     println!("{:<15} {:<40} {:<6} SHA256", "SLOT", "PLUGIN", "WIT");
-    let mut refused = 0;
-    for (slot, spec) in workspace.plugin_specs()? {
-        let sha = match plugin::read_plugin(&spec) {
-            Ok((_, sha)) => sha,
-            Err(e) => format!("unreadable: {e}"),
+    for status in &slots {
+        let sha = match &status.sha256 {
+            Ok(sha) => sha.clone(),
+            Err(error) => format!("unreadable: {error}"),
         };
-        let wit = host
-            .wit_version(&spec, slot)
-            .map_or("?", |version| version.number());
         println!(
             "{:<15} {:<40} {:<6} {}",
-            slot.name(),
-            visible(&spec.source.describe()),
-            wit,
+            status.slot.name(),
+            visible(&status.plugin),
+            status.wit.unwrap_or("?"),
             visible(&sha)
         );
-        // A setting the plugin refuses shows here, not as an `error` event
-        // in the team's log at the next snapshot or delivery.
-        if let Err(error) = host.configure_only(&spec, slot) {
-            refused += 1;
-            println!("{:<15} ! {}", "", visible(&error.to_string()));
+        if let Err(error) = &status.settings {
+            println!("{:<15} ! {}", "", visible(error));
         }
     }
+    let refused = slots.iter().filter(|s| s.settings.is_err()).count();
     if refused > 0 {
         anyhow::bail!(
             "{refused} plugin(s) refused their settings in huddle.toml or could not be loaded"
@@ -817,40 +812,24 @@ fn plugins_list(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// `plugins check FILE` in a huddle directory: calls `configure` with the
-/// settings of every slot of huddle.toml that names FILE, so a setting the
-/// plugin refuses is caught now rather than as an `error` event later.
+/// `plugins check FILE` in a huddle directory: the verdict of `configure`
+/// on its settings in every slot of huddle.toml that names FILE.
 fn configure_where_used(
     dir: &std::path::Path,
     host: &PluginHost,
     file: &std::path::Path,
 ) -> Result<()> {
-    // Outside a huddle directory there are no settings to try.
-    let Ok(workspace) = Workspace::open(dir) else {
-        return Ok(());
-    };
-    let Ok(wanted) = file.canonicalize() else {
-        return Ok(());
-    };
-    let mut refused = 0;
-    for (slot, spec) in workspace.plugin_specs()? {
-        let plugin::PluginSource::File(path) = &spec.source else {
-            continue;
-        };
-        if path.canonicalize().ok().as_ref() != Some(&wanted) {
-            continue;
-        }
-        match host.configure_only(&spec, slot) {
+    let verdicts = plugin_slots::configure_where_used(dir, host, file)?;
+    for (slot, verdict) in &verdicts {
+        match verdict {
             Ok(()) => println!(
                 "{}: configure accepts its settings in huddle.toml",
                 slot.name()
             ),
-            Err(error) => {
-                refused += 1;
-                println!("{}: {}", slot.name(), visible(&error.to_string()));
-            }
+            Err(error) => println!("{}: {}", slot.name(), visible(error)),
         }
     }
+    let refused = verdicts.iter().filter(|(_, v)| v.is_err()).count();
     if refused > 0 {
         anyhow::bail!("the plugin refused its settings in huddle.toml in {refused} slot(s)");
     }
@@ -900,39 +879,32 @@ fn plugins_test(trial: &huddle::services::plugin_trial::Trial) -> Result<()> {
 fn plugins_warm(dir: &std::path::Path) -> Result<()> {
     let workspace = Workspace::open(dir)?;
     let host = PluginHost::new()?;
-    let mut failed = 0;
-    for (slot, spec) in workspace.plugin_specs()? {
-        let described = spec.source.describe();
-        let plugin = visible(&described);
-        match host.preload(&spec, slot) {
+    let warmed = plugin_slots::warm(&workspace, &host)?;
+    for slot in &warmed {
+        let plugin = visible(&slot.plugin);
+        match &slot.outcome {
             Ok(ready) => {
                 println!(
                     "{:<15} {plugin}: {} in {} ms",
-                    slot.name(),
+                    slot.slot.name(),
                     ready.origin.describe(),
                     ready.elapsed.as_millis()
                 );
-                if let Some(reason) = ready.rejected {
+                if let Some(reason) = &ready.rejected {
                     println!(
                         "{:<15} (the cached artifact was not used: {})",
                         "",
-                        visible(&reason)
+                        visible(reason)
                     );
                 }
             }
-            Err(error) => {
-                failed += 1;
-                println!(
-                    "{:<15} {plugin}: {}",
-                    slot.name(),
-                    visible(&error.to_string())
-                );
-            }
+            Err(error) => println!("{:<15} {plugin}: {}", slot.slot.name(), visible(error)),
         }
     }
     if let Some(cache) = host.cache_dir() {
         println!("cache: {}", visible(&cache.display().to_string()));
     }
+    let failed = warmed.iter().filter(|s| s.outcome.is_err()).count();
     if failed > 0 {
         anyhow::bail!("{failed} plugin(s) could not be compiled");
     }

@@ -106,7 +106,21 @@ pub(crate) fn commit_if_changed(tmp: NamedTempFile, path: &Path) -> std::io::Res
     Ok(true)
 }
 
-fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
+/// Makes `to` a copy of `from` (atomically, durably), unless it already is
+/// one; streams, so a large file is never in memory. Returns whether `to`
+/// was written.
+pub(crate) fn copy_if_changed(from: &Path, to: &Path) -> std::io::Result<bool> {
+    if same_contents(from, to)? {
+        return Ok(false);
+    }
+    let mut tmp = temp_beside(to)?;
+    std::io::copy(&mut File::open(from)?, tmp.as_file_mut())?;
+    commit(tmp, to)?;
+    Ok(true)
+}
+
+/// Whether two files hold the same bytes (`false` if either is missing).
+pub(crate) fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
     let (Ok(fa), Ok(fb)) = (File::open(a), File::open(b)) else {
         return Ok(false);
     };

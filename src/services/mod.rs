@@ -11,6 +11,7 @@ pub mod feed;
 pub mod health;
 pub mod inbox;
 pub mod migrate;
+pub mod plugin_slots;
 pub mod plugin_trial;
 pub mod post;
 pub mod resume;

@@ -450,6 +450,54 @@ fn incremental_equals_cold_on_random_logs() {
     );
 }
 
+/// A region block over 8 MiB is not kept between runs (it would sit in
+/// memory beside the archive's batches): the next run renders it again, and
+/// the files are what a cold run writes.
+#[test]
+fn a_region_holding_a_block_too_large_to_keep_equals_a_cold_run_after_each_incremental_update() {
+    let incremental = HuddleDir::new();
+    let log = FileLog::new(incremental.path(), LogConfig::default());
+    let filler = "w".repeat(9 * 1024);
+    let huge: Vec<NewEvent> = (0..1000)
+        .map(|i| {
+            NewEvent::new(
+                InteractionRef::Number(1),
+                "agent",
+                "note",
+                format!("part {i}: {filler}"),
+            )
+        })
+        .collect();
+    log.append_batch(huge).unwrap();
+    let mut snapshotter = Snapshotter::new(incremental.path());
+    for round in 0..3 {
+        log.append(NewEvent::new(
+            InteractionRef::Number(2),
+            "agent",
+            "question",
+            format!("small, round {round}"),
+        ))
+        .unwrap();
+        snapshotter.update(host(), Some(3)).unwrap();
+        let communication = read(&incremental, "communication.md");
+        assert!(
+            communication.len() > 8 * 1024 * 1024,
+            "{}",
+            communication.len()
+        );
+        assert!(communication.contains("part 999: "));
+        let cold = HuddleDir::new();
+        std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+        snapshot_once(cold.path(), host(), Some(3), None).unwrap();
+        for name in ["communication.md", "archive.md"] {
+            assert!(
+                read(&incremental, name) == read(&cold, name),
+                "round {round}: {name} differs from a cold run's"
+            );
+        }
+    }
+}
+
 #[test]
 fn interactions_are_ordered_numerically_past_nine() {
     let dir = HuddleDir::new();

@@ -89,6 +89,11 @@ const RENDER_BATCH: usize = 2048;
 const RENDER_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Events per archive job handed to a render worker.
 const RENDER_BATCH_EVENTS: usize = 8192;
+/// Region blocks up to this size are kept from one run to the next.
+const KEPT_BLOCK_BYTES: usize = 8 * 1024 * 1024;
+/// An archive job weighing this much (a huge interaction, which a job
+/// never splits) waits until no other such job is being rendered.
+const HEAVY_JOB_BYTES: usize = 4 * RENDER_BATCH_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -508,6 +513,32 @@ impl Snapshotter {
         self.render_region(host, &renderer, &mut *fetcher, recent)?;
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the region");
 
+        // communication.md goes straight into a temp file (kept until the
+        // archive is rendered too): it is as large as the region's blocks,
+        // and need not sit in memory beside them, nor the old one either
+        // (only the people's text around its region is read).
+        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
+        let outside = region::read_outside(&communication_path)
+            .map_err(io_error("read", &communication_path))?;
+        let blocks: Vec<&str> = recent
+            .iter()
+            .map(|number| self.rendered.blocks[number].1.as_str())
+            .collect();
+        let mut spliced = files::temp_beside(&communication_path)
+            .map_err(io_error("create a temp file for", &communication_path))?;
+        {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, spliced.as_file_mut());
+            region::write_spliced(&outside, &blocks, |piece| out.write_all(piece.as_bytes()))
+                .and_then(|()| out.flush())
+                .map_err(io_error("write", &communication_path))?;
+        }
+        // A huge interaction's block is not kept for the next run: it would
+        // sit in memory beside the archive's batches (and, in the daemon,
+        // for good); the next run renders it again if it is still recent.
+        self.rendered
+            .blocks
+            .retain(|_, (_, block)| block.len() <= KEPT_BLOCK_BYTES);
+
         let archive_path = workspace.dir.join(ARCHIVE_FILE);
         let plan = self.plan_archive(&archive_path, archived);
         let pending_archive = match plan {
@@ -529,19 +560,6 @@ impl Snapshotter {
         };
 
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the archive");
-        // Spliced only now: the new communication.md is as large as the
-        // region's blocks, and need not sit in memory beside the archive's.
-        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
-        let existing = match std::fs::read_to_string(&communication_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_error("read", &communication_path)(e)),
-        };
-        let blocks: Vec<&str> = recent
-            .iter()
-            .map(|number| self.rendered.blocks[number].1.as_str())
-            .collect();
-        let communication = region::splice_blocks(&existing, &blocks);
         if self.fence.as_ref().is_some_and(|may_write| !may_write()) {
             return Err(SnapshotError::Fenced);
         }
@@ -573,20 +591,20 @@ impl Snapshotter {
 
         // communication.md.bak is always a good snapshot: the one about to be
         // replaced, then (once the new one is in place) the new one.
-        let communication_written = existing != communication;
+        let communication_written = !files::same_contents(spliced.path(), &communication_path)
+            .map_err(io_error("read", &communication_path))?;
         let backup = workspace.dir.join(BACKUP_FILE);
         if communication_written {
-            if is_good(&existing) {
-                files::replace_if_changed(&backup, existing.as_bytes())
+            if outside.had_region() {
+                files::copy_if_changed(&communication_path, &backup)
                     .map_err(io_error("write", &backup))?;
             }
-            files::replace_if_changed(&communication_path, communication.as_bytes())
+            files::commit(spliced, &communication_path)
                 .map_err(io_error("replace", &communication_path))?;
         }
         // Also when communication.md is already current: a run killed
         // between the two writes left the backup one snapshot behind.
-        files::replace_if_changed(&backup, communication.as_bytes())
-            .map_err(io_error("write", &backup))?;
+        files::copy_if_changed(&communication_path, &backup).map_err(io_error("write", &backup))?;
 
         crate::services::status::record_snapshot(
             &workspace.dir,
@@ -900,6 +918,7 @@ impl Snapshotter {
 
             let mut writer = OrderedWriter::default();
             let mut sent = 0usize;
+            let mut heavy_in_flight: Option<usize> = None;
             let mut batch = Vec::new();
             let mut events = 0usize;
             // Cut by size too: a worker holds its whole batch's blocks until
@@ -916,8 +935,24 @@ impl Snapshotter {
                     || events >= RENDER_BATCH_EVENTS
                     || weight >= RENDER_BATCH_BYTES
                 {
+                    // A job several times the usual weight is a huge
+                    // interaction: its worker holds all its events and its
+                    // whole block. One at a time, or two of them would
+                    // double the peak.
+                    let heavy = weight >= HEAVY_JOB_BYTES;
+                    if heavy {
+                        while heavy_in_flight.is_some_and(|seq| writer.next <= seq) {
+                            match done_rx.recv() {
+                                Ok(done) => writer.accept(done, sink)?,
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     if job_tx.send((sent, std::mem::take(&mut batch))).is_err() {
                         break;
+                    }
+                    if heavy {
+                        heavy_in_flight = Some(sent);
                     }
                     sent += 1;
                     events = 0;

@@ -446,34 +446,132 @@ pub(crate) fn splice(existing: &str, region: &str) -> String {
 pub(crate) fn splice_blocks(existing: &str, blocks: &[&str]) -> String {
     let region_len: usize = blocks.iter().map(|b| b.len()).sum();
     let mut out = String::with_capacity(existing.len() + region_len + 64);
-    if let Some((before, after)) = find_region(existing) {
-        out.push_str(&existing[..before]);
-        push_region(&mut out, blocks);
-        out.push_str(&existing[after..]);
-    } else {
-        out.push_str(existing);
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-        push_region(&mut out, blocks);
-    }
+    let outside = match find_region(existing) {
+        Some((before, after)) => Outside {
+            before: existing[..before].to_string(),
+            after: Some(existing[after..].to_string()),
+        },
+        None => Outside {
+            before: existing.to_string(),
+            after: None,
+        },
+    };
+    write_spliced(&outside, blocks, |piece| {
+        out.push_str(piece);
+        Ok::<_, std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
     out
 }
 
-fn push_region(out: &mut String, blocks: &[&str]) {
-    out.push_str(BEGIN_MARKER);
-    out.push('\n');
-    for block in blocks {
-        out.push_str(block);
+/// The people's text of a communication.md, around huddle's region.
+#[derive(Debug, Default)]
+pub(crate) struct Outside {
+    /// Everything before the BEGIN marker line (the whole file when it has
+    /// no region).
+    pub(crate) before: String,
+    /// Everything after the END marker line; `None` when the file has no
+    /// region, which then goes at the end.
+    pub(crate) after: Option<String>,
+}
+
+impl Outside {
+    /// Whether the file had its region.
+    pub(crate) fn had_region(&self) -> bool {
+        self.after.is_some()
+    }
+}
+
+/// The text around the region of the communication.md at `path`, read a
+/// line at a time: the region itself (huge when a few interactions are) is
+/// skipped, never held. A missing file has no text and no region; a file
+/// that is not UTF-8 outside its region is an error, as when read whole.
+pub(crate) fn read_outside(path: &std::path::Path) -> std::io::Result<Outside> {
+    use std::io::BufRead;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Outside::default()),
+        Err(error) => return Err(error),
+    };
+    let text = |bytes: Vec<u8>| {
+        String::from_utf8(bytes)
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let mut line = Vec::new();
+    // Before the BEGIN line, inside the region, after the END line.
+    let mut part = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let bare = trim_line_ends(&line);
+        match part {
+            0 if bare == BEGIN_MARKER.as_bytes() => part = 1,
+            0 => before.extend_from_slice(&line),
+            1 if bare == END_MARKER.as_bytes() => part = 2,
+            1 => {}
+            _ => after.extend_from_slice(&line),
+        }
+    }
+    match part {
+        2 => Ok(Outside {
+            before: text(before)?,
+            after: Some(text(after)?),
+        }),
+        // A BEGIN line with no END after it is no region: the whole file
+        // is people's text (read whole: such a file is not huddle's output).
+        _ => Ok(Outside {
+            before: text(std::fs::read(path)?)?,
+            after: None,
+        }),
+    }
+}
+
+/// A line without the `\n` and `\r` characters at its end, as
+/// [`find_region`] compares marker lines.
+fn trim_line_ends(mut line: &[u8]) -> &[u8] {
+    while let Some(rest) = line
+        .strip_suffix(b"\n")
+        .or_else(|| line.strip_suffix(b"\r"))
+    {
+        line = rest;
+    }
+    line
+}
+
+/// Hands the pieces of communication.md, with its region made of `blocks`,
+/// to `write` in order: the same bytes as [`splice_blocks`].
+pub(crate) fn write_spliced<E>(
+    outside: &Outside,
+    blocks: &[&str],
+    mut write: impl FnMut(&str) -> Result<(), E>,
+) -> Result<(), E> {
+    write(&outside.before)?;
+    if outside.after.is_none() && !outside.before.is_empty() && !outside.before.ends_with('\n') {
+        write("\n")?;
+    }
+    write(BEGIN_MARKER)?;
+    write("\n")?;
+    let mut ends_with_newline = true;
+    for block in blocks.iter().filter(|block| !block.is_empty()) {
+        write(block)?;
+        ends_with_newline = block.ends_with('\n');
     }
     // A template without a final newline must not glue the END marker to
     // its last line: the marker would no longer be found, nor be a comment
     // of its own for a markdown reader.
-    if !out.ends_with('\n') {
-        out.push('\n');
+    if !ends_with_newline {
+        write("\n")?;
     }
-    out.push_str(END_MARKER);
-    out.push('\n');
+    write(END_MARKER)?;
+    write("\n")?;
+    if let Some(after) = &outside.after {
+        write(after)?;
+    }
+    Ok(())
 }
 
 /// What lies between the marker lines of communication.md, if it has them.
@@ -505,6 +603,55 @@ fn find_region(text: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_spliced_a_line_at_a_time_is_the_text_spliced_whole() {
+        let b = BEGIN_MARKER;
+        let e = END_MARKER;
+        let existings = [
+            String::new(),
+            "people's notes, no newline".to_string(),
+            "notes\n".to_string(),
+            format!("# Team\r\n{b}\r\nold\r\n{e}\r\nafter\r\n"),
+            format!("{b}\nold region\n{e}"),
+            format!("top\n{b}\r\r\n{e}\n{b}\nsecond\n{e}\ntail"),
+            format!("before\n{b}\nno end marker\n"),
+            format!("{e}\n{b}\nx\n{e}\n"),
+            format!("  {b}\nnot a marker line\n{e}\n"),
+        ];
+        let block_sets: [&[&str]; 4] = [&[], &["### 1\n- a\n"], &["one", "", "two"], &["x\n", "y"]];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("communication.md");
+        for existing in &existings {
+            std::fs::write(&path, existing).unwrap();
+            let outside = read_outside(&path).unwrap();
+            assert_eq!(
+                outside.had_region(),
+                find_region(existing).is_some(),
+                "{existing:?}"
+            );
+            for blocks in block_sets {
+                let mut streamed = String::new();
+                write_spliced(&outside, blocks, |piece| {
+                    streamed.push_str(piece);
+                    Ok::<_, ()>(())
+                })
+                .unwrap();
+                assert_eq!(
+                    streamed,
+                    splice_blocks(existing, blocks),
+                    "{existing:?} {blocks:?}"
+                );
+            }
+        }
+        let missing = read_outside(&dir.path().join("none.md")).unwrap();
+        assert!(missing.before.is_empty() && !missing.had_region());
+        std::fs::write(&path, b"\xff\n").unwrap();
+        assert!(
+            read_outside(&path).is_err(),
+            "text outside the region must be UTF-8"
+        );
+    }
     use pulldown_cmark::{CodeBlockKind, Event as Md, Options, Parser, Tag, TagEnd};
 
     /// The rest of a line as neutralise_line wrote it character by

@@ -762,8 +762,9 @@ mod tests {
             attributes_line("team a/[x]*/\"q\"\\/events.log"),
             "\"/team a/\\\\[x]\\\\*/\\\"q\\\"\\\\\\\\/events.log\" merge=huddle-events"
         );
-        assert_eq!(exclude_lines("")[0], "/communication.md");
-        assert_eq!(exclude_lines("a b/c?")[6], "/a b/c\\?/agent-*.checkpoint");
-        assert_eq!(exclude_lines("end ")[0], "/end /communication.md");
+        assert_eq!(exclude_lines("")[0], "/events.log");
+        assert_eq!(exclude_lines("")[1], "/communication.md");
+        assert_eq!(exclude_lines("a b/c?")[7], "/a b/c\\?/agent-*.checkpoint");
+        assert_eq!(exclude_lines("end ")[1], "/end /communication.md");
     }
 }
