@@ -451,8 +451,8 @@ fn incremental_equals_cold_on_random_logs() {
 }
 
 /// A region block over 8 MiB is not kept between runs (it would sit in
-/// memory beside the archive's batches): the next run renders it again, and
-/// the files are what a cold run writes.
+/// memory beside the archive's batches), so the next run must bring it back:
+/// after every incremental update the files are what a cold run writes.
 #[test]
 fn a_region_holding_a_block_too_large_to_keep_equals_a_cold_run_after_each_incremental_update() {
     let incremental = HuddleDir::new();
