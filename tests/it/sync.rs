@@ -191,6 +191,19 @@ fn three_clones_converge_with_every_event_once() {
     }
 }
 
+/// That each of `contents` is exactly once in every clone's log and in the
+/// remote's.
+fn each_once_in(clones: &[&PathBuf], remote: &Path, contents: &[&str]) {
+    let logs = clones
+        .iter()
+        .map(|clone| (clone.display().to_string(), lines(clone)));
+    for (name, events) in logs.chain([("the remote".to_string(), remote_log(remote))]) {
+        for content in contents {
+            assert_eq!(count(&events, content), 1, "{content} in {name}");
+        }
+    }
+}
+
 /// Every line of the remote's log (its segments in order), with how often
 /// it occurs.
 fn remote_log(remote: &Path) -> HashMap<String, usize> {
@@ -656,16 +669,34 @@ fn sync_works_in_a_submodule() {
     assert_eq!(git(&superproject, &["ls-files", "-s"]), super_index);
 }
 
-/// A `git` first on PATH that fails every read of one object: with an error
-/// the first time, by hanging past the sync's timeout the second, and lets
-/// everything through afterwards. Counts the reads in `counter`.
-fn git_that_fails_to_read(shim_dir: &Path, object: &str, counter: &Path) -> String {
+/// The git the shims below hand over to.
+fn real_git() -> String {
     let real = Command::new("sh")
         .args(["-c", "command -v git"])
         .output()
         .unwrap();
-    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    String::from_utf8(real.stdout).unwrap().trim().to_string()
+}
+
+/// Installs `script` as `git` in `shim_dir`; the PATH that puts it first.
+fn shim_path(shim_dir: &Path, script: &str) -> String {
     std::fs::create_dir_all(shim_dir).unwrap();
+    let path = shim_dir.join("git");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A `git` first on PATH that fails every read of one object: with an error
+/// the first time, by hanging past the sync's timeout the second, and lets
+/// everything through afterwards. Counts the reads in `counter`.
+fn git_that_fails_to_read(shim_dir: &Path, object: &str, counter: &Path) -> String {
+    let real = real_git();
     let script = format!(
         "#!/bin/sh\n\
          for arg in \"$@\"; do\n\
@@ -679,15 +710,7 @@ fn git_that_fails_to_read(shim_dir: &Path, object: &str, counter: &Path) -> Stri
          exec '{real}' \"$@\"\n",
         counter = counter.display()
     );
-    let path = shim_dir.join("git");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        shim_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    shim_path(shim_dir, &script)
 }
 
 #[test]
@@ -801,12 +824,7 @@ fn clones_holding_the_same_events_in_different_orders_stop_committing() {
 /// `kill -9` of huddle and its git at that moment leaves. Other runs, and
 /// the test's own git, go through.
 fn git_that_stops_holding(shim_dir: &Path, subcommand: &str, lock: &str) -> String {
-    let real = Command::new("sh")
-        .args(["-c", "command -v git"])
-        .output()
-        .unwrap();
-    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
-    std::fs::create_dir_all(shim_dir).unwrap();
+    let real = real_git();
     let lock_path = format!("\"$('{real}' rev-parse --path-format=absolute --git-path '{lock}')\"");
     let script = format!(
         "#!/bin/sh\n\
@@ -820,15 +838,7 @@ fn git_that_stops_holding(shim_dir: &Path, subcommand: &str, lock: &str) -> Stri
          fi\n\
          exec '{real}' \"$@\"\n"
     );
-    let path = shim_dir.join("git");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        shim_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    shim_path(shim_dir, &script)
 }
 
 /// Runs `huddle sync` in `clone` through the PATH `path`, and kills it and
@@ -894,11 +904,7 @@ fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() 
             huddle_leftovers(&git_path(a, ""))
         );
         ok(b, &["sync"]);
-        for events in [lines(a), lines(b), remote_log(&remote)] {
-            for content in ["first", "from a", "from b"] {
-                assert_eq!(count(&events, content), 1, "{subcommand}: {content}");
-            }
-        }
+        each_once_in(&[a, b], &remote, &["first", "from a", "from b"]);
         assert_eq!(git(a, &["status", "--porcelain"]), "?? huddle.toml\n");
     }
 }
@@ -960,37 +966,20 @@ fn a_lock_the_killed_sync_did_not_leave_or_a_live_git_may_hold_stays() {
 
     assert!(!tracking_lock.exists());
     ok(b, &["sync"]);
-    for events in [lines(a), lines(b), remote_log(&remote)] {
-        for content in ["first", "from a", "from b"] {
-            assert_eq!(count(&events, content), 1, "{content}");
-        }
-    }
+    each_once_in(&[a, b], &remote, &["first", "from a", "from b"]);
 }
 
 /// A `git` first on PATH that records the arguments of every command a sync
 /// runs (one line each) in `record`, then runs it.
 fn git_that_records(shim_dir: &Path, record: &Path) -> String {
-    let real = Command::new("sh")
-        .args(["-c", "command -v git"])
-        .output()
-        .unwrap();
-    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
-    std::fs::create_dir_all(shim_dir).unwrap();
+    let real = real_git();
     let script = format!(
         "#!/bin/sh\n\
          if [ -n \"$HUDDLE_SYNC_RUN\" ]; then echo \"$*\" >> '{}'; fi\n\
          exec '{real}' \"$@\"\n",
         record.display()
     );
-    let path = shim_dir.join("git");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        shim_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    shim_path(shim_dir, &script)
 }
 
 /// Appends `n` events of about 1 KB straight to a clone's log, as another
@@ -1105,11 +1094,7 @@ fn a_sync_killed_after_its_push_before_recording_it_sends_and_receives_nothing_t
     assert!(out.contains("0 events received, nothing to push"), "{out}");
     assert_eq!(remote_ref(&remote, "refs/huddle/main"), pushed);
     ok(b, &["sync"]);
-    for events in [lines(a), lines(b), remote_log(&remote)] {
-        for content in ["first", "from a", "from b"] {
-            assert_eq!(count(&events, content), 1, "{content}");
-        }
-    }
+    each_once_in(&[a, b], &remote, &["first", "from a", "from b"]);
 }
 
 #[test]
@@ -1164,9 +1149,5 @@ fn a_remote_whose_log_was_replaced_gets_every_event_again_once() {
     ok(a, &["sync"]);
     ok(b, &["sync"]);
 
-    for events in [lines(a), lines(b), remote_log(&remote)] {
-        for content in ["from a", "from b", "from the stranger"] {
-            assert_eq!(count(&events, content), 1, "{content}");
-        }
-    }
+    each_once_in(&[a, b], &remote, &["from a", "from b", "from the stranger"]);
 }
