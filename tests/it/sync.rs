@@ -191,6 +191,17 @@ fn three_clones_converge_with_every_event_once() {
     }
 }
 
+/// Two clones that have each logged an event ("first" in the first, "from
+/// b" in the second) and synced it, in that order.
+fn synced_pair(root: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let (remote, clones) = clones(root, 2);
+    ok(&clones[0], &["log", "1", "agent", "note", "first"]);
+    ok(&clones[0], &["sync"]);
+    ok(&clones[1], &["log", "1", "agent", "note", "from b"]);
+    ok(&clones[1], &["sync"]);
+    (remote, clones)
+}
+
 /// That each of `contents` is exactly once in every clone's log and in the
 /// remote's.
 fn each_once_in(clones: &[&PathBuf], remote: &Path, contents: &[&str]) {
@@ -716,12 +727,8 @@ fn git_that_fails_to_read(shim_dir: &Path, object: &str, counter: &Path) -> Stri
 #[test]
 fn a_remote_log_that_cannot_be_read_is_not_merged_and_arrives_once_at_the_next_sync() {
     let root = tempfile::tempdir().unwrap();
-    let (remote, clones) = clones(root.path(), 2);
+    let (remote, clones) = synced_pair(root.path());
     let (a, b) = (&clones[0], &clones[1]);
-    ok(a, &["log", "1", "agent", "note", "first"]);
-    ok(a, &["sync"]);
-    ok(b, &["log", "1", "agent", "note", "from b"]);
-    ok(b, &["sync"]);
     let their_commit = remote_ref(&remote, "refs/huddle/main");
     let their_log = git(&remote, &["rev-parse", "refs/huddle/main:000000.jsonl"])
         .trim()
@@ -878,12 +885,8 @@ fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() 
     let tracking = "refs/huddle/remotes/origin/main.lock";
     for subcommand in ["fetch", "update-ref"] {
         let root = tempfile::tempdir().unwrap();
-        let (remote, clones) = clones(root.path(), 2);
+        let (remote, clones) = synced_pair(root.path());
         let (a, b) = (&clones[0], &clones[1]);
-        ok(a, &["log", "1", "agent", "note", "first"]);
-        ok(a, &["sync"]);
-        ok(b, &["log", "1", "agent", "note", "from b"]);
-        ok(b, &["sync"]);
         ok(a, &["log", "1", "agent", "note", "from a"]);
         let path = git_that_stops_holding(&root.path().join("shim"), subcommand, tracking);
         let lock_file = git_path(a, tracking);
@@ -915,12 +918,8 @@ fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() 
 #[test]
 fn a_lock_the_killed_sync_did_not_leave_or_a_live_git_may_hold_stays() {
     let root = tempfile::tempdir().unwrap();
-    let (remote, clones) = clones(root.path(), 2);
+    let (remote, clones) = synced_pair(root.path());
     let (a, b) = (&clones[0], &clones[1]);
-    ok(a, &["log", "1", "agent", "note", "first"]);
-    ok(a, &["sync"]);
-    ok(b, &["log", "1", "agent", "note", "from b"]);
-    ok(b, &["sync"]);
     ok(a, &["log", "1", "agent", "note", "from a"]);
     let tracking = "refs/huddle/remotes/origin/main.lock";
     let tracking_lock = git_path(a, tracking);
@@ -1073,12 +1072,8 @@ fn a_sync_reads_and_writes_only_the_segment_that_changed() {
 #[test]
 fn a_sync_killed_after_its_push_before_recording_it_sends_and_receives_nothing_twice() {
     let root = tempfile::tempdir().unwrap();
-    let (remote, clones) = clones(root.path(), 2);
+    let (remote, clones) = synced_pair(root.path());
     let (a, b) = (&clones[0], &clones[1]);
-    ok(a, &["log", "1", "agent", "note", "first"]);
-    ok(a, &["sync"]);
-    ok(b, &["log", "1", "agent", "note", "from b"]);
-    ok(b, &["sync"]);
     ok(a, &["log", "1", "agent", "note", "from a"]);
     // What a sync records only once its push went through: as if it was
     // killed between the two, the record is put back as it was before.
