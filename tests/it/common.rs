@@ -605,3 +605,38 @@ pub fn wait_until<T>(
 pub fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
     wait_until(limit, || done().then_some(())).is_some()
 }
+
+/// libfaketime (Debian's `faketime` package; scripts/test installs it),
+/// preloaded into huddle itself so that killing the child kills the daemon
+/// (the `faketime` wrapper would stay between them).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// A daemon whose wall clock is shifted; killed when dropped.
+pub struct Skewed(pub std::process::Child);
+
+impl Drop for Skewed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `huddle run` in `dir` as `name`, its wall clock shifted by `offset`
+/// ("+1h", "-30s") and its monotonic clock left alone, as NTP or a wrong
+/// clock would leave them.
+pub fn start_skewed(dir: &HuddleDir, name: &str, offset: &str) -> Skewed {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
+    );
+    Skewed(
+        dir.command(&["run", "--actor", name])
+            .env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start huddle run"),
+    )
+}

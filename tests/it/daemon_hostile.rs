@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{hostile_plugin, wait_for, wait_until, HuddleDir};
+use crate::common::{hostile_plugin, start_skewed, wait_for, wait_until, HuddleDir};
 use crate::daemon::{status, Daemon, FAST};
 
 /// Leader heartbeats (with a term) in log order, as (actor, time).
@@ -292,28 +292,6 @@ fn a_log_replaced_by_a_shorter_one_under_the_daemon_is_noticed_and_everything_re
     assert_eq!(delivered("event 12"), 1);
 }
 
-/// libfaketime (Debian's `faketime` package; scripts/test installs it),
-/// preloaded into huddle itself so that killing the child kills the daemon
-/// (the `faketime` wrapper would stay between them).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
-/// A daemon whose wall clock is shifted by `offset` ("+1h", "-30s").
-fn start_skewed(dir: &HuddleDir, name: &str, offset: &str) -> std::process::Child {
-    assert!(
-        std::path::Path::new(LIBFAKETIME).exists(),
-        "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
-    );
-    dir.command(&["run", "--actor", name])
-        .env("LD_PRELOAD", LIBFAKETIME)
-        .env("FAKETIME", offset)
-        // Only the wall clock is skewed, as NTP or a wrong clock would.
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start huddle run")
-}
-
 fn claims_by(dir: &HuddleDir) -> Vec<String> {
     dir.events()
         .iter()
@@ -343,8 +321,8 @@ fn a_leader_whose_clock_runs_an_hour_ahead_is_replaced_in_time_after_kill_9() {
         stamped > chrono::Utc::now() + chrono::Duration::minutes(50),
         "the leader's clock runs ahead: {stamped}"
     );
-    ahead.kill().unwrap();
-    ahead.wait().unwrap();
+    ahead.0.kill().unwrap();
+    ahead.0.wait().unwrap();
     let killed = Instant::now();
     // Its heartbeats are stamped an hour ahead: judged by their timestamps
     // it would look alive for an hour. Timeout 1 s + 2 heartbeats + jitter.
@@ -381,6 +359,6 @@ fn a_healthy_leader_whose_clock_is_behind_is_never_deposed() {
         stamped < chrono::Utc::now() - chrono::Duration::seconds(20),
         "the leader's clock is behind: {stamped}"
     );
-    behind.kill().unwrap();
-    behind.wait().unwrap();
+    behind.0.kill().unwrap();
+    behind.0.wait().unwrap();
 }

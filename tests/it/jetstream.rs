@@ -123,7 +123,7 @@ use huddle::event::Event;
 use huddle::Position;
 use serde_json::Value;
 
-use crate::common::{exclusive, wait_for, HuddleDir};
+use crate::common::{exclusive, start_skewed, wait_for, HuddleDir};
 use crate::daemon::{Daemon, FAST};
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -376,35 +376,6 @@ fn a_sigstopped_leader_writes_nothing_to_the_stream_once_it_wakes() {
     );
     assert_eq!(team.leader().as_deref(), Some("second"));
     drop(second);
-}
-
-/// libfaketime, preloaded into huddle (as tests/it/daemon_hostile.rs does).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
-struct Skewed(std::process::Child);
-
-impl Drop for Skewed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_skewed(dir: &HuddleDir, name: &str, offset: &str) -> Skewed {
-    assert!(
-        std::path::Path::new(LIBFAKETIME).exists(),
-        "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
-    );
-    Skewed(
-        dir.command(&["run", "--actor", name])
-            .env("LD_PRELOAD", LIBFAKETIME)
-            .env("FAKETIME", offset)
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start huddle run"),
-    )
 }
 
 #[test]
