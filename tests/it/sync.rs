@@ -1146,3 +1146,63 @@ fn a_remote_whose_log_was_replaced_gets_every_event_again_once() {
 
     each_once_in(&[a, b], &remote, &["from a", "from b", "from the stranger"]);
 }
+
+#[test]
+fn a_large_first_sync_is_pushed_16_mib_per_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = clones(root.path(), 2);
+    let (a, b) = (&clones[0], &clones[1]);
+    // About 20 MB: more than one push's worth.
+    append_kilobyte_events(a, 20_000, "large");
+
+    ok(a, &["sync"]);
+
+    let commits = git(&remote, &["rev-list", "--count", "refs/huddle/main"]);
+    assert_eq!(commits.trim(), "2", "one commit per 16 MiB pushed");
+    let first = git(&remote, &["ls-tree", "-l", "refs/huddle/main~1"]);
+    let first_bytes: u64 = first
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        (16 << 20..17 << 20).contains(&first_bytes),
+        "the first push carried {first_bytes} bytes"
+    );
+    ok(b, &["sync"]);
+    assert_eq!(lines(b).len(), 20_000);
+    assert_eq!(remote_log(&remote).len(), 20_000);
+}
+
+#[test]
+fn a_git_command_that_keeps_reporting_progress_outlives_the_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = synced_pair(root.path());
+    let a = &clones[0];
+    let real = real_git();
+    // Every fetch says something every 300 ms for 3 s before it starts:
+    // three times the timeout, never silent for as long as it.
+    let script = format!(
+        "#!/bin/sh\n\
+         for arg in \"$@\"; do\n\
+           if [ \"$arg\" = fetch ]; then\n\
+             for i in 1 2 3 4 5 6 7 8 9 10; do echo \"Counting objects: $i\" >&2; sleep 0.3; done\n\
+           fi\n\
+         done\n\
+         exec '{real}' \"$@\"\n"
+    );
+    let path = shim_path(&root.path().join("shim"), &script);
+    std::fs::write(
+        a.join("huddle.toml"),
+        "[sync]\nattempts = 1\ntimeout_secs = 1\n",
+    )
+    .unwrap();
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+
+    let out = huddle_command(a, &["sync"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    each_once_in(&[a], &remote, &["first", "from b", "from a"]);
+}
