@@ -528,9 +528,14 @@ impl Snapshotter {
             .map_err(io_error("create a temp file for", &communication_path))?;
         {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, spliced.as_file_mut());
-            region::write_spliced(&outside, &blocks, |piece| out.write_all(piece.as_bytes()))
-                .and_then(|()| out.flush())
-                .map_err(io_error("write", &communication_path))?;
+            region::write_spliced(
+                &outside.before,
+                outside.after.as_deref(),
+                &blocks,
+                |piece| out.write_all(piece.as_bytes()),
+            )
+            .and_then(|()| out.flush())
+            .map_err(io_error("write", &communication_path))?;
         }
         // A huge interaction's block is not kept for the next run: it would
         // sit in memory beside the archive's batches (and, in the daemon,

@@ -446,17 +446,11 @@ pub(crate) fn splice(existing: &str, region: &str) -> String {
 pub(crate) fn splice_blocks(existing: &str, blocks: &[&str]) -> String {
     let region_len: usize = blocks.iter().map(|b| b.len()).sum();
     let mut out = String::with_capacity(existing.len() + region_len + 64);
-    let outside = match find_region(existing) {
-        Some((before, after)) => Outside {
-            before: existing[..before].to_string(),
-            after: Some(existing[after..].to_string()),
-        },
-        None => Outside {
-            before: existing.to_string(),
-            after: None,
-        },
+    let (before, after) = match find_region(existing) {
+        Some((before, after)) => (&existing[..before], Some(&existing[after..])),
+        None => (existing, None),
     };
-    write_spliced(&outside, blocks, |piece| {
+    write_spliced(before, after, blocks, |piece| {
         out.push_str(piece);
         Ok::<_, std::convert::Infallible>(())
     })
@@ -542,15 +536,18 @@ fn trim_line_ends(mut line: &[u8]) -> &[u8] {
     line
 }
 
-/// Hands the pieces of communication.md, with its region made of `blocks`,
-/// to `write` in order: the same bytes as [`splice_blocks`].
+/// Hands the pieces of communication.md to `write` in order: the people's
+/// text `before` and `after` the region (`after` is `None` when the file
+/// had no region, which then goes at the end) around a region made of
+/// `blocks`.
 pub(crate) fn write_spliced<E>(
-    outside: &Outside,
+    before: &str,
+    after: Option<&str>,
     blocks: &[&str],
     mut write: impl FnMut(&str) -> Result<(), E>,
 ) -> Result<(), E> {
-    write(&outside.before)?;
-    if outside.after.is_none() && !outside.before.is_empty() && !outside.before.ends_with('\n') {
+    write(before)?;
+    if after.is_none() && !before.is_empty() && !before.ends_with('\n') {
         write("\n")?;
     }
     write(BEGIN_MARKER)?;
@@ -568,7 +565,7 @@ pub(crate) fn write_spliced<E>(
     }
     write(END_MARKER)?;
     write("\n")?;
-    if let Some(after) = &outside.after {
+    if let Some(after) = after {
         write(after)?;
     }
     Ok(())
@@ -632,7 +629,7 @@ mod tests {
             );
             for blocks in block_sets {
                 let mut streamed = String::new();
-                write_spliced(&outside, blocks, |piece| {
+                write_spliced(&outside.before, outside.after.as_deref(), blocks, |piece| {
                     streamed.push_str(piece);
                     Ok::<_, ()>(())
                 })

@@ -113,10 +113,13 @@ impl<'de> Deserialize<'de> for Checked {
 
 /// The lines of a log as written, without their `\n` (a `\r` before it
 /// kept), skipping blank ones. A last line without a newline counts.
-fn raw_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+pub(super) fn raw_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|b| *b == b'\n').filter(|line| !is_blank(line))
+}
+
+/// A line of nothing but whitespace, which the log skips.
+pub(super) fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 pub(super) fn without_cr(line: &[u8]) -> &[u8] {

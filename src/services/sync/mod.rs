@@ -331,7 +331,7 @@ fn round(
     for (segment, skip) in unread {
         let commit = theirs.as_deref().unwrap_or_default();
         let bytes = repo.read_segment(commit, segment)?;
-        let fresh: Vec<&[u8]> = segments::lines(&bytes[skip as usize..])
+        let fresh: Vec<&[u8]> = merge::raw_lines(&bytes[skip as usize..])
             .filter(|line| {
                 let key = segments::key(merge::without_cr(line));
                 known.insert(key) && !ours.contains(&key)
@@ -423,16 +423,6 @@ fn round(
     Ok(Round::Done)
 }
 
-fn read_error(path: &Path) -> impl Fn(std::io::Error) -> SyncError + '_ {
-    move |source| {
-        SyncError::Log(StoreError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-}
-
 /// Whether `offset` is where a line of the file starts (or its end): a
 /// file that was replaced or cut short since is read whole instead.
 fn continues_at(path: &Path, offset: u64) -> bool {
@@ -464,11 +454,11 @@ impl<'a> LogLines<'a> {
         let reader = match std::fs::File::open(path) {
             Ok(mut file) => {
                 file.seek(std::io::SeekFrom::Start(from))
-                    .map_err(read_error(path))?;
+                    .map_err(StoreError::io("read", path))?;
                 Some(std::io::BufReader::with_capacity(1 << 16, file))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && from == 0 => None,
-            Err(error) => return Err(read_error(path)(error)),
+            Err(error) => return Err(StoreError::io("read", path)(error).into()),
         };
         Ok(LogLines {
             path,
@@ -486,13 +476,13 @@ impl<'a> LogLines<'a> {
             self.line.clear();
             let read = reader
                 .read_until(b'\n', &mut self.line)
-                .map_err(read_error(self.path))?;
+                .map_err(StoreError::io("read", self.path))?;
             if read == 0 || !self.line.ends_with(b"\n") {
                 self.reader = None;
                 return Ok(None);
             }
             self.end += read as u64;
-            if !segments::is_blank(&self.line[..read - 1]) {
+            if !merge::is_blank(&self.line[..read - 1]) {
                 return Ok(Some(&self.line[..read - 1]));
             }
         }

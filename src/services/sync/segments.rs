@@ -97,16 +97,6 @@ pub(super) fn key(line: &[u8]) -> u128 {
 
 pub(super) type Keys = HashSet<u128>;
 
-/// The lines of some log bytes as written (a `\r` before the `\n` kept),
-/// skipping blank ones.
-pub(super) fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    bytes.split(|b| *b == b'\n').filter(|line| !is_blank(line))
-}
-
-pub(super) fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
-}
-
 /// Builds the segments new lines go into, after the remote's last one.
 pub(super) struct Appender {
     /// The segments kept as they are.
