@@ -267,7 +267,7 @@ fn sample(count: usize) -> Vec<Interaction> {
             ]
             .iter()
             .map(|(kind, heading)| Entry {
-                heading: heading.to_string(),
+                heading: (*heading).into(),
                 event: NewEvent::new(
                     InteractionRef::Number(n),
                     "Agent A",

@@ -81,7 +81,8 @@ impl RenderContext {
 /// An event with its heading, for the renderer.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub heading: String,
+    /// Shared: every event under one heading holds the same text.
+    pub heading: std::sync::Arc<str>,
     pub event: Event,
 }
 

@@ -30,7 +30,7 @@ fn interaction(number: u64, entries: &[(&str, Event)]) -> Interaction {
         entries: entries
             .iter()
             .map(|(heading, event)| Entry {
-                heading: heading.to_string(),
+                heading: (*heading).into(),
                 event: event.clone(),
             })
             .collect(),

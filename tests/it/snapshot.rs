@@ -450,6 +450,102 @@ fn incremental_equals_cold_on_random_logs() {
     );
 }
 
+/// A cold run drafts archive blocks while it reads the log, a mapper batch
+/// (4,096 events) at a time, and renders from the index only what no draft
+/// shows whole. On a log read in several batches, where interactions get
+/// events long after their draft was made, interleave, hold hidden events,
+/// and one is too large to hold while reading (over 16 MiB), a cold run must
+/// write what incremental runs write (they render the archive from the index).
+#[test]
+fn a_cold_run_that_drafts_while_reading_equals_incremental_runs() {
+    let incremental = HuddleDir::new();
+    let log = FileLog::new(incremental.path(), LogConfig::default());
+    let k = 4;
+    let mut snapshotter = Snapshotter::new(incremental.path());
+    // The first run is a cold one too: keep it small, so that the archive
+    // compared below is rendered from the index.
+    log.append_batch(vec![NewEvent::new(
+        InteractionRef::Number(1),
+        "agent",
+        "question",
+        "first",
+    )])
+    .unwrap();
+    snapshotter.update(host(), Some(k)).unwrap();
+
+    let huge_content = "h".repeat(10 * 1024);
+    let mut number = 1u64;
+    let mut events = Vec::new();
+    for i in 0..14_000u64 {
+        let event = |n: u64, kind: &str, content: String| {
+            NewEvent::new(InteractionRef::Number(n), "agent", kind, content)
+        };
+        if i % 3 == 0 {
+            number += 1;
+        }
+        events.push(event(
+            number,
+            ["question", "answer", "followup"][(i % 3) as usize],
+            format!("event {i}\n- item"),
+        ));
+        match i {
+            // Late events, batches after their interaction's draft.
+            _ if i % 997 == 0 && number > 3_000 => {
+                events.push(event(number - 2_500, "answer", format!("late {i}")))
+            }
+            _ if i % 501 == 0 => events.push(event(number, "heartbeat", format!("beat {i}"))),
+            // Two interactions taking turns for a while.
+            6_000..=6_300 => events.push(event(100_000 + i % 2, "note", format!("turn {i}"))),
+            // One interaction of 1,800 events of 10 KB (18 MiB).
+            8_000..=9_799 => events.push(event(200_000, "note", format!("{i} {huge_content}"))),
+            _ => {}
+        }
+        if events.len() >= 2_000 {
+            log.append_batch(std::mem::take(&mut events)).unwrap();
+            snapshotter.update(host(), Some(k)).unwrap();
+        }
+    }
+    events.push(NewEvent::new(
+        InteractionRef::Number(200_000),
+        "agent",
+        "answer",
+        "late to the huge one",
+    ));
+    // The recent ones: everything above goes to the archive.
+    for n in 300_000..300_005 {
+        events.push(NewEvent::new(
+            InteractionRef::Number(n),
+            "agent",
+            "question",
+            "recent",
+        ));
+    }
+    log.append_batch(events).unwrap();
+    let last = snapshotter.update(host(), Some(k)).unwrap();
+    assert!(last.archived > 4_000, "{last:?}");
+
+    let cold = HuddleDir::new();
+    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+    let outcome = snapshot_once(cold.path(), host(), Some(k), None).unwrap();
+    assert_eq!(outcome.archive, ArchiveWrite::Rewritten);
+    for name in ["communication.md", "archive.md"] {
+        assert!(
+            read(&incremental, name) == read(&cold, name),
+            "{name} of the cold run differs from the incremental runs'"
+        );
+    }
+    let archive = read(&cold, "archive.md");
+    for shown in [
+        "late 12961",
+        "turn 6299",
+        "9799 hhh",
+        "late to the huge one",
+        "event 13000",
+    ] {
+        assert!(archive.contains(shown), "{shown} is not in archive.md");
+    }
+}
+
 /// A region block over 8 MiB is not kept between runs (it would sit in
 /// memory beside the archive's batches), so the next run must bring it back:
 /// after every incremental update the files are what a cold run writes.

@@ -17,6 +17,7 @@
 //! straight into its file. A cold run and any sequence of incremental runs
 //! over the same log give byte-identical files.
 
+mod draft;
 mod region;
 pub use region::inside_region;
 
@@ -191,7 +192,7 @@ pub fn interactions_of(events: Vec<Event>, headings: Vec<Option<String>>) -> Vec
         let Some(heading) = heading else { continue };
         region::neutralise_event(&mut event);
         grouped.entry(event.interaction).or_default().push(Entry {
-            heading: region::neutralise_field(&heading).into_owned(),
+            heading: region::neutralise_field(&heading).into(),
             event,
         });
     }
@@ -208,9 +209,10 @@ struct Index {
     /// Visible events per interaction, in log order.
     interactions: BTreeMap<u64, Vec<EventRef>>,
     /// Each heading as the renderer receives it (neutralised), by id.
-    headings: Vec<String>,
-    /// The mapper's headings as it gave them, to their ids.
-    heading_ids: HashMap<String, u32>,
+    headings: Vec<Arc<str>>,
+    /// The mapper's headings as it gave them, to their ids (looked up
+    /// for every event read).
+    heading_ids: HashMap<String, u32, foldhash::fast::RandomState>,
 }
 
 impl Index {
@@ -220,7 +222,7 @@ impl Index {
         }
         let id = self.headings.len() as u32;
         self.headings
-            .push(region::neutralise_field(&heading).into_owned());
+            .push(region::neutralise_field(&heading).into());
         self.heading_ids.insert(heading, id);
         id
     }
@@ -498,7 +500,18 @@ impl Snapshotter {
             };
         }
         let phase = std::time::Instant::now();
-        let new_events = self.index_new_events(&*log, host, &mapper)?;
+        let archive_path = workspace.dir.join(ARCHIVE_FILE);
+        // A cold run drafts the archive's blocks as it reads the log (see
+        // [`draft`]): every event is read once, and both cores are busy.
+        let cold = self.index.interactions.is_empty() && self.rendered.archive.is_none();
+        let draft_plan = cold.then(|| draft::DraftPlan {
+            host,
+            renderer: &renderer,
+            context: self.render_context(Section::Archive),
+            archive_path: &archive_path,
+        });
+        let (new_events, draft) =
+            self.index_new_events(&*log, host, &mapper, draft_plan.as_ref())?;
         tracing::debug!(new_events, elapsed = ?phase.elapsed(), "snapshot: indexed the new events");
         self.mark = log.mark(self.index.cursor)?;
 
@@ -544,7 +557,6 @@ impl Snapshotter {
             .blocks
             .retain(|_, (_, block)| block.len() <= KEPT_BLOCK_BYTES);
 
-        let archive_path = workspace.dir.join(ARCHIVE_FILE);
         let plan = self.plan_archive(&archive_path, archived);
         let pending_archive = match plan {
             ArchivePlan::Unchanged => PendingArchive::Unchanged,
@@ -555,13 +567,14 @@ impl Snapshotter {
                     self.render_archive_to_temp(host, &renderer, &*log, from, &archive_path)?;
                 PendingArchive::Append(blocks, from.len())
             }
-            ArchivePlan::Rewrite => PendingArchive::Rewrite(self.render_archive_to_temp(
-                host,
-                &renderer,
-                &*log,
-                archived,
-                &archive_path,
-            )?),
+            ArchivePlan::Rewrite => PendingArchive::Rewrite(match draft {
+                Some(draft) => {
+                    self.archive_from_draft(draft, host, &renderer, &*log, archived, &archive_path)?
+                }
+                None => {
+                    self.render_archive_to_temp(host, &renderer, &*log, archived, &archive_path)?
+                }
+            }),
         };
 
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the archive");
@@ -629,13 +642,15 @@ impl Snapshotter {
     }
 
     /// Reads the events appended since the last run, asks the mapper for their
-    /// headings (in batches) and records the visible ones.
+    /// headings (in batches) and records the visible ones; with a
+    /// `draft_plan`, also drafts the archive's blocks.
     fn index_new_events(
         &mut self,
         log: &dyn Backend,
         host: &PluginHost,
         mapper: &PluginSpec,
-    ) -> Result<usize, SnapshotError> {
+        draft_plan: Option<&draft::DraftPlan<'_>>,
+    ) -> Result<(usize, Option<draft::Draft>), SnapshotError> {
         let unread = log.remaining(self.index.cursor)?;
         let bar = self
             .progress
@@ -647,23 +662,39 @@ impl Snapshotter {
         let mut count = 0usize;
         let mut failure: Option<SnapshotError> = None;
         let mut scanned = Ok(self.index.cursor);
-        std::thread::scope(|scope| {
+        let draft_plan = draft_plan.filter(|_| unread > 0);
+        let draft = std::thread::scope(|scope| {
             let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<MapperJob>(2);
             let (done_tx, done_rx) =
                 std::sync::mpsc::channel::<(Result<Mapped, PluginError>, Vec<Event>)>();
-            scope.spawn(move || {
+            let (garbage_tx, garbage_rx) = std::sync::mpsc::channel::<Vec<Interaction>>();
+            let drafter = draft_plan.and_then(|plan| {
+                draft::Drafter::start(scope, plan, garbage_tx)
+                    .inspect_err(|error| {
+                        tracing::debug!(%error, "snapshot: not drafting the archive");
+                    })
+                    .ok()
+            });
+            let mapper_worker = scope.spawn(move || {
+                let mut drafter = drafter;
                 for (places, events) in job_rx {
-                    let mapped = host
-                        .headings_isolating(mapper, &events)
-                        .map(|headings| (places, headings));
+                    let mapped = host.headings_isolating(mapper, &events);
                     // The events go back to be freed by the thread that
                     // allocated them: glibc's malloc locks the allocating
                     // thread's arena for a free from another thread, and
                     // the parser, allocating all the while, would wait on it.
-                    if done_tx.send((mapped, events)).is_err() {
-                        return;
+                    let events = match (&mapped, &mut drafter) {
+                        (Ok(headings), Some(drafter)) => drafter.add(&places, events, headings),
+                        _ => events,
+                    };
+                    if done_tx
+                        .send((mapped.map(|headings| (places, headings)), events))
+                        .is_err()
+                    {
+                        return None;
                     }
                 }
+                drafter.and_then(draft::Drafter::finish)
             });
             let mut places = Vec::with_capacity(MAPPER_BATCH);
             let mut events = Vec::with_capacity(MAPPER_BATCH);
@@ -692,6 +723,7 @@ impl Snapshotter {
                         self.apply_mapped(done, &mut failure);
                         drop(events);
                     }
+                    garbage_rx.try_iter().for_each(drop);
                 }
                 Ok(())
             });
@@ -703,7 +735,13 @@ impl Snapshotter {
             for (done, events) in done_rx {
                 self.apply_mapped(done, &mut failure);
                 drop(events);
+                garbage_rx.try_iter().for_each(drop);
             }
+            let draft = mapper_worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            garbage_rx.try_iter().for_each(drop);
+            draft
         });
         let cursor = scanned?;
         if let Some(error) = failure {
@@ -713,7 +751,29 @@ impl Snapshotter {
             bar.finish();
         }
         self.index.cursor = cursor;
-        Ok(count)
+        Ok((count, draft))
+    }
+
+    /// archive.md's new contents from a cold run's drafts, rendering from
+    /// the index only the interactions no draft shows whole.
+    fn archive_from_draft(
+        &mut self,
+        draft: draft::Draft,
+        host: &PluginHost,
+        renderer: &PluginSpec,
+        log: &dyn Backend,
+        archived: &[u64],
+        archive_path: &Path,
+    ) -> Result<tempfile::NamedTempFile, SnapshotError> {
+        let counts: Vec<(u64, usize)> = archived
+            .iter()
+            .map(|number| (*number, self.index.interactions[number].len()))
+            .collect();
+        let (tmp, isolated) = draft.assemble(&counts, archive_path, |redo, sink| {
+            self.render_archive(host, renderer, log, redo, sink)
+        })?;
+        self.note_isolated_archive(isolated);
+        Ok(tmp)
     }
 
     /// Records the visible events of one mapped batch.
@@ -861,7 +921,7 @@ impl Snapshotter {
         let mut tmp = files::temp_beside(archive_path)
             .map_err(io_error("create a temp file for", archive_path))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let isolated = self.render_archive(host, renderer, log, numbers, &mut |block| {
+        let isolated = self.render_archive(host, renderer, log, numbers, &mut |_, block| {
             out.write_all(block.as_bytes())
                 .map_err(io_error("write", archive_path))
         })?;
@@ -882,7 +942,7 @@ impl Snapshotter {
         renderer: &PluginSpec,
         log: &dyn Backend,
         numbers: &[u64],
-        sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
+        sink: &mut dyn FnMut(u64, &str) -> Result<(), SnapshotError>,
     ) -> Result<Vec<ArchiveIsolation>, SnapshotError> {
         type Rendered = (usize, Vec<u64>, Result<Blocks, SnapshotError>);
         let (job_tx, job_rx) =
@@ -1084,9 +1144,7 @@ fn block_problem(block: &str) -> Option<String> {
         .then(|| "it contains a marker line; it would break communication.md".to_string())
 }
 
-/// Reads one archive batch back from the log and renders it, in calls of
-/// at most [`RENDER_BATCH_BYTES`] of content so long events do not
-/// overflow the plugin's memory.
+/// Reads one archive batch back from the log and renders it.
 fn render_archive_batch(
     index: &Index,
     context: &RenderContext,
@@ -1095,33 +1153,48 @@ fn render_archive_batch(
     fetcher: &mut dyn Fetch,
     numbers: &[u64],
 ) -> Result<Blocks, SnapshotError> {
+    let interactions = numbers
+        .iter()
+        .map(|number| index.interaction(fetcher, *number))
+        .collect::<Result<Vec<_>, _>>()?;
+    render_calls(host, renderer, context, &interactions)
+}
+
+/// Renders neutralised interactions in calls of at most
+/// [`RENDER_BATCH_BYTES`] of content, so long events do not overflow the
+/// plugin's memory.
+fn render_calls(
+    host: &PluginHost,
+    renderer: &PluginSpec,
+    context: &RenderContext,
+    interactions: &[Interaction],
+) -> Result<Blocks, SnapshotError> {
     let mut rendered = Blocks {
-        blocks: Vec::with_capacity(numbers.len()),
+        blocks: Vec::with_capacity(interactions.len()),
         isolated: Vec::new(),
     };
-    let mut call = Vec::new();
-    let mut bytes = 0usize;
-    for (i, number) in numbers.iter().enumerate() {
-        let interaction = index.interaction(fetcher, *number)?;
-        bytes += interaction
-            .entries
-            .iter()
-            .map(|e| render_weight(&e.event))
-            .sum::<usize>();
-        call.push(interaction);
-        if i + 1 == numbers.len() || bytes >= RENDER_BATCH_BYTES {
-            let first = rendered.blocks.len();
-            let part = host.render_isolating(renderer, context, &call, &block_problem)?;
-            rendered.blocks.extend(part.blocks);
-            rendered
-                .isolated
-                .extend(part.isolated.into_iter().map(|mut isolated| {
-                    isolated.interaction += first;
-                    isolated
-                }));
-            call.clear();
-            bytes = 0;
+    let mut start = 0;
+    while start < interactions.len() {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while end < interactions.len() && (end == start || bytes < RENDER_BATCH_BYTES) {
+            bytes += interactions[end]
+                .entries
+                .iter()
+                .map(|e| render_weight(&e.event))
+                .sum::<usize>();
+            end += 1;
         }
+        let part =
+            host.render_isolating(renderer, context, &interactions[start..end], &block_problem)?;
+        rendered.blocks.extend(part.blocks);
+        rendered
+            .isolated
+            .extend(part.isolated.into_iter().map(|mut isolated| {
+                isolated.interaction += start;
+                isolated
+            }));
+        start = end;
     }
     Ok(rendered)
 }
@@ -1149,7 +1222,8 @@ const RENDER_WORKERS: usize = 2;
 #[derive(Default)]
 struct OrderedWriter {
     next: usize,
-    waiting: BTreeMap<usize, Vec<String>>,
+    /// Batches rendered ahead of their turn: their numbers and blocks.
+    waiting: BTreeMap<usize, (Vec<u64>, Vec<String>)>,
     isolated: Vec<ArchiveIsolation>,
 }
 
@@ -1157,7 +1231,7 @@ impl OrderedWriter {
     fn accept(
         &mut self,
         (seq, numbers, blocks): (usize, Vec<u64>, Result<Blocks, SnapshotError>),
-        sink: &mut dyn FnMut(&str) -> Result<(), SnapshotError>,
+        sink: &mut dyn FnMut(u64, &str) -> Result<(), SnapshotError>,
     ) -> Result<(), SnapshotError> {
         let blocks = blocks?;
         for isolated in blocks.isolated {
@@ -1166,10 +1240,10 @@ impl OrderedWriter {
                     .push((*number, isolated.entry, isolated.reason));
             }
         }
-        self.waiting.insert(seq, blocks.blocks);
-        while let Some(blocks) = self.waiting.remove(&self.next) {
-            for block in &blocks {
-                sink(block)?;
+        self.waiting.insert(seq, (numbers, blocks.blocks));
+        while let Some((numbers, blocks)) = self.waiting.remove(&self.next) {
+            for (number, block) in numbers.iter().zip(&blocks) {
+                sink(*number, block)?;
             }
             self.next += 1;
         }
