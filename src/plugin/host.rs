@@ -527,9 +527,16 @@ impl PluginHost {
     /// for later processes) with its stamp, and taken from there while the
     /// stamp stays the same: the file is then not read at all.
     fn identify(&self, spec: &PluginSpec) -> Result<Identified, PluginError> {
-        let PluginSource::File(path) = &spec.source else {
-            let (wasm, sha) = read_plugin(spec)?;
-            return Ok((Some(wasm), sha));
+        let path = match &spec.source {
+            PluginSource::File(path) => path,
+            // Only the sha: `prepare` copies the embedded bytes if it must
+            // compile (a copy of a built-in per call was megabytes per call).
+            PluginSource::Builtin(name) => {
+                let wasm = builtin_wasm(name).ok_or_else(|| {
+                    load_error(spec, format!("there is no built-in plugin {name:?}"))
+                })?;
+                return Ok((None, builtin_sha256(name, wasm)));
+            }
         };
         let stamp = std::fs::metadata(path)
             .map(|meta| FileStamp::of(&meta))
@@ -1041,9 +1048,8 @@ impl PluginHost {
             slices.push(start..interaction.entries.len());
         }
         let count = slices.len();
-        let mut block = String::new();
-        for (n, range) in slices.into_iter().enumerate() {
-            let entries: Vec<EntryView<'_>> = interaction.entries[range]
+        let render_part = |n: usize| -> Result<String, PluginError> {
+            let entries: Vec<EntryView<'_>> = interaction.entries[slices[n].clone()]
                 .iter()
                 .map(EntryView::of)
                 .collect();
@@ -1077,13 +1083,39 @@ impl PluginHost {
                     interaction.number
                 )));
             }
-            if block.len() + text.len() > MAX_INTERACTION_BYTES {
-                return Err(invalid(format!(
-                    "interaction {} renders to more than {MAX_INTERACTION_BYTES} bytes",
-                    interaction.number
-                )));
+            Ok(text)
+        };
+        // Two parts at a time, the second on a thread of its own: each call
+        // has its own store, and a huge interaction would otherwise keep
+        // one core busy while the other waits. Taken in order, so what
+        // fails first in the interaction is what is reported, and at most
+        // two parts are held beside the block.
+        let mut block = String::new();
+        let mut n = 0;
+        while n < count {
+            let texts = if n + 1 < count {
+                std::thread::scope(|scope| {
+                    let second = scope.spawn(|| render_part(n + 1));
+                    let first = render_part(n);
+                    let second = second
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    [Some(first), Some(second)]
+                })
+            } else {
+                [Some(render_part(n)), None]
+            };
+            for text in texts.into_iter().flatten() {
+                let text = text?;
+                if block.len() + text.len() > MAX_INTERACTION_BYTES {
+                    return Err(invalid(format!(
+                        "interaction {} renders to more than {MAX_INTERACTION_BYTES} bytes",
+                        interaction.number
+                    )));
+                }
+                block.push_str(&text);
+                n += 1;
             }
-            block.push_str(&text);
         }
         Ok(Some(block))
     }

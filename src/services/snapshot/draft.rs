@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
 use super::{
@@ -223,13 +223,11 @@ impl RangeCopier {
 
 /// A batch of closed interactions for a render worker.
 type DraftJob = (usize, Vec<Interaction>);
-/// Its blocks, and the interactions to hand back to the thread that read
-/// their events, to be freed there (see the mapper worker).
+/// Its numbers and blocks.
 type DraftDone = (
     usize,
     Vec<u64>,
     Result<crate::plugin::Rendered, SnapshotError>,
-    Vec<Interaction>,
 );
 
 /// Groups mapped events into interactions and drafts their blocks; runs on
@@ -253,8 +251,6 @@ pub(super) struct Drafter {
     file: tempfile::NamedTempFile,
     out: std::io::BufWriter<std::fs::File>,
     written: u64,
-    /// Events no longer needed, to be freed by the thread that read them.
-    garbage: Sender<Vec<Interaction>>,
     /// Drafting stopped (a write failed): the rest is rendered from the index.
     stopped: bool,
     archive_path: std::path::PathBuf,
@@ -272,7 +268,6 @@ impl Drafter {
     pub(super) fn start<'scope, 'env: 'scope>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
         plan: &'env DraftPlan<'env>,
-        garbage: Sender<Vec<Interaction>>,
     ) -> Result<Drafter, SnapshotError> {
         let file = files::temp_beside(plan.archive_path)
             .map_err(io_error("create a temp file for", plan.archive_path))?;
@@ -294,7 +289,8 @@ impl Drafter {
                 }
                 let blocks = render_calls(plan.host, plan.renderer, &plan.context, &interactions);
                 let numbers = interactions.iter().map(|i| i.number).collect();
-                if done_tx.send((seq, numbers, blocks, interactions)).is_err() {
+                drop(interactions);
+                if done_tx.send((seq, numbers, blocks)).is_err() {
                     return;
                 }
             });
@@ -315,36 +311,23 @@ impl Drafter {
             out: std::io::BufWriter::with_capacity(1 << 20, out),
             file,
             written: 0,
-            garbage,
             stopped: false,
             archive_path: plan.archive_path.to_path_buf(),
         })
     }
 
     /// Takes one mapped batch: its events join their open interactions,
-    /// and those that got none in this batch are drafted. Returns the
-    /// events no draft shows (hidden ones, late ones), to be freed by the
-    /// thread that read them.
-    pub(super) fn add(
-        &mut self,
-        places: &[Place],
-        events: Vec<Event>,
-        headings: &[Heading],
-    ) -> Vec<Event> {
+    /// and those that got none in this batch are drafted.
+    pub(super) fn add(&mut self, places: &[Place], events: Vec<Event>, headings: &[Heading]) {
         self.batch += 1;
-        let mut unused = Vec::new();
         for ((place, event), heading) in places.iter().zip(events).zip(headings) {
             let number = event.interaction;
             let Heading::Shown(heading) = heading else {
-                unused.push(event);
                 continue;
             };
             let open = match self.open.get_mut(&number) {
                 Some(open) => open,
-                None if self.blocks.contains_key(&number) => {
-                    unused.push(event);
-                    continue;
-                }
+                None if self.blocks.contains_key(&number) => continue,
                 None => self.open.entry(number).or_insert(Open {
                     entries: Vec::with_capacity(4),
                     weight: 0,
@@ -375,7 +358,6 @@ impl Drafter {
             self.close(number);
         }
         self.write_done();
-        unused
     }
 
     /// Leaves the largest open interactions to the render from the index
@@ -402,10 +384,6 @@ impl Drafter {
                         at: None,
                     },
                 );
-                let _ = self.garbage.send(vec![Interaction {
-                    number,
-                    entries: open.entries,
-                }]);
             }
         }
     }
@@ -444,12 +422,10 @@ impl Drafter {
         self.pending_events = 0;
         self.pending_weight = 0;
         let Some(job_tx) = &self.job_tx else { return };
-        match job_tx.send(job) {
-            Ok(()) => self.sent += 1,
-            // The workers are gone; the index renders what they did not.
-            Err(std::sync::mpsc::SendError((_, interactions))) => {
-                let _ = self.garbage.send(interactions);
-            }
+        // A failed send means the workers are gone: the index renders what
+        // they did not.
+        if job_tx.send(job).is_ok() {
+            self.sent += 1;
         }
     }
 
@@ -460,8 +436,7 @@ impl Drafter {
         }
     }
 
-    fn accept(&mut self, (seq, numbers, blocks, interactions): DraftDone) {
-        let _ = self.garbage.send(interactions);
+    fn accept(&mut self, (seq, numbers, blocks): DraftDone) {
         // A failed render leaves its interactions without a draft; the
         // render from the index meets the same failure and reports it.
         let blocks = blocks.unwrap_or_default();

@@ -665,11 +665,9 @@ impl Snapshotter {
         let draft_plan = draft_plan.filter(|_| unread > 0);
         let draft = std::thread::scope(|scope| {
             let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<MapperJob>(2);
-            let (done_tx, done_rx) =
-                std::sync::mpsc::channel::<(Result<Mapped, PluginError>, Vec<Event>)>();
-            let (garbage_tx, garbage_rx) = std::sync::mpsc::channel::<Vec<Interaction>>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Mapped, PluginError>>();
             let drafter = draft_plan.and_then(|plan| {
-                draft::Drafter::start(scope, plan, garbage_tx)
+                draft::Drafter::start(scope, plan)
                     .inspect_err(|error| {
                         tracing::debug!(%error, "snapshot: not drafting the archive");
                     })
@@ -679,16 +677,13 @@ impl Snapshotter {
                 let mut drafter = drafter;
                 for (places, events) in job_rx {
                     let mapped = host.headings_isolating(mapper, &events);
-                    // The events go back to be freed by the thread that
-                    // allocated them: glibc's malloc locks the allocating
-                    // thread's arena for a free from another thread, and
-                    // the parser, allocating all the while, would wait on it.
-                    let events = match (&mapped, &mut drafter) {
-                        (Ok(headings), Some(drafter)) => drafter.add(&places, events, headings),
-                        _ => events,
-                    };
+                    // The events are freed here or by the render workers,
+                    // not by the parser, the busiest thread.
+                    if let (Ok(headings), Some(drafter)) = (&mapped, &mut drafter) {
+                        drafter.add(&places, events, headings);
+                    }
                     if done_tx
-                        .send((mapped.map(|headings| (places, headings)), events))
+                        .send(mapped.map(|headings| (places, headings)))
                         .is_err()
                     {
                         return None;
@@ -719,11 +714,9 @@ impl Snapshotter {
                     let job = (std::mem::take(&mut places), std::mem::take(&mut events));
                     // A closed channel means the worker stopped; its result says why.
                     let _ = job_tx.send(job);
-                    while let Ok((done, events)) = done_rx.try_recv() {
+                    while let Ok(done) = done_rx.try_recv() {
                         self.apply_mapped(done, &mut failure);
-                        drop(events);
                     }
-                    garbage_rx.try_iter().for_each(drop);
                 }
                 Ok(())
             });
@@ -732,16 +725,12 @@ impl Snapshotter {
                 let _ = job_tx.send((places, events));
             }
             drop(job_tx);
-            for (done, events) in done_rx {
+            for done in done_rx {
                 self.apply_mapped(done, &mut failure);
-                drop(events);
-                garbage_rx.try_iter().for_each(drop);
             }
-            let draft = mapper_worker
+            mapper_worker
                 .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            garbage_rx.try_iter().for_each(drop);
-            draft
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
         let cursor = scanned?;
         if let Some(error) = failure {
