@@ -14,8 +14,9 @@
 //! same bytes (a copy plus the blocks, renamed over it, up to 16 MiB: never
 //! half a block after a crash; past that, appended in place). Memory
 //! holds the index, never the archive: the archive is rendered in batches
-//! straight into its file. A cold run and any sequence of incremental runs
-//! over the same log give byte-identical files.
+//! straight into its file. A cold run drafts the archive's blocks while it
+//! reads the log ([`draft`]). A cold run and any sequence of incremental
+//! runs over the same log give byte-identical files.
 
 mod draft;
 mod region;
