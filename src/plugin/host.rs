@@ -1095,12 +1095,22 @@ impl PluginHost {
         while n < count {
             let texts = if n + 1 < count {
                 std::thread::scope(|scope| {
-                    let second = scope.spawn(|| render_part(n + 1));
+                    let second = std::thread::Builder::new()
+                        .name("huddle-part".into())
+                        .spawn_scoped(scope, || render_part(n + 1));
                     let first = render_part(n);
-                    let second = second
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    [Some(first), Some(second)]
+                    match second {
+                        Ok(second) => [
+                            Some(first),
+                            Some(
+                                second
+                                    .join()
+                                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                            ),
+                        ],
+                        // No thread to be had: one part at a time.
+                        Err(_) => [Some(first), None],
+                    }
                 })
             } else {
                 [Some(render_part(n)), None]

@@ -279,7 +279,8 @@ impl Drafter {
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         for _ in 0..RENDER_WORKERS {
             let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
-            scope.spawn(move || loop {
+            let worker = std::thread::Builder::new().name("huddle-draft".into());
+            let started = worker.spawn_scoped(scope, move || loop {
                 let job = job_rx.lock().map(|rx| rx.recv());
                 let Ok(Ok((seq, mut interactions))) = job else {
                     return;
@@ -294,6 +295,8 @@ impl Drafter {
                     return;
                 }
             });
+            // No thread to be had: no drafts (the index renders everything).
+            started.map_err(io_error("start a render worker for", plan.archive_path))?;
         }
         Ok(Drafter {
             open: BTreeMap::new(),
