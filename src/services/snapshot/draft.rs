@@ -131,7 +131,10 @@ impl Draft {
             .map_err(io_error("create a temp file for", archive_path))?;
         let mut drafts = self.file.reopen().map_err(io_error("read", archive_path))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let mut copier = RangeCopier::default();
+        let mut copier = RangeCopier {
+            pending: None,
+            path: archive_path,
+        };
         let mut next = 0usize;
         // Copies the usable drafts of the archived interactions before
         // `below` (all of them for `None`).
@@ -170,12 +173,13 @@ fn sort_as_reported(isolated: &mut [ArchiveIsolation]) {
 }
 
 /// Copies byte ranges of the draft file, joining adjacent ones into one copy.
-#[derive(Default)]
-struct RangeCopier {
+struct RangeCopier<'a> {
     pending: Option<(u64, u64)>,
+    /// The archive the copies are for, for error messages.
+    path: &'a Path,
 }
 
-impl RangeCopier {
+impl RangeCopier<'_> {
     fn add(
         &mut self,
         (offset, len): (u64, u64),
@@ -203,11 +207,8 @@ impl RangeCopier {
         let Some((offset, len)) = self.pending.take() else {
             return Ok(());
         };
-        let failed = |source| SnapshotError::Io {
-            action: "copy drafted blocks for",
-            path: super::ARCHIVE_FILE.into(),
-            source,
-        };
+        let path = self.path;
+        let failed = |source| io_error("copy drafted blocks for", path)(source);
         from.seek(SeekFrom::Start(offset)).map_err(failed)?;
         let copied =
             std::io::copy(&mut std::io::Read::take(&mut *from, len), out).map_err(failed)?;
