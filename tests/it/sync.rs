@@ -230,6 +230,37 @@ fn remote_log(remote: &Path) -> HashMap<String, usize> {
     counts
 }
 
+/// A push killed on the remote's side (a remote on this machine, killed
+/// with the sync) leaves the remote's ref lock behind, and the remote then
+/// refuses every push: that is named, not retried as a remote that keeps
+/// moving, and nothing is lost.
+#[test]
+fn a_lock_left_in_the_remote_is_named_and_the_event_stays_for_the_next_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = synced_pair(root.path());
+    let lock = remote.join("refs/huddle/main.lock");
+    std::fs::write(&lock, "").unwrap();
+    ok(
+        &clones[0],
+        &["log", "1", "agent", "note", "behind the lock"],
+    );
+    let out = huddle(&clones[0], &["sync"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the remote refused to update its log")
+            && stderr.contains("[remote rejected]")
+            && stderr.contains("refs/huddle/main.lock"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("kept moving"), "{stderr}");
+
+    std::fs::remove_file(&lock).unwrap();
+    ok(&clones[0], &["sync"]);
+    ok(&clones[1], &["sync"]);
+    each_once_in(&[&clones[0], &clones[1]], &remote, &["behind the lock"]);
+}
+
 #[test]
 fn an_unreachable_remote_means_offline_and_nothing_is_lost() {
     let root = tempfile::tempdir().unwrap();

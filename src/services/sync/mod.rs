@@ -264,8 +264,11 @@ pub fn sync(workspace: &Workspace) -> Result<SyncReport, SyncError> {
 /// How a round ended.
 enum Round {
     Done,
-    /// The remote or the branch moved under us: fetch and try again.
-    Again,
+    /// The push was turned down: fetch and try again. `Some` holds git's
+    /// line when the remote itself refused to update its ref (`[remote
+    /// rejected]`: a lock held by another push, a hook) rather than finding
+    /// that another clone pushed first.
+    Again(Option<String>),
 }
 
 /// One sync (see the module docs), without retries.
@@ -277,17 +280,29 @@ pub fn sync_once(workspace: &Workspace) -> Result<SyncReport, SyncError> {
     repo.register()?;
     let log = workspace.log();
     let mut report = SyncReport::default();
+    let mut refused = None;
     for _ in 0..ROUNDS {
-        if let Round::Done = round(&repo, &workspace.dir, &log, config, &mut report)? {
-            return Ok(report);
+        match round(&repo, &workspace.dir, &log, config, &mut report)? {
+            Round::Done => return Ok(report),
+            Round::Again(why) => refused = why,
         }
     }
+    let log_ref = git::log_ref(&config.branch);
+    let message = match refused {
+        // A push killed on the remote's side (a remote on this machine,
+        // killed with the sync) leaves the ref's lock there for good.
+        Some(line) => format!(
+            "the remote refused to update its log ({log_ref}) in each of {ROUNDS} rounds: \
+             {line}; a lock file left in the remote repository by a killed push \
+             ({log_ref}.lock) does this: remove it if no push is under way"
+        ),
+        None => {
+            format!("the remote's log ({log_ref}) kept moving through {ROUNDS} rounds; try again")
+        }
+    };
     Err(SyncError::Git {
         command: "push".into(),
-        message: format!(
-            "the remote's log ({}) kept moving through {ROUNDS} rounds; try again",
-            git::log_ref(&config.branch)
-        ),
+        message,
     })
 }
 
@@ -410,7 +425,12 @@ fn round(
                     .iter()
                     .any(|needle| failed.message.contains(needle)) =>
             {
-                return Ok(Round::Again);
+                let refused = failed
+                    .message
+                    .lines()
+                    .find(|line| line.contains("[remote rejected]"))
+                    .map(|line| line.trim().to_string());
+                return Ok(Round::Again(refused));
             }
             Err(failed) => return Err(repo.remote_error(&config.remote, failed.message)),
         }
