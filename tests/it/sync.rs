@@ -1031,6 +1031,14 @@ fn append_kilobyte_events(clone: &Path, n: usize, tag: &str) {
     }
 }
 
+/// The size of each segment of the remote's log at `commit`, in order.
+fn segment_sizes(remote: &Path, commit: &str) -> Vec<u64> {
+    git(remote, &["ls-tree", "-l", commit])
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_sync_reads_and_writes_only_the_segment_that_changed() {
     let root = tempfile::tempdir().unwrap();
@@ -1040,13 +1048,9 @@ fn a_sync_reads_and_writes_only_the_segment_that_changed() {
     append_kilobyte_events(a, 3000, "bulk");
     ok(a, &["sync"]);
     ok(b, &["sync"]);
-    let segments = git(&remote, &["ls-tree", "-l", "refs/huddle/main"]);
-    let sizes: Vec<u64> = segments
-        .lines()
-        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(sizes.len(), 3, "{segments}");
-    assert!(sizes.iter().all(|&size| size <= 1 << 20), "{segments}");
+    let sizes = segment_sizes(&remote, "refs/huddle/main");
+    assert_eq!(sizes.len(), 3, "{sizes:?}");
+    assert!(sizes.iter().all(|&size| size <= 1 << 20), "{sizes:?}");
     assert_eq!(lines(b).len(), 3000);
     let last_before = git(&remote, &["rev-parse", "refs/huddle/main:000002.jsonl"]);
     let record = root.path().join("commands");
@@ -1186,11 +1190,7 @@ fn a_large_first_sync_is_pushed_16_mib_per_commit() {
 
     let commits = git(&remote, &["rev-list", "--count", "refs/huddle/main"]);
     assert_eq!(commits.trim(), "2", "one commit per 16 MiB pushed");
-    let first = git(&remote, &["ls-tree", "-l", "refs/huddle/main~1"]);
-    let first_bytes: u64 = first
-        .lines()
-        .map(|l| l.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap())
-        .sum();
+    let first_bytes: u64 = segment_sizes(&remote, "refs/huddle/main~1").iter().sum();
     assert!(
         (16 << 20..17 << 20).contains(&first_bytes),
         "the first push carried {first_bytes} bytes"

@@ -92,10 +92,16 @@ impl Draft {
             &mut dyn FnMut(u64, &str) -> Result<(), SnapshotError>,
         ) -> Result<Vec<ArchiveIsolation>, SnapshotError>,
     ) -> Result<(tempfile::NamedTempFile, Vec<ArchiveIsolation>), SnapshotError> {
+        // Each archived interaction's usable draft, if it has one.
+        let drafted: Vec<Option<(u64, u64)>> = archived
+            .iter()
+            .map(|(number, events)| self.usable(*number, *events))
+            .collect();
         let usable: HashSet<u64> = archived
             .iter()
-            .filter(|(number, events)| self.usable(*number, *events).is_some())
-            .map(|(number, _)| *number)
+            .zip(&drafted)
+            .filter(|(_, range)| range.is_some())
+            .map(|((number, _), _)| *number)
             .collect();
         let mut isolated: Vec<ArchiveIsolation> = std::mem::take(&mut self.isolated)
             .into_iter()
@@ -103,21 +109,19 @@ impl Draft {
             .collect();
         let redo: Vec<u64> = archived
             .iter()
-            .map(|(number, _)| *number)
-            .filter(|number| !usable.contains(number))
+            .zip(&drafted)
+            .filter(|(_, range)| range.is_none())
+            .map(|((number, _), _)| *number)
             .collect();
 
         let mut end = 0u64;
-        let in_place = redo.is_empty()
-            && archived
-                .iter()
-                .all(|(number, events)| match self.usable(*number, *events) {
-                    Some((offset, len)) if offset == end => {
-                        end += len;
-                        true
-                    }
-                    _ => false,
-                });
+        let in_place = drafted.iter().all(|range| match range {
+            Some((offset, len)) if *offset == end => {
+                end += len;
+                true
+            }
+            _ => false,
+        });
         if in_place {
             self.file
                 .as_file()
@@ -141,11 +145,11 @@ impl Draft {
         let mut copy_until = |below: Option<u64>,
                               out: &mut std::io::BufWriter<&mut std::fs::File>|
          -> Result<(), SnapshotError> {
-            while let Some((number, events)) = archived.get(next) {
+            while let Some((number, _)) = archived.get(next) {
                 if below.is_some_and(|below| *number >= below) {
                     break;
                 }
-                if let Some(range) = self.usable(*number, *events) {
+                if let Some(range) = drafted[next] {
                     copier.add(range, &mut drafts, out)?;
                 }
                 next += 1;
