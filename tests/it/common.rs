@@ -550,12 +550,14 @@ pub fn host() -> &'static huddle::plugin::PluginHost {
     })
 }
 
-/// The compiled-plugin cache every huddle process of this test run shares,
+/// The compiled-plugin cache every huddle process of the test runs shares,
 /// filled once with the default plugins: compiling is set-up, not what a
 /// test measures (daemons would otherwise all compile at start on a fresh
-/// machine).
+/// machine). It lives in cargo's target directory and is kept from run to
+/// run (entries are keyed by the component's sha256 and the engine), so no
+/// run leaves hundreds of megabytes behind in the system's temp directory.
 pub fn plugin_cache() -> PathBuf {
-    let cache = std::env::temp_dir().join(format!("huddle-test-cache-{}", std::process::id()));
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
     static WARM: std::sync::Once = std::sync::Once::new();
     WARM.call_once(|| {
         let host = huddle::plugin::PluginHost::with_cache_dir(cache.clone()).expect("plugin host");

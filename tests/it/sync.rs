@@ -943,6 +943,42 @@ fn a_sync_killed_while_git_holds_any_of_its_locks_is_finished_by_the_next_one() 
     }
 }
 
+/// A push to a remote on this machine runs git's receiving side there,
+/// which takes the lock of the log's ref in the remote: a sync killed with
+/// its git at that moment (the remote's `reference-transaction` hook holds
+/// the receiving side there, lock taken) leaves the lock in the remote, and
+/// the next sync removes it and sends the event, instead of being refused.
+#[test]
+fn a_sync_killed_while_the_remote_holds_its_ref_lock_is_finished_by_the_next_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let (remote, clones) = synced_pair(root.path());
+    let (a, b) = (&clones[0], &clones[1]);
+    ok(a, &["log", "1", "agent", "note", "from a"]);
+    let hook = remote.join("hooks/reference-transaction");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n\
+         if [ -n \"$HUDDLE_SYNC_RUN\" ] && [ \"$1\" = prepared ]; then exec sleep 60; fi\n\
+         cat >/dev/null\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = remote.join("refs/huddle/main.lock");
+    let path = std::env::var("PATH").unwrap_or_default();
+
+    kill_sync_once_it_holds(a, &path, &lock);
+
+    assert!(lock.exists(), "the killed push left no lock in the remote");
+    std::fs::remove_file(&hook).unwrap();
+    let out = huddle(a, &["sync"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!lock.exists(), "the lock is still in the remote");
+    ok(b, &["sync"]);
+    each_once_in(&[a, b], &remote, &["first", "from a", "from b"]);
+}
+
 /// Locks sync may not take for stale stay: one that was there before the
 /// killed command started (someone else's), and one the killed command
 /// could have left while a git process works in the repository.

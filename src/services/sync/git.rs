@@ -295,10 +295,27 @@ impl Repo {
         locks: impl Fn(&Locks) -> Vec<&Path>,
         args: &[&str],
     ) -> Result<String, Failed> {
+        self.git_taking_also_in(locks, None, args)
+    }
+
+    /// `git_taking`, for a command whose other side may also take a lock in
+    /// a repository on this machine (a push's receiving side).
+    fn git_taking_also_in(
+        &self,
+        locks: impl Fn(&Locks) -> Vec<&Path>,
+        remote: Option<&LocalRemote>,
+        args: &[&str],
+    ) -> Result<String, Failed> {
         let (Some(run), Some(all)) = (&self.run, &self.locks) else {
             return self.git(args);
         };
-        run.starting(&args.join(" "), &locks(all))
+        let mut taken = locks(all);
+        let mut remote_roots: &[PathBuf] = &[];
+        if let Some(remote) = remote {
+            taken.push(&remote.log_lock);
+            remote_roots = &remote.roots;
+        }
+        run.starting(&args.join(" "), &taken, remote_roots)
             .map_err(|error| Failed {
                 command: args.join(" "),
                 message: error.to_string(),
@@ -580,18 +597,67 @@ impl Repo {
 
     /// Pushes `commit` to the log's ref on the remote; git refuses when the
     /// remote's ref is not an ancestor of it (another clone pushed first).
+    /// When the remote is a repository on this machine, its receiving side
+    /// (`git-receive-pack`, started by the push) takes the lock of the log's
+    /// ref there: the journal records it, so that if this sync is killed
+    /// together with its git commands the next sync removes it by the rule
+    /// of the locks here (see `recover`), instead of every later push being
+    /// refused.
     pub(super) fn push_log(
         &self,
         remote: &str,
         commit: &str,
         branch: &str,
     ) -> Result<String, Failed> {
-        self.git(&[
-            "push",
-            "--progress",
-            remote,
-            &format!("{commit}:{}", log_ref(branch)),
-        ])
+        let local = self
+            .run
+            .as_ref()
+            .and_then(|_| self.local_remote(remote, branch));
+        self.git_taking_also_in(
+            |_| Vec::new(),
+            local.as_ref(),
+            &[
+                "push",
+                "--progress",
+                remote,
+                &format!("{commit}:{}", log_ref(branch)),
+            ],
+        )
+    }
+
+    /// The remote, when its URL is a repository on this machine: where the
+    /// lock of the log's ref is there, and the directories its git
+    /// processes work in. `None` for a remote elsewhere, or one that cannot
+    /// be read (the push then says what is wrong).
+    fn local_remote(&self, remote: &str, branch: &str) -> Option<LocalRemote> {
+        let url = self.git(&["ls-remote", "--get-url", remote]).ok()?;
+        let path = self.top.join(local_path(url.trim_end_matches('\n'))?);
+        let path = path.canonicalize().ok()?;
+        let lock = format!("{}.lock", log_ref(branch));
+        let out = self
+            .git(&[
+                "-C",
+                path.to_str()?,
+                "rev-parse",
+                "--path-format=absolute",
+                "--git-dir",
+                "--git-path",
+                &lock,
+            ])
+            .ok()?;
+        let mut lines = out.lines().map(PathBuf::from);
+        let (git_dir, log_lock) = (lines.next()?, lines.next()?);
+        let git_dir = git_dir.canonicalize().unwrap_or(git_dir);
+        let log_lock = match (log_lock.parent(), log_lock.file_name()) {
+            (Some(parent), Some(name)) => parent
+                .canonicalize()
+                .map_or_else(|_| log_lock.clone(), |parent| parent.join(name)),
+            _ => log_lock,
+        };
+        Some(LocalRemote {
+            log_lock,
+            roots: vec![path, git_dir],
+        })
     }
 
     /// Fetches the log's ref from the remote into this clone's tracking ref;
@@ -738,6 +804,28 @@ impl Repo {
     }
 }
 
+/// A remote that is a repository on this machine (see `Repo::push_log`).
+struct LocalRemote {
+    /// The lock file of the log's ref in it.
+    log_lock: PathBuf,
+    /// Its directory and its git directory.
+    roots: Vec<PathBuf>,
+}
+
+/// The path a remote's URL names when it is a repository on this machine,
+/// by git's rule: a `file://` URL, or one with neither a scheme (`://`) nor
+/// the `host:` of scp-like syntax before its first slash.
+fn local_path(url: &str) -> Option<&str> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Some(path);
+    }
+    if url.is_empty() || url.contains("://") {
+        return None;
+    }
+    let before_slash = url.split('/').next().unwrap_or(url);
+    (!before_slash.contains(':')).then_some(url)
+}
+
 /// The ref the log travels under, on the remote and in every clone.
 pub(super) fn log_ref(branch: &str) -> String {
     format!("refs/huddle/{branch}")
@@ -751,6 +839,19 @@ pub(super) fn tracking_ref(remote: &str, branch: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_urls_of_this_machine_are_local_paths() {
+        assert_eq!(local_path("/srv/team.git"), Some("/srv/team.git"));
+        assert_eq!(local_path("../team.git"), Some("../team.git"));
+        assert_eq!(local_path("file:///srv/team.git"), Some("/srv/team.git"));
+        assert_eq!(local_path("./a:b"), Some("./a:b"));
+        assert_eq!(local_path("git@example.com:team.git"), None);
+        assert_eq!(local_path("example.com:/srv/team.git"), None);
+        assert_eq!(local_path("https://example.com/team.git"), None);
+        assert_eq!(local_path("ssh://example.com/srv/team.git"), None);
+        assert_eq!(local_path(""), None);
+    }
 
     #[test]
     fn patterns_name_exactly_the_huddle_directory() {

@@ -28,6 +28,11 @@
 //!   as running here). Any other lock is left alone and the git command that
 //!   needs it fails naming it. Without `/proc` (not Linux) only the private
 //!   indexes are cleaned.
+//! * A push to a remote that is a repository on this machine runs git's
+//!   receiving side there, which takes the lock of the log's ref in *that*
+//!   repository (and carries the token too). The journal records that lock
+//!   with the remote's directories, and it is judged by the same rule, with
+//!   "no git process is running in the remote repository".
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -66,6 +71,11 @@ struct InFlight {
     command: String,
     /// The lock files that command may create.
     locks: Vec<PathBuf>,
+    /// The directories of a repository on this machine where the command's
+    /// other side works (a push's receiving side): those of `locks` inside
+    /// them are judged by the git processes working there.
+    #[serde(default)]
+    remote_roots: Vec<PathBuf>,
     /// When it started (ms since the Unix epoch).
     started_ms: u128,
 }
@@ -80,6 +90,14 @@ pub(super) struct Places {
     pub(super) private_dir: PathBuf,
     /// The top of the work tree.
     pub(super) top: PathBuf,
+}
+
+impl Places {
+    /// Where the repository's git processes work: the work tree and the
+    /// git directories.
+    fn roots(&self) -> Vec<&Path> {
+        vec![&self.top, &self.git_dir, &self.common_dir]
+    }
 }
 
 /// The held sync lock and this sync's journal; dropping it ends the sync.
@@ -177,11 +195,19 @@ impl SyncRun {
             .map_err(|e| io_error("write", &self.journal, e))
     }
 
-    /// Records that `command`, which may take `locks`, is about to run.
-    pub(super) fn starting(&self, command: &str, locks: &[&Path]) -> Result<(), SyncError> {
+    /// Records that `command`, which may take `locks`, is about to run;
+    /// `remote_roots` are the directories of the repository on this machine
+    /// its other side works in, if any.
+    pub(super) fn starting(
+        &self,
+        command: &str,
+        locks: &[&Path],
+        remote_roots: &[PathBuf],
+    ) -> Result<(), SyncError> {
         self.write(Some(InFlight {
             command: command.to_string(),
             locks: locks.iter().map(|p| p.to_path_buf()).collect(),
+            remote_roots: remote_roots.to_vec(),
             started_ms: now_ms(),
         }))
     }
@@ -236,13 +262,21 @@ fn recover(
     previous: Journal,
     wait: Duration,
 ) -> Result<Option<InFlight>, SyncError> {
+    let records: Vec<InFlight> = [previous.pending, previous.in_flight]
+        .into_iter()
+        .flatten()
+        .collect();
     if !previous.run.is_empty() {
-        wait_for_processes_of(&previous.run, places, wait)?;
+        let mut roots = places.roots();
+        for record in &records {
+            roots.extend(record.remote_roots.iter().map(PathBuf::as_path));
+        }
+        wait_for_processes_of(&previous.run, &roots, wait)?;
     }
     remove_private_indexes(&places.private_dir);
     let mut git_running = None;
     let mut left = Vec::new();
-    for in_flight in [previous.pending, previous.in_flight].into_iter().flatten() {
+    for in_flight in records {
         let kept = remove_stale(places, &in_flight, &mut git_running)?;
         if !kept.is_empty() {
             left.push(InFlight {
@@ -256,17 +290,26 @@ fn recover(
         a.started_ms = a.started_ms.min(b.started_ms);
         a.command = format!("{}; {}", a.command, b.command);
         a.locks.extend(b.locks);
+        a.remote_roots.extend(b.remote_roots);
         a
     }))
 }
 
 /// Removes the locks `in_flight` may have left that are provably stale;
-/// returns those kept only because a git process runs in the repository.
+/// returns those kept only because a git process runs in the repository
+/// (this one, or the remote on this machine the lock is in).
+/// `git_running` caches the answer for this repository.
 fn remove_stale(
     places: &Places,
     in_flight: &InFlight,
     git_running: &mut Option<bool>,
 ) -> Result<Vec<PathBuf>, SyncError> {
+    let remote: Vec<&Path> = in_flight
+        .remote_roots
+        .iter()
+        .map(PathBuf::as_path)
+        .collect();
+    let mut git_running_in_remote = None;
     let mut kept = Vec::new();
     for lock in &in_flight.locks {
         let Ok(metadata) = std::fs::symlink_metadata(lock) else {
@@ -281,9 +324,19 @@ fn remove_stale(
             tracing::warn!(lock = %lock.display(), "a git lock older than the killed sync's `{}` is not huddle's: left alone", in_flight.command);
             continue;
         }
-        let running = *git_running.get_or_insert_with(|| git_running_in(places));
+        let in_remote = remote.iter().any(|root| lock.starts_with(root));
+        let running = if in_remote {
+            *git_running_in_remote.get_or_insert_with(|| git_running_in(&remote))
+        } else {
+            *git_running.get_or_insert_with(|| git_running_in(&places.roots()))
+        };
         if running {
-            tracing::warn!(lock = %lock.display(), "a git process is running in {}: the lock a killed sync may have left stays until a later sync", places.top.display());
+            let repository = if in_remote {
+                remote[0]
+            } else {
+                places.top.as_path()
+            };
+            tracing::warn!(lock = %lock.display(), "a git process is running in {}: the lock a killed sync may have left stays until a later sync", repository.display());
             kept.push(lock.clone());
             continue;
         }
@@ -314,17 +367,17 @@ fn remove_private_indexes(dir: &Path) {
     }
 }
 
-/// Waits until no process carrying `token` works in this repository; after
+/// Waits until no process carrying `token` works under `roots` (this
+/// repository and a remote on this machine the dead sync pushed to); after
 /// `wait`, kills those left (they are git commands of a dead sync) and waits
-/// for them to go. (A process of the dead sync elsewhere — the receiving
-/// side of a push to a remote on this machine — takes no lock here.)
-fn wait_for_processes_of(token: &str, places: &Places, wait: Duration) -> Result<(), SyncError> {
+/// for them to go.
+fn wait_for_processes_of(token: &str, roots: &[&Path], wait: Duration) -> Result<(), SyncError> {
     let deadline = Instant::now() + wait;
     let mut killed_at = None;
     loop {
         let left: Vec<libc::pid_t> = processes_carrying(token)
             .into_iter()
-            .filter(|pid| works_in(*pid, places))
+            .filter(|pid| works_in(*pid, roots))
             .collect();
         if left.is_empty() {
             return Ok(());
@@ -392,22 +445,21 @@ fn live_processes() -> impl Iterator<Item = libc::pid_t> {
         })
 }
 
-/// Whether a git process is running in this repository (its directory in
-/// the work tree or the git directories); one whose directory cannot be
-/// read counts as running here. Without `/proc`: assume one is.
+/// Whether a git process is running in a repository (its directory under
+/// one of its `roots`); one whose directory cannot be read counts as
+/// running there. Without `/proc`: assume one is.
 #[cfg(target_os = "linux")]
-fn git_running_in(places: &Places) -> bool {
+fn git_running_in(roots: &[&Path]) -> bool {
     live_processes().any(|pid| {
         let is_git = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .is_ok_and(|comm| comm.trim_end() == "git" || comm.starts_with("git-"));
-        is_git && works_in(pid, places)
+        is_git && works_in(pid, roots)
     })
 }
 
-/// Whether process `pid` works in this repository: its directory is in the
-/// work tree or the git directories, or cannot be read.
-fn works_in(pid: libc::pid_t, places: &Places) -> bool {
-    let roots = [&places.top, &places.git_dir, &places.common_dir];
+/// Whether process `pid` works in a repository: its directory is under one
+/// of its `roots`, or cannot be read.
+fn works_in(pid: libc::pid_t, roots: &[&Path]) -> bool {
     match std::fs::read_link(format!("/proc/{pid}/cwd")) {
         Ok(cwd) => roots.iter().any(|root| cwd.starts_with(root)),
         Err(_) => true,
@@ -415,6 +467,6 @@ fn works_in(pid: libc::pid_t, places: &Places) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn git_running_in(_places: &Places) -> bool {
+fn git_running_in(_roots: &[&Path]) -> bool {
     true
 }
