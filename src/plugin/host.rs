@@ -1001,6 +1001,80 @@ impl PluginHost {
         Ok(blocks)
     }
 
+    /// Renders one part of an interaction too large for one `render` call
+    /// (see [`PartCutter`] for where parts are cut), with the limits of
+    /// one call. `Ok(None)`: the renderer is built against WIT 0.1.0.
+    pub fn render_part(
+        &self,
+        spec: &PluginSpec,
+        context: &RenderContext,
+        part: &Part<'_>,
+    ) -> Result<Option<String>, PluginError> {
+        let Some(renderer) = self.part_renderer(spec)? else {
+            return Ok(None);
+        };
+        self.call_render_part(spec, &renderer, context, part)
+            .map(Some)
+    }
+
+    /// The renderer's instance-pre and its export, if it renders in parts.
+    fn part_renderer(&self, spec: &PluginSpec) -> Result<Option<PartRenderer>, PluginError> {
+        let Pre::Renderer(pre, version) = self.pre(spec, World::Renderer)? else {
+            unreachable!("pre() returns the world it was asked for")
+        };
+        if version < WitVersion::V0_2_0 {
+            return Ok(None);
+        }
+        Ok(Some(PartRenderer {
+            pre,
+            interface: World::Renderer.export(version),
+        }))
+    }
+
+    fn call_render_part(
+        &self,
+        spec: &PluginSpec,
+        renderer: &PartRenderer,
+        context: &RenderContext,
+        part: &Part<'_>,
+    ) -> Result<String, PluginError> {
+        let entries: Vec<EntryView<'_>> = part.entries.iter().map(EntryView::of).collect();
+        let view = PartView {
+            number: part.number,
+            entries: &entries,
+            first: part.first,
+            last: part.last,
+        };
+        let PartRenderer { pre, interface } = renderer;
+        let text = self.call(spec, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            if let Err(message) = configure(&instance, &mut *store, interface, &spec.settings)? {
+                return Ok(Err(Refusal::Configure(message)));
+            }
+            let (text,) = export::<(ContextView<'_>, PartView<'_>), (Result<String, String>,)>(
+                &instance,
+                &mut *store,
+                interface,
+                "render-part",
+            )?
+            .call(&mut *store, (ContextView::of(context), view))?;
+            Ok(text.map_err(Refusal::Failed))
+        })?;
+        if text.len() > MAX_OUTPUT_BYTES {
+            return Err(PluginError::InvalidOutput {
+                plugin: spec.name(),
+                message: format!(
+                    "returned {} bytes for part {} of interaction {}, over the limit of \
+                     {MAX_OUTPUT_BYTES} bytes per call",
+                    text.len(),
+                    part.index + 1,
+                    part.number
+                ),
+            });
+        }
+        Ok(text)
+    }
+
     /// The WIT version a plugin was built against (loading it if needed).
     pub fn wit_version(
         &self,
@@ -1022,68 +1096,24 @@ impl PluginHost {
         interaction: &Interaction,
         entries_per_part: usize,
     ) -> Result<Option<String>, PluginError> {
-        let Pre::Renderer(pre, version) = self.pre(spec, World::Renderer)? else {
-            unreachable!("pre() returns the world it was asked for")
-        };
-        if version < WitVersion::V0_2_0 {
+        let Some(renderer) = self.part_renderer(spec)? else {
             return Ok(None);
-        }
-        let interface = World::Renderer.export(version);
+        };
         let invalid = |message: String| PluginError::InvalidOutput {
             plugin: spec.name(),
             message,
         };
-        let mut slices = Vec::new();
-        let mut start = 0;
-        let mut bytes = 0;
-        for (i, entry) in interaction.entries.iter().enumerate() {
-            bytes += entry.event.content.len() + entry.heading.len() + 128;
-            if i + 1 - start >= entries_per_part.max(1) || bytes >= PART_BYTES {
-                slices.push(start..i + 1);
-                start = i + 1;
-                bytes = 0;
-            }
-        }
-        if start < interaction.entries.len() || slices.is_empty() {
-            slices.push(start..interaction.entries.len());
-        }
+        let slices = part_slices(&interaction.entries, entries_per_part);
         let count = slices.len();
         let render_part = |n: usize| -> Result<String, PluginError> {
-            let entries: Vec<EntryView<'_>> = interaction.entries[slices[n].clone()]
-                .iter()
-                .map(EntryView::of)
-                .collect();
-            let part = PartView {
+            let part = Part {
                 number: interaction.number,
-                entries: &entries,
+                index: n,
+                entries: &interaction.entries[slices[n].clone()],
                 first: n == 0,
                 last: n + 1 == count,
             };
-            let text = self.call(spec, |store| {
-                let instance = pre.instantiate(&mut *store)?;
-                if let Err(message) = configure(&instance, &mut *store, &interface, &spec.settings)?
-                {
-                    return Ok(Err(Refusal::Configure(message)));
-                }
-                let (text,) = export::<(ContextView<'_>, PartView<'_>), (Result<String, String>,)>(
-                    &instance,
-                    &mut *store,
-                    &interface,
-                    "render-part",
-                )?
-                .call(&mut *store, (ContextView::of(context), part))?;
-                Ok(text.map_err(Refusal::Failed))
-            })?;
-            if text.len() > MAX_OUTPUT_BYTES {
-                return Err(invalid(format!(
-                    "returned {} bytes for part {} of interaction {}, over the limit of \
-                     {MAX_OUTPUT_BYTES} bytes per call",
-                    text.len(),
-                    n + 1,
-                    interaction.number
-                )));
-            }
-            Ok(text)
+            self.call_render_part(spec, &renderer, context, &part)
         };
         // Two parts at a time, the second on a thread of its own: each call
         // has its own store, and a huge interaction would otherwise keep
@@ -1356,6 +1386,81 @@ impl<'a> ContextView<'a> {
             directory: &context.directory,
         }
     }
+}
+
+/// One part of an interaction rendered in parts (`render-part`, 0.2.0).
+pub struct Part<'a> {
+    pub number: u64,
+    /// Which part, from 0 (for error messages).
+    pub index: usize,
+    pub entries: &'a [Entry],
+    /// The part starts the interaction.
+    pub first: bool,
+    /// The part ends it.
+    pub last: bool,
+}
+
+/// A renderer able to render in parts: its instance-pre and export.
+struct PartRenderer {
+    pre: InstancePre<HostState>,
+    interface: String,
+}
+
+/// Where an interaction rendered in parts is cut: a part ends after
+/// `entries_per_part` entries or once its entries' content, headings and
+/// fields reach [`PART_BYTES`]. Fed one entry at a time, so a reader of the
+/// log can cut parts as the entries arrive, where [`part_slices`] does.
+pub struct PartCutter {
+    entries_per_part: usize,
+    entries: usize,
+    bytes: usize,
+}
+
+impl PartCutter {
+    pub fn new(entries_per_part: usize) -> PartCutter {
+        PartCutter {
+            entries_per_part: entries_per_part.max(1),
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Takes the next entry; `true` when the part ends with it.
+    pub fn ends_part(&mut self, entry: &Entry) -> bool {
+        self.entries += 1;
+        self.bytes += part_weight(entry);
+        if self.entries >= self.entries_per_part || self.bytes >= PART_BYTES {
+            self.entries = 0;
+            self.bytes = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// What an entry weighs against [`PART_BYTES`]: its content and heading,
+/// and the rest of its fields, roughly.
+#[inline]
+pub fn part_weight(entry: &Entry) -> usize {
+    entry.event.content.len() + entry.heading.len() + 128
+}
+
+/// The parts `entries` are rendered in (see [`PartCutter`]): the last part
+/// is what is left after the last cut, or the last cut part if nothing is.
+fn part_slices(entries: &[Entry], entries_per_part: usize) -> Vec<std::ops::Range<usize>> {
+    let mut cutter = PartCutter::new(entries_per_part);
+    let mut slices = Vec::new();
+    let mut start = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        if cutter.ends_part(entry) {
+            slices.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < entries.len() || slices.is_empty() {
+        slices.push(start..entries.len());
+    }
+    slices
 }
 
 /// `huddle:plugin/types.interaction-part` (0.2.0).

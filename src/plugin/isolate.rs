@@ -223,7 +223,7 @@ impl PluginHost {
                 || interaction
                     .entries
                     .iter()
-                    .map(|e| e.event.content.len() + e.heading.len() + 128)
+                    .map(super::host::part_weight)
                     .sum::<usize>()
                     > PART_BYTES
         };

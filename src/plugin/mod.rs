@@ -27,9 +27,9 @@ pub use capabilities::{
 };
 pub use check::{check_file, CheckError, Checked, Implements, WitVersion, World};
 pub use host::{
-    hex_sha256, read_plugin, Alert, DeliveryError, Entry, Interaction, LogTap, PluginHost,
-    PluginLogLine, Preloaded, RenderContext, Section, MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES,
-    PART_BYTES,
+    hex_sha256, part_weight, read_plugin, Alert, DeliveryError, Entry, Interaction, LogTap, Part,
+    PartCutter, PluginHost, PluginLogLine, Preloaded, RenderContext, Section,
+    MAX_INTERACTION_BYTES, MAX_OUTPUT_BYTES, PART_BYTES,
 };
 pub use isolate::{Heading, IsolatedEntry, Rendered, ENTRIES_PER_CALL, FAILED_CALL_BUDGET};
 pub use scaffold::ScaffoldError;

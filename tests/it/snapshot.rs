@@ -546,6 +546,142 @@ fn a_cold_run_that_drafts_while_reading_equals_incremental_runs() {
     }
 }
 
+/// Interactions too large for one render call are drafted in parts while a
+/// cold run reads the log. The archive template shows each part's size,
+/// first entry and flags, so a part cut elsewhere or flagged wrongly changes
+/// archive.md. Parts cut by entry count (20,000 events, with small
+/// interactions in between), one ending exactly on a cut (16,384: the part
+/// held back is the last), parts cut by size (events of 10 KB), one just
+/// over the count (8,193): a cold run writes what incremental runs write.
+#[test]
+fn a_cold_run_that_drafts_parts_of_huge_interactions_equals_incremental_runs() {
+    const PARTS_TEMPLATE: &str = concat!(
+        "[plugins.renderer.settings]\n",
+        "archive_template = '''\n",
+        "{% if part.first %}## {{ interaction.number }}\n{% endif %}",
+        "[part of {{ interaction.entries | length }} from {{ interaction.entries[0].event.content }}",
+        "{% if part.last %}, last{% endif %}]\n",
+        "{% for entry in interaction.entries %}{{ entry.event.content }}\n{% endfor %}",
+        "'''\n",
+    );
+    let incremental = HuddleDir::with_config(PARTS_TEMPLATE);
+    let log = FileLog::new(incremental.path(), LogConfig::default());
+    let k = 4;
+    let mut snapshotter = Snapshotter::new(incremental.path());
+    let event = |n: u64, content: String| {
+        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
+    };
+    log.append_batch(vec![event(1, "first".into())]).unwrap();
+    snapshotter.update(host(), Some(k)).unwrap();
+
+    let long = "x".repeat(10 * 1024);
+    let mut events = Vec::new();
+    for i in 0..20_000u64 {
+        events.push(event(2, format!("a {i}")));
+        if i % 1_000 == 999 {
+            for j in 0..3 {
+                events.push(event(10_000 + i, format!("small {i} {j}")));
+            }
+        }
+    }
+    events.extend((0..16_384u64).map(|i| event(3, format!("b {i}"))));
+    events.extend((0..700u64).map(|i| event(4, format!("c {i} {long}"))));
+    events.extend((0..8_193u64).map(|i| event(5, format!("e {i}"))));
+    events.extend((300_000..300_005).map(|n| event(n, "recent".into())));
+    for batch in events.chunks(2_000) {
+        log.append_batch(batch.to_vec()).unwrap();
+        snapshotter.update(host(), Some(k)).unwrap();
+    }
+
+    let cold = HuddleDir::with_config(PARTS_TEMPLATE);
+    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+    let outcome = snapshot_once(cold.path(), host(), Some(k), None).unwrap();
+    assert_eq!(outcome.archive, ArchiveWrite::Rewritten);
+    for name in ["communication.md", "archive.md"] {
+        assert!(
+            read(&incremental, name) == read(&cold, name),
+            "{name} of the cold run differs from the incremental runs'"
+        );
+    }
+    let archive = read(&cold, "archive.md");
+    for part in [
+        "## 2\n[part of 8192 from a 0]\n",
+        "[part of 3616 from a 16384, last]\n",
+        "[part of 8192 from b 8192, last]\n",
+        "[part of 1 from e 8192, last]\n",
+        "## 10999\n[part of 3 from small 999 0, last]\n",
+    ] {
+        assert!(archive.contains(part), "{part:?} is not in archive.md");
+    }
+    assert_eq!(
+        archive.matches("from c ").count(),
+        2,
+        "two parts of 10 KB events"
+    );
+}
+
+/// The parts of an interaction drafted in parts are checked as the whole
+/// block is: here every part but the last ends in `<!-- END ` and every
+/// part but the first starts with `COMMUNICATION -->`, so only the line two
+/// parts share is a marker line. The render from the index leaves that
+/// interaction out; the cold run, which drafts its parts while reading,
+/// must too, and report it.
+#[test]
+fn a_marker_line_two_drafted_parts_make_together_leaves_the_interaction_out() {
+    const JOINING_TEMPLATE: &str = concat!(
+        "[plugins.renderer.settings]\n",
+        "archive_template = '''\n",
+        "{% if not part.first %}COMMUNICATION -->\n{% endif %}",
+        "{% for entry in interaction.entries %}{{ entry.event.content }}\n{% endfor %}",
+        "{% if not part.last %}<!-- END {% endif %}\n",
+        "'''\n",
+    );
+    let incremental = HuddleDir::with_config(JOINING_TEMPLATE);
+    let log = FileLog::new(incremental.path(), LogConfig::default());
+    let k = 2;
+    let event = |n: u64, content: String| {
+        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
+    };
+    let mut snapshotter = Snapshotter::new(incremental.path());
+    // One event, then the rest: the archive is rendered from the index.
+    log.append_batch(vec![event(1, "before".into())]).unwrap();
+    snapshotter.update(host(), Some(k)).unwrap();
+    let mut events: Vec<NewEvent> = (0..10_000u64)
+        .map(|i| event(2, format!("joined {i}")))
+        .collect();
+    events.extend((3..7).map(|n| event(n, format!("after {n}"))));
+    log.append_batch(events).unwrap();
+    snapshotter.update(host(), Some(k)).unwrap();
+    let archive = read(&incremental, "archive.md");
+    assert!(
+        archive.contains("before\n") && archive.contains("after 3\n"),
+        "{archive}"
+    );
+    assert!(
+        !archive.contains("joined"),
+        "the interaction with the marker line is shown"
+    );
+
+    let cold = HuddleDir::with_config(JOINING_TEMPLATE);
+    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+    snapshot_once(cold.path(), host(), Some(k), None).unwrap();
+
+    let archive = read(&cold, "archive.md");
+    assert!(
+        archive.contains("before\n") && archive.contains("after 3\n"),
+        "{archive}"
+    );
+    assert!(
+        !archive.contains("joined"),
+        "the cold run shows the interaction with the marker line"
+    );
+    assert!(
+        archive.contains("10000 events of interaction 2")
+            && archive.contains("it contains a marker line"),
+        "the cold run does not report the interaction it left out: {archive}"
+    );
+}
+
 /// A region block over 8 MiB is not kept between runs (it would sit in
 /// memory beside the archive's batches), so the next run must bring it back:
 /// after every incremental update the files are what a cold run writes.
@@ -651,18 +787,23 @@ fn the_archive_is_extended_with_new_blocks_and_rerendered_only_when_an_archived_
     // Small archives are extended by a copy renamed over them (a kill never
     // leaves half a block): the bytes are the old file's plus one block.
     assert_eq!(after, cold(&dir));
+    assert_ne!(inode(), first_inode, "extended by replacing the file");
 
     // Nothing new for the archive: the file is left alone.
     dir.ok(&["log", "6", "Agent B", "answer", "six too"]);
     let third = snapshotter.update(host(), Some(2)).unwrap();
     assert_eq!(third.archive, ArchiveWrite::Unchanged);
     assert_eq!(read(&dir, "archive.md"), after);
+    // Compared with the file that is there when the rewrite starts: the
+    // first one is gone since the copy replaced it, and its inode number
+    // may have been given to a later file.
+    let before_rewrite = inode();
 
     // A late event for an archived interaction: the archive is rewritten.
     dir.ok(&["log", "1", "Agent A", "followup", "late"]);
     let fourth = snapshotter.update(host(), Some(2)).unwrap();
     assert_eq!(fourth.archive, ArchiveWrite::Rewritten);
-    assert_ne!(inode(), first_inode, "rewritten by replacing the file");
+    assert_ne!(inode(), before_rewrite, "rewritten by replacing the file");
     assert_eq!(read(&dir, "archive.md"), cold(&dir));
     assert!(read(&dir, "archive.md").contains("late"));
 }

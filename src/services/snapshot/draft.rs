@@ -16,6 +16,18 @@
 //! the index gives. Any other interaction (one that got an event after its
 //! draft, one too large to hold while the log is read, one whose draft
 //! failed) is rendered from the index as before.
+//!
+//! An interaction too large for one render call is rendered in parts
+//! (`render-part`); where parts are cut depends only on the entries before
+//! the cut (`PartCutter`), so its parts are drafted as its entries arrive,
+//! each once an entry after it shows it is not the last. Its draft is the
+//! parts' blocks in order, usable under the same count rule, and checked
+//! as the whole block would be: no part may hold a marker line, nor may the
+//! line two parts share (a part without a line break gives up the draft).
+//! Where parts are cut depends on the neutralised contents, so the events
+//! of an interaction that may need parts (half the size of a part, or more
+//! entries than one call takes) are neutralised as they join it; the rest
+//! are neutralised by the render workers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
@@ -24,12 +36,20 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
 use super::{
-    io_error, region, render_calls, ArchiveIsolation, OrderedWriter, Place, SnapshotError,
+    io_error, region, render_calls, ArchiveIsolation, Blocks, OrderedWriter, SnapshotError,
     RENDER_BATCH, RENDER_BATCH_BYTES, RENDER_BATCH_EVENTS, RENDER_WORKERS,
 };
 use crate::backend::files;
 use crate::model::event::Event;
-use crate::plugin::{Entry, Heading, Interaction, PluginHost, PluginSpec, RenderContext};
+use crate::plugin::{
+    part_weight, Entry, Heading, Interaction, Part, PartCutter, PluginHost, PluginSpec,
+    RenderContext, ENTRIES_PER_CALL, MAX_INTERACTION_BYTES, PART_BYTES,
+};
+
+/// A part's line shared with the next part is checked for a marker line
+/// by joining the two pieces; a longer last line gives up the draft rather
+/// than be held.
+const SHARED_LINE_BYTES: usize = 4096;
 
 /// Open interactions are evicted (left to the render from the index) once
 /// they hold this much content together, largest first; one holding this
@@ -52,8 +72,16 @@ pub(super) struct DraftPlan<'a> {
 /// The drafts of a cold run: blocks in a temp file beside archive.md.
 pub(super) struct Draft {
     file: tempfile::NamedTempFile,
-    blocks: HashMap<u64, DraftBlock, FastHash>,
+    drafts: Drafts,
     isolated: Vec<ArchiveIsolation>,
+}
+
+/// Where each interaction's draft is in the file.
+#[derive(Default)]
+struct Drafts {
+    blocks: HashMap<u64, DraftBlock, FastHash>,
+    /// Interactions drafted in parts.
+    parted: HashMap<u64, PartedDraft, FastHash>,
 }
 
 #[derive(Clone, Copy)]
@@ -61,20 +89,79 @@ struct DraftBlock {
     /// Visible events the draft shows.
     events: usize,
     /// Where the block is in the file; `None` until it is written (never,
-    /// for an interaction evicted or whose draft failed).
+    /// for an interaction evicted, drafted in parts or whose draft failed).
     at: Option<(u64, u64)>,
 }
 
-impl Draft {
+/// The draft of an interaction rendered in parts.
+#[derive(Default)]
+struct PartedDraft {
+    /// Parts sent to be rendered.
+    sent: usize,
+    /// Where the parts written so far are in the file, in order.
+    pieces: Vec<(u64, u64)>,
+    /// Their bytes together.
+    bytes: usize,
+    /// The text after the last line break of the last part written
+    /// (`Err`: none, or too long to hold).
+    last_line: Option<Result<String, ()>>,
+    /// A part failed, or a check of the joined block did: no draft.
+    failed: bool,
+}
+
+impl Drafts {
     /// The draft of `number`, if it shows all `events` of its interaction:
-    /// its offset and length in the file.
-    fn usable(&self, number: u64, events: usize) -> Option<(u64, u64)> {
-        self.blocks
-            .get(&number)
-            .filter(|block| block.events == events)
-            .and_then(|block| block.at)
+    /// where its pieces are in the file (one, or one per part).
+    fn usable(&self, number: u64, events: usize) -> Option<&[(u64, u64)]> {
+        let block = self.blocks.get(&number).filter(|b| b.events == events)?;
+        match self.parted.get(&number) {
+            Some(parted) => {
+                (!parted.failed && parted.pieces.len() == parted.sent).then_some(&parted.pieces[..])
+            }
+            None => block.at.as_ref().map(std::slice::from_ref),
+        }
     }
 
+    /// Takes the next rendered block or part of `number`, written at
+    /// `offset`; `false` when it is of no use (its interaction's draft has
+    /// failed), so need not be written.
+    fn accept(&mut self, number: u64, offset: u64, block: &str) -> bool {
+        let Some(parted) = self.parted.get_mut(&number) else {
+            if let Some(drafted) = self.blocks.get_mut(&number) {
+                drafted.at = Some((offset, block.len() as u64));
+            }
+            return true;
+        };
+        if parted.failed {
+            return false;
+        }
+        parted.bytes += block.len();
+        let outer = region::outer_lines(block);
+        let joined_ok = match (&parted.last_line, outer) {
+            (_, _) if parted.bytes > MAX_INTERACTION_BYTES => false,
+            (None, _) => true,
+            (Some(Ok(before)), Some((first, _))) => {
+                let mut shared = String::with_capacity(before.len() + first.len());
+                shared.push_str(before);
+                shared.push_str(first);
+                !region::has_marker_line(&shared)
+            }
+            (Some(_), _) => false,
+        };
+        if !joined_ok {
+            parted.failed = true;
+            return false;
+        }
+        parted.last_line = Some(match outer {
+            Some((_, last)) if last.len() <= SHARED_LINE_BYTES => Ok(last.to_string()),
+            _ => Err(()),
+        });
+        parted.pieces.push((offset, block.len() as u64));
+        true
+    }
+}
+
+impl Draft {
     /// Builds archive.md's new contents from the drafts: the usable ones
     /// copied, the others handed to `render` (which must give their blocks
     /// in order, with their numbers, to the sink it is given).
@@ -84,7 +171,7 @@ impl Draft {
     /// one after another), the draft file itself, cut after the last
     /// archived block, is the new archive.
     pub(super) fn assemble(
-        mut self,
+        self,
         archived: &[(u64, usize)],
         archive_path: &Path,
         render: impl FnOnce(
@@ -92,10 +179,15 @@ impl Draft {
             &mut dyn FnMut(u64, &str) -> Result<(), SnapshotError>,
         ) -> Result<Vec<ArchiveIsolation>, SnapshotError>,
     ) -> Result<(tempfile::NamedTempFile, Vec<ArchiveIsolation>), SnapshotError> {
+        let Draft {
+            file,
+            drafts,
+            isolated,
+        } = self;
         // Each archived interaction's usable draft, if it has one.
-        let drafted: Vec<Option<(u64, u64)>> = archived
+        let drafted: Vec<Option<&[(u64, u64)]>> = archived
             .iter()
-            .map(|(number, events)| self.usable(*number, *events))
+            .map(|(number, events)| drafts.usable(*number, *events))
             .collect();
         let usable: HashSet<u64> = archived
             .iter()
@@ -103,7 +195,7 @@ impl Draft {
             .filter(|(_, range)| range.is_some())
             .map(|((number, _), _)| *number)
             .collect();
-        let mut isolated: Vec<ArchiveIsolation> = std::mem::take(&mut self.isolated)
+        let mut isolated: Vec<ArchiveIsolation> = isolated
             .into_iter()
             .filter(|(number, _, _)| usable.contains(number))
             .collect();
@@ -115,25 +207,26 @@ impl Draft {
             .collect();
 
         let mut end = 0u64;
-        let in_place = drafted.iter().all(|range| match range {
-            Some((offset, len)) if *offset == end => {
-                end += len;
-                true
-            }
-            _ => false,
+        let in_place = drafted.iter().all(|pieces| {
+            pieces.is_some_and(|pieces| {
+                pieces.iter().all(|(offset, len)| {
+                    let next = *offset == end;
+                    end += len;
+                    next
+                })
+            })
         });
         if in_place {
-            self.file
-                .as_file()
+            file.as_file()
                 .set_len(end)
                 .map_err(io_error("write", archive_path))?;
             sort_as_reported(&mut isolated);
-            return Ok((self.file, isolated));
+            return Ok((file, isolated));
         }
 
         let mut tmp = files::temp_beside(archive_path)
             .map_err(io_error("create a temp file for", archive_path))?;
-        let mut drafts = self.file.reopen().map_err(io_error("read", archive_path))?;
+        let mut drafted_file = file.reopen().map_err(io_error("read", archive_path))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         let mut copier = RangeCopier {
             pending: None,
@@ -149,12 +242,12 @@ impl Draft {
                 if below.is_some_and(|below| *number >= below) {
                     break;
                 }
-                if let Some(range) = drafted[next] {
-                    copier.add(range, &mut drafts, out)?;
+                for piece in drafted[next].unwrap_or_default() {
+                    copier.add(*piece, &mut drafted_file, out)?;
                 }
                 next += 1;
             }
-            copier.flush(&mut drafts, out)
+            copier.flush(&mut drafted_file, out)
         };
         let rendered = render(&redo, &mut |number, block| {
             copy_until(Some(number), &mut out)?;
@@ -226,14 +319,34 @@ impl RangeCopier<'_> {
     }
 }
 
-/// A batch of closed interactions for a render worker.
-type DraftJob = (usize, Vec<Interaction>);
-/// Its numbers and blocks.
-type DraftDone = (
-    usize,
-    Vec<u64>,
-    Result<crate::plugin::Rendered, SnapshotError>,
-);
+/// Work for a render worker, in the order it was sent.
+type DraftJob = (usize, DraftWork);
+
+enum DraftWork {
+    /// Closed interactions, rendered whole; their events are neutralised
+    /// already, or not yet.
+    Blocks(Vec<Interaction>, Neutralised),
+    /// A part of an interaction rendered in parts.
+    Part(PartJob),
+}
+
+struct PartJob {
+    number: u64,
+    index: usize,
+    entries: Vec<Entry>,
+    first: bool,
+    last: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Neutralised {
+    Already,
+    NotYet,
+}
+
+/// What a worker did: the numbers its blocks are for, and the blocks (an
+/// error, or `None` for a part, leaves those interactions without a draft).
+type DraftDone = (usize, Vec<u64>, Option<Result<Blocks, SnapshotError>>);
 
 /// Groups mapped events into interactions and drafts their blocks; runs on
 /// the mapper's worker thread.
@@ -242,7 +355,10 @@ pub(super) struct Drafter {
     open_weight: usize,
     /// Interactions drafted or evicted: later events of theirs are not
     /// drafted (their draft would show too few events to be used).
-    blocks: HashMap<u64, DraftBlock, FastHash>,
+    drafts: Drafts,
+    /// The renderer renders interactions too large for one call in parts
+    /// (WIT 0.2.0 or later): those are drafted in parts.
+    in_parts: bool,
     /// Headings as the mapper gave them, neutralised.
     headings: HashMap<String, Arc<str>, FastHash>,
     batch: u64,
@@ -261,12 +377,34 @@ pub(super) struct Drafter {
     archive_path: std::path::PathBuf,
 }
 
+/// An interaction still getting events.
 struct Open {
+    /// Its entries not sent yet: all of them, or, drafted in parts, those
+    /// of the part being filled.
     entries: Vec<Entry>,
+    /// What the entries held here weigh (see `part_weight`).
     weight: usize,
+    /// Its entries so far, and what they weigh together, sent or not.
+    count: usize,
+    total_weight: usize,
+    /// Its events are neutralised as they come (it may need parts).
+    neutralised: bool,
     /// The batch that brought its last event.
     touched: u64,
+    /// Drafted in parts, once it is too large for one call (boxed: few are).
+    parts: Option<Box<Parting>>,
 }
+
+struct Parting {
+    cutter: PartCutter,
+    /// A full part not sent yet: if no entry follows, it is the last one.
+    held: Option<(Vec<Entry>, usize)>,
+    /// What the entries of the part being filled weigh.
+    filling_weight: usize,
+}
+
+/// A part to send: the entries, what they weigh, whether it is the last.
+type ReadyPart = (Vec<Entry>, usize, bool);
 
 impl Drafter {
     /// Starts the render workers in `scope`.
@@ -279,6 +417,10 @@ impl Drafter {
         let out = file
             .reopen()
             .map_err(io_error("write", plan.archive_path))?;
+        let in_parts = plan
+            .host
+            .wit_version(plan.renderer, crate::plugin::Slot::Renderer)
+            .is_ok_and(|version| version >= crate::plugin::WitVersion::V0_2_0);
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<DraftJob>(RENDER_WORKERS * 2);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<DraftDone>();
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
@@ -287,16 +429,26 @@ impl Drafter {
             let worker = std::thread::Builder::new().name("huddle-draft".into());
             let started = worker.spawn_scoped(scope, move || loop {
                 let job = job_rx.lock().map(|rx| rx.recv());
-                let Ok(Ok((seq, mut interactions))) = job else {
+                let Ok(Ok((seq, work))) = job else {
                     return;
                 };
-                for entry in interactions.iter_mut().flat_map(|i| i.entries.iter_mut()) {
-                    region::neutralise_event(&mut entry.event);
-                }
-                let blocks = render_calls(plan.host, plan.renderer, &plan.context, &interactions);
-                let numbers = interactions.iter().map(|i| i.number).collect();
-                drop(interactions);
-                if done_tx.send((seq, numbers, blocks)).is_err() {
+                let done = match work {
+                    DraftWork::Blocks(mut interactions, neutralised) => {
+                        if neutralised == Neutralised::NotYet {
+                            for entry in interactions.iter_mut().flat_map(|i| i.entries.iter_mut())
+                            {
+                                region::neutralise_event(&mut entry.event);
+                            }
+                        }
+                        let blocks =
+                            render_calls(plan.host, plan.renderer, &plan.context, &interactions);
+                        let numbers = interactions.iter().map(|i| i.number).collect();
+                        drop(interactions);
+                        (seq, numbers, Some(blocks))
+                    }
+                    DraftWork::Part(job) => (seq, vec![job.number], render_part(plan, job)),
+                };
+                if done_tx.send(done).is_err() {
                     return;
                 }
             });
@@ -306,7 +458,8 @@ impl Drafter {
         Ok(Drafter {
             open: BTreeMap::new(),
             open_weight: 0,
-            blocks: HashMap::default(),
+            drafts: Drafts::default(),
+            in_parts,
             headings: HashMap::default(),
             batch: 0,
             pending: Vec::new(),
@@ -326,20 +479,24 @@ impl Drafter {
 
     /// Takes one mapped batch: its events join their open interactions,
     /// and those that got none in this batch are drafted.
-    pub(super) fn add(&mut self, places: &[Place], events: Vec<Event>, headings: &[Heading]) {
+    pub(super) fn add(&mut self, events: Vec<Event>, headings: &[Heading]) {
         self.batch += 1;
-        for ((place, event), heading) in places.iter().zip(events).zip(headings) {
+        for (mut event, heading) in events.into_iter().zip(headings) {
             let number = event.interaction;
             let Heading::Shown(heading) = heading else {
                 continue;
             };
             let open = match self.open.get_mut(&number) {
                 Some(open) => open,
-                None if self.blocks.contains_key(&number) => continue,
+                None if self.drafts.blocks.contains_key(&number) => continue,
                 None => self.open.entry(number).or_insert(Open {
                     entries: Vec::with_capacity(4),
                     weight: 0,
+                    count: 0,
+                    total_weight: 0,
+                    neutralised: false,
                     touched: 0,
+                    parts: None,
                 }),
             };
             let heading = match self.headings.get(heading) {
@@ -350,10 +507,38 @@ impl Drafter {
                     neutralised
                 }
             };
-            open.entries.push(Entry { heading, event });
-            open.weight += place.weight as usize;
+            if open.neutralised {
+                region::neutralise_event(&mut event);
+            }
+            let entry = Entry { heading, event };
+            let weight = part_weight(&entry);
+            open.count += 1;
+            open.total_weight += weight;
+            open.weight += weight;
             open.touched = self.batch;
-            self.open_weight += place.weight as usize;
+            self.open_weight += weight;
+            let ready = match &mut open.parts {
+                Some(parting) => parting.take(entry, weight, &mut open.entries),
+                None => {
+                    open.entries.push(entry);
+                    let may_need_parts =
+                        open.count > ENTRIES_PER_CALL || open.total_weight >= PART_BYTES / 2;
+                    if self.in_parts && !open.neutralised && may_need_parts {
+                        self.open_weight -= open.weight;
+                        open.neutralise();
+                        self.open_weight += open.weight;
+                    }
+                    let oversized = open.count > ENTRIES_PER_CALL || open.total_weight > PART_BYTES;
+                    if open.neutralised && oversized {
+                        Parting::start(open)
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
+            for part in ready {
+                self.send_part(number, part);
+            }
         }
         self.evict_over_budget();
         let quiet: Vec<u64> = self
@@ -385,7 +570,7 @@ impl Drafter {
             }
             if let Some(open) = self.open.remove(&number) {
                 self.open_weight -= open.weight;
-                self.blocks.insert(
+                self.drafts.blocks.insert(
                     number,
                     DraftBlock {
                         events: 0,
@@ -397,17 +582,34 @@ impl Drafter {
     }
 
     fn close(&mut self, number: u64) {
-        let Some(open) = self.open.remove(&number) else {
+        let Some(mut open) = self.open.remove(&number) else {
             return;
         };
         self.open_weight -= open.weight;
-        self.blocks.insert(
+        self.drafts.blocks.insert(
             number,
             DraftBlock {
-                events: open.entries.len(),
+                events: open.count,
                 at: None,
             },
         );
+        if let Some(parting) = &mut open.parts {
+            if let Some(last) = parting.finish(&mut open.entries) {
+                self.send_part(number, last);
+            }
+            return;
+        }
+        if open.neutralised {
+            let interaction = Interaction {
+                number,
+                entries: open.entries,
+            };
+            self.send((
+                self.sent,
+                DraftWork::Blocks(vec![interaction], Neutralised::Already),
+            ));
+            return;
+        }
         self.pending_events += open.entries.len();
         self.pending_weight += open.weight;
         self.pending.push(Interaction {
@@ -422,19 +624,52 @@ impl Drafter {
         }
     }
 
+    /// Sends the next part of `number` to be rendered.
+    fn send_part(&mut self, number: u64, (entries, weight, last): ReadyPart) {
+        if let Some(open) = self.open.get_mut(&number) {
+            open.weight -= weight;
+            self.open_weight -= weight;
+        }
+        let parted = self.drafts.parted.entry(number).or_default();
+        let job = PartJob {
+            number,
+            index: parted.sent,
+            entries,
+            first: parted.sent == 0,
+            last,
+        };
+        parted.sent += 1;
+        if !self.send((self.sent, DraftWork::Part(job))) {
+            if let Some(parted) = self.drafts.parted.get_mut(&number) {
+                parted.failed = true;
+            }
+        }
+    }
+
     fn send_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let job = (self.sent, std::mem::take(&mut self.pending));
+        let interactions = std::mem::take(&mut self.pending);
         self.pending_events = 0;
         self.pending_weight = 0;
-        let Some(job_tx) = &self.job_tx else { return };
-        // A failed send means the workers are gone: the index renders what
-        // they did not.
-        if job_tx.send(job).is_ok() {
+        self.send((
+            self.sent,
+            DraftWork::Blocks(interactions, Neutralised::NotYet),
+        ));
+    }
+
+    /// Hands a job to the render workers; `false` when they are gone (the
+    /// index renders what they did not).
+    fn send(&mut self, job: DraftJob) -> bool {
+        let Some(job_tx) = &self.job_tx else {
+            return false;
+        };
+        let sent = job_tx.send(job).is_ok();
+        if sent {
             self.sent += 1;
         }
+        sent
     }
 
     /// Writes the blocks rendered so far, in order.
@@ -447,26 +682,33 @@ impl Drafter {
     fn accept(&mut self, (seq, numbers, blocks): DraftDone) {
         // A failed render leaves its interactions without a draft; the
         // render from the index meets the same failure and reports it.
-        let blocks = blocks.unwrap_or_default();
+        let blocks = match blocks {
+            Some(Ok(blocks)) => blocks,
+            Some(Err(_)) | None => {
+                for number in &numbers {
+                    if let Some(parted) = self.drafts.parted.get_mut(number) {
+                        parted.failed = true;
+                    }
+                }
+                Blocks::default()
+            }
+        };
         let Drafter {
             writer,
             out,
             written,
-            blocks: drafted,
+            drafts,
             stopped,
             ..
         } = self;
         let result = writer.accept((seq, numbers, Ok(blocks)), &mut |number, block| {
-            if *stopped {
+            if *stopped || !drafts.accept(number, *written, block) {
                 return Ok(());
             }
             if let Err(error) = out.write_all(block.as_bytes()) {
                 tracing::debug!(%error, "snapshot: cannot write a drafted block; the rest is rendered from the index");
                 *stopped = true;
                 return Ok(());
-            }
-            if let Some(drafted) = drafted.get_mut(&number) {
-                drafted.at = Some((*written, block.len() as u64));
             }
             *written += block.len() as u64;
             Ok(())
@@ -497,8 +739,103 @@ impl Drafter {
         }
         Some(Draft {
             file: self.file,
-            blocks: self.blocks,
+            drafts: self.drafts,
             isolated: std::mem::take(&mut self.writer.isolated),
         })
     }
+}
+
+impl Open {
+    /// Neutralises the events held so far, from now on those to come too;
+    /// what they weigh is what they weigh neutralised.
+    fn neutralise(&mut self) {
+        let mut weight = 0;
+        for entry in &mut self.entries {
+            region::neutralise_event(&mut entry.event);
+            weight += part_weight(entry);
+        }
+        self.total_weight = self.total_weight - self.weight + weight;
+        self.weight = weight;
+        self.neutralised = true;
+    }
+}
+
+impl Parting {
+    /// Starts drafting `open` in parts: cuts its entries so far as they
+    /// came; returns the parts known not to be the last.
+    fn start(open: &mut Open) -> Vec<ReadyPart> {
+        let mut parting = Box::new(Parting {
+            cutter: PartCutter::new(ENTRIES_PER_CALL),
+            held: None,
+            filling_weight: 0,
+        });
+        let mut ready = Vec::new();
+        for entry in std::mem::take(&mut open.entries) {
+            let weight = part_weight(&entry);
+            ready.extend(parting.take(entry, weight, &mut open.entries));
+        }
+        open.parts = Some(parting);
+        ready
+    }
+
+    /// Takes the next entry into `filling` (the part being filled); returns
+    /// the part held back, which this entry shows is not the last.
+    fn take(&mut self, entry: Entry, weight: usize, filling: &mut Vec<Entry>) -> Vec<ReadyPart> {
+        let ready: Vec<ReadyPart> = self
+            .held
+            .take()
+            .map(|(entries, weight)| (entries, weight, false))
+            .into_iter()
+            .collect();
+        let ends = self.cutter.ends_part(&entry);
+        filling.push(entry);
+        self.filling_weight += weight;
+        if ends {
+            self.held = Some((
+                std::mem::take(filling),
+                std::mem::take(&mut self.filling_weight),
+            ));
+        }
+        ready
+    }
+
+    /// The last part, once the interaction is closed: the part being
+    /// filled, or else the one held back.
+    fn finish(&mut self, filling: &mut Vec<Entry>) -> Option<ReadyPart> {
+        if !filling.is_empty() {
+            return Some((
+                std::mem::take(filling),
+                std::mem::take(&mut self.filling_weight),
+                true,
+            ));
+        }
+        self.held
+            .take()
+            .map(|(entries, weight)| (entries, weight, true))
+    }
+}
+
+/// Renders one part for the drafts; `None` when it fails or holds a marker
+/// line (the render from the index then meets the same and reports it).
+fn render_part(plan: &DraftPlan<'_>, job: PartJob) -> Option<Result<Blocks, SnapshotError>> {
+    let part = Part {
+        number: job.number,
+        index: job.index,
+        entries: &job.entries,
+        first: job.first,
+        last: job.last,
+    };
+    let text = plan
+        .host
+        .render_part(plan.renderer, &plan.context, &part)
+        .ok()
+        .flatten()?;
+    drop(job);
+    if region::has_marker_line(&text) {
+        return None;
+    }
+    Some(Ok(Blocks {
+        blocks: vec![text],
+        isolated: Vec::new(),
+    }))
 }

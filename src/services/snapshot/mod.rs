@@ -681,7 +681,7 @@ impl Snapshotter {
                     // The events are freed here or by the render workers,
                     // not by the parser, the busiest thread.
                     if let (Ok(headings), Some(drafter)) = (&mapped, &mut drafter) {
-                        drafter.add(&places, events, headings);
+                        drafter.add(events, headings);
                     }
                     if done_tx
                         .send(mapped.map(|headings| (places, headings)))

@@ -156,6 +156,18 @@ fn find_line_break(text: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// The text of `block` before its first line break and after its last
+/// one, or `None` when it has none: the pieces of its first and last lines
+/// a block rendered in parts shares with the parts before and after it.
+pub(crate) fn outer_lines(block: &str) -> Option<(&str, &str)> {
+    let (first_break, _) = find_line_break(block)?;
+    let (last_break, c) = block
+        .char_indices()
+        .rev()
+        .find(|(_, c)| is_line_break(*c))?;
+    Some((&block[..first_break], &block[last_break + c.len_utf8()..]))
+}
+
 fn is_line_break(c: char) -> bool {
     matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
 }
