@@ -524,17 +524,7 @@ fn a_cold_run_that_drafts_while_reading_equals_incremental_runs() {
     let last = snapshotter.update(host(), Some(k)).unwrap();
     assert!(last.archived > 4_000, "{last:?}");
 
-    let cold = HuddleDir::new();
-    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
-    let outcome = snapshot_once(cold.path(), host(), Some(k), None).unwrap();
-    assert_eq!(outcome.archive, ArchiveWrite::Rewritten);
-    for name in ["communication.md", "archive.md"] {
-        assert!(
-            read(&incremental, name) == read(&cold, name),
-            "{name} of the cold run differs from the incremental runs'"
-        );
-    }
-    let archive = read(&cold, "archive.md");
+    let archive = cold_run_writes_what_incremental_runs_wrote(&incremental, &HuddleDir::new(), k);
     for shown in [
         "late 12961",
         "turn 6299",
@@ -544,6 +534,26 @@ fn a_cold_run_that_drafts_while_reading_equals_incremental_runs() {
     ] {
         assert!(archive.contains(shown), "{shown} is not in archive.md");
     }
+}
+
+/// Copies `incremental`'s log into `cold`, runs a cold snapshot there and
+/// checks that it writes the files the incremental runs wrote; returns its
+/// archive.md.
+fn cold_run_writes_what_incremental_runs_wrote(
+    incremental: &HuddleDir,
+    cold: &HuddleDir,
+    k: usize,
+) -> String {
+    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+    let outcome = snapshot_once(cold.path(), host(), Some(k), None).unwrap();
+    assert_eq!(outcome.archive, ArchiveWrite::Rewritten);
+    for name in ["communication.md", "archive.md"] {
+        assert!(
+            read(incremental, name) == read(cold, name),
+            "{name} of the cold run differs from the incremental runs'"
+        );
+    }
+    read(cold, "archive.md")
 }
 
 /// Interactions too large for one render call are drafted in parts while a
@@ -594,16 +604,7 @@ fn a_cold_run_that_drafts_parts_of_huge_interactions_equals_incremental_runs() {
     }
 
     let cold = HuddleDir::with_config(PARTS_TEMPLATE);
-    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
-    let outcome = snapshot_once(cold.path(), host(), Some(k), None).unwrap();
-    assert_eq!(outcome.archive, ArchiveWrite::Rewritten);
-    for name in ["communication.md", "archive.md"] {
-        assert!(
-            read(&incremental, name) == read(&cold, name),
-            "{name} of the cold run differs from the incremental runs'"
-        );
-    }
-    let archive = read(&cold, "archive.md");
+    let archive = cold_run_writes_what_incremental_runs_wrote(&incremental, &cold, k);
     for part in [
         "## 2\n[part of 8192 from a 0]\n",
         "[part of 3616 from a 16384, last]\n",
