@@ -604,7 +604,10 @@ fn identical_alerts_are_merged_with_a_count() {
         dir.ok(&["log", "2", "Agent A", "error", "same failure again"]);
     }
     dir.ok(&["log", "2", "Agent A", "error", "a different failure"]);
-    let all_counted = wait_for(Duration::from_secs(6), || {
+    // What is checked is the merging, not how fast: on a machine loaded by
+    // the whole suite, the held-back count (sent when the 2 s window
+    // closes) once took over 6 s to arrive.
+    let all_counted = wait_for(Duration::from_secs(20), || {
         let got = delivered(&server);
         let same: u64 = got
             .iter()
