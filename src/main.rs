@@ -490,7 +490,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Snapshot { k } => {
-            let host = PluginHost::new()?;
+            let host = PluginHost::for_many_calls()?;
             let progress: std::sync::Arc<dyn snapshot::Progress> =
                 std::sync::Arc::new(ReadingBar(indicatif::ProgressBar::hidden()));
             let outcome = snapshot::snapshot_once(&cli.dir, &host, k, Some(progress))?;

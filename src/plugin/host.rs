@@ -16,7 +16,7 @@ use super::bindings::v0_2_0 as v2;
 use super::cache::{ArtifactCache, FileStamp, Origin};
 use super::capabilities::{HttpError, HttpResponse, HttpSession};
 use super::check::{world_of, Implements, WitVersion, World};
-use super::limits::Limiter;
+use super::limits::{Limiter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MAX_TABLE_ELEMENTS};
 use super::{builtin_wasm, PluginError, PluginSource, PluginSpec, BUILTINS};
 use crate::model::event::Event;
 
@@ -455,22 +455,90 @@ pub struct Preloaded {
     pub rejected: Option<String>,
 }
 
+/// How a host gets the instances and linear memories of its calls.
+#[derive(Clone, Copy, PartialEq)]
+enum Allocation {
+    /// Mapped for each call and unmapped after it: nothing is held between
+    /// calls (a daemon, whose memory must stay flat).
+    OnDemand,
+    /// From a pool reserved once, each memory's pages kept (zeroed) for the
+    /// next call: a call does not fault in fresh pages nor unmap them, which
+    /// was a third of a cold snapshot's time on logs with long contents.
+    /// For a command that makes many calls and then exits.
+    Pooled,
+}
+
+/// What the pool holds, sized for the calls one command makes at once (a
+/// snapshot: the mapper and two render workers, each with a second part
+/// on a thread of its own), each with every instance, memory and table the
+/// per-call limits allow, so no plugin that runs on demand fails here.
+fn pool_config() -> wasmtime::PoolingAllocationConfig {
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    let stores = 16;
+    pool.total_component_instances(stores)
+        .total_core_instances(stores * MAX_INSTANCES as u32)
+        .total_memories(stores * MAX_MEMORIES as u32)
+        .total_tables(stores * MAX_TABLES as u32)
+        .max_core_instances_per_component(MAX_INSTANCES as u32)
+        .max_memories_per_component(MAX_MEMORIES as u32)
+        .max_tables_per_component(MAX_TABLES as u32)
+        .max_memories_per_module(MAX_MEMORIES as u32)
+        .max_tables_per_module(MAX_TABLES as u32)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_core_instance_size(16 << 20)
+        .max_component_instance_size(16 << 20)
+        // Reuse the slots last used rather than warm new ones: resident
+        // memory follows the calls made at once, not all calls made.
+        .max_unused_warm_slots(0)
+        .linear_memory_keep_resident(8 << 20)
+        // Only the pages a call dirtied are reset (Linux 6.7 or later).
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    pool
+}
+
 impl PluginHost {
     /// A host whose compiled-artifact cache is in the default place.
     pub fn new() -> anyhow::Result<PluginHost> {
-        PluginHost::build(None)
+        PluginHost::build(None, Allocation::OnDemand)
+    }
+
+    /// A host for a command that makes many plugin calls in a row and then
+    /// exits (`huddle snapshot`): its calls' memories come from a pool and
+    /// keep their pages between calls. Where the pool cannot be reserved,
+    /// a host like [`PluginHost::new`]'s.
+    pub fn for_many_calls() -> anyhow::Result<PluginHost> {
+        PluginHost::build(None, Allocation::Pooled)
     }
 
     /// A host whose compiled-artifact cache is in `cache_dir`.
     pub fn with_cache_dir(cache_dir: PathBuf) -> anyhow::Result<PluginHost> {
-        PluginHost::build(Some(cache_dir))
+        PluginHost::build(Some(cache_dir), Allocation::OnDemand)
     }
 
-    fn build(cache_dir: Option<PathBuf>) -> anyhow::Result<PluginHost> {
+    fn build(cache_dir: Option<PathBuf>, allocation: Allocation) -> anyhow::Result<PluginHost> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        let engine = Engine::new(&config)?;
+        let mut engine = None;
+        if allocation == Allocation::Pooled {
+            let mut pooled = config.clone();
+            pooled
+                .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool_config()));
+            engine = match Engine::new(&pooled) {
+                Ok(engine) => {
+                    tracing::debug!("plugin host: calls take their memories from a pool");
+                    Some(engine)
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "plugin host: no pool; memories are mapped per call");
+                    None
+                }
+            };
+        }
+        let engine = match engine {
+            Some(engine) => engine,
+            None => Engine::new(&config)?,
+        };
         start_epoch_ticker(&engine);
 
         let mut linker = Linker::new(&engine);

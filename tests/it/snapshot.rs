@@ -683,6 +683,54 @@ fn a_marker_line_two_drafted_parts_make_together_leaves_the_interaction_out() {
     );
 }
 
+/// `huddle snapshot` takes its plugins' memories from a pool and keeps
+/// their pages from call to call (its debug log says so); over many calls
+/// (12,000 events, contents up to 8 KB) it writes the same files as a run
+/// whose memories are mapped per call, as the daemon's are: nothing one
+/// call leaves in a memory reaches the next.
+#[test]
+fn the_snapshot_command_takes_plugin_memories_from_a_pool_and_writes_the_same_files() {
+    let pooled = HuddleDir::new();
+    let log = FileLog::new(pooled.path(), LogConfig::default());
+    let events: Vec<NewEvent> = (0..12_000u64)
+        .map(|i| {
+            let content = format!("event {i} {}", "y".repeat(((i * 7919) % 16) as usize * 512));
+            let kind = ["question", "answer", "followup"][(i % 3) as usize];
+            NewEvent::new(InteractionRef::Number(i / 3 + 1), "agent", kind, content)
+        })
+        .collect();
+    for batch in events.chunks(1_000) {
+        log.append_batch(batch.to_vec()).unwrap();
+    }
+    let mapped_per_call = HuddleDir::new();
+    std::fs::copy(
+        pooled.file("events.log"),
+        mapped_per_call.file("events.log"),
+    )
+    .unwrap();
+
+    let out = pooled
+        .command(&["snapshot", "-k", "3"])
+        .env("RUST_LOG", "huddle=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("calls take their memories from a pool"),
+        "{}",
+        stderr(&out)
+    );
+    snapshot_once(mapped_per_call.path(), host(), Some(3), None).unwrap();
+
+    for name in ["communication.md", "archive.md"] {
+        assert!(
+            read(&pooled, name) == read(&mapped_per_call, name),
+            "{name} differs between pooled and per-call memories"
+        );
+    }
+    assert!(read(&pooled, "archive.md").contains("event 11990 "));
+}
+
 /// A region block over 8 MiB is not kept between runs (it would sit in
 /// memory beside the archive's batches), so the next run must bring it back:
 /// after every incremental update the files are what a cold run writes.
