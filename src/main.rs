@@ -15,6 +15,20 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h (v3), which libmimalloc-sys does
+/// not name: how long freed memory stays with the process before mimalloc
+/// returns it (1,000 ms by default).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// A daemon's memory must stay flat as the log grows: freed pages go back to
+/// the system within 50 ms instead of a second (a second's worth of batches
+/// freed while following appends held the leader's peak within 2 MB of its
+/// 128 MB budget).
+fn return_freed_memory_sooner() {
+    // SAFETY: sets one of mimalloc's runtime options; any value is valid.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 50) };
+}
+
 use huddle::config::ConfigError;
 use huddle::event::{InteractionRef, ValidationError};
 use huddle::log::Backend;
@@ -525,6 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             let actor = actor.unwrap_or_else(default_actor);
             huddle::event::NewEvent::new(InteractionRef::Number(0), actor.clone(), "heartbeat", "")
                 .validate(usize::MAX)?;
+            return_freed_memory_sooner();
             if let Some(addr) = dashboard {
                 serve_dashboard_beside_daemon(&cli.dir, addr, dashboard_token)?;
             }
