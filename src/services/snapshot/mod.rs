@@ -674,24 +674,36 @@ impl Snapshotter {
                     })
                     .ok()
             });
-            let mapper_worker = scope.spawn(move || {
-                let mut drafter = drafter;
-                for (places, events) in job_rx {
-                    let mapped = host.headings_isolating(mapper, &events);
-                    // The events are freed here or by the render workers,
-                    // not by the parser, the busiest thread.
-                    if let (Ok(headings), Some(drafter)) = (&mapped, &mut drafter) {
-                        drafter.add(events, headings);
+            let dir = &self.dir;
+            let mapper_worker = std::thread::Builder::new()
+                .name("huddle-map".into())
+                .spawn_scoped(scope, move || {
+                    let mut drafter = drafter;
+                    for (places, events) in job_rx {
+                        let mapped = host.headings_isolating(mapper, &events);
+                        // The events are freed here or by the render workers,
+                        // not by the parser, the busiest thread.
+                        if let (Ok(headings), Some(drafter)) = (&mapped, &mut drafter) {
+                            drafter.add(events, headings);
+                        }
+                        if done_tx
+                            .send(mapped.map(|headings| (places, headings)))
+                            .is_err()
+                        {
+                            return None;
+                        }
                     }
-                    if done_tx
-                        .send(mapped.map(|headings| (places, headings)))
-                        .is_err()
-                    {
-                        return None;
-                    }
+                    drafter.and_then(draft::Drafter::finish)
+                });
+            let mapper_worker = match mapper_worker {
+                Ok(worker) => worker,
+                Err(error) => {
+                    failure = Some(io_error("start the heading mapper's thread for", dir)(
+                        error,
+                    ));
+                    return None;
                 }
-                drafter.and_then(draft::Drafter::finish)
-            });
+            };
             let mut places = Vec::with_capacity(MAPPER_BATCH);
             let mut events = Vec::with_capacity(MAPPER_BATCH);
             let mut batch_bytes = 0;
@@ -942,9 +954,11 @@ impl Snapshotter {
         let index = &self.index;
         let context = &self.render_context(Section::Archive);
         std::thread::scope(|scope| {
+            let mut workers = 0;
             for _ in 0..RENDER_WORKERS {
                 let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-                scope.spawn(move || {
+                let worker = std::thread::Builder::new().name("huddle-archive".into());
+                let started = worker.spawn_scoped(scope, move || {
                     let mut fetcher = match log.fetcher() {
                         Ok(fetcher) => fetcher,
                         Err(error) => {
@@ -968,6 +982,19 @@ impl Snapshotter {
                         }
                     }
                 });
+                match started {
+                    Ok(_) => workers += 1,
+                    // One worker does the job alone, only slower.
+                    Err(error) if workers > 0 => {
+                        tracing::debug!(%error, "snapshot: one archive worker fewer");
+                    }
+                    Err(error) => {
+                        return Err(io_error(
+                            "start a thread to render the archive of",
+                            &self.dir,
+                        )(error));
+                    }
+                }
             }
             drop(done_tx);
 
