@@ -144,7 +144,7 @@ impl Drafts {
                 let mut shared = String::with_capacity(before.len() + first.len());
                 shared.push_str(before);
                 shared.push_str(first);
-                !region::has_marker_line(&shared)
+                super::block_problem(&shared).is_none()
             }
             (Some(_), _) => false,
         };
@@ -518,7 +518,10 @@ impl Drafter {
             open.touched = self.batch;
             self.open_weight += weight;
             let ready = match &mut open.parts {
-                Some(parting) => parting.take(entry, weight, &mut open.entries),
+                Some(parting) => parting
+                    .take(entry, weight, &mut open.entries)
+                    .into_iter()
+                    .collect(),
                 None => {
                     open.entries.push(entry);
                     let may_need_parts =
@@ -780,13 +783,11 @@ impl Parting {
 
     /// Takes the next entry into `filling` (the part being filled); returns
     /// the part held back, which this entry shows is not the last.
-    fn take(&mut self, entry: Entry, weight: usize, filling: &mut Vec<Entry>) -> Vec<ReadyPart> {
-        let ready: Vec<ReadyPart> = self
+    fn take(&mut self, entry: Entry, weight: usize, filling: &mut Vec<Entry>) -> Option<ReadyPart> {
+        let ready = self
             .held
             .take()
-            .map(|(entries, weight)| (entries, weight, false))
-            .into_iter()
-            .collect();
+            .map(|(entries, weight)| (entries, weight, false));
         let ends = self.cutter.ends_part(&entry);
         filling.push(entry);
         self.filling_weight += weight;
@@ -831,7 +832,7 @@ fn render_part(plan: &DraftPlan<'_>, job: PartJob) -> Option<Result<Blocks, Snap
         .ok()
         .flatten()?;
     drop(job);
-    if region::has_marker_line(&text) {
+    if super::block_problem(&text).is_some() {
         return None;
     }
     Some(Ok(Blocks {
