@@ -148,7 +148,10 @@ impl Event {
     /// Parses one log line (without its newline), checking that the five
     /// required fields are present with the right JSON types.
     pub fn from_line(line: &[u8]) -> Result<Event, String> {
-        serde_json::from_slice::<Event>(line).map_err(|error| explain_bad_line(line, &error))
+        // The whole line is checked for UTF-8 once, so the parser need not
+        // check each string again (`from_slice` would).
+        let text = std::str::from_utf8(line).map_err(|bad| not_utf8(&bad))?;
+        serde_json::from_str::<Event>(text).map_err(|error| explain_bad_line(text, &error))
     }
 
     /// Parses one log line and checks it against the rules of `huddle log`:
@@ -310,14 +313,15 @@ impl NewEvent {
 /// Why a line is not an event, naming the field at fault where there is
 /// one: serde's own message says "invalid type: string, expected u64" but
 /// not which field. Runs on the error path only, so reading stays fast.
-fn explain_bad_line(line: &[u8], error: &serde_json::Error) -> String {
-    if let Err(bad) = std::str::from_utf8(line) {
-        return format!(
-            "not UTF-8 text (first bad byte at byte {} of the line)",
-            bad.valid_up_to()
-        );
-    }
-    let fields = match serde_json::from_slice::<Value>(line) {
+fn not_utf8(bad: &std::str::Utf8Error) -> String {
+    format!(
+        "not UTF-8 text (first bad byte at byte {} of the line)",
+        bad.valid_up_to()
+    )
+}
+
+fn explain_bad_line(line: &str, error: &serde_json::Error) -> String {
+    let fields = match serde_json::from_str::<Value>(line) {
         Ok(Value::Object(fields)) => fields,
         Ok(other) => {
             return format!(

@@ -683,6 +683,143 @@ fn a_marker_line_two_drafted_parts_make_together_leaves_the_interaction_out() {
     );
 }
 
+/// Recent interactions too large for one render call, read back from the
+/// log for communication.md, are neutralised and rendered (in parts) by the
+/// render workers while the log is read (the debug log says how many). The
+/// template shows each part's size, first entry and flags, and every entry:
+/// parts cut by count (20,000 and exactly 16,384 events) and by size (700
+/// events of 10 KB) must come out as the cut rule makes them, every event
+/// once, in order, and a cold run must write what incremental runs write.
+#[test]
+fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back() {
+    const PARTS_TEMPLATE: &str = concat!(
+        "[plugins.renderer.settings]\n",
+        "communication_template = '''\n",
+        "{% if part.first %}## {{ interaction.number }}\n{% endif %}",
+        "[part of {{ interaction.entries | length }} from {{ interaction.entries[0].event.content[:8] }}",
+        "{% if part.last %}, last{% endif %}]\n",
+        "{% for entry in interaction.entries %}{{ entry.event.content[:12] }}\n{% endfor %}",
+        "'''\n",
+    );
+    let incremental = HuddleDir::with_config(PARTS_TEMPLATE);
+    let log = FileLog::new(incremental.path(), LogConfig::default());
+    let k = 3;
+    let event = |n: u64, content: String| {
+        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
+    };
+    let long = "x".repeat(10 * 1024);
+    let mut events = vec![event(1, "archived".into())];
+    events.extend((0..20_000u64).map(|i| event(2, format!("a {i:05}"))));
+    events.extend((0..16_384u64).map(|i| event(3, format!("b {i:05}"))));
+    events.extend((0..700u64).map(|i| event(4, format!("c {i:05} {long}"))));
+    let mut snapshotter = Snapshotter::new(incremental.path());
+    for batch in events.chunks(5_000) {
+        log.append_batch(batch.to_vec()).unwrap();
+        snapshotter.update(host(), Some(k)).unwrap();
+    }
+
+    let cold = HuddleDir::with_config(PARTS_TEMPLATE);
+    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+    let out = cold
+        .command(&["snapshot", "-k", "3"])
+        .env("RUST_LOG", "huddle=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("drafted the region's blocks while reading them back drafted=3 stale=3"),
+        "{}",
+        stderr(&out)
+    );
+    let communication = read(&cold, "communication.md");
+    assert!(
+        communication == read(&incremental, "communication.md"),
+        "communication.md of the cold run differs from the incremental runs'"
+    );
+    let region = region(&communication);
+    for part in [
+        "## 2\n[part of 8192 from a 00000]\n",
+        "[part of 8192 from a 08192]\n",
+        "[part of 3616 from a 16384, last]\n",
+        "## 3\n[part of 8192 from b 00000]\n",
+        "[part of 8192 from b 08192, last]\n",
+        "## 4\n[part of ",
+    ] {
+        assert!(region.contains(part), "{part:?} is not in the region");
+    }
+    let parts_of_4: Vec<&str> = region
+        .lines()
+        .filter(|line| line.starts_with("[part of ") && line.contains(" from c "))
+        .collect();
+    assert_eq!(parts_of_4.len(), 2, "700 events of 10 KB: {parts_of_4:?}");
+    assert!(
+        parts_of_4[1].ends_with(", last]") && !parts_of_4[0].ends_with(", last]"),
+        "{parts_of_4:?}"
+    );
+    for (prefix, count) in [("a ", 20_000), ("b ", 16_384), ("c ", 700)] {
+        let shown: Vec<&str> = region.lines().filter(|l| l.starts_with(prefix)).collect();
+        let expected: Vec<String> = (0..count).map(|i| format!("{prefix}{i:05}")).collect();
+        assert!(
+            shown
+                .iter()
+                .map(|line| line.get(..7))
+                .eq(expected.iter().map(|e| Some(e.as_str()))),
+            "the events of {prefix:?} are not each shown once, in order"
+        );
+    }
+    assert!(!region.contains("archived"), "interaction 1 is not recent");
+}
+
+/// The region's huge interactions are checked as the archive's are: a
+/// marker line made by the line two parts share leaves the interaction out
+/// of communication.md, drafted or not, and the run reports it.
+#[test]
+fn a_marker_line_two_parts_of_a_recent_interaction_make_together_leaves_it_out() {
+    const JOINING_TEMPLATE: &str = concat!(
+        "[plugins.renderer.settings]\n",
+        "communication_template = '''\n",
+        "{% if not part.first %}COMMUNICATION -->\n{% endif %}",
+        "{% for entry in interaction.entries %}{{ entry.event.content[:12] }}\n{% endfor %}",
+        "{% if not part.last %}<!-- END {% endif %}\n",
+        "'''\n",
+    );
+    let dir = HuddleDir::with_config(JOINING_TEMPLATE);
+    let log = FileLog::new(dir.path(), LogConfig::default());
+    let pad = "p".repeat(1024);
+    let event = |n: u64, content: String| {
+        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
+    };
+    let mut events = vec![event(1, "before".into())];
+    events.extend((0..10_000u64).map(|i| event(2, format!("joined {i} {pad}"))));
+    log.append_batch(events).unwrap();
+
+    let out = dir
+        .command(&["snapshot", "-k", "2"])
+        .env("RUST_LOG", "huddle=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("drafted the region's blocks while reading them back drafted=1 stale=2"),
+        "{}",
+        stderr(&out)
+    );
+    let communication = read(&dir, "communication.md");
+    assert!(communication.contains("before\n"), "{communication}");
+    assert!(
+        !communication.contains("joined"),
+        "the interaction with the marker line is shown"
+    );
+    let log_text = read(&dir, "events.log");
+    assert!(
+        log_text.contains("10000 events of interaction 2")
+            && log_text.contains("it contains a marker line"),
+        "the run does not report the interaction it left out"
+    );
+}
+
 /// `huddle snapshot` takes its plugins' memories from a pool and keeps
 /// their pages from call to call (its debug log says so); over many calls
 /// (12,000 events, contents up to 8 KB) it writes the same files as a run

@@ -90,38 +90,63 @@ impl Iterator for LogReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.next_line() {
-                Err(e) => return Some(Err(e)),
-                Ok(false) => return None,
-                Ok(true) => {}
-            }
             let here = self.next;
+            let max_content_bytes = self.max_content_bytes;
+            // Most lines lie whole in the reader's buffer: parsed there,
+            // they are not copied out first.
+            let available = match self.input.fill_buf() {
+                Ok(available) => available,
+                Err(e) => return Some(Err(e)),
+            };
+            let (len, item) = match memchr::memchr(b'\n', available) {
+                Some(end) => {
+                    let item = scan_line(&available[..end], here, max_content_bytes);
+                    self.input.consume(end + 1);
+                    (end, item)
+                }
+                // The line goes on past the buffer (or is unterminated).
+                None => match self.next_line() {
+                    Err(e) => return Some(Err(e)),
+                    Ok(false) => return None,
+                    Ok(true) => (
+                        self.buf.len(),
+                        scan_line(&self.buf, here, max_content_bytes),
+                    ),
+                },
+            };
             self.next = Position {
-                offset: here.offset + self.buf.len() as u64 + 1,
+                offset: here.offset + len as u64 + 1,
                 line: here.line + 1,
             };
-            let line = trim_cr(&self.buf);
-            // A blank line carries nothing: skipping it is not data loss.
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+            if let Some(item) = item {
+                return Some(Ok(item));
             }
-            let item = match Event::from_log_line(line, self.max_content_bytes) {
-                Ok(event) => ScanItem::Event(Record {
-                    line: here.line,
-                    offset: here.offset,
-                    len: self.buf.len() as u64,
-                    event,
-                }),
-                Err(reason) => ScanItem::Malformed(Malformed {
-                    line: here.line,
-                    offset: here.offset,
-                    reason,
-                    raw: self.buf.clone(),
-                }),
-            };
-            return Some(Ok(item));
         }
     }
+}
+
+/// What the complete line `raw` (without its newline) at `here` holds;
+/// `None` for a blank line, which carries nothing (skipping it is not data
+/// loss).
+fn scan_line(raw: &[u8], here: Position, max_content_bytes: usize) -> Option<ScanItem> {
+    let line = trim_cr(raw);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(match Event::from_log_line(line, max_content_bytes) {
+        Ok(event) => ScanItem::Event(Record {
+            line: here.line,
+            offset: here.offset,
+            len: raw.len() as u64,
+            event,
+        }),
+        Err(reason) => ScanItem::Malformed(Malformed {
+            line: here.line,
+            offset: here.offset,
+            reason,
+            raw: raw.to_vec(),
+        }),
+    })
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {

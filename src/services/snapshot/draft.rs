@@ -1,4 +1,5 @@
-//! Archive blocks drafted while a cold run reads the log.
+//! Archive blocks drafted while a cold run reads the log, and region
+//! blocks drafted while huge recent interactions are read back.
 //!
 //! A cold run reads every event to index it. Rendering the archive from the
 //! finished index then read every event back from the log a second time,
@@ -28,6 +29,11 @@
 //! of an interaction that may need parts (half the size of a part, or more
 //! entries than one call takes) are neutralised as they join it; the rest
 //! are neutralised by the render workers.
+//!
+//! The same drafter serves communication.md's region when its stale
+//! interactions weigh a lot (a few huge ones): they are read back from the
+//! log and fed to it in batches, so the workers neutralise and render
+//! while the log is read, and a block is used under the same rules.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
@@ -66,7 +72,9 @@ pub(super) struct DraftPlan<'a> {
     pub host: &'a PluginHost,
     pub renderer: &'a PluginSpec,
     pub context: RenderContext,
-    pub archive_path: &'a Path,
+    /// The file the blocks are for: the drafts go to a temp file beside it,
+    /// and errors name it.
+    pub target: &'a Path,
 }
 
 /// The drafts of a cold run: blocks in a temp file beside archive.md.
@@ -74,6 +82,8 @@ pub(super) struct Draft {
     file: tempfile::NamedTempFile,
     drafts: Drafts,
     isolated: Vec<ArchiveIsolation>,
+    /// The file the blocks are for (see [`DraftPlan::target`]).
+    target: std::path::PathBuf,
 }
 
 /// Where each interaction's draft is in the file.
@@ -183,6 +193,7 @@ impl Draft {
             file,
             drafts,
             isolated,
+            ..
         } = self;
         // Each archived interaction's usable draft, if it has one.
         let drafted: Vec<Option<&[(u64, u64)]>> = archived
@@ -260,6 +271,43 @@ impl Draft {
         isolated.extend(rendered);
         sort_as_reported(&mut isolated);
         Ok((tmp, isolated))
+    }
+}
+
+impl Draft {
+    /// The drafted blocks of `interactions` (number, visible events) that
+    /// show all their events and left none out, read back from the draft
+    /// file; the others are left to the render from the index.
+    pub(super) fn whole_blocks(
+        &self,
+        interactions: &[(u64, usize)],
+    ) -> Result<HashMap<u64, String>, SnapshotError> {
+        use std::os::unix::fs::FileExt;
+        let target = &self.target;
+        let left_out: HashSet<u64> = self.isolated.iter().map(|(number, _, _)| *number).collect();
+        let mut blocks = HashMap::new();
+        for (number, events) in interactions {
+            if left_out.contains(number) {
+                continue;
+            }
+            let Some(pieces) = self.drafts.usable(*number, *events) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            for (offset, len) in pieces {
+                let start = bytes.len();
+                bytes.resize(start + *len as usize, 0);
+                self.file
+                    .as_file()
+                    .read_exact_at(&mut bytes[start..], *offset)
+                    .map_err(io_error("read the drafted blocks for", target))?;
+            }
+            // Each piece was a whole string when written.
+            if let Ok(block) = String::from_utf8(bytes) {
+                blocks.insert(*number, block);
+            }
+        }
+        Ok(blocks)
     }
 }
 
@@ -374,7 +422,8 @@ pub(super) struct Drafter {
     written: u64,
     /// Drafting stopped (a write failed): the rest is rendered from the index.
     stopped: bool,
-    archive_path: std::path::PathBuf,
+    /// See [`DraftPlan::target`].
+    target: std::path::PathBuf,
 }
 
 /// An interaction still getting events.
@@ -412,11 +461,9 @@ impl Drafter {
         scope: &'scope std::thread::Scope<'scope, 'env>,
         plan: &'env DraftPlan<'env>,
     ) -> Result<Drafter, SnapshotError> {
-        let file = files::temp_beside(plan.archive_path)
-            .map_err(io_error("create a temp file for", plan.archive_path))?;
-        let out = file
-            .reopen()
-            .map_err(io_error("write", plan.archive_path))?;
+        let file = files::temp_beside(plan.target)
+            .map_err(io_error("create a temp file for", plan.target))?;
+        let out = file.reopen().map_err(io_error("write", plan.target))?;
         let in_parts = plan
             .host
             .wit_version(plan.renderer, crate::plugin::Slot::Renderer)
@@ -453,7 +500,7 @@ impl Drafter {
                 }
             });
             // No thread to be had: no drafts (the index renders everything).
-            started.map_err(io_error("start a render worker for", plan.archive_path))?;
+            started.map_err(io_error("start a render worker for", plan.target))?;
         }
         Ok(Drafter {
             open: BTreeMap::new(),
@@ -473,7 +520,7 @@ impl Drafter {
             file,
             written: 0,
             stopped: false,
-            archive_path: plan.archive_path.to_path_buf(),
+            target: plan.target.to_path_buf(),
         })
     }
 
@@ -737,13 +784,14 @@ impl Drafter {
             return None;
         }
         if let Err(error) = self.out.flush() {
-            tracing::debug!(%error, path = %self.archive_path.display(), "snapshot: cannot write the drafted blocks");
+            tracing::debug!(%error, path = %self.target.display(), "snapshot: cannot write the drafted blocks");
             return None;
         }
         Some(Draft {
             file: self.file,
             drafts: self.drafts,
             isolated: std::mem::take(&mut self.writer.isolated),
+            target: self.target,
         })
     }
 }

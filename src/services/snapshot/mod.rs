@@ -91,6 +91,9 @@ const RENDER_BATCH: usize = 2048;
 const RENDER_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Events per archive job handed to a render worker.
 const RENDER_BATCH_EVENTS: usize = 8192;
+/// Stale recent interactions weighing this much together are drafted by
+/// the render workers as they are read back (see `draft_region`).
+const REGION_DRAFT_BYTES: usize = 2 * RENDER_BATCH_BYTES;
 /// Region blocks up to this size are kept from one run to the next.
 const KEPT_BLOCK_BYTES: usize = 8 * 1024 * 1024;
 /// An archive job weighing this much (a huge interaction, which a job
@@ -509,7 +512,7 @@ impl Snapshotter {
             host,
             renderer: &renderer,
             context: self.render_context(Section::Archive),
-            archive_path: &archive_path,
+            target: &archive_path,
         });
         let (new_events, draft) =
             self.index_new_events(&*log, host, &mapper, draft_plan.as_ref())?;
@@ -524,14 +527,14 @@ impl Snapshotter {
 
         // Render everything first: a failure here leaves both files untouched.
         let phase = std::time::Instant::now();
-        self.render_region(host, &renderer, &mut *fetcher, recent)?;
+        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
+        self.render_region(host, &renderer, &mut *fetcher, recent, &communication_path)?;
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the region");
 
         // communication.md goes straight into a temp file (kept until the
         // archive is rendered too): it is as large as the region's blocks,
         // and need not sit in memory beside them, nor the old one either
         // (only the people's text around its region is read).
-        let communication_path = workspace.dir.join(COMMUNICATION_FILE);
         let outside = region::read_outside(&communication_path)
             .map_err(io_error("read", &communication_path))?;
         let blocks: Vec<&str> = recent
@@ -842,8 +845,9 @@ impl Snapshotter {
         renderer: &PluginSpec,
         fetcher: &mut dyn Fetch,
         recent: &[u64],
+        communication_path: &Path,
     ) -> Result<(), SnapshotError> {
-        let stale: Vec<u64> = recent
+        let mut stale: Vec<u64> = recent
             .iter()
             .copied()
             .filter(|n| {
@@ -855,6 +859,18 @@ impl Snapshotter {
             })
             .collect();
         let context = self.render_context(Section::Communication);
+        let plan = draft::DraftPlan {
+            host,
+            renderer,
+            context: context.clone(),
+            target: communication_path,
+        };
+        let drafted = self.draft_region(&plan, fetcher, &stale)?;
+        stale.retain(|number| !drafted.contains_key(number));
+        for (number, block) in drafted {
+            let count = self.index.interactions[&number].len();
+            self.rendered.blocks.insert(number, (count, block));
+        }
         let mut start = 0;
         while start < stale.len() {
             let mut end = start;
@@ -885,6 +901,77 @@ impl Snapshotter {
             .blocks
             .retain(|n, _| recent.binary_search(n).is_ok());
         Ok(())
+    }
+
+    /// The blocks of the `stale` recent interactions, drafted as they are
+    /// read back from the log when they weigh enough for the render
+    /// workers to pay off (a few huge interactions: read, neutralised and
+    /// rendered in parts on one thread, they leave the other core idle).
+    /// This thread reads; the workers neutralise and render. What no draft
+    /// shows whole (a failed or refused part, a block that left an event
+    /// out) is left to the render from the index, which meets the same and
+    /// reports it.
+    fn draft_region(
+        &self,
+        plan: &draft::DraftPlan<'_>,
+        fetcher: &mut dyn Fetch,
+        stale: &[u64],
+    ) -> Result<HashMap<u64, String>, SnapshotError> {
+        let weight: usize = stale
+            .iter()
+            .flat_map(|number| &self.index.interactions[number])
+            .map(|event_ref| event_ref.weight as usize)
+            .sum();
+        if weight < REGION_DRAFT_BYTES {
+            return Ok(HashMap::new());
+        }
+        // The drafter takes headings as the mapper gave them.
+        let mut given: Vec<Option<&str>> = vec![None; self.index.headings.len()];
+        for (heading, id) in &self.index.heading_ids {
+            if let Some(slot) = given.get_mut(*id as usize) {
+                *slot = Some(heading.as_str());
+            }
+        }
+        let Some(given) = given.into_iter().collect::<Option<Vec<&str>>>() else {
+            return Ok(HashMap::new());
+        };
+        let draft = std::thread::scope(|scope| -> Result<_, SnapshotError> {
+            let mut drafter = match draft::Drafter::start(scope, plan) {
+                Ok(drafter) => drafter,
+                Err(error) => {
+                    tracing::debug!(%error, "snapshot: not drafting the region");
+                    return Ok(None);
+                }
+            };
+            for number in stale {
+                for refs in self.index.interactions[number].chunks(MAPPER_BATCH) {
+                    let mut events = Vec::with_capacity(refs.len());
+                    let mut headings = Vec::with_capacity(refs.len());
+                    for event_ref in refs {
+                        events.push(fetcher.fetch(event_ref.position())?);
+                        headings.push(Heading::Shown(
+                            given[event_ref.heading as usize].to_string(),
+                        ));
+                    }
+                    drafter.add(events, &headings);
+                }
+            }
+            Ok(drafter.finish())
+        })?;
+        let Some(draft) = draft else {
+            return Ok(HashMap::new());
+        };
+        let counts: Vec<(u64, usize)> = stale
+            .iter()
+            .map(|number| (*number, self.index.interactions[number].len()))
+            .collect();
+        let blocks = draft.whole_blocks(&counts)?;
+        tracing::debug!(
+            drafted = blocks.len(),
+            stale = stale.len(),
+            "snapshot: drafted the region's blocks while reading them back"
+        );
+        Ok(blocks)
     }
 
     fn plan_archive(&self, path: &Path, archived: &[u64]) -> ArchivePlan {

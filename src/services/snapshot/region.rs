@@ -142,10 +142,9 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 fn find_line_break(text: &str) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut from = 0;
-    while let Some(found) = bytes[from..]
-        .iter()
-        .position(|b| matches!(b, b'\n' | b'\r' | 0xC2 | 0xE2))
-    {
+    while let Some(found) = first_flagged(&bytes[from..], |b| {
+        (b == b'\n') | (b == b'\r') | (b == 0xC2) | (b == 0xE2)
+    }) {
         let at = from + found;
         let c = text[at..].chars().next()?;
         if is_line_break(c) {
@@ -189,32 +188,47 @@ fn push_blanks<'a>(line: &'a str, out: &mut String) -> &'a str {
 }
 
 /// Bytes that may need a closer look: controls other than newline and tab,
-/// DEL, non-ASCII, and `extra`.
-const fn closer_look(extra: &[u8]) -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = b < 0x20 || b >= 0x7f;
-        b += 1;
-    }
-    table[b'\n' as usize] = false;
-    table[b'\t' as usize] = false;
-    let mut i = 0;
-    while i < extra.len() {
-        table[extra[i] as usize] = true;
-        i += 1;
-    }
-    table
+/// DEL, non-ASCII, and `<`.
+fn content_may_need_look(b: u8) -> bool {
+    ((b < 0x20) & (b != b'\n') & (b != b'\t')) | (b >= 0x7f) | (b == b'<')
 }
 
-const CONTENT_LOOK: [bool; 256] = closer_look(b"<");
-const FIELD_LOOK: [bool; 256] = closer_look(b"\\`*[]<#~|_&\n");
+/// The same for a one-line field, with every character of inline meaning
+/// and the newline.
+fn field_may_need_look(b: u8) -> bool {
+    ((b < 0x20) & (b != b'\t'))
+        | (b >= 0x7f)
+        | matches!(
+            b,
+            b'\\' | b'`' | b'*' | b'[' | b']' | b'<' | b'#' | b'~' | b'|' | b'_' | b'&'
+        )
+}
+
+/// Where the first byte of `bytes` for which `flagged` holds is. Every
+/// rendered byte of a snapshot is scanned a few times, and nearly all of it
+/// is plain text: so a chunk is tested whole, without a branch per byte,
+/// which the compiler turns into vector instructions (`flagged` must be
+/// branch-free for that: comparisons joined with `|` and `&`).
+fn first_flagged(bytes: &[u8], flagged: impl Fn(u8) -> bool) -> Option<usize> {
+    const CHUNK: usize = 32;
+    let mut start = 0;
+    for chunk in bytes.chunks_exact(CHUNK) {
+        if chunk.iter().fold(false, |any, &b| any | flagged(b)) {
+            break;
+        }
+        start += CHUNK;
+    }
+    bytes[start..]
+        .iter()
+        .position(|&b| flagged(b))
+        .map(|at| start + at)
+}
 
 /// Whether [`neutralise`] would change `content`: one pass over the bytes,
 /// without allocating (most content needs nothing).
 fn content_needs_work(content: &str) -> bool {
     let bytes = content.as_bytes();
-    if bytes.iter().any(|b| CONTENT_LOOK[usize::from(*b)]) && content_has_special_chars(content) {
+    if first_flagged(bytes, content_may_need_look).is_some() && content_has_special_chars(content) {
         return true;
     }
     content.split('\n').any(|line| {
@@ -261,7 +275,7 @@ fn field_needs_work(field: &str) -> bool {
             .is_some_and(u8::is_ascii_alphabetic)
             && block_start(field.trim_start_matches(is_blank), false).is_some()
     };
-    if !bytes.iter().any(|b| FIELD_LOOK[usize::from(*b)]) {
+    if first_flagged(bytes, field_may_need_look).is_none() {
         return first_opens(field);
     }
     let mut non_ascii = false;
@@ -301,10 +315,9 @@ fn neutralise_line(line: &str, out: &mut String) {
 /// hidden characters shown, a writer's own escapes kept. Runs of bytes that
 /// need nothing are copied whole; the rest goes character by character.
 fn line_rest(mut text: &str, out: &mut String) {
-    while let Some(plain) = text
-        .bytes()
-        .position(|b| matches!(b, b'\\' | b'<' | 0x00..=0x1f | 0x7f..))
-    {
+    while let Some(plain) = first_flagged(text.as_bytes(), |b| {
+        (b == b'\\') | (b == b'<') | !(0x20..0x7f).contains(&b)
+    }) {
         out.push_str(&text[..plain]);
         text = &text[plain..];
         let mut chars = text.chars();
@@ -439,7 +452,7 @@ pub(crate) fn has_marker_line(block: &str) -> bool {
     // the check of every rendered byte is one substring search.
     const COMMON: &str = "<!--";
     debug_assert!(BEGIN_MARKER.starts_with(COMMON) && END_MARKER.starts_with(COMMON));
-    if !block.contains(COMMON) {
+    if memchr::memmem::find(block.as_bytes(), COMMON.as_bytes()).is_none() {
         return false;
     }
     lines(block).any(|line| line.trim() == BEGIN_MARKER || line.trim() == END_MARKER)
