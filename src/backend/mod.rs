@@ -177,6 +177,15 @@ pub trait Backend: Send + Sync {
     /// so that this costs only what is new; it must not guess.
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError>;
 
+    /// The highest interaction number among the last events of the log,
+    /// when the backend can tell without reading the whole log; `None`
+    /// otherwise. A guess for optimisations (a cold snapshot drafts the
+    /// interactions it expects to be recent for communication.md): callers
+    /// must stay correct whatever it returns.
+    fn highest_interaction_near_end(&self) -> Option<u64> {
+        None
+    }
+
     /// Opens a reader of single events by position.
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError>;
 
@@ -465,6 +474,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn highest_interaction(&self) -> Result<(Position, Option<u64>), StoreError> {
         (**self).highest_interaction()
+    }
+
+    fn highest_interaction_near_end(&self) -> Option<u64> {
+        (**self).highest_interaction_near_end()
     }
 
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {

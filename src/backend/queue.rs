@@ -305,6 +305,10 @@ impl<B: Backend> Backend for Queued<B> {
         self.inner.highest_interaction()
     }
 
+    fn highest_interaction_near_end(&self) -> Option<u64> {
+        self.inner.highest_interaction_near_end()
+    }
+
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {
         self.inner.fetcher()
     }

@@ -690,6 +690,9 @@ fn a_marker_line_two_drafted_parts_make_together_leaves_the_interaction_out() {
 /// parts cut by count (20,000 and exactly 16,384 events) and by size (700
 /// events of 10 KB) must come out as the cut rule makes them, every event
 /// once, in order, and a cold run must write what incremental runs write.
+/// The log ends with interaction 1, all of it (100 KB), so the cold run
+/// expects the wrong interactions to be recent (0 and 1) and drafts 1 whole
+/// for communication.md: 1 must reach the archive rendered for it.
 #[test]
 fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back() {
     const PARTS_TEMPLATE: &str = concat!(
@@ -708,10 +711,13 @@ fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back
         NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
     };
     let long = "x".repeat(10 * 1024);
-    let mut events = vec![event(1, "archived".into())];
-    events.extend((0..20_000u64).map(|i| event(2, format!("a {i:05}"))));
+    let mut events: Vec<NewEvent> = (0..20_000u64)
+        .map(|i| event(2, format!("a {i:05}")))
+        .collect();
     events.extend((0..16_384u64).map(|i| event(3, format!("b {i:05}"))));
     events.extend((0..700u64).map(|i| event(4, format!("c {i:05} {long}"))));
+    let kilobyte = "k".repeat(1024);
+    events.extend((0..100u64).map(|i| event(1, format!("late {i:03} {kilobyte}"))));
     let mut snapshotter = Snapshotter::new(incremental.path());
     for batch in events.chunks(5_000) {
         log.append_batch(batch.to_vec()).unwrap();
@@ -733,9 +739,16 @@ fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back
         stderr(&out)
     );
     let communication = read(&cold, "communication.md");
+    for name in ["communication.md", "archive.md"] {
+        assert!(
+            read(&cold, name) == read(&incremental, name),
+            "{name} of the cold run differs from the incremental runs'"
+        );
+    }
+    let archive = read(&cold, "archive.md");
     assert!(
-        communication == read(&incremental, "communication.md"),
-        "communication.md of the cold run differs from the incremental runs'"
+        archive.contains("late 099 ") && !archive.contains("[part of"),
+        "interaction 1 is not in archive.md as the archive renders it"
     );
     let region = region(&communication);
     for part in [
@@ -768,7 +781,7 @@ fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back
             "the events of {prefix:?} are not each shown once, in order"
         );
     }
-    assert!(!region.contains("archived"), "interaction 1 is not recent");
+    assert!(!region.contains("late "), "interaction 1 is not recent");
 }
 
 /// The region's huge interactions are checked as the archive's are: a
@@ -800,12 +813,15 @@ fn a_marker_line_two_parts_of_a_recent_interaction_make_together_leaves_it_out()
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out)
-            .contains("drafted the region's blocks while reading them back drafted=1 stale=2"),
-        "{}",
-        stderr(&out)
-    );
+    // Expected recent (the log ends with interaction 2): interaction 2's
+    // draft is refused while the log is read, then again as it is read
+    // back; the render from the index leaves it out and reports it.
+    for line in [
+        "drafted the recent interactions while reading the log drafted=1 recent=2",
+        "drafted the region's blocks while reading them back drafted=0 stale=1",
+    ] {
+        assert!(stderr(&out).contains(line), "{}", stderr(&out));
+    }
     let communication = read(&dir, "communication.md");
     assert!(communication.contains("before\n"), "{communication}");
     assert!(
@@ -818,6 +834,70 @@ fn a_marker_line_two_parts_of_a_recent_interaction_make_together_leaves_it_out()
             && log_text.contains("it contains a marker line"),
         "the run does not report the interaction it left out"
     );
+}
+
+/// A cold run expects the K interactions below the highest number near the
+/// log's end to be recent, and drafts them with communication.md's template
+/// while it reads the log (the debug log says so) instead of the archive's:
+/// with templates that tell the two apart, each file holds only its own
+/// template's text, parts included (9,000 events), and the files are what
+/// incremental runs write.
+#[test]
+fn a_cold_run_drafts_the_interactions_it_expects_to_be_recent_with_the_region_template() {
+    const TWO_TEMPLATES: &str = concat!(
+        "[plugins.renderer.settings]\n",
+        "communication_template = '''\n",
+        "{% if part.first %}## {{ interaction.number }}\n{% endif %}",
+        "{% for entry in interaction.entries %}recent {{ entry.event.content }}\n{% endfor %}",
+        "'''\n",
+        "archive_template = '''\n",
+        "{% if part.first %}## {{ interaction.number }}\n{% endif %}",
+        "{% for entry in interaction.entries %}archived {{ entry.event.content }}\n{% endfor %}",
+        "'''\n",
+    );
+    let incremental = HuddleDir::with_config(TWO_TEMPLATES);
+    let log = FileLog::new(incremental.path(), LogConfig::default());
+    let event = |n: u64, content: String| {
+        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
+    };
+    let mut events: Vec<NewEvent> = (1..=5u64)
+        .flat_map(|n| (0..3).map(move |i| (n, i)))
+        .map(|(n, i)| event(n, format!("small {n} {i}")))
+        .collect();
+    events.extend((0..9_000u64).map(|i| event(6, format!("big {i}"))));
+    let mut snapshotter = Snapshotter::new(incremental.path());
+    for batch in events.chunks(2_000) {
+        log.append_batch(batch.to_vec()).unwrap();
+        snapshotter.update(host(), Some(3)).unwrap();
+    }
+
+    let cold = HuddleDir::with_config(TWO_TEMPLATES);
+    std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
+    let out = cold
+        .command(&["snapshot", "-k", "3"])
+        .env("RUST_LOG", "huddle=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("drafted the recent interactions while reading the log drafted=3 recent=3"),
+        "{}",
+        stderr(&out)
+    );
+    for name in ["communication.md", "archive.md"] {
+        assert!(
+            read(&cold, name) == read(&incremental, name),
+            "{name} of the cold run differs from the incremental runs'"
+        );
+    }
+    let communication = read(&cold, "communication.md");
+    let region = region(&communication);
+    assert_eq!(headings(region, "## "), vec![4, 5, 6]);
+    assert!(region.contains("recent big 8999\n") && !region.contains("archived"));
+    let archive = read(&cold, "archive.md");
+    assert_eq!(headings(&archive, "## "), vec![1, 2, 3]);
+    assert!(archive.contains("archived small 3 2\n") && !archive.contains("recent"));
 }
 
 /// `huddle snapshot` takes its plugins' memories from a pool and keeps

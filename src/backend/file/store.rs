@@ -342,6 +342,10 @@ impl Backend for FileLog {
             .map_err(StoreError::io("read", &self.path))
     }
 
+    fn highest_interaction_near_end(&self) -> Option<u64> {
+        tail::highest_near_end(&self.path, self.config.max_content_bytes)
+    }
+
     fn fetcher(&self) -> Result<Box<dyn Fetch + '_>, StoreError> {
         Ok(Box::new(
             super::fetch::FileFetch::open(&self.path, self.config.max_content_bytes)

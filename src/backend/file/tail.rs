@@ -59,6 +59,39 @@ pub(crate) fn highest_interaction(
     }
 }
 
+/// How much of the log's end [`highest_near_end`] reads.
+const NEAR_END_BYTES: u64 = 64 * 1024;
+
+/// The highest interaction number among the complete lines in the last
+/// [`NEAR_END_BYTES`] of the log at `path` (a guess; see
+/// `Backend::highest_interaction_near_end`).
+pub(crate) fn highest_near_end(path: &Path, max_content_bytes: usize) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let start = len.saturating_sub(NEAR_END_BYTES);
+    let mut bytes = vec![0u8; usize::try_from(len - start).ok()?];
+    file.read_exact_at(&mut bytes, start).ok()?;
+    let mut lines = bytes.split(|b| *b == b'\n');
+    if start > 0 {
+        // The first piece is the end of a line that started earlier.
+        lines.next();
+    }
+    // The last piece follows the last newline: empty, or a line in flight.
+    let complete = bytes
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        .saturating_sub(usize::from(start > 0));
+    lines
+        .take(complete)
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            Event::from_log_line(line, max_content_bytes).ok()
+        })
+        .map(|event| event.interaction)
+        .max()
+}
+
 fn highest_in(
     file: &File,
     state_dir: &Path,
@@ -129,4 +162,42 @@ fn save(state_dir: &Path, index: &TailIndex) -> std::io::Result<()> {
         return Ok(());
     };
     crate::backend::state::StateDir::of(dir).save_cache(INDEX_FILE, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(interaction: u64, content: &str) -> String {
+        format!(
+            "{{\"interaction\":{interaction},\"actor\":\"a\",\"type\":\"note\",\"content\":\"{content}\",\"timestamp\":\"2026-11-25T14:00:31Z\"}}\n"
+        )
+    }
+
+    #[test]
+    fn the_highest_number_near_the_end_ignores_a_cut_first_line_and_a_line_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let filler = "f".repeat(1000);
+        let mut log = String::new();
+        // Interaction 900 only before the last 64 KiB: not counted.
+        log.push_str(&line(900, "early"));
+        for _ in 0..100 {
+            log.push_str(&line(7, &filler));
+        }
+        log.push_str(&line(8, "last complete"));
+        // A torn last line holding a higher number is not counted either.
+        log.push_str("{\"interaction\":99,\"actor\":\"a\"");
+        std::fs::write(&path, &log).unwrap();
+        assert_eq!(highest_near_end(&path, usize::MAX), Some(8));
+
+        std::fs::write(&path, line(3, "one") + &line(2, "two")).unwrap();
+        assert_eq!(highest_near_end(&path, usize::MAX), Some(3));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(highest_near_end(&path, usize::MAX), None);
+        assert_eq!(
+            highest_near_end(&dir.path().join("missing"), usize::MAX),
+            None
+        );
+    }
 }

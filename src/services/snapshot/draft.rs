@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
@@ -75,6 +76,10 @@ pub(super) struct DraftPlan<'a> {
     /// The file the blocks are for: the drafts go to a temp file beside it,
     /// and errors name it.
     pub target: &'a Path,
+    /// Interactions expected to be recent, drafted with this context
+    /// (communication.md's) instead: only [`Draft::recent_blocks`] gives
+    /// their drafts, never [`Draft::assemble`].
+    pub recent: Option<(RangeInclusive<u64>, RenderContext)>,
 }
 
 /// The drafts of a cold run: blocks in a temp file beside archive.md.
@@ -84,6 +89,8 @@ pub(super) struct Draft {
     isolated: Vec<ArchiveIsolation>,
     /// The file the blocks are for (see [`DraftPlan::target`]).
     target: std::path::PathBuf,
+    /// See [`DraftPlan::recent`].
+    recent: Option<RangeInclusive<u64>>,
 }
 
 /// Where each interaction's draft is in the file.
@@ -193,12 +200,18 @@ impl Draft {
             file,
             drafts,
             isolated,
+            recent,
             ..
         } = self;
-        // Each archived interaction's usable draft, if it has one.
+        // Each archived interaction's usable draft, if it has one (one
+        // drafted for communication.md is not).
         let drafted: Vec<Option<&[(u64, u64)]>> = archived
             .iter()
-            .map(|(number, events)| drafts.usable(*number, *events))
+            .map(|(number, events)| {
+                drafts
+                    .usable(*number, *events)
+                    .filter(|_| !recent.as_ref().is_some_and(|r| r.contains(number)))
+            })
             .collect();
         let usable: HashSet<u64> = archived
             .iter()
@@ -275,10 +288,11 @@ impl Draft {
 }
 
 impl Draft {
-    /// The drafted blocks of `interactions` (number, visible events) that
-    /// show all their events and left none out, read back from the draft
-    /// file; the others are left to the render from the index.
-    pub(super) fn whole_blocks(
+    /// The blocks drafted for communication.md (see [`DraftPlan::recent`])
+    /// of `interactions` (number, visible events) that show all their
+    /// events and left none out, read back from the draft file; the others
+    /// are left to the render from the index.
+    pub(super) fn recent_blocks(
         &self,
         interactions: &[(u64, usize)],
     ) -> Result<HashMap<u64, String>, SnapshotError> {
@@ -287,7 +301,8 @@ impl Draft {
         let left_out: HashSet<u64> = self.isolated.iter().map(|(number, _, _)| *number).collect();
         let mut blocks = HashMap::new();
         for (number, events) in interactions {
-            if left_out.contains(number) {
+            let drafted_for_recent = self.recent.as_ref().is_some_and(|r| r.contains(number));
+            if !drafted_for_recent || left_out.contains(number) {
                 continue;
             }
             let Some(pieces) = self.drafts.usable(*number, *events) else {
@@ -373,7 +388,7 @@ type DraftJob = (usize, DraftWork);
 enum DraftWork {
     /// Closed interactions, rendered whole; their events are neutralised
     /// already, or not yet.
-    Blocks(Vec<Interaction>, Neutralised),
+    Blocks(Vec<Interaction>, Neutralised, DraftFor),
     /// A part of an interaction rendered in parts.
     Part(PartJob),
 }
@@ -384,6 +399,25 @@ struct PartJob {
     entries: Vec<Entry>,
     first: bool,
     last: bool,
+    drafted_for: DraftFor,
+}
+
+/// Which of the plan's contexts a job is rendered with.
+#[derive(Clone, Copy, PartialEq)]
+enum DraftFor {
+    /// [`DraftPlan::context`].
+    Plan,
+    /// [`DraftPlan::recent`]'s.
+    Recent,
+}
+
+impl DraftPlan<'_> {
+    fn context_for(&self, drafted_for: DraftFor) -> &RenderContext {
+        match (drafted_for, &self.recent) {
+            (DraftFor::Recent, Some((_, context))) => context,
+            _ => &self.context,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -424,6 +458,8 @@ pub(super) struct Drafter {
     stopped: bool,
     /// See [`DraftPlan::target`].
     target: std::path::PathBuf,
+    /// See [`DraftPlan::recent`].
+    recent: Option<RangeInclusive<u64>>,
 }
 
 /// An interaction still getting events.
@@ -480,15 +516,19 @@ impl Drafter {
                     return;
                 };
                 let done = match work {
-                    DraftWork::Blocks(mut interactions, neutralised) => {
+                    DraftWork::Blocks(mut interactions, neutralised, drafted_for) => {
                         if neutralised == Neutralised::NotYet {
                             for entry in interactions.iter_mut().flat_map(|i| i.entries.iter_mut())
                             {
                                 region::neutralise_event(&mut entry.event);
                             }
                         }
-                        let blocks =
-                            render_calls(plan.host, plan.renderer, &plan.context, &interactions);
+                        let blocks = render_calls(
+                            plan.host,
+                            plan.renderer,
+                            plan.context_for(drafted_for),
+                            &interactions,
+                        );
                         let numbers = interactions.iter().map(|i| i.number).collect();
                         drop(interactions);
                         (seq, numbers, Some(blocks))
@@ -521,6 +561,7 @@ impl Drafter {
             written: 0,
             stopped: false,
             target: plan.target.to_path_buf(),
+            recent: plan.recent.as_ref().map(|(range, _)| range.clone()),
         })
     }
 
@@ -649,14 +690,23 @@ impl Drafter {
             }
             return;
         }
-        if open.neutralised {
+        let drafted_for = self.drafted_for(number);
+        if drafted_for == DraftFor::Recent {
+            self.keep_archive_in_order();
+        }
+        if open.neutralised || drafted_for == DraftFor::Recent {
+            let neutralised = if open.neutralised {
+                Neutralised::Already
+            } else {
+                Neutralised::NotYet
+            };
             let interaction = Interaction {
                 number,
                 entries: open.entries,
             };
             self.send((
                 self.sent,
-                DraftWork::Blocks(vec![interaction], Neutralised::Already),
+                DraftWork::Blocks(vec![interaction], neutralised, drafted_for),
             ));
             return;
         }
@@ -680,6 +730,10 @@ impl Drafter {
             open.weight -= weight;
             self.open_weight -= weight;
         }
+        let drafted_for = self.drafted_for(number);
+        if drafted_for == DraftFor::Recent {
+            self.keep_archive_in_order();
+        }
         let parted = self.drafts.parted.entry(number).or_default();
         let job = PartJob {
             number,
@@ -687,6 +741,7 @@ impl Drafter {
             entries,
             first: parted.sent == 0,
             last,
+            drafted_for,
         };
         parted.sent += 1;
         if !self.send((self.sent, DraftWork::Part(job))) {
@@ -705,8 +760,23 @@ impl Drafter {
         self.pending_weight = 0;
         self.send((
             self.sent,
-            DraftWork::Blocks(interactions, Neutralised::NotYet),
+            DraftWork::Blocks(interactions, Neutralised::NotYet, DraftFor::Plan),
         ));
+    }
+
+    /// Sends the archive's interactions closed so far before a job drafted
+    /// for communication.md: the drafts are written in the order sent, and
+    /// the archive's drafts, in order with nothing between them, are the
+    /// new archive as they lie (see [`Draft::assemble`]).
+    fn keep_archive_in_order(&mut self) {
+        self.send_pending();
+    }
+
+    fn drafted_for(&self, number: u64) -> DraftFor {
+        match &self.recent {
+            Some(recent) if recent.contains(&number) => DraftFor::Recent,
+            _ => DraftFor::Plan,
+        }
     }
 
     /// Hands a job to the render workers; `false` when they are gone (the
@@ -792,6 +862,7 @@ impl Drafter {
             drafts: self.drafts,
             isolated: std::mem::take(&mut self.writer.isolated),
             target: self.target,
+            recent: self.recent,
         })
     }
 }
@@ -876,7 +947,7 @@ fn render_part(plan: &DraftPlan<'_>, job: PartJob) -> Option<Result<Blocks, Snap
     };
     let text = plan
         .host
-        .render_part(plan.renderer, &plan.context, &part)
+        .render_part(plan.renderer, plan.context_for(job.drafted_for), &part)
         .ok()
         .flatten()?;
     drop(job);

@@ -508,11 +508,22 @@ impl Snapshotter {
         // A cold run drafts the archive's blocks as it reads the log (see
         // [`draft`]): every event is read once, and both cores are busy.
         let cold = self.index.interactions.is_empty() && self.rendered.archive.is_none();
+        // Interaction numbers are handed out one after another, so the
+        // recent ones are most likely the K below the highest number near
+        // the log's end: those are drafted for communication.md instead. A
+        // wrong guess costs only time (their archive blocks are rendered
+        // from the index, the recent ones drafted as they are read back).
+        let expected_recent = log
+            .highest_interaction_near_end()
+            .filter(|_| cold && k > 0)
+            .map(|highest| highest.saturating_sub(k as u64 - 1)..=highest);
         let draft_plan = cold.then(|| draft::DraftPlan {
             host,
             renderer: &renderer,
             context: self.render_context(Section::Archive),
             target: &archive_path,
+            recent: expected_recent
+                .map(|range| (range, self.render_context(Section::Communication))),
         });
         let (new_events, draft) =
             self.index_new_events(&*log, host, &mapper, draft_plan.as_ref())?;
@@ -528,7 +539,14 @@ impl Snapshotter {
         // Render everything first: a failure here leaves both files untouched.
         let phase = std::time::Instant::now();
         let communication_path = workspace.dir.join(COMMUNICATION_FILE);
-        self.render_region(host, &renderer, &mut *fetcher, recent, &communication_path)?;
+        self.render_region(
+            host,
+            &renderer,
+            &mut *fetcher,
+            recent,
+            &communication_path,
+            draft.as_ref(),
+        )?;
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the region");
 
         // communication.md goes straight into a temp file (kept until the
@@ -846,6 +864,7 @@ impl Snapshotter {
         fetcher: &mut dyn Fetch,
         recent: &[u64],
         communication_path: &Path,
+        cold_draft: Option<&draft::Draft>,
     ) -> Result<(), SnapshotError> {
         let mut stale: Vec<u64> = recent
             .iter()
@@ -859,18 +878,24 @@ impl Snapshotter {
             })
             .collect();
         let context = self.render_context(Section::Communication);
+        if let Some(draft) = cold_draft {
+            let drafted = draft.recent_blocks(&self.event_counts(&stale))?;
+            tracing::debug!(
+                drafted = drafted.len(),
+                recent = stale.len(),
+                "snapshot: drafted the recent interactions while reading the log"
+            );
+            self.take_region_blocks(&mut stale, drafted);
+        }
         let plan = draft::DraftPlan {
             host,
             renderer,
             context: context.clone(),
             target: communication_path,
+            recent: Some((0..=u64::MAX, context.clone())),
         };
         let drafted = self.draft_region(&plan, fetcher, &stale)?;
-        stale.retain(|number| !drafted.contains_key(number));
-        for (number, block) in drafted {
-            let count = self.index.interactions[&number].len();
-            self.rendered.blocks.insert(number, (count, block));
-        }
+        self.take_region_blocks(&mut stale, drafted);
         let mut start = 0;
         while start < stale.len() {
             let mut end = start;
@@ -961,17 +986,31 @@ impl Snapshotter {
         let Some(draft) = draft else {
             return Ok(HashMap::new());
         };
-        let counts: Vec<(u64, usize)> = stale
-            .iter()
-            .map(|number| (*number, self.index.interactions[number].len()))
-            .collect();
-        let blocks = draft.whole_blocks(&counts)?;
+        let blocks = draft.recent_blocks(&self.event_counts(stale))?;
         tracing::debug!(
             drafted = blocks.len(),
             stale = stale.len(),
             "snapshot: drafted the region's blocks while reading them back"
         );
         Ok(blocks)
+    }
+
+    /// Each of `numbers` with its visible events in the index.
+    fn event_counts(&self, numbers: &[u64]) -> Vec<(u64, usize)> {
+        numbers
+            .iter()
+            .map(|number| (*number, self.index.interactions[number].len()))
+            .collect()
+    }
+
+    /// Keeps the region's `drafted` blocks; what is still `stale` is what
+    /// they do not cover.
+    fn take_region_blocks(&mut self, stale: &mut Vec<u64>, drafted: HashMap<u64, String>) {
+        stale.retain(|number| !drafted.contains_key(number));
+        for (number, block) in drafted {
+            let count = self.index.interactions[&number].len();
+            self.rendered.blocks.insert(number, (count, block));
+        }
     }
 
     fn plan_archive(&self, path: &Path, archived: &[u64]) -> ArchivePlan {
