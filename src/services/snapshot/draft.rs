@@ -30,6 +30,13 @@
 //! entries than one call takes) are neutralised as they join it; the rest
 //! are neutralised by the render workers.
 //!
+//! A cold run also guesses which interactions will be recent: numbers are
+//! handed out one after another, so most likely the K below the highest
+//! number near the log's end. Those are drafted with communication.md's
+//! context instead of the archive's (the archive never takes such a draft,
+//! and a wrong guess only leaves work to the render from the index), so
+//! the recent blocks need not be read back from the log afterwards.
+//!
 //! The same drafter serves communication.md's region when its stale
 //! interactions weigh a lot (a few huge ones): they are read back from the
 //! log and fed to it in batches, so the workers neutralise and render

@@ -513,9 +513,9 @@ impl Snapshotter {
         // the log's end: those are drafted for communication.md instead. A
         // wrong guess costs only time (their archive blocks are rendered
         // from the index, the recent ones drafted as they are read back).
-        let expected_recent = log
-            .highest_interaction_near_end()
-            .filter(|_| cold && k > 0)
+        let expected_recent = (cold && k > 0)
+            .then(|| log.highest_interaction_near_end())
+            .flatten()
             .map(|highest| highest.saturating_sub(k as u64 - 1)..=highest);
         let draft_plan = cold.then(|| draft::DraftPlan {
             host,
