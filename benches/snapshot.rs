@@ -330,6 +330,11 @@ fn cold_snapshots(exe: &str, dir: &Path, cache: &Path, runs: usize) -> (Duration
     let mut times = Vec::new();
     let mut peak = 0;
     for _ in 0..runs {
+        // The last run's files (a 1 GB archive for the largest shape) are
+        // still being written out: a run timed meanwhile would be throttled
+        // by the kernel's writeback of its predecessor's output.
+        let synced = Command::new("sync").status();
+        assert!(synced.is_ok_and(|s| s.success()), "sync failed");
         let (wall, rss) = time_child(
             Command::new(exe)
                 .arg("--dir")
