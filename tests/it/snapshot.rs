@@ -10,6 +10,18 @@ use huddle::snapshot::{snapshot_once, ArchiveWrite, Snapshotter, BEGIN_MARKER, E
 
 use crate::common::{host, hostile_plugin, is_root, stderr, HuddleDir, Tmpfs};
 
+/// Runs `huddle snapshot -k K` on `dir` with the debug log on, which must
+/// succeed; returns what it logged.
+fn snapshot_logging_debug(dir: &HuddleDir, k: &str) -> String {
+    let out = dir
+        .command(&["snapshot", "-k", k])
+        .env("RUST_LOG", "huddle=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
 fn read(dir: &HuddleDir, name: &str) -> String {
     std::fs::read_to_string(dir.file(name)).unwrap_or_default()
 }
@@ -726,17 +738,11 @@ fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back
 
     let cold = HuddleDir::with_config(PARTS_TEMPLATE);
     std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
-    let out = cold
-        .command(&["snapshot", "-k", "3"])
-        .env("RUST_LOG", "huddle=debug")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let debug_log = snapshot_logging_debug(&cold, "3");
     assert!(
-        stderr(&out)
-            .contains("drafted the region's blocks while reading them back drafted=3 stale=3"),
+        debug_log.contains("drafted the region's blocks while reading them back drafted=3 stale=3"),
         "{}",
-        stderr(&out)
+        debug_log
     );
     let communication = read(&cold, "communication.md");
     for name in ["communication.md", "archive.md"] {
@@ -807,12 +813,7 @@ fn a_marker_line_two_parts_of_a_recent_interaction_make_together_leaves_it_out()
     events.extend((0..10_000u64).map(|i| event(2, format!("joined {i} {pad}"))));
     log.append_batch(events).unwrap();
 
-    let out = dir
-        .command(&["snapshot", "-k", "2"])
-        .env("RUST_LOG", "huddle=debug")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let debug_log = snapshot_logging_debug(&dir, "2");
     // Expected recent (the log ends with interaction 2): interaction 2's
     // draft is refused while the log is read, then again as it is read
     // back; the render from the index leaves it out and reports it.
@@ -820,7 +821,7 @@ fn a_marker_line_two_parts_of_a_recent_interaction_make_together_leaves_it_out()
         "drafted the recent interactions while reading the log drafted=1 recent=2",
         "drafted the region's blocks while reading them back drafted=0 stale=1",
     ] {
-        assert!(stderr(&out).contains(line), "{}", stderr(&out));
+        assert!(debug_log.contains(line), "{}", debug_log);
     }
     let communication = read(&dir, "communication.md");
     assert!(communication.contains("before\n"), "{communication}");
@@ -873,17 +874,12 @@ fn a_cold_run_drafts_the_interactions_it_expects_to_be_recent_with_the_region_te
 
     let cold = HuddleDir::with_config(TWO_TEMPLATES);
     std::fs::copy(incremental.file("events.log"), cold.file("events.log")).unwrap();
-    let out = cold
-        .command(&["snapshot", "-k", "3"])
-        .env("RUST_LOG", "huddle=debug")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let debug_log = snapshot_logging_debug(&cold, "3");
     assert!(
-        stderr(&out)
+        debug_log
             .contains("drafted the recent interactions while reading the log drafted=3 recent=3"),
         "{}",
-        stderr(&out)
+        debug_log
     );
     for name in ["communication.md", "archive.md"] {
         assert!(
@@ -926,16 +922,11 @@ fn the_snapshot_command_takes_plugin_memories_from_a_pool_and_writes_the_same_fi
     )
     .unwrap();
 
-    let out = pooled
-        .command(&["snapshot", "-k", "3"])
-        .env("RUST_LOG", "huddle=debug")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let debug_log = snapshot_logging_debug(&pooled, "3");
     assert!(
-        stderr(&out).contains("calls take their memories from a pool"),
+        debug_log.contains("calls take their memories from a pool"),
         "{}",
-        stderr(&out)
+        debug_log
     );
     snapshot_once(mapped_per_call.path(), host(), Some(3), None).unwrap();
 
