@@ -114,10 +114,20 @@ fn neutralised_field(field: &str) -> String {
 /// Splits on every line ending some reader honours: LF, CRLF, a lone CR,
 /// NEL, U+2028 and U+2029.
 fn lines(text: &str) -> impl Iterator<Item = &str> {
+    // Most text is ASCII without a CR, where LF is the only line ending:
+    // one vector scan says so, and memchr then finds each line's end
+    // (content of many short lines would otherwise pay the full search
+    // once per line).
+    let only_lf = first_flagged(text.as_bytes(), |b| (b == b'\r') | (b >= 0x80)).is_none();
+    let find: fn(&str) -> Option<(usize, usize)> = if only_lf {
+        |text| memchr::memchr(b'\n', text.as_bytes()).map(|at| (at, 1))
+    } else {
+        find_line_break
+    };
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let text = rest?;
-        match find_line_break(text) {
+        match find(text) {
             Some((at, len)) => {
                 let mut next = at + len;
                 if text.as_bytes()[at] == b'\r' && text[next..].starts_with('\n') {
