@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::reader::{LogReader, ScanItem};
 use crate::model::event::{Event, MAX_NUMBER};
 use crate::model::position::Position;
 
@@ -66,29 +67,24 @@ const NEAR_END_BYTES: u64 = 64 * 1024;
 /// [`NEAR_END_BYTES`] of the log at `path` (a guess; see
 /// `Backend::highest_interaction_near_end`).
 pub(crate) fn highest_near_end(path: &Path, max_content_bytes: usize) -> Option<u64> {
-    let file = File::open(path).ok()?;
+    let mut file = File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
-    let start = len.saturating_sub(NEAR_END_BYTES);
-    let mut bytes = vec![0u8; usize::try_from(len - start).ok()?];
-    file.read_exact_at(&mut bytes, start).ok()?;
-    let mut lines = bytes.split(|b| *b == b'\n');
-    if start > 0 {
-        // The first piece is the end of a line that started earlier.
-        lines.next();
+    let mut offset = len.saturating_sub(NEAR_END_BYTES);
+    if offset > 0 {
+        // Skip the end of a line that started earlier.
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        let mut cut = Vec::new();
+        BufReader::new(&file).read_until(b'\n', &mut cut).ok()?;
+        offset += cut.len() as u64;
     }
-    // The last piece follows the last newline: empty, or a line in flight.
-    let complete = bytes
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        .saturating_sub(usize::from(start > 0));
-    lines
-        .take(complete)
-        .filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            Event::from_log_line(line, max_content_bytes).ok()
+    // The reader's own rules: complete lines only, malformed ones skipped.
+    LogReader::from_file(file, Position { offset, line: 0 })
+        .ok()?
+        .with_max_content_bytes(max_content_bytes)
+        .filter_map(|item| match item {
+            Ok(ScanItem::Event(record)) => Some(record.event.interaction),
+            _ => None,
         })
-        .map(|event| event.interaction)
         .max()
 }
 

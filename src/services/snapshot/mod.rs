@@ -788,10 +788,7 @@ impl Snapshotter {
         archived: &[u64],
         archive_path: &Path,
     ) -> Result<tempfile::NamedTempFile, SnapshotError> {
-        let counts: Vec<(u64, usize)> = archived
-            .iter()
-            .map(|number| (*number, self.index.interactions[number].len()))
-            .collect();
+        let counts = self.event_counts(archived);
         let (tmp, isolated) = draft.assemble(&counts, archive_path, |redo, sink| {
             self.render_archive(host, renderer, log, redo, sink)
         })?;
@@ -887,6 +884,8 @@ impl Snapshotter {
             );
             self.take_region_blocks(&mut stale, drafted);
         }
+        // Every interaction this plan drafts is for the region: all are
+        // "recent", so `recent_blocks` gives each one whole draft.
         let plan = draft::DraftPlan {
             host,
             renderer,
