@@ -50,6 +50,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+pub(crate) use crate::backend::files::FileStamp;
+
 /// First bytes of every entry; the digit is the header format (v1 had a
 /// sha256 of the artifact where v2 has its CRC-32).
 const MAGIC: &[u8; 16] = b"huddle-cwasm-v2\n";
@@ -61,32 +63,7 @@ const HEADER_LEN: usize = MAGIC.len() + 32 + 32 + 8 + 4;
 const SETTLE: Duration = Duration::from_secs(2);
 const STAMP_MAGIC: &str = "huddle-stamp-v1";
 
-/// What identifies a file's contents without reading them: a change of the
-/// contents changes the change time, which no one can set back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    dev: u64,
-    inode: u64,
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
 impl FileStamp {
-    pub(crate) fn of(meta: &std::fs::Metadata) -> FileStamp {
-        FileStamp {
-            dev: meta.dev(),
-            inode: meta.ino(),
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        }
-    }
-
-    pub(crate) fn len(&self) -> u64 {
-        self.len
-    }
-
     /// Unchanged for [`SETTLE`]: a write in the same clock tick as the
     /// last one would have shown by now.
     pub(crate) fn settled(&self) -> bool {

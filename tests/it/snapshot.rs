@@ -896,6 +896,107 @@ fn a_cold_run_drafts_the_interactions_it_expects_to_be_recent_with_the_region_te
     assert!(archive.contains("archived small 3 2\n") && !archive.contains("recent"));
 }
 
+/// A cold run compares the archive it drafts with archive.md as it goes:
+/// an archive.md the log renders to is left as it is, and no copy of it is
+/// written (its debug log says so); one that differs anywhere (a byte
+/// edited in the middle, text added at the end, cut short, emptied) is
+/// rewritten to what a cold run in a fresh directory writes, also when an
+/// interaction that got a late event is rendered from the index.
+#[test]
+fn a_cold_run_writes_no_copy_of_a_current_archive_and_rewrites_one_that_differs() {
+    const NOTHING_WRITTEN: &str = "the drafts are archive.md as it is; nothing written";
+    let dir = HuddleDir::new();
+    let log = FileLog::new(dir.path(), LogConfig::default());
+    // More events than one mapper batch, so interactions are drafted
+    // while later ones are still being read.
+    let events: Vec<NewEvent> = (0..6_000u64)
+        .map(|i| {
+            NewEvent::new(
+                InteractionRef::Number(i / 3 + 1),
+                "agent",
+                ["question", "answer", "followup"][(i % 3) as usize],
+                format!("event {i}\n- item {i}"),
+            )
+        })
+        .collect();
+    log.append_batch(events).unwrap();
+    let fresh_cold_archive = || {
+        let fresh = HuddleDir::new();
+        std::fs::copy(dir.file("events.log"), fresh.file("events.log")).unwrap();
+        fresh.ok(&["snapshot", "-k", "3"]);
+        read(&fresh, "archive.md")
+    };
+    let expected = fresh_cold_archive();
+    assert!(expected.len() > 100_000, "{}", expected.len());
+
+    let out = dir.ok(&["snapshot", "-k", "3"]);
+    assert!(
+        out.contains("archive.md: 1997 interactions (written)"),
+        "{out}"
+    );
+    assert!(read(&dir, "archive.md") == expected);
+    let stamp = || {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.file("archive.md")).unwrap();
+        (meta.ino(), meta.modified().unwrap())
+    };
+    let before = stamp();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let debug_log = snapshot_logging_debug(&dir, "3");
+    assert!(debug_log.contains(NOTHING_WRITTEN), "{debug_log}");
+    assert_eq!(stamp(), before, "archive.md was written");
+
+    type Edit = fn(&mut Vec<u8>);
+    let edits: [(&str, Edit); 4] = [
+        ("a byte edited in the middle", |bytes| {
+            let middle = bytes.len() / 2;
+            bytes[middle] = if bytes[middle] == b'x' { b'y' } else { b'x' };
+        }),
+        ("text added at the end", |bytes| {
+            bytes.extend_from_slice(b"\nnotes of a person\n")
+        }),
+        ("cut short", |bytes| bytes.truncate(bytes.len() - 1_000)),
+        ("emptied", |bytes| bytes.clear()),
+    ];
+    for (edit, apply) in edits {
+        let mut bytes = std::fs::read(dir.file("archive.md")).unwrap();
+        apply(&mut bytes);
+        std::fs::write(dir.file("archive.md"), &bytes).unwrap();
+        let debug_log = snapshot_logging_debug(&dir, "3");
+        assert!(!debug_log.contains(NOTHING_WRITTEN), "{edit}: {debug_log}");
+        assert!(
+            read(&dir, "archive.md") == expected,
+            "{edit}: archive.md differs from a fresh cold run's"
+        );
+    }
+
+    // A late event: its interaction's draft shows too few events, so the
+    // archive is put together from the drafts and a render from the index.
+    log.append(NewEvent::new(
+        InteractionRef::Number(2),
+        "agent",
+        "answer",
+        "late to the second",
+    ))
+    .unwrap();
+    let expected = fresh_cold_archive();
+    assert!(expected.contains("late to the second"));
+    for edit in ["none", "text added at the end"] {
+        if edit != "none" {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.file("archive.md"))
+                .unwrap();
+            file.write_all(b"\nnotes of a person\n").unwrap();
+        }
+        dir.ok(&["snapshot", "-k", "3"]);
+        assert!(
+            read(&dir, "archive.md") == expected,
+            "{edit}: archive.md differs from a fresh cold run's"
+        );
+    }
+}
+
 /// `huddle snapshot` takes its plugins' memories from a pool and keeps
 /// their pages from call to call (its debug log says so); over many calls
 /// (12,000 events, contents up to 8 KB) it writes the same files as a run

@@ -53,7 +53,7 @@ use super::{
     io_error, region, render_calls, ArchiveIsolation, Blocks, OrderedWriter, SnapshotError,
     RENDER_BATCH, RENDER_BATCH_BYTES, RENDER_BATCH_EVENTS, RENDER_WORKERS,
 };
-use crate::backend::files;
+use crate::backend::files::{self, FileStamp};
 use crate::model::event::Event;
 use crate::plugin::{
     part_weight, Entry, Heading, Interaction, Part, PartCutter, PluginHost, PluginSpec,
@@ -71,6 +71,9 @@ const SHARED_LINE_BYTES: usize = 4096;
 /// one at a time.
 const OPEN_BYTES: usize = 32 * 1024 * 1024;
 
+/// How much of the target a draft is compared with at a time.
+const COMPARE_BYTES: usize = 64 * 1024;
+
 /// Interaction numbers come from the log, but a collision costs only time
 /// here, and a lookup happens for every event.
 type FastHash = foldhash::fast::RandomState;
@@ -87,11 +90,18 @@ pub(super) struct DraftPlan<'a> {
     /// (communication.md's) instead: only [`Draft::recent_blocks`] gives
     /// their drafts, never [`Draft::assemble`].
     pub recent: Option<(RangeInclusive<u64>, RenderContext)>,
+    /// The drafts not drafted for `recent`, in order, become the target's
+    /// new contents (archive.md): while they equal what the target holds,
+    /// nothing is written (see [`DraftFile`]).
+    pub replaces_target: bool,
 }
 
 /// The drafts of a cold run: blocks in a temp file beside archive.md.
 pub(super) struct Draft {
-    file: tempfile::NamedTempFile,
+    /// The drafts for the plan's target.
+    file: DraftFile,
+    /// The drafts for `recent`, if any was written.
+    recent_file: Option<DraftFile>,
     drafts: Drafts,
     isolated: Vec<ArchiveIsolation>,
     /// The file the blocks are for (see [`DraftPlan::target`]).
@@ -100,7 +110,134 @@ pub(super) struct Draft {
     recent: Option<RangeInclusive<u64>>,
 }
 
-/// Where each interaction's draft is in the file.
+/// A temp file beside a target that drafted blocks go to, in order.
+///
+/// A cold run over a log whose archive.md is already what it renders to (a
+/// restarted daemon, a second `huddle snapshot`) wrote the whole archive to
+/// a temp file, only to read both files back, find them equal and delete
+/// the copy: for a 1 GB archive, a third of the run's CPU. So while every
+/// byte drafted equals the target's byte at the same offset, nothing is
+/// written: the draft is that much of the target, copied into the file at
+/// the first difference, or when the draft is needed as a file after all.
+struct DraftFile {
+    file: tempfile::NamedTempFile,
+    out: std::io::BufWriter<std::fs::File>,
+    /// Bytes drafted so far (written or matched): where the next block goes.
+    written: u64,
+    /// The target, while everything drafted matches it.
+    same_as: Option<SameAsTarget>,
+}
+
+/// The target a draft has matched so far, read as the draft grows.
+struct SameAsTarget {
+    reader: std::io::BufReader<std::fs::File>,
+    /// The target when it was opened: it must be the same file, unchanged,
+    /// when its bytes are taken for the draft's.
+    stamp: FileStamp,
+    path: std::path::PathBuf,
+    scratch: Vec<u8>,
+}
+
+impl DraftFile {
+    /// A new draft file beside `target`; `compare`: matched against the
+    /// target while it can be (a target that cannot be opened never is).
+    fn create(target: &Path, compare: bool) -> std::io::Result<DraftFile> {
+        let file = files::temp_beside(target)?;
+        let out = file.reopen()?;
+        let same_as = if compare {
+            SameAsTarget::open(target)
+        } else {
+            None
+        };
+        Ok(DraftFile {
+            file,
+            out: std::io::BufWriter::with_capacity(1 << 20, out),
+            written: 0,
+            same_as,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(same_as) = &mut self.same_as {
+            if same_as.continues_with(bytes) {
+                self.written += bytes.len() as u64;
+                return Ok(());
+            }
+            self.copy_matched()?;
+        }
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Puts the target's bytes the draft matched so far into the file,
+    /// which from then on is written as it comes.
+    fn copy_matched(&mut self) -> std::io::Result<()> {
+        let Some(same_as) = self.same_as.take() else {
+            return Ok(());
+        };
+        // Nothing was written yet: the file is empty, at its start.
+        let mut target = same_as.reader.into_inner();
+        target.seek(SeekFrom::Start(0))?;
+        let copied = std::io::copy(
+            &mut std::io::Read::take(&mut target, self.written),
+            self.out.get_mut(),
+        )?;
+        if copied != self.written || !same_as_when_opened(&same_as.path, same_as.stamp) {
+            return Err(std::io::Error::other(format!(
+                "{} changed while the snapshot compared it",
+                same_as.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the draft's first `len` bytes are exactly the target as it
+    /// is now, whole: nothing to write.
+    fn is_target(&self, len: u64) -> bool {
+        self.same_as.as_ref().is_some_and(|same_as| {
+            same_as.stamp.len() == len && same_as_when_opened(&same_as.path, same_as.stamp)
+        })
+    }
+
+    /// The file holding every byte drafted, flushed.
+    fn into_file(mut self) -> std::io::Result<tempfile::NamedTempFile> {
+        self.copy_matched()?;
+        self.out.flush()?;
+        Ok(self.file)
+    }
+}
+
+impl SameAsTarget {
+    fn open(path: &Path) -> Option<SameAsTarget> {
+        let file = std::fs::File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        meta.is_file().then(|| SameAsTarget {
+            reader: std::io::BufReader::with_capacity(1 << 20, file),
+            stamp: FileStamp::of(&meta),
+            path: path.to_path_buf(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Reads the target's next `bytes.len()` bytes: whether they are
+    /// `bytes`. A piece at a time, however large the block.
+    fn continues_with(&mut self, bytes: &[u8]) -> bool {
+        self.scratch.resize(COMPARE_BYTES, 0);
+        bytes.chunks(COMPARE_BYTES).all(|piece| {
+            let theirs = &mut self.scratch[..piece.len()];
+            std::io::Read::read_exact(&mut self.reader, theirs).is_ok() && theirs == piece
+        })
+    }
+}
+
+/// Whether `path` is still the file stamped `stamp`, unchanged.
+fn same_as_when_opened(path: &Path, stamp: FileStamp) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| FileStamp::of(&meta) == stamp)
+}
+
+/// Where each interaction's draft is in its file (the plan's, or the
+/// recent one for an interaction drafted for `recent`).
 #[derive(Default)]
 struct Drafts {
     blocks: HashMap<u64, DraftBlock, FastHash>,
@@ -193,7 +330,8 @@ impl Draft {
     /// When every archived interaction has a usable draft and the drafts lie
     /// in order from the start of the file (a log whose interactions come
     /// one after another), the draft file itself, cut after the last
-    /// archived block, is the new archive.
+    /// archived block, is the new archive; `None` when that is exactly
+    /// what `archive_path` holds (nothing to write).
     pub(super) fn assemble(
         self,
         archived: &[(u64, usize)],
@@ -202,17 +340,17 @@ impl Draft {
             &[u64],
             &mut dyn FnMut(u64, &str) -> Result<(), SnapshotError>,
         ) -> Result<Vec<ArchiveIsolation>, SnapshotError>,
-    ) -> Result<(tempfile::NamedTempFile, Vec<ArchiveIsolation>), SnapshotError> {
+    ) -> Result<(Option<tempfile::NamedTempFile>, Vec<ArchiveIsolation>), SnapshotError> {
         let Draft {
             file,
             drafts,
-            isolated,
+            mut isolated,
             recent,
             ..
         } = self;
         // Each archived interaction's usable draft, if it has one (one
         // drafted for communication.md is not).
-        let drafted: Vec<Option<&[(u64, u64)]>> = archived
+        let mut drafted: Vec<Option<&[(u64, u64)]>> = archived
             .iter()
             .map(|(number, events)| {
                 drafts
@@ -226,10 +364,26 @@ impl Draft {
             .filter(|(_, range)| range.is_some())
             .map(|((number, _), _)| *number)
             .collect();
-        let mut isolated: Vec<ArchiveIsolation> = isolated
-            .into_iter()
-            .filter(|(number, _, _)| usable.contains(number))
-            .collect();
+        isolated.retain(|(number, _, _)| usable.contains(number));
+        let in_place_end = in_place_end(&drafted);
+        if in_place_end.is_some_and(|end| file.is_target(end)) {
+            tracing::debug!("snapshot: the drafts are archive.md as it is; nothing written");
+            sort_as_reported(&mut isolated);
+            return Ok((None, isolated));
+        }
+        let file = match file.into_file() {
+            Ok(file) => file,
+            Err(error) => {
+                // archive.md changed since the drafts matched it: what they
+                // matched is gone, so every interaction is rendered from
+                // the index (which reports again what it leaves out).
+                tracing::debug!(%error, "snapshot: the drafts are lost; the archive is rendered from the index");
+                drafted.iter_mut().for_each(|pieces| *pieces = None);
+                isolated.clear();
+                files::temp_beside(archive_path)
+                    .map_err(io_error("create a temp file for", archive_path))?
+            }
+        };
         let redo: Vec<u64> = archived
             .iter()
             .zip(&drafted)
@@ -237,22 +391,12 @@ impl Draft {
             .map(|((number, _), _)| *number)
             .collect();
 
-        let mut end = 0u64;
-        let in_place = drafted.iter().all(|pieces| {
-            pieces.is_some_and(|pieces| {
-                pieces.iter().all(|(offset, len)| {
-                    let next = *offset == end;
-                    end += len;
-                    next
-                })
-            })
-        });
-        if in_place {
+        if let (Some(end), true) = (in_place_end, redo.is_empty()) {
             file.as_file()
                 .set_len(end)
                 .map_err(io_error("write", archive_path))?;
             sort_as_reported(&mut isolated);
-            return Ok((file, isolated));
+            return Ok((Some(file), isolated));
         }
 
         let mut tmp = files::temp_beside(archive_path)
@@ -290,14 +434,14 @@ impl Draft {
         drop(out);
         isolated.extend(rendered);
         sort_as_reported(&mut isolated);
-        Ok((tmp, isolated))
+        Ok((Some(tmp), isolated))
     }
 }
 
 impl Draft {
     /// The blocks drafted for communication.md (see [`DraftPlan::recent`])
     /// of `interactions` (number, visible events) that show all their
-    /// events and left none out, read back from the draft file; the others
+    /// events and left none out, read back from their file; the others
     /// are left to the render from the index.
     pub(super) fn recent_blocks(
         &self,
@@ -305,6 +449,9 @@ impl Draft {
     ) -> Result<HashMap<u64, String>, SnapshotError> {
         use std::os::unix::fs::FileExt;
         let target = &self.target;
+        let Some(recent_file) = &self.recent_file else {
+            return Ok(HashMap::new());
+        };
         let left_out: HashSet<u64> = self.isolated.iter().map(|(number, _, _)| *number).collect();
         let mut blocks = HashMap::new();
         for (number, events) in interactions {
@@ -319,7 +466,8 @@ impl Draft {
             for (offset, len) in pieces {
                 let start = bytes.len();
                 bytes.resize(start + *len as usize, 0);
-                self.file
+                recent_file
+                    .file
                     .as_file()
                     .read_exact_at(&mut bytes[start..], *offset)
                     .map_err(io_error("read the drafted blocks for", target))?;
@@ -335,6 +483,24 @@ impl Draft {
 
 /// In the order a render from the index finds them: by interaction (the
 /// drafts' come as their batches finished), then entry.
+/// Where the last archived draft ends, when every archived interaction
+/// has a usable draft and they lie one after another from the file's
+/// start (a log whose interactions come one after another): the draft file,
+/// cut there, is the new archive.
+fn in_place_end(drafted: &[Option<&[(u64, u64)]>]) -> Option<u64> {
+    let mut end = 0u64;
+    let in_place = drafted.iter().all(|pieces| {
+        pieces.is_some_and(|pieces| {
+            pieces.iter().all(|(offset, len)| {
+                let next = *offset == end;
+                end += len;
+                next
+            })
+        })
+    });
+    in_place.then_some(end)
+}
+
 fn sort_as_reported(isolated: &mut [ArchiveIsolation]) {
     isolated.sort_by_key(|(number, _, _)| *number);
 }
@@ -458,9 +624,10 @@ pub(super) struct Drafter {
     job_tx: Option<SyncSender<DraftJob>>,
     done_rx: Receiver<DraftDone>,
     writer: OrderedWriter,
-    file: tempfile::NamedTempFile,
-    out: std::io::BufWriter<std::fs::File>,
-    written: u64,
+    /// The drafts for the plan's target.
+    file: DraftFile,
+    /// The drafts for `recent`, from the first one written.
+    recent_file: Option<DraftFile>,
     /// Drafting stopped (a write failed): the rest is rendered from the index.
     stopped: bool,
     /// See [`DraftPlan::target`].
@@ -504,9 +671,8 @@ impl Drafter {
         scope: &'scope std::thread::Scope<'scope, 'env>,
         plan: &'env DraftPlan<'env>,
     ) -> Result<Drafter, SnapshotError> {
-        let file = files::temp_beside(plan.target)
+        let file = DraftFile::create(plan.target, plan.replaces_target)
             .map_err(io_error("create a temp file for", plan.target))?;
-        let out = file.reopen().map_err(io_error("write", plan.target))?;
         let in_parts = plan
             .host
             .wit_version(plan.renderer, crate::plugin::Slot::Renderer)
@@ -563,9 +729,8 @@ impl Drafter {
             job_tx: Some(job_tx),
             done_rx,
             writer: OrderedWriter::default(),
-            out: std::io::BufWriter::with_capacity(1 << 20, out),
             file,
-            written: 0,
+            recent_file: None,
             stopped: false,
             target: plan.target.to_path_buf(),
             recent: plan.recent.as_ref().map(|(range, _)| range.clone()),
@@ -698,9 +863,6 @@ impl Drafter {
             return;
         }
         let drafted_for = self.drafted_for(number);
-        if drafted_for == DraftFor::Recent {
-            self.keep_archive_in_order();
-        }
         if open.neutralised || drafted_for == DraftFor::Recent {
             let neutralised = if open.neutralised {
                 Neutralised::Already
@@ -738,9 +900,6 @@ impl Drafter {
             self.open_weight -= weight;
         }
         let drafted_for = self.drafted_for(number);
-        if drafted_for == DraftFor::Recent {
-            self.keep_archive_in_order();
-        }
         let parted = self.drafts.parted.entry(number).or_default();
         let job = PartJob {
             number,
@@ -769,14 +928,6 @@ impl Drafter {
             self.sent,
             DraftWork::Blocks(interactions, Neutralised::NotYet, DraftFor::Plan),
         ));
-    }
-
-    /// Sends the archive's interactions closed so far before a job drafted
-    /// for communication.md: the drafts are written in the order sent, and
-    /// the archive's drafts, in order with nothing between them, are the
-    /// new archive as they lie (see [`Draft::assemble`]).
-    fn keep_archive_in_order(&mut self) {
-        self.send_pending();
     }
 
     fn drafted_for(&self, number: u64) -> DraftFor {
@@ -822,22 +973,40 @@ impl Drafter {
         };
         let Drafter {
             writer,
-            out,
-            written,
+            file,
+            recent_file,
             drafts,
             stopped,
+            target,
+            recent,
             ..
         } = self;
         let result = writer.accept((seq, numbers, Ok(blocks)), &mut |number, block| {
-            if *stopped || !drafts.accept(number, *written, block) {
+            if *stopped {
                 return Ok(());
             }
-            if let Err(error) = out.write_all(block.as_bytes()) {
+            let file = if recent.as_ref().is_some_and(|r| r.contains(&number)) {
+                match recent_file {
+                    Some(file) => file,
+                    None => match DraftFile::create(target, false) {
+                        Ok(file) => recent_file.insert(file),
+                        Err(error) => {
+                            tracing::debug!(%error, "snapshot: cannot draft the recent blocks; they are rendered from the index");
+                            *stopped = true;
+                            return Ok(());
+                        }
+                    },
+                }
+            } else {
+                &mut *file
+            };
+            if !drafts.accept(number, file.written, block) {
+                return Ok(());
+            }
+            if let Err(error) = file.write(block.as_bytes()) {
                 tracing::debug!(%error, "snapshot: cannot write a drafted block; the rest is rendered from the index");
                 *stopped = true;
-                return Ok(());
             }
-            *written += block.len() as u64;
             Ok(())
         });
         debug_assert!(result.is_ok(), "the sink never fails");
@@ -860,12 +1029,17 @@ impl Drafter {
         if self.stopped || self.writer.next < self.sent {
             return None;
         }
-        if let Err(error) = self.out.flush() {
+        let flushed = [Some(&mut self.file), self.recent_file.as_mut()]
+            .into_iter()
+            .flatten()
+            .try_for_each(|file| file.out.flush());
+        if let Err(error) = flushed {
             tracing::debug!(%error, path = %self.target.display(), "snapshot: cannot write the drafted blocks");
             return None;
         }
         Some(Draft {
             file: self.file,
+            recent_file: self.recent_file,
             drafts: self.drafts,
             isolated: std::mem::take(&mut self.writer.isolated),
             target: self.target,
@@ -965,4 +1139,113 @@ fn render_part(plan: &DraftPlan<'_>, job: PartJob) -> Option<Result<Blocks, Snap
         blocks: vec![text],
         isolated: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target_with(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("archive.md");
+        std::fs::write(&target, bytes).unwrap();
+        (dir, target)
+    }
+
+    fn drafted(target: &Path, blocks: &[&[u8]]) -> DraftFile {
+        let mut file = DraftFile::create(target, true).unwrap();
+        for block in blocks {
+            file.write(block).unwrap();
+        }
+        file
+    }
+
+    fn bytes_of(file: DraftFile) -> Vec<u8> {
+        std::fs::read(file.into_file().unwrap().path()).unwrap()
+    }
+
+    #[test]
+    fn a_draft_equal_to_its_target_writes_nothing_and_is_the_target_only_whole() {
+        let (_dir, target) = target_with(b"abcdef");
+        let file = drafted(&target, &[b"abc", b"def"]);
+        assert_eq!(std::fs::metadata(file.file.path()).unwrap().len(), 0);
+        assert!(file.is_target(6));
+        assert!(!file.is_target(5), "a draft cut short is not the target");
+        assert_eq!(bytes_of(file), b"abcdef");
+
+        // A draft that is only the target's start.
+        let file = drafted(&target, &[b"abc"]);
+        assert!(!file.is_target(3));
+        assert_eq!(bytes_of(file), b"abc");
+    }
+
+    #[test]
+    fn a_draft_that_differs_from_its_target_holds_the_matched_bytes_then_its_own() {
+        let (_dir, target) = target_with(b"abcdef");
+        for (blocks, expected) in [
+            (&[&b"ab"[..], b"cX", b"yz"][..], &b"abcXyz"[..]),
+            (&[b"abcdef", b"gh"], b"abcdefgh"),
+            (&[b"Xbc", b"def"], b"Xbcdef"),
+            (&[b"abc", b"", b"d"], b"abcd"),
+        ] {
+            let file = drafted(&target, blocks);
+            assert!(!file.is_target(expected.len() as u64), "{blocks:?}");
+            assert_eq!(bytes_of(file), expected, "{blocks:?}");
+        }
+        // A block larger than one comparison, differing in a later piece.
+        let long: Vec<u8> = (0..3 * COMPARE_BYTES + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (_dir, target) = target_with(&long);
+        let mut changed = long.clone();
+        changed[2 * COMPARE_BYTES + 3] ^= 1;
+        assert_eq!(bytes_of(drafted(&target, &[&changed])), changed);
+        assert_eq!(
+            bytes_of(drafted(&target, &[&long[..10], &long[10..]])),
+            long
+        );
+    }
+
+    #[test]
+    fn a_target_changed_after_the_draft_matched_it_never_stands_in_for_the_draft() {
+        let (_dir, target) = target_with(b"abcdef");
+        let mut file = drafted(&target, &[b"abc", b"def"]);
+        // Same length, other bytes: only its stamp tells (a later
+        // modification time, whatever the clock's tick).
+        std::fs::write(&target, b"abcdeX").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        let written = std::fs::File::options().write(true).open(&target).unwrap();
+        written.set_modified(later).unwrap();
+        assert!(!file.is_target(6));
+        assert!(file.write(b"more").is_err(), "the draft took changed bytes");
+
+        let file = drafted(&target, &[b"abcdeX"]);
+        std::fs::remove_file(&target).unwrap();
+        std::fs::write(&target, b"abcdeX").unwrap();
+        assert!(!file.is_target(6), "another file at the same path");
+        assert!(file.into_file().is_err());
+    }
+
+    #[test]
+    fn a_draft_without_a_target_to_compare_with_writes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("archive.md");
+        let file = drafted(&missing, &[b"abc", b"def"]);
+        assert!(!file.is_target(6));
+        assert_eq!(
+            std::fs::metadata(file.file.path()).unwrap().len(),
+            0,
+            "still buffered"
+        );
+        assert_eq!(bytes_of(file), b"abcdef");
+
+        let (_dir, target) = target_with(b"abcdef");
+        let mut file = DraftFile::create(&target, false).unwrap();
+        file.write(b"abcdef").unwrap();
+        assert!(
+            !file.is_target(6),
+            "a draft not compared is never the target"
+        );
+        assert_eq!(bytes_of(file), b"abcdef");
+    }
 }

@@ -524,6 +524,7 @@ impl Snapshotter {
             target: &archive_path,
             recent: expected_recent
                 .map(|range| (range, self.render_context(Section::Communication))),
+            replaces_target: true,
         });
         let (new_events, draft) =
             self.index_new_events(&*log, host, &mapper, draft_plan.as_ref())?;
@@ -589,14 +590,28 @@ impl Snapshotter {
                     self.render_archive_to_temp(host, &renderer, &*log, from, &archive_path)?;
                 PendingArchive::Append(blocks, from.len())
             }
-            ArchivePlan::Rewrite => PendingArchive::Rewrite(match draft {
+            ArchivePlan::Rewrite => match draft {
                 Some(draft) => {
-                    self.archive_from_draft(draft, host, &renderer, &*log, archived, &archive_path)?
+                    match self.archive_from_draft(
+                        draft,
+                        host,
+                        &renderer,
+                        &*log,
+                        archived,
+                        &archive_path,
+                    )? {
+                        Some(tmp) => PendingArchive::Rewrite(tmp),
+                        None => PendingArchive::Unchanged,
+                    }
                 }
-                None => {
-                    self.render_archive_to_temp(host, &renderer, &*log, archived, &archive_path)?
-                }
-            }),
+                None => PendingArchive::Rewrite(self.render_archive_to_temp(
+                    host,
+                    &renderer,
+                    &*log,
+                    archived,
+                    &archive_path,
+                )?),
+            },
         };
 
         tracing::debug!(elapsed = ?phase.elapsed(), "snapshot: rendered the archive");
@@ -778,7 +793,8 @@ impl Snapshotter {
     }
 
     /// archive.md's new contents from a cold run's drafts, rendering from
-    /// the index only the interactions no draft shows whole.
+    /// the index only the interactions no draft shows whole; `None` when
+    /// archive.md already holds exactly them.
     fn archive_from_draft(
         &mut self,
         draft: draft::Draft,
@@ -787,7 +803,7 @@ impl Snapshotter {
         log: &dyn Backend,
         archived: &[u64],
         archive_path: &Path,
-    ) -> Result<tempfile::NamedTempFile, SnapshotError> {
+    ) -> Result<Option<tempfile::NamedTempFile>, SnapshotError> {
         let counts = self.event_counts(archived);
         let (tmp, isolated) = draft.assemble(&counts, archive_path, |redo, sink| {
             self.render_archive(host, renderer, log, redo, sink)
@@ -892,6 +908,7 @@ impl Snapshotter {
             context: context.clone(),
             target: communication_path,
             recent: Some((0..=u64::MAX, context.clone())),
+            replaces_target: false,
         };
         let drafted = self.draft_region(&plan, fetcher, &stale)?;
         self.take_region_blocks(&mut stale, drafted);
