@@ -35,7 +35,11 @@
 //! number near the log's end. Those are drafted with communication.md's
 //! context instead of the archive's (the archive never takes such a draft,
 //! and a wrong guess only leaves work to the render from the index), so
-//! the recent blocks need not be read back from the log afterwards.
+//! the recent blocks need not be read back from the log afterwards; those
+//! drafts go to a file of their own, so the archive's drafts lie in order
+//! in theirs. While the archive's drafts equal archive.md byte for byte
+//! (a cold run over a directory whose archive is current), they are only
+//! compared, not written (see [`DraftFile`]).
 //!
 //! The same drafter serves communication.md's region when its stale
 //! interactions weigh a lot (a few huge ones): they are read back from the
@@ -115,7 +119,7 @@ pub(super) struct Draft {
 /// A cold run over a log whose archive.md is already what it renders to (a
 /// restarted daemon, a second `huddle snapshot`) wrote the whole archive to
 /// a temp file, only to read both files back, find them equal and delete
-/// the copy: for a 1 GB archive, a third of the run's CPU. So while every
+/// the copy (for a 1 GB archive: 1 GB written, 2 GB read). So while every
 /// byte drafted equals the target's byte at the same offset, nothing is
 /// written: the draft is that much of the target, copied into the file at
 /// the first difference, or when the draft is needed as a file after all.
@@ -374,9 +378,10 @@ impl Draft {
         let file = match file.into_file() {
             Ok(file) => file,
             Err(error) => {
-                // archive.md changed since the drafts matched it: what they
-                // matched is gone, so every interaction is rendered from
-                // the index (which reports again what it leaves out).
+                // archive.md changed since the drafts matched it (or copying
+                // what they matched failed): no draft can be trusted, so
+                // every interaction is rendered from the index (which
+                // reports again what it leaves out).
                 tracing::debug!(%error, "snapshot: the drafts are lost; the archive is rendered from the index");
                 drafted.iter_mut().for_each(|pieces| *pieces = None);
                 isolated.clear();
@@ -481,8 +486,6 @@ impl Draft {
     }
 }
 
-/// In the order a render from the index finds them: by interaction (the
-/// drafts' come as their batches finished), then entry.
 /// Where the last archived draft ends, when every archived interaction
 /// has a usable draft and they lie one after another from the file's
 /// start (a log whose interactions come one after another): the draft file,
@@ -501,6 +504,8 @@ fn in_place_end(drafted: &[Option<&[(u64, u64)]>]) -> Option<u64> {
     in_place.then_some(end)
 }
 
+/// In the order a render from the index finds them: by interaction (the
+/// drafts' come as their batches finished), then entry.
 fn sort_as_reported(isolated: &mut [ArchiveIsolation]) {
     isolated.sort_by_key(|(number, _, _)| *number);
 }
