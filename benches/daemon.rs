@@ -1,6 +1,7 @@
 //! Daemon benchmarks: append-to-snapshot latency under `huddle run`, the
 //! leader's heartbeat lateness while it snapshots the large log cold,
-//! failover time (also of leaders whose wall clock is skewed), and the
+//! failover time (also of leaders whose wall clock is skewed), whether
+//! skewed leaders stay leaders for five minutes, and the
 //! leader's memory as it follows a log growing live. Run with
 //! `cargo bench --bench daemon`; prints a table. `HUDDLE_BENCH_EVENTS` sets
 //! the size of the large log and of the live growth (default 1,000,000).
@@ -116,6 +117,9 @@ fn main() {
         })
         .collect();
 
+    let soak = mode.size(Duration::from_secs(300), Duration::from_secs(3));
+    let soaked = skewed_soak(exe, root.path(), &cache, soak);
+
     let grown = mode.size(large, 3_000);
     let memory = follow_growth(exe, &root.path().join("growth"), &cache, grown);
 
@@ -164,6 +168,17 @@ fn main() {
         assert!(
             rounds.iter().all(|r| *r <= bound),
             "failover after killing a leader whose clock is {says} took {rounds:?}, over {bound:?}"
+        );
+    }
+    for (says, begun, leading) in &soaked {
+        println!(
+            "| a healthy leader whose clock is {says}, 2 followers, {} s: terms begun after its | {begun:>10} | {:>10} |",
+            soak.as_secs(),
+            leading.as_deref().unwrap_or("no leader")
+        );
+        assert!(
+            *begun == 0 && leading.as_deref() == Some("skewed"),
+            "a healthy leader whose clock is {says} was deposed: {begun} terms began, {leading:?} leads"
         );
     }
     println!(
@@ -269,6 +284,28 @@ impl Drop for HeartbeatWatch {
 /// left alone), two healthy daemons that know it, then kill -9 of the
 /// leader: the time until another daemon's first heartbeat arrives.
 fn skewed_failover(exe: &str, dir: &Path, cache: &Path, offset: &str) -> Duration {
+    let skewed = start_skewed_leader(exe, dir, cache, offset);
+    let others = [start(exe, dir, "d1", cache), start(exe, dir, "d2", cache)];
+    // Long enough for both to have read the leader and its heartbeats.
+    std::thread::sleep(2 * LEADER_TIMEOUT);
+    assert_eq!(
+        current_leader(dir).as_deref(),
+        Some("skewed"),
+        "a healthy skewed leader was deposed"
+    );
+    let old_term = current_term(dir);
+    let killed = Instant::now();
+    drop(skewed);
+    let (successor, _) = first_heartbeat_after(dir, old_term);
+    let failover = killed.elapsed();
+    assert_ne!(successor, "skewed");
+    drop(others);
+    failover
+}
+
+/// A fresh directory at `dir` led by a daemon named "skewed" whose wall
+/// clock is off by `offset` (libfaketime; its monotonic clock is true).
+fn start_skewed_leader(exe: &str, dir: &Path, cache: &Path, offset: &str) -> Daemon {
     assert!(
         Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} is missing: run scripts/test, which installs faketime"
@@ -292,22 +329,38 @@ fn skewed_failover(exe: &str, dir: &Path, cache: &Path, offset: &str) -> Duratio
         assert!(Instant::now() < deadline, "the skewed daemon never led");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let others = [start(exe, dir, "d1", cache), start(exe, dir, "d2", cache)];
-    // Long enough for both to have read the leader and its heartbeats.
-    std::thread::sleep(2 * LEADER_TIMEOUT);
-    assert_eq!(
-        current_leader(dir).as_deref(),
-        Some("skewed"),
-        "a healthy skewed leader was deposed"
-    );
-    let old_term = current_term(dir);
-    let killed = Instant::now();
-    drop(skewed);
-    let (successor, _) = first_heartbeat_after(dir, old_term);
-    let failover = killed.elapsed();
-    assert_ne!(successor, "skewed");
-    drop(others);
-    failover
+    skewed
+}
+
+/// Healthy skewed leaders, each with two followers in a directory of its
+/// own, all running at once for `watch`: for each skew, the terms begun
+/// after the skewed daemon took the lead (any is a healthy leader deposed)
+/// and who leads at the end.
+fn skewed_soak(
+    exe: &str,
+    root: &Path,
+    cache: &Path,
+    watch: Duration,
+) -> Vec<(&'static str, u64, Option<String>)> {
+    let runs: Vec<_> = [("+1h", "an hour ahead"), ("-30s", "30 s behind")]
+        .into_iter()
+        .map(|(offset, says)| {
+            let dir = root.join(format!("soak{offset}"));
+            let leader = start_skewed_leader(exe, &dir, cache, offset);
+            let followers = [start(exe, &dir, "f1", cache), start(exe, &dir, "f2", cache)];
+            let term = current_term(&dir);
+            (says, dir, term, leader, followers)
+        })
+        .collect();
+    std::thread::sleep(watch);
+    runs.into_iter()
+        .map(|(says, dir, term, leader, followers)| {
+            let begun = current_term(&dir) - term;
+            let leading = current_leader(&dir);
+            drop((leader, followers));
+            (says, begun, leading)
+        })
+        .collect()
 }
 
 /// The actor leading as far as the log says (first claim of the highest term).
