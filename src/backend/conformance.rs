@@ -188,10 +188,10 @@ pub fn exactly_once_under_concurrent_writers<H: Harness>(harness: &H) {
     }
 }
 
-/// Compare-and-append: of writers expecting the same head, exactly one
-/// appends; the others get the events after the head, the winner's among
-/// them, and nothing of theirs is written. Built on it, one claim per round
-/// wins.
+/// Compare-and-append, flushed or not (heartbeats): of writers expecting
+/// the same head, exactly one appends; the others get the events after the
+/// head, the winner's among them, and nothing of theirs is written. Built
+/// on it, one claim per round wins.
 pub fn compare_and_append_races<H: Harness>(harness: &H) {
     const RACERS: usize = 4;
     let log = harness.create();
@@ -203,11 +203,19 @@ pub fn compare_and_append_races<H: Harness>(harness: &H) {
     let outcomes: Vec<Conditional> = std::thread::scope(|scope| {
         let handles: Vec<_> = claims
             .iter()
-            .map(|claim| {
+            .enumerate()
+            .map(|(r, claim)| {
                 let mine = harness.reopen(&log);
+                // Half race with the unflushed form heartbeats use: the
+                // same condition, the same single winner.
                 scope.spawn(move || {
-                    mine.append_if_head(head, std::slice::from_ref(claim))
-                        .expect("compare-and-append")
+                    let claim = std::slice::from_ref(claim);
+                    if r % 2 == 0 {
+                        mine.append_if_head(head, claim)
+                    } else {
+                        mine.append_if_head_volatile(head, claim)
+                    }
+                    .expect("compare-and-append")
                 })
             })
             .collect();

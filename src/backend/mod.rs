@@ -132,6 +132,19 @@ pub trait Backend: Send + Sync {
     /// Appends `events` only if no entry landed after `head`.
     fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError>;
 
+    /// [`Backend::append_if_head`] for entries whose loss in a crash costs
+    /// nothing, a leader's heartbeat (a leader that crashed is not alive
+    /// anyway): the backend need not wait until they are durable, so a disk
+    /// slow to flush (a second, under other writers' fsyncs) does not
+    /// silence a healthy leader. Readers see them as soon as any append.
+    fn append_if_head_volatile(
+        &self,
+        head: Position,
+        events: &[Event],
+    ) -> Result<Conditional, StoreError> {
+        self.append_if_head(head, events)
+    }
+
     /// Visits the events from `from`, in order, until the end or until
     /// `visit` breaks; malformed entries are skipped and set aside (see
     /// [`Backend::set_aside`]). Returns where to resume — after the last
@@ -446,6 +459,14 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
 
     fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
         (**self).append_if_head(head, events)
+    }
+
+    fn append_if_head_volatile(
+        &self,
+        head: Position,
+        events: &[Event],
+    ) -> Result<Conditional, StoreError> {
+        (**self).append_if_head_volatile(head, events)
     }
 
     fn read_entries(

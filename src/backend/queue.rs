@@ -257,6 +257,20 @@ fn lock_failure_report(events: &[Event], attempts: u32, waited: Duration, path: 
     .into_event(interaction)
 }
 
+impl<B: Backend> Queued<B> {
+    /// A compare-and-append of `events` through `append`, queued on
+    /// failure only if they may wait (see [`may_wait`]).
+    fn append_conditionally(
+        &self,
+        events: &[Event],
+        append: impl FnOnce(&B) -> Result<Conditional, StoreError>,
+    ) -> Result<Conditional, StoreError> {
+        let queueable = may_wait(events);
+        self.before_append(events, queueable)?;
+        append(&self.inner).map_err(|error| self.keep_if(queueable, events, error))
+    }
+}
+
 impl<B: Backend> Backend for Queued<B> {
     fn max_content_bytes(&self) -> usize {
         self.inner.max_content_bytes()
@@ -270,11 +284,15 @@ impl<B: Backend> Backend for Queued<B> {
     }
 
     fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
-        let queueable = may_wait(events);
-        self.before_append(events, queueable)?;
-        self.inner
-            .append_if_head(head, events)
-            .map_err(|error| self.keep_if(queueable, events, error))
+        self.append_conditionally(events, |inner| inner.append_if_head(head, events))
+    }
+
+    fn append_if_head_volatile(
+        &self,
+        head: Position,
+        events: &[Event],
+    ) -> Result<Conditional, StoreError> {
+        self.append_conditionally(events, |inner| inner.append_if_head_volatile(head, events))
     }
 
     fn read_entries(

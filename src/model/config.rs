@@ -778,7 +778,8 @@ pub const DEFAULT_CONFIG_TOML: &str = r####"# huddle.toml: settings for this hud
 # Uncomment a line to change it.
 
 [log]
-# "fsync": fdatasync after every append (or batch); "none": leave it to the kernel.
+# "fsync": fdatasync after every append (or batch; the leader's heartbeats
+# excepted); "none": leave it to the kernel.
 # durability = "fsync"
 # How long one attempt waits for the lock on events.log, in milliseconds.
 # lock_timeout_ms = 2000

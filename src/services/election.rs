@@ -12,7 +12,8 @@
 //!   and the leader's term: the term is vacated, candidates go at once.
 //! - **Fencing**: a leader acts only while no higher term exists, and every
 //!   heartbeat it writes is itself a compare-and-append that fails once a
-//!   higher claim is in the log. A paused leader that wakes up finds the
+//!   higher claim is in the log (not flushed to disk: see
+//!   [`leader_heartbeat`]). A paused leader that wakes up finds the
 //!   higher term and steps down before doing anything.
 
 use chrono::{DateTime, Utc};
@@ -151,7 +152,9 @@ pub fn leader_heartbeat(
             && event.extra.get(ACTION_FIELD).and_then(|v| v.as_str()) == Some(CLAIM)
     };
     loop {
-        match log.append_if_head(*cursor, std::slice::from_ref(&beat))? {
+        // Not flushed: a heartbeat lost in a crash is no loss, and one
+        // waiting for a slow flush would leave a healthy leader silent.
+        match log.append_if_head_volatile(*cursor, std::slice::from_ref(&beat))? {
             Conditional::Appended { head } => {
                 *cursor = head;
                 return Ok(true);

@@ -362,3 +362,95 @@ fn a_healthy_leader_whose_clock_is_behind_is_never_deposed() {
     behind.0.kill().unwrap();
     behind.0.wait().unwrap();
 }
+
+/// `huddle run` in `dir` as `name` under strace, every `fdatasync` it makes
+/// held for `delay` before it returns: a disk slow to flush (other
+/// writers' fsyncs, a busy device). strace's own record of the calls it
+/// held goes to `record`.
+struct SlowFlushes {
+    strace: std::process::Child,
+}
+
+impl SlowFlushes {
+    fn start(
+        dir: &HuddleDir,
+        name: &str,
+        delay: Duration,
+        record: &std::path::Path,
+    ) -> SlowFlushes {
+        let huddle = dir.command(&["run", "--actor", name]);
+        let strace = std::process::Command::new("strace")
+            .args(["-f", "--seccomp-bpf", "-e", "trace=fdatasync", "-e"])
+            .arg(format!("inject=fdatasync:delay_exit={}", delay.as_micros()))
+            .arg("-o")
+            .arg(record)
+            .arg(huddle.get_program())
+            .args(huddle.get_args())
+            .envs(huddle.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("HUDDLE_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace is missing: run scripts/test, which installs it");
+        SlowFlushes { strace }
+    }
+}
+
+impl Drop for SlowFlushes {
+    fn drop(&mut self) {
+        // Killing strace would leave huddle running untraced: kill it first.
+        let pid = self.strace.id();
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            for child in children.split_whitespace() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", child])
+                    .status();
+            }
+        }
+        let _ = self.strace.kill();
+        let _ = self.strace.wait();
+    }
+}
+
+/// A leader whose every flush to disk takes 1.5 s, longer than the leader
+/// timeout: its heartbeats do not wait for a flush (one lost in a crash is
+/// no loss), so a follower, which judges it by when its heartbeats arrive,
+/// never deposes it. The flushes were held: strace reports the claim's.
+/// (With 200 ms heartbeats and a 1 s timeout, a five-minute soak of
+/// skewed leaders lost its leader three times to flushes of about a second
+/// on this machine's disk.)
+#[test]
+fn a_leader_whose_disk_flushes_take_longer_than_the_leader_timeout_is_never_deposed() {
+    let _machine = crate::common::exclusive();
+    let dir = HuddleDir::with_config(FAST);
+    let record = dir
+        .path()
+        .with_file_name(format!("strace-{}.txt", std::process::id()));
+    let _leader = SlowFlushes::start(&dir, "slowdisk", Duration::from_millis(1500), &record);
+    assert!(
+        wait_for(Duration::from_secs(20), || status(&dir)["leader"]
+            == "slowdisk"),
+        "the slow-disk daemon never led"
+    );
+    // Its claim waits for its flush (a claim is kept durable); its first
+    // heartbeats follow.
+    assert!(
+        wait_for(Duration::from_secs(10), || leader_beats(&dir).len() >= 2),
+        "the slow-disk leader never beat"
+    );
+    let _follower = Daemon::start(&dir, "follower");
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch_until {
+        assert_eq!(
+            claims_by(&dir),
+            ["slowdisk"],
+            "a healthy leader was deposed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let beats = leader_beats(&dir).len();
+    assert!(beats >= 20, "only {beats} heartbeats");
+    let held = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(held.contains("(DELAYED)"), "no flush was held: {held}");
+}

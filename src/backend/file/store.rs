@@ -193,6 +193,7 @@ impl FileLog {
     fn write_guarded(
         &self,
         events: &[Event],
+        flush: Flush,
         check: impl FnOnce(&LockedLog) -> Result<Option<Conditional>, StoreError>,
     ) -> Result<Result<(u64, u64), Conditional>, StoreError> {
         for event in events {
@@ -226,25 +227,23 @@ impl FileLog {
             .try_clone()
             .map_err(StoreError::io("sync", &self.path))?;
         drop(locked);
-        self.sync(&file)?;
+        if flush == Flush::AsConfigured {
+            self.sync(&file)?;
+        }
         Ok(Ok((lines, len)))
     }
-}
 
-impl Backend for FileLog {
-    fn max_content_bytes(&self) -> usize {
-        self.config.max_content_bytes
-    }
-
-    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.write_guarded(events, |_| Ok(None)).map(drop)
-    }
-
-    fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
+    /// [`Backend::append_if_head`], flushing as `flush` says.
+    fn append_if_head_flushing(
+        &self,
+        head: Position,
+        events: &[Event],
+        flush: Flush,
+    ) -> Result<Conditional, StoreError> {
         // The condition, under the lock: no complete line after `head` (an
         // unterminated fragment there is a dead writer's, sealed by this
         // write, and no entry). Malformed lines are left to readers to set aside.
-        let written = self.write_guarded(events, |locked| {
+        let written = self.write_guarded(events, flush, |locked| {
             let mut reader = LogReader::from_file(
                 locked
                     .file
@@ -276,6 +275,38 @@ impl Backend for FileLog {
                 },
             },
         })
+    }
+}
+
+/// Whether an append waits for `log.durability`'s flush.
+#[derive(Clone, Copy, PartialEq)]
+enum Flush {
+    AsConfigured,
+    /// Entries whose loss in a crash costs nothing (see
+    /// [`Backend::append_if_head_volatile`]).
+    Skip,
+}
+
+impl Backend for FileLog {
+    fn max_content_bytes(&self) -> usize {
+        self.config.max_content_bytes
+    }
+
+    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.write_guarded(events, Flush::AsConfigured, |_| Ok(None))
+            .map(drop)
+    }
+
+    fn append_if_head(&self, head: Position, events: &[Event]) -> Result<Conditional, StoreError> {
+        self.append_if_head_flushing(head, events, Flush::AsConfigured)
+    }
+
+    fn append_if_head_volatile(
+        &self,
+        head: Position,
+        events: &[Event],
+    ) -> Result<Conditional, StoreError> {
+        self.append_if_head_flushing(head, events, Flush::Skip)
     }
 
     fn read_entries(
