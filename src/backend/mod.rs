@@ -136,7 +136,7 @@ pub trait Backend: Send + Sync {
     /// nothing, a leader's heartbeat (a leader that crashed is not alive
     /// anyway): the backend need not wait until they are durable, so a disk
     /// slow to flush (a second, under other writers' fsyncs) does not
-    /// silence a healthy leader. Readers see them as soon as any append.
+    /// silence a healthy leader. Readers see them as soon as they are written.
     fn append_if_head_volatile(
         &self,
         head: Position,
