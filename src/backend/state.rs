@@ -1,12 +1,12 @@
 //! huddle's private state under `.huddle/`: one place that names it and one
 //! routine that loads and saves it.
 //!
-//! Two kinds of files live there. *Records* (sync state, alert cursors, the
-//! snapshot's) are saved durably: temp file, fsync, rename, fsync the
-//! directory. *Caches* (indexes and read models that a read can rebuild)
-//! are saved by rename alone: after a crash one may be missing or cut
-//! short, which costs a rebuild and nothing else, so the reads that keep
-//! them pay no fsync.
+//! Two kinds of files live there. *Records* (sync state, alert cursors) are
+//! saved durably: temp file, fsync, rename, fsync the directory. *Caches*
+//! (indexes and read models that a read can rebuild, the snapshot's
+//! freshness for status) are saved by rename alone: after a crash one may
+//! be missing or cut short, which costs a rebuild (or an older figure) and
+//! nothing else, so the reads that keep them pay no fsync.
 
 use std::path::{Path, PathBuf};
 
