@@ -22,6 +22,11 @@ fn snapshot_logging_debug(dir: &HuddleDir, k: &str) -> String {
     stderr(&out)
 }
 
+/// An event of type `note` by "agent" in interaction `n`.
+fn note(n: u64, content: String) -> NewEvent {
+    NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
+}
+
 fn read(dir: &HuddleDir, name: &str) -> String {
     std::fs::read_to_string(dir.file(name)).unwrap_or_default()
 }
@@ -590,26 +595,23 @@ fn a_cold_run_that_drafts_parts_of_huge_interactions_equals_incremental_runs() {
     let log = FileLog::new(incremental.path(), LogConfig::default());
     let k = 4;
     let mut snapshotter = Snapshotter::new(incremental.path());
-    let event = |n: u64, content: String| {
-        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
-    };
-    log.append_batch(vec![event(1, "first".into())]).unwrap();
+    log.append_batch(vec![note(1, "first".into())]).unwrap();
     snapshotter.update(host(), Some(k)).unwrap();
 
     let long = "x".repeat(10 * 1024);
     let mut events = Vec::new();
     for i in 0..20_000u64 {
-        events.push(event(2, format!("a {i}")));
+        events.push(note(2, format!("a {i}")));
         if i % 1_000 == 999 {
             for j in 0..3 {
-                events.push(event(10_000 + i, format!("small {i} {j}")));
+                events.push(note(10_000 + i, format!("small {i} {j}")));
             }
         }
     }
-    events.extend((0..16_384u64).map(|i| event(3, format!("b {i}"))));
-    events.extend((0..700u64).map(|i| event(4, format!("c {i} {long}"))));
-    events.extend((0..8_193u64).map(|i| event(5, format!("e {i}"))));
-    events.extend((300_000..300_005).map(|n| event(n, "recent".into())));
+    events.extend((0..16_384u64).map(|i| note(3, format!("b {i}"))));
+    events.extend((0..700u64).map(|i| note(4, format!("c {i} {long}"))));
+    events.extend((0..8_193u64).map(|i| note(5, format!("e {i}"))));
+    events.extend((300_000..300_005).map(|n| note(n, "recent".into())));
     for batch in events.chunks(2_000) {
         log.append_batch(batch.to_vec()).unwrap();
         snapshotter.update(host(), Some(k)).unwrap();
@@ -652,17 +654,14 @@ fn a_marker_line_two_drafted_parts_make_together_leaves_the_interaction_out() {
     let incremental = HuddleDir::with_config(JOINING_TEMPLATE);
     let log = FileLog::new(incremental.path(), LogConfig::default());
     let k = 2;
-    let event = |n: u64, content: String| {
-        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
-    };
     let mut snapshotter = Snapshotter::new(incremental.path());
     // One event, then the rest: the archive is rendered from the index.
-    log.append_batch(vec![event(1, "before".into())]).unwrap();
+    log.append_batch(vec![note(1, "before".into())]).unwrap();
     snapshotter.update(host(), Some(k)).unwrap();
     let mut events: Vec<NewEvent> = (0..10_000u64)
-        .map(|i| event(2, format!("joined {i}")))
+        .map(|i| note(2, format!("joined {i}")))
         .collect();
-    events.extend((3..7).map(|n| event(n, format!("after {n}"))));
+    events.extend((3..7).map(|n| note(n, format!("after {n}"))));
     log.append_batch(events).unwrap();
     snapshotter.update(host(), Some(k)).unwrap();
     let archive = read(&incremental, "archive.md");
@@ -719,17 +718,14 @@ fn huge_recent_interactions_are_rendered_in_parts_by_the_workers_while_read_back
     let incremental = HuddleDir::with_config(PARTS_TEMPLATE);
     let log = FileLog::new(incremental.path(), LogConfig::default());
     let k = 3;
-    let event = |n: u64, content: String| {
-        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
-    };
     let long = "x".repeat(10 * 1024);
     let mut events: Vec<NewEvent> = (0..20_000u64)
-        .map(|i| event(2, format!("a {i:05}")))
+        .map(|i| note(2, format!("a {i:05}")))
         .collect();
-    events.extend((0..16_384u64).map(|i| event(3, format!("b {i:05}"))));
-    events.extend((0..700u64).map(|i| event(4, format!("c {i:05} {long}"))));
+    events.extend((0..16_384u64).map(|i| note(3, format!("b {i:05}"))));
+    events.extend((0..700u64).map(|i| note(4, format!("c {i:05} {long}"))));
     let kilobyte = "k".repeat(1024);
-    events.extend((0..100u64).map(|i| event(1, format!("late {i:03} {kilobyte}"))));
+    events.extend((0..100u64).map(|i| note(1, format!("late {i:03} {kilobyte}"))));
     let mut snapshotter = Snapshotter::new(incremental.path());
     for batch in events.chunks(5_000) {
         log.append_batch(batch.to_vec()).unwrap();
@@ -806,11 +802,8 @@ fn a_marker_line_two_parts_of_a_recent_interaction_make_together_leaves_it_out()
     let dir = HuddleDir::with_config(JOINING_TEMPLATE);
     let log = FileLog::new(dir.path(), LogConfig::default());
     let pad = "p".repeat(1024);
-    let event = |n: u64, content: String| {
-        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
-    };
-    let mut events = vec![event(1, "before".into())];
-    events.extend((0..10_000u64).map(|i| event(2, format!("joined {i} {pad}"))));
+    let mut events = vec![note(1, "before".into())];
+    events.extend((0..10_000u64).map(|i| note(2, format!("joined {i} {pad}"))));
     log.append_batch(events).unwrap();
 
     let debug_log = snapshot_logging_debug(&dir, "2");
@@ -858,14 +851,11 @@ fn a_cold_run_drafts_the_interactions_it_expects_to_be_recent_with_the_region_te
     );
     let incremental = HuddleDir::with_config(TWO_TEMPLATES);
     let log = FileLog::new(incremental.path(), LogConfig::default());
-    let event = |n: u64, content: String| {
-        NewEvent::new(InteractionRef::Number(n), "agent", "note", content)
-    };
     let mut events: Vec<NewEvent> = (1..=5u64)
         .flat_map(|n| (0..3).map(move |i| (n, i)))
-        .map(|(n, i)| event(n, format!("small {n} {i}")))
+        .map(|(n, i)| note(n, format!("small {n} {i}")))
         .collect();
-    events.extend((0..9_000u64).map(|i| event(6, format!("big {i}"))));
+    events.extend((0..9_000u64).map(|i| note(6, format!("big {i}"))));
     let mut snapshotter = Snapshotter::new(incremental.path());
     for batch in events.chunks(2_000) {
         log.append_batch(batch.to_vec()).unwrap();

@@ -161,6 +161,18 @@ impl DraftFile {
         })
     }
 
+    /// The draft file in `slot`, created beside `target` (not compared)
+    /// on first use.
+    fn created<'a>(
+        slot: &'a mut Option<DraftFile>,
+        target: &Path,
+    ) -> std::io::Result<&'a mut DraftFile> {
+        match slot {
+            Some(file) => Ok(file),
+            None => Ok(slot.insert(DraftFile::create(target, false)?)),
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(same_as) = &mut self.same_as {
             if same_as.continues_with(bytes) {
@@ -233,6 +245,12 @@ impl SameAsTarget {
             std::io::Read::read_exact(&mut self.reader, theirs).is_ok() && theirs == piece
         })
     }
+}
+
+/// Whether `number` is among the interactions drafted for communication.md
+/// (see [`DraftPlan::recent`]).
+fn drafted_for_recent(recent: &Option<RangeInclusive<u64>>, number: u64) -> bool {
+    recent.as_ref().is_some_and(|range| range.contains(&number))
 }
 
 /// Whether `path` is still the file stamped `stamp`, unchanged.
@@ -359,7 +377,7 @@ impl Draft {
             .map(|(number, events)| {
                 drafts
                     .usable(*number, *events)
-                    .filter(|_| !recent.as_ref().is_some_and(|r| r.contains(number)))
+                    .filter(|_| !drafted_for_recent(&recent, *number))
             })
             .collect();
         let usable: HashSet<u64> = archived
@@ -460,8 +478,7 @@ impl Draft {
         let left_out: HashSet<u64> = self.isolated.iter().map(|(number, _, _)| *number).collect();
         let mut blocks = HashMap::new();
         for (number, events) in interactions {
-            let drafted_for_recent = self.recent.as_ref().is_some_and(|r| r.contains(number));
-            if !drafted_for_recent || left_out.contains(number) {
+            if !drafted_for_recent(&self.recent, *number) || left_out.contains(number) {
                 continue;
             }
             let Some(pieces) = self.drafts.usable(*number, *events) else {
@@ -936,9 +953,10 @@ impl Drafter {
     }
 
     fn drafted_for(&self, number: u64) -> DraftFor {
-        match &self.recent {
-            Some(recent) if recent.contains(&number) => DraftFor::Recent,
-            _ => DraftFor::Plan,
+        if drafted_for_recent(&self.recent, number) {
+            DraftFor::Recent
+        } else {
+            DraftFor::Plan
         }
     }
 
@@ -990,17 +1008,14 @@ impl Drafter {
             if *stopped {
                 return Ok(());
             }
-            let file = if recent.as_ref().is_some_and(|r| r.contains(&number)) {
-                match recent_file {
-                    Some(file) => file,
-                    None => match DraftFile::create(target, false) {
-                        Ok(file) => recent_file.insert(file),
-                        Err(error) => {
-                            tracing::debug!(%error, "snapshot: cannot draft the recent blocks; they are rendered from the index");
-                            *stopped = true;
-                            return Ok(());
-                        }
-                    },
+            let file = if drafted_for_recent(recent, number) {
+                match DraftFile::created(recent_file, target) {
+                    Ok(file) => file,
+                    Err(error) => {
+                        tracing::debug!(%error, "snapshot: cannot draft the recent blocks; they are rendered from the index");
+                        *stopped = true;
+                        return Ok(());
+                    }
                 }
             } else {
                 &mut *file
